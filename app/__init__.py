@@ -1,0 +1,1 @@
+"""smallvision: train and serve image classifiers from small labeled datasets."""

@@ -1,0 +1,30 @@
+"""Request-scoped dependencies: the DB session and path parameters that 404 when missing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy.orm import Session
+
+from app.db.models import TrainingJob
+from app.db.session import session_scope
+from app.services import jobs
+
+
+def get_session() -> Iterator[Session]:
+    """One session per request: committed when the route returns, rolled back if it raises."""
+    with session_scope() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def valid_job(job_id: uuid.UUID, session: SessionDep) -> TrainingJob:
+    return jobs.get_job(session, job_id=job_id)
+
+
+ValidJob = Annotated[TrainingJob, Depends(valid_job)]

@@ -1,0 +1,81 @@
+"""The one Settings class: every URL, data root and limit, read from the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SMALLVISION_"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Every field is read from `SMALLVISION_<FIELD_NAME>` or `.env`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+
+    # Everything the service writes lives below this folder unless a root is set on its own.
+    data_dir: Path = PROJECT_ROOT / "var"
+    database_url: str = Field(
+        default_factory=lambda data: f"sqlite:///{data['data_dir'] / 'smallvision.db'}"
+    )
+    # kombu's SQLAlchemy transport is a real broker in a file: nothing to install for `make run`.
+    broker_url: str = Field(
+        default_factory=lambda data: f"sqla+sqlite:///{data['data_dir'] / 'broker.db'}"
+    )
+    datasets_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "datasets")
+    models_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "models")
+    feature_cache_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "feature_cache")
+    # Where keras.applications weight files are looked up before Keras would try a download.
+    pretrained_weights_dir: Path | None = None
+
+    training_queue: str = "training"
+    default_queue: str = "default"
+    # Seconds the readiness probe waits for the database or the broker before it reports 503.
+    readiness_timeout_seconds: float = Field(default=3.0, gt=0)
+
+    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    max_uncompressed_bytes: int = Field(default=8 * 1024**3, gt=0)
+    max_zip_entries: int = Field(default=200_000, gt=0)
+    max_compression_ratio: float = Field(default=200.0, gt=1)
+    max_image_pixels: int = Field(default=50_000_000, gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        """Stop a production process from starting on settings that only suit one machine."""
+        if self.environment == "production" and self.broker_url.startswith("sqla+"):
+            # The file broker cannot be shared between machines: GPU workers would never see jobs.
+            raise ValueError(
+                f"{ENV_PREFIX}BROKER_URL must name a real broker (e.g. redis://) in production"
+            )
+        return self
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        """True when the broker is kombu's SQLAlchemy transport (the `make run` default)."""
+        return self.broker_url.startswith("sqla+")
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the SQL store is a SQLite file."""
+        return self.database_url.startswith("sqlite")
+
+    def ensure_directories(self) -> None:
+        """Create the local data folders (and the SQLite files' folders) if they are missing."""
+        for path in (self.data_dir, self.datasets_dir, self.models_dir, self.feature_cache_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide Settings, read once."""
+    return Settings()

@@ -1,0 +1,81 @@
+"""Engine and sessions: one engine per database URL, sessions that commit or roll back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import get_settings
+
+
+def _enable_sqlite_foreign_keys_and_wal(dbapi_connection: Any, _: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # SQLite ignores FOREIGN KEY clauses unless asked; WAL lets the API read while a worker writes.
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+_engines: dict[str, Engine] = {}
+_session_factories: dict[str, sessionmaker[Session]] = {}
+
+
+def _create_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _enable_sqlite_foreign_keys_and_wal)
+        return engine
+    # pre_ping: a PostgreSQL restart must not leave the pool full of dead connections;
+    # connect_timeout: an unreachable server fails a request instead of hanging it.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def engine_for(url: str) -> Engine:
+    """A pooled engine for `url`, created once per process."""
+    if url not in _engines:
+        _engines[url] = _create_engine(url)
+    return _engines[url]
+
+
+def dispose_engines() -> None:
+    """Close every pool and forget the engines (tests switch databases; forks must not share)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+    _session_factories.clear()
+
+
+def get_engine() -> Engine:
+    """The engine for the configured DATABASE_URL."""
+    return engine_for(get_settings().database_url)
+
+
+def _session_factory(url: str) -> sessionmaker[Session]:
+    if url not in _session_factories:
+        _session_factories[url] = sessionmaker(bind=engine_for(url), expire_on_commit=False)
+    return _session_factories[url]
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session that commits when the block ends and rolls back if it raises."""
+    session = _session_factory(get_settings().database_url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,57 @@
+"""Readiness checks: can this process reach its database and its broker right now?"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from kombu.connection import Connection
+from sqlalchemy import text
+
+from app.core.config import get_settings
+from app.db.session import get_engine
+
+# Shared by all readiness probes; a hung check occupies a thread only until its own timeout.
+_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readiness")
+
+
+def check_database() -> None:
+    """Run `SELECT 1` on the configured database."""
+    with get_engine().connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def check_broker() -> None:
+    """Open a channel on the configured broker (for Redis this sends a command)."""
+    timeout = get_settings().readiness_timeout_seconds
+    broker = Connection(get_settings().broker_url, connect_timeout=timeout)  # type: ignore[no-untyped-call]
+    with broker as connection:
+        connection.ensure_connection(
+            max_retries=1, interval_start=0, interval_step=0, timeout=timeout
+        )
+        channel = connection.default_channel
+        client = getattr(channel, "client", None)
+        if client is not None and hasattr(client, "ping"):
+            client.ping()
+
+
+def _outcome(check: Callable[[], None], timeout: float) -> str:
+    future = _executor.submit(check)
+    try:
+        future.result(timeout=timeout)
+    except FutureTimeout:
+        return f"no answer within {timeout:g} s"
+    except Exception as exc:
+        # The probe reports every failure as a reason instead of failing itself.
+        return f"{type(exc).__name__}: {exc}"[:500]
+    return "ok"
+
+
+def readiness() -> dict[str, str]:
+    """{"database": "ok" | reason, "broker": "ok" | reason}, each check bounded in time."""
+    timeout = get_settings().readiness_timeout_seconds
+    return {
+        "database": _outcome(check_database, timeout),
+        "broker": _outcome(check_broker, timeout),
+    }

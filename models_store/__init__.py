@@ -1,0 +1,1 @@
+"""Versioned model files on disk: atomic writes, checksums, manifests (see models_store.store)."""

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.conftest import migrate
+
+
+@pytest.fixture
+def client(configure, sqlite_url: str) -> Iterator[TestClient]:
+    """The API on a migrated SQLite database and the embedded broker, all under tmp_path."""
+    configure(database_url=sqlite_url)
+    migrate(sqlite_url)
+    with TestClient(create_app()) as test_client:
+        yield test_client

@@ -1,0 +1,47 @@
+"""Every failure is JSON of the shape {"error": code, "detail": ...}."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi.testclient import TestClient
+
+from app.db.models import TrainingJob
+from app.db.session import session_scope
+
+
+def test_unknown_job_is_404_json(client: TestClient) -> None:
+    missing = uuid.uuid4()
+    response = client.get(f"/jobs/{missing}")
+    assert response.status_code == 404
+    assert response.json() == {"error": "not_found", "detail": f"job {missing} not found"}
+
+
+def test_malformed_id_is_422_naming_the_field(client: TestClient) -> None:
+    response = client.get("/jobs/not-a-uuid")
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "validation_error"
+    assert body["detail"][0]["loc"] == ["path", "job_id"]
+
+
+def test_unknown_route_and_method_are_json(client: TestClient) -> None:
+    assert client.get("/nothing-here").json()["error"] == "not_found"
+    response = client.delete("/health")
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+
+
+def test_broker_down_gives_503_and_leaves_no_job_row(configure, sqlite_url: str) -> None:
+    from app.main import create_app
+    from tests.conftest import migrate
+
+    configure(database_url=sqlite_url, broker_url="redis://127.0.0.1:1/0")
+    migrate(sqlite_url)
+    with TestClient(create_app()) as client:
+        response = client.post("/workers/check")
+    assert response.status_code == 503
+    assert response.json()["error"] == "service_unavailable"
+    assert "broker" in response.json()["detail"]
+    with session_scope() as session:
+        assert session.query(TrainingJob).count() == 0
