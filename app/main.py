@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api.routes import health, jobs
+from app.api.routes import datasets, health, jobs
 from app.core.config import get_settings
 from app.core.errors import register_error_handlers
 
@@ -31,6 +31,7 @@ def create_app() -> FastAPI:
     )
     register_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(datasets.router)
     app.include_router(jobs.router)
     return app
 

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import Depends
 from sqlalchemy.orm import Session
 
-from app.db.models import TrainingJob
+from app.db.models import Dataset, TrainingJob
 from app.db.session import session_scope
-from app.services import jobs
+from app.services import datasets, jobs
 
 
 def get_session() -> Iterator[Session]:
@@ -28,3 +28,10 @@ def valid_job(job_id: uuid.UUID, session: SessionDep) -> TrainingJob:
 
 
 ValidJob = Annotated[TrainingJob, Depends(valid_job)]
+
+
+def valid_dataset(dataset_id: uuid.UUID, session: SessionDep) -> Dataset:
+    return datasets.get_dataset(session, dataset_id=dataset_id)
+
+
+ValidDataset = Annotated[Dataset, Depends(valid_dataset)]

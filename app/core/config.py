@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     max_zip_entries: int = Field(default=200_000, gt=0)
     max_compression_ratio: float = Field(default=200.0, gt=1)
     max_image_pixels: int = Field(default=50_000_000, gt=0)
+    max_image_file_bytes: int = Field(default=64 * 1024**2, gt=0)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -1,0 +1,134 @@
+"""Datasets: upload a labeled zip, list, inspect, preview and delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from app.api.deps import SessionDep, ValidDataset
+from app.api.uploads import receive_multipart
+from app.core.config import get_settings
+from app.core.errors import BadRequestError
+from app.schemas.datasets import DatasetRead, DatasetUploadForm
+from app.services import datasets, previews
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+_UPLOAD_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "name"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "zip of class folders, or of train/ validation/ "
+                            "(val/) [test/] folders each holding class folders",
+                        },
+                        **DatasetUploadForm.model_json_schema()["properties"],
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    response_model=DatasetRead,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_UPLOAD_SCHEMA,
+    responses={
+        400: {"description": "bad archive or layout"},
+        413: {"description": "upload or archive over a limit"},
+        415: {"description": "not a zip / not multipart"},
+    },
+)
+async def upload_dataset(request: Request, session: SessionDep) -> DatasetRead:
+    """Upload a zip of labeled images. Every file is decoded and checked; the response lists
+    classes, per-split counts, image sizes, skipped files with reasons, duplicates and warnings."""
+    settings = get_settings()
+    upload = await receive_multipart(
+        request,
+        file_field="file",
+        dest_dir=settings.datasets_dir / ".uploads",
+        max_file_bytes=settings.max_upload_bytes,
+    )
+    try:
+        if upload.file_path is None:
+            raise BadRequestError("the form has no `file` part with the zip")
+        try:
+            form = DatasetUploadForm.model_validate(upload.fields)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]
+            ) from exc
+        options = datasets.IngestOptions(
+            name=form.name,
+            validation_fraction=form.validation_fraction,
+            test_fraction=form.test_fraction,
+            seed=form.seed,
+        )
+        dataset = await run_in_threadpool(
+            datasets.ingest_zip,
+            session,
+            zip_path=upload.file_path,
+            options=options,
+            settings=settings,
+        )
+    finally:
+        upload.discard()
+    return DatasetRead.model_validate(dataset)
+
+
+@router.get("", response_model=list[DatasetRead])
+def list_datasets(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[DatasetRead]:
+    """Datasets, newest first."""
+    return [
+        DatasetRead.model_validate(d)
+        for d in datasets.list_datasets(session, limit=limit, offset=offset)
+    ]
+
+
+@router.get("/{dataset_id}", response_model=DatasetRead)
+def read_dataset(dataset: ValidDataset) -> DatasetRead:
+    """One dataset with its classes, counts and ingest report."""
+    return DatasetRead.model_validate(dataset)
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"description": "a job on the dataset is queued or running"}},
+)
+def delete_dataset(dataset: ValidDataset, session: SessionDep) -> Response:
+    """Delete the dataset's rows and image files (409 while a job uses it)."""
+    datasets.delete_dataset(session, dataset=dataset, settings=get_settings())
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{dataset_id}/preview.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def preview_dataset(
+    dataset: ValidDataset,
+    per_class: Annotated[int, Query(ge=1, le=12)] = 6,
+) -> Response:
+    """A grid of a few training images per class, labeled, for people to eyeball the data."""
+    png = previews.dataset_preview_png(dataset, settings=get_settings(), per_class=per_class)
+    return Response(content=png, media_type="image/png")

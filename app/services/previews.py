@@ -1,0 +1,49 @@
+"""Pictures for people: a labeled grid of a dataset's images."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+
+from PIL import Image, ImageDraw, ImageFont
+
+from app.core.config import Settings
+from app.db.models import Dataset
+from app.ml.images import decode_image
+from app.services.datasets import dataset_folder, load_manifest
+
+THUMB = 112
+PAD = 6
+LABEL_WIDTH = 150
+
+
+def dataset_preview_png(dataset: Dataset, *, settings: Settings, per_class: int) -> bytes:
+    """PNG: one row per class, its first `per_class` training images as thumbnails."""
+    manifest = load_manifest(dataset, settings=settings)
+    folder = dataset_folder(dataset, settings=settings)
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for item in manifest["images"]:
+        if item["split"] == "train" and len(by_label[item["label"]]) < per_class:
+            by_label[item["label"]].append(item["file"])
+    classes: list[str] = manifest["classes"]
+    width = LABEL_WIDTH + per_class * (THUMB + PAD) + PAD
+    height = len(classes) * (THUMB + PAD) + PAD
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=16)
+    for row, label in enumerate(classes):
+        top = PAD + row * (THUMB + PAD)
+        count = dataset.split_counts.get("train", {}).get(label, 0)
+        draw.text((PAD, top + THUMB // 2 - 18), label[:18], fill="black", font=font)
+        draw.text((PAD, top + THUMB // 2 + 2), f"{count} train", fill="gray", font=font)
+        for column, relative in enumerate(by_label[label]):
+            data = (folder / relative).read_bytes()
+            thumb = decode_image(data, max_pixels=settings.max_image_pixels).image
+            thumb.thumbnail((THUMB, THUMB))
+            left = LABEL_WIDTH + column * (THUMB + PAD)
+            canvas.paste(
+                thumb, (left + (THUMB - thumb.width) // 2, top + (THUMB - thumb.height) // 2)
+            )
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
