@@ -1,0 +1,84 @@
+"""Shared pieces of the benchmarks: a live API on loopback, peak memory, the results file."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT_ROOT.parent / "shared"
+RESULTS = PROJECT_ROOT / "docs" / "BENCHMARKS.md"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def memory_kb(pid: int, field: str) -> int:
+    """VmRSS (now) or VmHWM (peak since start) of a process, in KiB (Linux /proc)."""
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    assert match, field
+    return int(match.group(1))
+
+
+@contextmanager
+def live_api(data_dir: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Migrate a fresh SQLite store in data_dir and serve the API on a free loopback port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
+    env["SMALLVISION_DATA_DIR"] = str(data_dir)
+    env.update({f"SMALLVISION_{k.upper()}": v for k, v in settings.items()})
+    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=PROJECT_ROOT, env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
+         "--log-level", "warning"],
+        cwd=PROJECT_ROOT, env=env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("the API did not start")
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section between `<!-- name -->` markers in docs/BENCHMARKS.md."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{cpus} cores ({model}), Python {sys.version.split()[0]}"

@@ -1,0 +1,458 @@
+"""POST /datasets and friends, on generated zips (and one of real photos)."""
+
+from __future__ import annotations
+
+import io
+import random
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.core.config import get_settings
+from app.db.models import Dataset, TrainingJob, TrainingMethod
+from app.db.session import session_scope
+from app.main import create_app
+from app.services import jobs
+from app.services.datasets import load_manifest
+from tests.conftest import migrate
+from tests.zips import class_folders, image_bytes, make_zip
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def upload(client: TestClient, archive: bytes, name: str = "pets", **fields: object):
+    data = {"name": name, **{k: str(v) for k, v in fields.items()}}
+    return client.post("/datasets", files={"file": ("data.zip", archive)}, data=data)
+
+
+def created(client: TestClient, archive: bytes, **fields: object) -> dict:
+    response = upload(client, archive, **fields)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def leftovers() -> list[Path]:
+    """Files under the datasets root (nothing may remain after a rejected upload)."""
+    return [p for p in get_settings().datasets_dir.rglob("*") if p.is_file()]
+
+
+def dataset_rows() -> int:
+    with session_scope() as session:
+        return session.query(Dataset).count()
+
+
+def manifest_of(dataset_id: str) -> dict:
+    with session_scope() as session:
+        dataset = session.get(Dataset, uuid.UUID(dataset_id))
+        assert dataset is not None
+        return load_manifest(dataset, settings=get_settings())
+
+
+# --- layouts -------------------------------------------------------------------------------
+
+
+def test_class_folders_in_an_enclosing_folder_get_a_stratified_seeded_split(
+    client: TestClient,
+) -> None:
+    files = class_folders({"cats": 20, "dogs": 10}, prefix="my photos/")
+    body = created(client, make_zip(files), validation_fraction=0.2, test_fraction=0.1, seed=7)
+
+    assert body["class_names"] == ["cats", "dogs"]
+    assert body["status"] == "ready"
+    counts = body["split_counts"]
+    assert counts["test"] == {"cats": 2, "dogs": 1}
+    assert counts["validation"] == {"cats": 4, "dogs": 2}
+    assert counts["train"] == {"cats": 14, "dogs": 7}
+
+    again = created(client, make_zip(dict(reversed(list(files.items())))), seed=7,
+                    validation_fraction=0.2, test_fraction=0.1)  # fmt: skip
+    assert again["fingerprint"] == body["fingerprint"]  # same content and seed, same split
+    other_seed = created(client, make_zip(files), seed=8, validation_fraction=0.2,
+                         test_fraction=0.1)  # fmt: skip
+    assert other_seed["fingerprint"] != body["fingerprint"]
+
+
+def test_split_folders_with_val_alias_and_test_keep_their_split(client: TestClient) -> None:
+    files = {
+        **class_folders({"a": 5, "b": 4}, prefix="train/", seed=0),
+        **class_folders({"a": 2, "b": 2}, prefix="val/", seed=100),
+        **class_folders({"a": 1, "b": 3}, prefix="test/", seed=200),
+    }
+    body = created(client, make_zip(files))
+    assert body["split_counts"] == {
+        "train": {"a": 5, "b": 4},
+        "validation": {"a": 2, "b": 2},
+        "test": {"a": 1, "b": 3},
+    }
+
+
+def test_split_folders_without_validation_hold_out_part_of_train(client: TestClient) -> None:
+    body = created(client, make_zip(class_folders({"a": 10, "b": 10}, prefix="data/train/")),
+                   validation_fraction=0.3)  # fmt: skip
+    assert body["split_counts"]["validation"] == {"a": 3, "b": 3}
+    assert body["split_counts"]["train"] == {"a": 7, "b": 7}
+    assert any("no validation/ folder" in w for w in body["stats"]["warnings"])
+
+
+def test_classes_must_agree_across_splits(client: TestClient) -> None:
+    files = {
+        **class_folders({"cats": 3, "dogs": 3}, prefix="train/"),
+        **class_folders({"cats": 2, "birds": 2}, prefix="validation/", seed=50),
+    }
+    response = upload(client, make_zip(files))
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert "validation/ lacks dogs" in detail
+    assert "validation/ has birds" in detail
+
+
+def test_one_class_is_not_a_dataset(client: TestClient) -> None:
+    response = upload(client, make_zip(class_folders({"cats": 5})))
+    assert response.status_code == 400
+    assert "at least 2 class folders" in response.json()["detail"]
+
+
+def test_files_outside_split_folders_are_refused(client: TestClient) -> None:
+    files = {**class_folders({"a": 3, "b": 3}, prefix="train/"), "extra/a/x.jpg": image_bytes()}
+    response = upload(client, make_zip(files))
+    assert response.status_code == 400
+    assert "outside the split folders" in response.json()["detail"]
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+
+def test_every_format_is_decoded_whatever_its_extension(client: TestClient) -> None:
+    gif = io.BytesIO()
+    frames = [Image.new("RGB", (30, 30), color) for color in ("red", "blue")]
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    files = {
+        "a/one.jpg": image_bytes("PNG", seed=1),  # PNG named .jpg
+        "a/two.png": image_bytes("JPEG", seed=2),
+        "a/three.bmp": image_bytes("BMP", seed=3),
+        "a/four.gif": gif.getvalue(),
+        "a/five.dat": image_bytes("WEBP", seed=5),
+        "a/six.tif": image_bytes("TIFF", seed=6),
+        "b/gray.png": image_bytes("PNG", seed=7, mode="L"),
+        "b/rgba.png": image_bytes("PNG", seed=8, mode="RGBA"),
+        "b/cmyk.jpg": image_bytes("JPEG", seed=9, mode="CMYK"),
+        "b/palette.png": image_bytes("PNG", seed=10, mode="P"),
+        "b/sixteen.png": image_bytes("PNG", seed=11, mode="I;16"),
+    }
+    body = created(client, make_zip(files), validation_fraction=0, test_fraction=0)
+    assert body["stats"]["skipped"] == []
+    assert body["stats"]["formats"] == {
+        "PNG": 5,
+        "JPEG": 2,
+        "BMP": 1,
+        "GIF": 1,
+        "WEBP": 1,
+        "TIFF": 1,
+    }
+    assert body["split_counts"]["train"] == {"a": 6, "b": 5}
+
+
+def test_exif_orientation_is_applied(client: TestClient) -> None:
+    files = {
+        "a/rotated.jpg": image_bytes("JPEG", size=(60, 20), seed=1, exif_orientation=6),
+        "b/upright.jpg": image_bytes("JPEG", size=(60, 20), seed=2),
+    }
+    body = created(client, make_zip(files), validation_fraction=0, test_fraction=0)
+    sizes = {
+        item["source"]: (item["width"], item["height"])
+        for item in manifest_of(body["id"])["images"]
+    }
+    assert sizes == {"a/rotated.jpg": (20, 60), "b/upright.jpg": (60, 20)}
+
+
+def test_corrupt_and_non_image_files_are_skipped_with_reasons_junk_silently(
+    client: TestClient,
+) -> None:
+    good = class_folders({"a": 3, "b": 3})
+    truncated = image_bytes("JPEG", size=(200, 200), seed=99)[:600]
+    files = {
+        **good,
+        "a/notes.txt": b"just text",
+        "b/broken.jpg": truncated,
+        "__MACOSX/a/._img_0.jpg": b"\x00\x05\x16\x07",
+        "a/.DS_Store": b"junk",
+        "b/Thumbs.db": b"junk",
+        ".hidden/x.jpg": image_bytes(seed=500),
+    }
+    body = created(client, make_zip(files))
+    skipped = {item["file"]: item["reason"] for item in body["stats"]["skipped"]}
+    assert set(skipped) == {"a/notes.txt", "b/broken.jpg"}
+    assert skipped["a/notes.txt"] == "not an image file"
+    assert "corrupt" in skipped["b/broken.jpg"]
+    assert body["stats"]["image_count"] == 6
+
+
+def test_a_class_left_without_valid_images_is_400(client: TestClient) -> None:
+    files = {**class_folders({"a": 3}), "b/x.jpg": b"not an image", "b/y.jpg": b"nope"}
+    response = upload(client, make_zip(files))
+    assert response.status_code == 400
+    assert "no valid training images left in class(es) b" in response.json()["detail"]
+    assert leftovers() == []
+    assert dataset_rows() == 0
+
+
+def test_images_over_the_pixel_limit_are_skipped(configure, sqlite_url: str) -> None:
+    configure(database_url=sqlite_url, MAX_IMAGE_PIXELS="5000")
+    migrate(sqlite_url)
+    files = {**class_folders({"a": 2, "b": 2}), "a/huge.png": image_bytes("PNG", size=(100, 100))}
+    with TestClient(create_app()) as client:
+        body = created(client, make_zip(files))
+    (skip,) = body["stats"]["skipped"]
+    assert skip["file"] == "a/huge.png"
+    assert "over the limit of 5000" in skip["reason"]
+
+
+# --- duplicates, leakage, fingerprint, statistics --------------------------------------------
+
+
+def test_duplicates_leakage_and_label_conflicts(client: TestClient) -> None:
+    files = {
+        **class_folders({"a": 4, "b": 4}, prefix="train/"),
+        **class_folders({"a": 2, "b": 2}, prefix="validation/", seed=100),
+        "train/a/copy_of_0.jpg": image_bytes(seed=0),  # same class, same split
+        "validation/b/leaked.jpg": image_bytes(seed=1001),  # train/b/img_1.jpg again
+        "train/b/conflict.jpg": image_bytes(seed=2),  # train/a/img_2.jpg under another class
+    }
+    body = created(client, make_zip(files))
+    stats = body["stats"]
+    assert stats["duplicates_removed"] == 1
+    # the copy sorts first by path, so it is the one kept
+    assert stats["duplicates"] == [
+        {"file": "train/a/img_0.jpg", "duplicate_of": "train/a/copy_of_0.jpg"}
+    ]
+    (leak,) = stats["leakage"]
+    assert leak == {
+        "file": "validation/b/leaked.jpg",
+        "duplicate_of": "train/b/img_1.jpg",
+        "kept_in": "train",
+        "removed_from": "validation",
+    }
+    (conflict,) = stats["label_conflicts"]
+    assert conflict["labels"] == ["a", "b"]
+    # img_2 of "a" and the conflicting copy are both gone; the leaked copy stays in train only
+    assert body["split_counts"] == {"train": {"a": 3, "b": 4}, "validation": {"a": 2, "b": 2}}
+    hashes = [i["sha256"] for i in manifest_of(body["id"])["images"]]
+    assert len(hashes) == len(set(hashes)) == 11
+
+
+def test_fingerprint_depends_on_content_not_names(client: TestClient) -> None:
+    files = class_folders({"a": 3, "b": 3}, prefix="train/") | class_folders(
+        {"a": 1, "b": 1}, prefix="validation/", seed=50
+    )
+    renamed = {path.replace("img_", "photo-"): data for path, data in files.items()}
+    first = created(client, make_zip(files))
+    second = created(client, make_zip(renamed, compression=zipfile.ZIP_STORED))
+    assert first["fingerprint"] == second["fingerprint"]
+    changed = dict(files) | {"train/a/img_0.jpg": image_bytes(seed=9999)}
+    assert created(client, make_zip(changed))["fingerprint"] != first["fingerprint"]
+
+
+def test_statistics_and_warnings(client: TestClient) -> None:
+    files = class_folders({"many": 40, "few": 5}, prefix="train/")
+    files |= class_folders({"many": 2, "few": 2}, prefix="val/", seed=300)
+    files["train/few/tiny.png"] = image_bytes("PNG", size=(16, 12), seed=77)
+    body = created(client, make_zip(files))
+    stats = body["stats"]
+    assert stats["image_sizes"]["width"] == {"min": 16, "median": 48, "max": 48}
+    assert stats["image_sizes"]["height"] == {"min": 12, "median": 40, "max": 40}
+    warnings = " | ".join(stats["warnings"])
+    assert "class 'few' has only 6 training images" in warnings
+    assert "imbalanced (40:6" in warnings
+    assert "1 image(s) are smaller than 32 px" in warnings
+    assert "'many'" not in warnings
+
+
+# --- safety ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("/etc/a/evil.jpg", "absolute path"),
+        ("../a/evil.jpg", "outside the archive"),
+        ("a/../../evil.jpg", "outside the archive"),
+        ("C:/a/evil.jpg", "absolute path"),
+    ],
+)
+def test_path_tricks_are_refused(client: TestClient, entry: str, message: str) -> None:
+    files = {**class_folders({"a": 2, "b": 2}), entry: image_bytes(seed=42)}
+    response = upload(client, make_zip(files))
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert leftovers() == []
+    assert dataset_rows() == 0
+
+
+def test_symlinks_are_refused(client: TestClient) -> None:
+    archive = make_zip(class_folders({"a": 2, "b": 2}), symlinks=[("a/link.jpg", "/etc/passwd")])
+    response = upload(client, archive)
+    assert response.status_code == 400
+    assert "symbolic link" in response.json()["detail"]
+    assert leftovers() == []
+
+
+def test_a_zip_bomb_entry_is_refused_before_inflating(client: TestClient) -> None:
+    files = {**class_folders({"a": 2, "b": 2}), "a/bomb.bmp": b"\x00" * (20 * 1024 * 1024)}
+    response = upload(client, make_zip(files))
+    assert response.status_code == 400
+    assert "zip bomb" in response.json()["detail"]
+    assert leftovers() == []
+    assert dataset_rows() == 0
+
+
+def test_archive_limits_total_size_and_entry_count(configure, sqlite_url: str) -> None:
+    configure(database_url=sqlite_url, MAX_UNCOMPRESSED_BYTES="5000", MAX_ZIP_ENTRIES="30")
+    migrate(sqlite_url)
+    with TestClient(create_app()) as client:
+        too_big = upload(client, make_zip(class_folders({"a": 5, "b": 5})))  # 10 x ~1.5 KB
+        assert too_big.status_code == 413
+        assert "unpack to more than" in too_big.json()["detail"]
+        many = {f"a/{i}.txt": b"x" for i in range(20)} | {f"b/{i}.txt": b"x" for i in range(20)}
+        too_many = upload(client, make_zip(many))
+        assert too_many.status_code == 413
+        assert "40 entries" in too_many.json()["detail"]
+        assert leftovers() == []
+        assert dataset_rows() == 0
+
+
+def test_upload_size_limit_is_413_with_and_without_content_length(
+    configure, sqlite_url: str
+) -> None:
+    configure(database_url=sqlite_url, MAX_UPLOAD_BYTES="50000")
+    migrate(sqlite_url)
+    big = make_zip(class_folders({"a": 20, "b": 20}), compression=zipfile.ZIP_STORED)
+    assert len(big) > 50000
+    with TestClient(create_app()) as client:
+        declared = upload(client, big)
+        assert declared.status_code == 413
+
+        boundary = "xyzBOUNDARYxyz"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nx\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.zip"\r\n'
+                "Content-Type: application/zip\r\n\r\n"
+            ).encode()
+            + big
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+
+        def chunks():  # no Content-Length: the limit must stop the stream itself
+            for start in range(0, len(body), 8192):
+                yield body[start : start + 8192]
+
+        streamed = client.post(
+            "/datasets",
+            content=chunks(),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert streamed.status_code == 413
+        assert "limit of 50000 bytes" in streamed.json()["detail"]
+        assert leftovers() == []
+        assert dataset_rows() == 0
+
+
+def test_non_zip_and_non_multipart_uploads_are_415(client: TestClient) -> None:
+    not_zip = upload(client, image_bytes())
+    assert not_zip.status_code == 415
+    assert not_zip.json()["error"] == "unsupported_media_type"
+    as_json = client.post("/datasets", json={"name": "x"})
+    assert as_json.status_code == 415
+    assert leftovers() == []
+
+
+def test_form_fields_are_validated_by_name(client: TestClient) -> None:
+    archive = make_zip(class_folders({"a": 2, "b": 2}))
+    bad = client.post(
+        "/datasets",
+        files={"file": ("d.zip", archive)},
+        data={"name": "x", "validation_fraction": "0.9"},
+    )
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["body", "validation_fraction"]
+    nameless = client.post("/datasets", files={"file": ("d.zip", archive)})
+    assert nameless.status_code == 422
+    assert nameless.json()["detail"][0]["loc"] == ["body", "name"]
+    no_file = client.post("/datasets", data={"name": "x"}, files={"other": ("a", b"b")})
+    assert no_file.status_code == 400
+    assert leftovers() == []
+
+
+# --- reading, listing, deleting, previews ----------------------------------------------------
+
+
+def test_get_list_preview_and_delete(client: TestClient) -> None:
+    first = created(client, make_zip(class_folders({"a": 3, "b": 3})), name="first")
+    second = created(client, make_zip(class_folders({"x": 3, "y": 3}, seed=99)), name="second")
+
+    assert client.get(f"/datasets/{first['id']}").json() == first
+    listed = client.get("/datasets").json()
+    assert [d["name"] for d in listed] == ["second", "first"]
+    assert [d["name"] for d in client.get("/datasets?limit=1&offset=1").json()] == ["first"]
+
+    preview = client.get(f"/datasets/{first['id']}/preview.png")
+    assert preview.status_code == 200
+    assert preview.headers["content-type"] == "image/png"
+    picture = Image.open(io.BytesIO(preview.content))
+    assert picture.height > 2 * 100  # one row per class
+
+    assert client.delete(f"/datasets/{first['id']}").status_code == 204
+    assert client.get(f"/datasets/{first['id']}").status_code == 404
+    assert not (get_settings().datasets_dir / first["id"]).exists()
+    assert (get_settings().datasets_dir / second["id"] / "manifest.json").exists()
+    assert client.delete(f"/datasets/{uuid.uuid4()}").status_code == 404
+
+
+def test_delete_is_409_while_a_job_uses_the_dataset(client: TestClient) -> None:
+    body = created(client, make_zip(class_folders({"a": 3, "b": 3})))
+    with session_scope() as session:
+        job = jobs.create_job(session, method=TrainingMethod.SCRATCH,
+                              dataset_id=uuid.UUID(body["id"]), parameters={})  # fmt: skip
+        job_id = job.id
+    response = client.delete(f"/datasets/{body['id']}")
+    assert response.status_code == 409
+    assert str(job_id) in response.json()["detail"]
+
+    with session_scope() as session:
+        finished = session.get(TrainingJob, job_id)
+        assert finished is not None
+        finished.status = "succeeded"
+    assert client.delete(f"/datasets/{body['id']}").status_code == 204
+    with session_scope() as session:
+        kept = session.get(TrainingJob, job_id)
+        assert kept is not None
+        assert kept.dataset_id is None  # history stays, detached from the deleted dataset
+
+
+# --- real photos -----------------------------------------------------------------------------
+
+
+def test_real_photos_from_shared_data(client: TestClient) -> None:
+    root = SHARED_DATA / "cats_vs_dogs_small"
+    if not root.is_dir():
+        pytest.fail(f"{root} is missing: the shared datasets are part of this workplace")
+    rng = random.Random(0)
+    files = {}
+    for split in ("train", "validation"):
+        for label in ("cats", "dogs"):
+            paths = sorted((root / split / label).iterdir())
+            for path in rng.sample(paths, 12 if split == "train" else 4):
+                files[f"cats_vs_dogs/{split}/{label}/{path.name}"] = path.read_bytes()
+    body = created(client, make_zip(files, compression=zipfile.ZIP_STORED))
+    assert body["split_counts"] == {
+        "train": {"cats": 12, "dogs": 12},
+        "validation": {"cats": 4, "dogs": 4},
+    }
+    assert body["stats"]["skipped"] == []
+    assert body["stats"]["formats"] == {"JPEG": 32}
+    assert 40 <= body["stats"]["image_sizes"]["width"]["min"] <= 320
+    assert body["stats"]["image_sizes"]["width"]["max"] <= 320
