@@ -42,7 +42,7 @@ def test_a_changed_file_or_wrong_checksum_is_refused(tmp_path: Path, source: Pat
     with pytest.raises(ChecksumMismatchError, match="expected"):
         store.verified_path("pets/v1", expected_sha256="0" * 64)
     (tmp_path / "store" / "pets" / "v1" / "model.keras").write_bytes(b"tampered")
-    with pytest.raises(ChecksumMismatchError, match="model.keras is missing or changed"):
+    with pytest.raises(ChecksumMismatchError, match=r"model\.keras is missing or changed"):
         store.verified_path("pets/v1", expected_sha256=stored.sha256)
 
 
