@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     feature_cache_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "feature_cache")
     # Where keras.applications weight files are looked up before Keras would try a download.
     pretrained_weights_dir: Path | None = None
+    # Off by default: a missing weights file fails fast instead of hanging on a download.
+    allow_weights_download: bool = False
 
     training_queue: str = "training"
     default_queue: str = "default"

@@ -1,0 +1,146 @@
+"""Keras models of the small-data recipe. Every model takes raw 0..255 pixels of any size."""
+
+from __future__ import annotations
+
+import keras
+
+from app.ml.bases import BaseSpec
+from app.ml.config import Augmentation, TrainConfig
+from app.ml.layers import preprocessing_layer
+
+
+def augmentation_block(augmentation: Augmentation, *, seed: int) -> keras.Sequential:
+    """Random transforms, active only while training (Keras preprocessing layers)."""
+    fill = augmentation.fill_mode
+    layers: list[keras.layers.Layer] = []
+    flip = {
+        (True, True): "horizontal_and_vertical",
+        (True, False): "horizontal",
+        (False, True): "vertical",
+    }.get((augmentation.horizontal_flip, augmentation.vertical_flip))
+    if flip:
+        layers.append(keras.layers.RandomFlip(flip, seed=seed))
+    if augmentation.rotation:
+        layers.append(keras.layers.RandomRotation(augmentation.rotation, fill_mode=fill, seed=seed))
+    if augmentation.width_shift or augmentation.height_shift:
+        layers.append(
+            keras.layers.RandomTranslation(
+                augmentation.height_shift, augmentation.width_shift, fill_mode=fill, seed=seed
+            )
+        )
+    if augmentation.shear:
+        layers.append(
+            keras.layers.RandomShear(
+                x_factor=augmentation.shear, y_factor=augmentation.shear, fill_mode=fill, seed=seed
+            )
+        )
+    if augmentation.zoom:
+        layers.append(keras.layers.RandomZoom(augmentation.zoom, fill_mode=fill, seed=seed))
+    if augmentation.brightness:
+        layers.append(
+            keras.layers.RandomBrightness(
+                augmentation.brightness, value_range=(0.0, 255.0), seed=seed
+            )
+        )
+    return keras.Sequential(layers, name="augmentation")
+
+
+def output_layer(class_count: int) -> keras.layers.Dense:
+    """One sigmoid unit for two classes, a softmax otherwise (float32 under mixed precision)."""
+    if class_count == 2:
+        return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="predictions")
+    return keras.layers.Dense(
+        class_count, activation="softmax", dtype="float32", name="predictions"
+    )
+
+
+def loss_for(class_count: int) -> str:
+    return "binary_crossentropy" if class_count == 2 else "sparse_categorical_crossentropy"
+
+
+def _pixel_input(image_size: int) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    inputs = keras.Input(shape=(None, None, 3), name="pixels")
+    resized = keras.layers.Resizing(image_size, image_size, name="resize")(inputs)
+    return inputs, resized
+
+
+def build_scratch_model(config: TrainConfig, *, class_count: int) -> keras.Model:
+    """Conv/pool blocks, dropout and a dense head, as in the tutorial's first model."""
+    inputs, x = _pixel_input(config.image_size)
+    if config.augmentation is not None:
+        x = augmentation_block(config.augmentation, seed=config.seed)(x)
+    rescale = preprocessing_layer("unit")
+    assert rescale is not None
+    x = rescale(x)
+    for filters in (32, 64, 128, 128):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dropout(config.dropout, seed=config.seed)(x)
+    x = keras.layers.Dense(512, activation="relu")(x)
+    outputs = output_layer(class_count)(x)
+    return keras.Model(inputs, outputs, name="scratch")
+
+
+def build_head(feature_dim: int, *, class_count: int, dropout: float, seed: int) -> keras.Model:
+    """The dense classifier trained on bottleneck features."""
+    inputs = keras.Input(shape=(feature_dim,), name="features")
+    x = keras.layers.Dense(256, activation="relu")(inputs)
+    x = keras.layers.Dropout(dropout, seed=seed)(x)
+    outputs = output_layer(class_count)(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def feature_extractor(base: keras.Model, spec: BaseSpec, *, image_size: int) -> keras.Model:
+    """Resized 0..255 pixels -> pooled features of the frozen base."""
+    inputs = keras.Input(shape=(image_size, image_size, 3))
+    x = inputs
+    if (preprocess := preprocessing_layer(spec.preprocessing)) is not None:
+        x = preprocess(x)
+    outputs = base(x, training=False)
+    return keras.Model(inputs, outputs, name="feature_extractor")
+
+
+def freeze_batch_norm(model: keras.Model) -> None:
+    """Keep BatchNormalization in inference mode and its statistics fixed. Measured with Keras
+    3.15: calling the base with training=False alone does NOT do this once layers are
+    unfrozen, so every BN layer is set untrainable explicitly."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def unfreeze_top(base: keras.Model, spec: BaseSpec) -> int:
+    """Make the base's top block trainable (from spec.finetune_from on), BN layers excepted.
+    Returns how many layers were unfrozen."""
+    names = [layer.name for layer in base.layers]
+    if spec.finetune_from not in names:
+        raise ValueError(f"{spec.key}: no layer {spec.finetune_from!r} to fine-tune from")
+    start = names.index(spec.finetune_from)
+    base.trainable = True
+    unfrozen = 0
+    for index, layer in enumerate(base.layers):
+        layer.trainable = index >= start
+        unfrozen += int(layer.trainable)
+    freeze_batch_norm(base)
+    return unfrozen
+
+
+def build_pretrained_model(
+    base: keras.Model,
+    head: keras.Model,
+    spec: BaseSpec,
+    *,
+    image_size: int,
+    augmentation: Augmentation | None,
+    seed: int,
+) -> keras.Model:
+    """Pixels of any size -> resize -> (augment) -> preprocess -> base -> head."""
+    inputs, x = _pixel_input(image_size)
+    if augmentation is not None:
+        x = augmentation_block(augmentation, seed=seed)(x)
+    if (preprocess := preprocessing_layer(spec.preprocessing)) is not None:
+        x = preprocess(x)
+    x = base(x, training=False)
+    outputs = head(x)
+    return keras.Model(inputs, outputs, name=f"{spec.key}_classifier")

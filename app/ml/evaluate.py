@@ -1,0 +1,49 @@
+"""Evaluation of a classifier's predictions: accuracy, per-class scores, confusion matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def class_probabilities(raw: np.ndarray, class_count: int) -> np.ndarray:
+    """(n, class_count) probabilities from a model's output (one sigmoid unit for 2 classes)."""
+    if class_count == 2 and raw.ndim == 2 and raw.shape[1] == 1:
+        positive = raw[:, 0].astype(np.float64)
+        return np.stack([1.0 - positive, positive], axis=1)
+    return raw.astype(np.float64)
+
+
+def evaluate_predictions(
+    labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix
+    (rows: true class, columns: predicted class)."""
+    predicted = probabilities.argmax(axis=1)
+    count = len(classes)
+    matrix = np.zeros((count, count), dtype=np.int64)
+    for true, guess in zip(labels, predicted, strict=True):
+        matrix[int(true), int(guess)] += 1
+    per_class = {}
+    for index, name in enumerate(classes):
+        tp = int(matrix[index, index])
+        predicted_as = int(matrix[:, index].sum())
+        actual = int(matrix[index, :].sum())
+        precision = tp / predicted_as if predicted_as else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": actual,
+        }
+    total = int(matrix.sum())
+    return {
+        "accuracy": float(np.trace(matrix) / total) if total else 0.0,
+        "samples": total,
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+        "classes": classes,
+    }

@@ -1,0 +1,316 @@
+"""The three methods of the small-data recipe, as pure Keras with plain-callable hooks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from app.ml import bases, builders
+from app.ml.config import TrainConfig
+from app.ml.data import SplitArrays, balanced_class_weights
+from app.ml.evaluate import class_probabilities, evaluate_predictions
+from app.ml.features import feature_cache_key, load_or_compute
+
+# How often (seconds) batch-level progress is reported and cancellation is checked.
+HOOK_INTERVAL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    stage: str
+    epoch: int  # 1-based, counted across stages
+    loss: float | None
+    accuracy: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    learning_rate: float | None
+    seconds: float
+
+
+@dataclass
+class TrainingHooks:
+    """How a run talks to the outside world (the service writes these to the database)."""
+
+    on_epoch_end: Callable[[EpochRecord], None] = lambda record: None
+    on_progress: Callable[[dict[str, Any]], None] = lambda detail: None
+    should_stop: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class TrainingOutcome:
+    model: keras.Model
+    cancelled: bool
+    evaluation: dict[str, Any] | None
+    best_epoch: int | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class _JobCallback(keras.callbacks.Callback):  # type: ignore[misc]
+    def __init__(self, *, stage: str, epoch_offset: int, epochs: int, hooks: TrainingHooks):
+        super().__init__()
+        self.stage = stage
+        self.epoch_offset = epoch_offset
+        self.epochs = epochs
+        self.hooks = hooks
+        self.cancelled = False
+        self._epoch_started = 0.0
+        self._last_hook = 0.0
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+        self._epoch_started = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.perf_counter()
+        if now - self._last_hook < HOOK_INTERVAL_SECONDS:
+            return
+        self._last_hook = now
+        self.hooks.on_progress(
+            {
+                "stage": self.stage,
+                "epoch": self.epoch_offset + self._epoch + 1,
+                "stage_epoch": self._epoch + 1,
+                "stage_epochs": self.epochs,
+                "batch": batch + 1,
+                "batches": self.params.get("steps"),
+            }
+        )
+        if self.hooks.should_stop():
+            self.cancelled = True
+            self.model.stop_training = True  # Keras 3 checks this after every batch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        rate = self.model.optimizer.learning_rate
+        record = EpochRecord(
+            stage=self.stage,
+            epoch=self.epoch_offset + epoch + 1,
+            loss=_number(logs.get("loss")),
+            accuracy=_number(logs.get("accuracy")),
+            val_loss=_number(logs.get("val_loss")),
+            val_accuracy=_number(logs.get("val_accuracy")),
+            learning_rate=_number(keras.ops.convert_to_numpy(rate)),
+            seconds=time.perf_counter() - self._epoch_started,
+        )
+        self.hooks.on_epoch_end(record)
+        if not self.cancelled and self.hooks.should_stop():
+            self.cancelled = True
+            self.model.stop_training = True
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _fit(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    config: TrainConfig,
+    epochs: int,
+    stage: str,
+    epoch_offset: int,
+    class_weight: dict[int, float] | None,
+    hooks: TrainingHooks,
+) -> tuple[_JobCallback, keras.callbacks.History, int | None]:
+    job_callback = _JobCallback(stage=stage, epoch_offset=epoch_offset, epochs=epochs, hooks=hooks)
+    callbacks: list[keras.callbacks.Callback] = [job_callback]
+    keeper = None
+    if validation is not None:
+        # Always keep the best epoch's weights (by val_loss); stop early only if asked to.
+        keeper = keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=config.early_stopping_patience or epochs + 1,
+            restore_best_weights=True,
+        )
+        callbacks.append(keeper)
+    history = model.fit(
+        x, y, batch_size=config.batch_size, epochs=epochs, validation_data=validation,
+        class_weight=class_weight, callbacks=callbacks, shuffle=True, verbose=0,
+    )  # fmt: skip
+    best = None
+    if keeper is not None and keeper.best_weights is not None:
+        best = epoch_offset + int(keeper.best_epoch) + 1
+    return job_callback, history, best
+
+
+def _evaluate(
+    model: keras.Model, split: SplitArrays, classes: list[str], batch: int
+) -> dict[str, Any]:
+    raw = model.predict(split.images, batch_size=batch, verbose=0)
+    return evaluate_predictions(split.labels, class_probabilities(raw, len(classes)), classes)
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same run on CPU: Python, NumPy and TensorFlow RNGs, deterministic ops."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+@dataclass(frozen=True)
+class PretrainedSource:
+    weights_dir: Path | None
+    allow_download: bool
+    feature_cache_dir: Path
+    dataset_fingerprint: str
+
+
+def train(
+    config: TrainConfig,
+    *,
+    splits: dict[str, SplitArrays],
+    classes: list[str],
+    hooks: TrainingHooks,
+    pretrained: PretrainedSource | None = None,
+) -> TrainingOutcome:
+    """Run one method on the loaded splits; evaluate on test (or validation) at the end."""
+    seed_everything(config.seed)
+    train_split = splits["train"]
+    validation = splits.get("validation")
+    validation_data = (
+        (validation.images, validation.labels)
+        if validation is not None and len(validation)
+        else None
+    )
+    weights = (
+        balanced_class_weights(train_split.labels, len(classes)) if config.balance_classes else None
+    )
+    class_count = len(classes)
+    details: dict[str, Any] = {}
+
+    if config.method == "scratch":
+        model = builders.build_scratch_model(config, class_count=class_count)
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=builders.loss_for(class_count),
+            metrics=["accuracy"],
+        )
+        callback, _, best = _fit(
+            model, train_split.images, train_split.labels, validation_data, config=config,
+            epochs=config.epochs, stage="train", epoch_offset=0, class_weight=weights, hooks=hooks,
+        )  # fmt: skip
+        cancelled = callback.cancelled
+    else:
+        assert pretrained is not None, "bottleneck and finetune need a pretrained base"
+        model, cancelled, best = _train_pretrained(
+            config, splits=splits, class_count=class_count, class_weight=weights,
+            hooks=hooks, pretrained=pretrained, details=details,
+        )  # fmt: skip
+
+    evaluation = None
+    if not cancelled:
+        target = splits.get("test")
+        split_name = "test"
+        if target is None or not len(target):
+            target, split_name = validation, "validation"
+        if target is not None and len(target):
+            evaluation = _evaluate(model, target, classes, config.batch_size)
+            evaluation["split"] = split_name
+    return TrainingOutcome(
+        model=model, cancelled=cancelled, evaluation=evaluation, best_epoch=best, details=details
+    )
+
+
+def _train_pretrained(
+    config: TrainConfig,
+    *,
+    splits: dict[str, SplitArrays],
+    class_count: int,
+    class_weight: dict[int, float] | None,
+    hooks: TrainingHooks,
+    pretrained: PretrainedSource,
+    details: dict[str, Any],
+) -> tuple[keras.Model, bool, int | None]:
+    from models_store import file_sha256
+
+    spec = bases.BASES[config.base_model]
+    weights = bases.resolve_weights(
+        spec, weights_dir=pretrained.weights_dir, allow_download=pretrained.allow_download
+    )
+    base = bases.build_base(spec, image_size=config.image_size, weights=weights)
+    base.trainable = False
+    weights_path = bases.find_weights(spec, weights_dir=pretrained.weights_dir)
+    weights_sha = file_sha256(weights_path) if weights_path else "imagenet-download"
+    extractor = builders.feature_extractor(base, spec, image_size=config.image_size)
+
+    def compute() -> dict[str, np.ndarray]:
+        arrays = {}
+        for name, split in splits.items():
+            hooks.on_progress({"stage": "features", "split": name, "images": len(split)})
+            arrays[name] = extractor.predict(split.images, batch_size=32, verbose=0)
+        return arrays
+
+    key = feature_cache_key(
+        dataset_fingerprint=pretrained.dataset_fingerprint, base_model=spec.key,
+        weights_sha256=weights_sha, image_size=config.image_size,
+    )  # fmt: skip
+    started = time.perf_counter()
+    features, hit = load_or_compute(pretrained.feature_cache_dir / f"{key}.npz", compute)
+    details.update(
+        feature_cache_hit=hit,
+        feature_cache_key=key,
+        feature_seconds=round(time.perf_counter() - started, 3),
+        weights=Path(weights).name if weights != "imagenet" else "imagenet (downloaded)",
+    )
+
+    head = builders.build_head(
+        int(features["train"].shape[1]), class_count=class_count, dropout=config.dropout,
+        seed=config.seed,
+    )  # fmt: skip
+    head_epochs = config.epochs if config.method == "bottleneck" else config.head_epochs
+    head_rate = config.learning_rate if config.method == "bottleneck" else config.head_learning_rate
+    head.compile(
+        optimizer=keras.optimizers.Adam(head_rate),
+        loss=builders.loss_for(class_count),
+        metrics=["accuracy"],
+    )
+    validation = splits.get("validation")
+    head_validation = (
+        (features["validation"], validation.labels)
+        if validation is not None and "validation" in features and len(validation)
+        else None
+    )
+    callback, _, best = _fit(
+        head, features["train"], splits["train"].labels, head_validation, config=config,
+        epochs=head_epochs, stage="head", epoch_offset=0, class_weight=class_weight, hooks=hooks,
+    )  # fmt: skip
+    builders.freeze_batch_norm(base)
+    if callback.cancelled or config.method == "bottleneck":
+        model = builders.build_pretrained_model(
+            base, head, spec, image_size=config.image_size, augmentation=None, seed=config.seed
+        )
+        return model, callback.cancelled, best
+
+    # Fine-tune: unfreeze the top block, keep BN frozen, low learning rate, augmentation on.
+    details["unfrozen_layers"] = builders.unfreeze_top(base, spec)
+    model = builders.build_pretrained_model(
+        base, head, spec, image_size=config.image_size, augmentation=config.augmentation,
+        seed=config.seed,
+    )  # fmt: skip
+    model.compile(  # recompile: trainable flags only take effect on compile
+        optimizer=keras.optimizers.SGD(config.learning_rate, momentum=0.9),
+        loss=builders.loss_for(class_count),
+        metrics=["accuracy"],
+    )
+    validation_data = (
+        (validation.images, validation.labels)
+        if validation is not None and len(validation)
+        else None
+    )
+    callback, _, best_finetune = _fit(
+        model, splits["train"].images, splits["train"].labels, validation_data, config=config,
+        epochs=config.epochs, stage="finetune", epoch_offset=head_epochs,
+        class_weight=class_weight, hooks=hooks,
+    )  # fmt: skip
+    return model, callback.cancelled, best_finetune or best
