@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     default_queue: str = "default"
     # Seconds the readiness probe waits for the database or the broker before it reports 503.
     readiness_timeout_seconds: float = Field(default=3.0, gt=0)
+    # A running job whose worker has not reported for this long is taken over by another.
+    job_heartbeat_timeout_seconds: float = Field(default=900.0, gt=0)
 
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     max_uncompressed_bytes: int = Field(default=8 * 1024**3, gt=0)

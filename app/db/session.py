@@ -48,10 +48,11 @@ def engine_for(url: str) -> Engine:
     return _engines[url]
 
 
-def dispose_engines() -> None:
-    """Close every pool and forget the engines (tests switch databases; forks must not share)."""
+def dispose_engines(*, close: bool = True) -> None:
+    """Forget every engine. close=False in a forked child: drop the inherited pool without
+    closing connections that still belong to the parent process."""
     for engine in _engines.values():
-        engine.dispose()
+        engine.dispose(close=close)
     _engines.clear()
     _session_factories.clear()
 

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.core.config import get_settings
-from app.core.errors import NotFoundError, ServiceUnavailableError
+from app.core.config import Settings, get_settings
+from app.core.errors import (
+    AppError,
+    ConflictError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from app.core.queue import RUN_TRAINING_JOB, send_task
-from app.db.models import JobStatus, TrainingJob, TrainingMethod
+from app.db.base import utcnow
+from app.db.models import DatasetStatus, EpochMetric, JobStatus, TrainingJob, TrainingMethod
+from app.ml.bases import BASES, WeightsNotFoundError, resolve_weights
+from app.schemas.jobs import METHOD_DEFAULTS, JobCreate
+from app.services.datasets import get_dataset
+
+
+class WeightsMissingError(AppError):
+    status_code = 400
+    code = "weights_not_found"
 
 
 def create_job(
@@ -68,3 +84,86 @@ def submit_job(
         session.commit()
         raise
     return job
+
+
+def _model_name_for(dataset_name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset_name).strip("-.") or "model"
+    return slug[:100]
+
+
+def training_parameters(request: JobCreate, *, dataset_name: str) -> dict[str, Any]:
+    """The request with every default filled in: what the worker will run, stored on the job."""
+    parameters = request.model_dump(mode="json", exclude={"dataset_id", "method"})
+    defaults = METHOD_DEFAULTS[request.method]
+    parameters["epochs"] = request.epochs or int(defaults["epochs"])
+    parameters["learning_rate"] = request.learning_rate or defaults["learning_rate"]
+    parameters["model_name"] = request.model_name or _model_name_for(dataset_name)
+    if request.method == "scratch":
+        parameters.pop("base_model")  # a scratch model has no pretrained base
+    if request.method != "finetune":
+        parameters.pop("head_epochs")
+    return parameters
+
+
+def submit_training_job(session: Session, *, request: JobCreate, settings: Settings) -> TrainingJob:
+    """Check the dataset and the base's weights, then create and enqueue a training job."""
+    dataset = get_dataset(session, dataset_id=request.dataset_id)
+    if dataset.status != DatasetStatus.READY.value:
+        raise ConflictError(f"dataset {dataset.id} is {dataset.status}, not ready")
+    if request.method != "scratch":
+        try:
+            resolve_weights(
+                BASES[request.base_model],
+                weights_dir=settings.pretrained_weights_dir,
+                allow_download=settings.allow_weights_download,
+            )
+        except WeightsNotFoundError as exc:
+            raise WeightsMissingError(str(exc)) from exc
+    return submit_job(
+        session,
+        method=TrainingMethod(request.method),
+        dataset_id=dataset.id,
+        parameters=training_parameters(request, dataset_name=dataset.name),
+    )
+
+
+def list_jobs(
+    session: Session,
+    *,
+    dataset_id: uuid.UUID | None,
+    status: JobStatus | None,
+    limit: int,
+    offset: int,
+) -> list[TrainingJob]:
+    """Jobs, newest first, optionally of one dataset and/or in one status."""
+    query = select(TrainingJob).order_by(TrainingJob.created_at.desc())
+    if dataset_id is not None:
+        query = query.where(TrainingJob.dataset_id == dataset_id)
+    if status is not None:
+        query = query.where(TrainingJob.status == status.value)
+    return list(session.scalars(query.limit(limit).offset(offset)))
+
+
+def cancel_job(session: Session, *, job: TrainingJob) -> TrainingJob:
+    """Cancel a queued job at once; ask a running one to stop (its worker does within a batch)."""
+    if job.status == JobStatus.QUEUED.value:
+        cancelled = session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job.id, TrainingJob.status == JobStatus.QUEUED.value)
+            .values(status=JobStatus.CANCELLED.value, finished_at=utcnow(), cancel_requested=True)
+        )
+        if cancelled.rowcount == 1:  # type: ignore[attr-defined]
+            session.refresh(job)
+            return job
+        session.refresh(job)  # a worker claimed it meanwhile: cancel it as a running job
+    if job.status == JobStatus.RUNNING.value:
+        job.cancel_requested = True
+        session.flush()
+        return job
+    raise ConflictError(f"job {job.id} is already {job.status}")
+
+
+def epoch_metrics(session: Session, *, job_id: uuid.UUID) -> list[EpochMetric]:
+    """The job's per-epoch curves so far, in order."""
+    query = select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)
+    return list(session.scalars(query))

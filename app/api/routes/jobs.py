@@ -1,21 +1,102 @@
-"""Jobs: status of any job, and the worker check that proves a worker can run jobs."""
+"""Training jobs: start, list, inspect, cancel, and their curves; the worker check."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import SessionDep, ValidJob
-from app.db.models import TrainingMethod
-from app.schemas.jobs import JobAccepted, JobRead
-from app.services import jobs
+from app.core.config import get_settings
+from app.db.models import JobStatus, TrainingMethod
+from app.schemas.jobs import EpochRead, JobAccepted, JobCreate, JobMetrics, JobRead
+from app.services import jobs, plots
 
 router = APIRouter(tags=["jobs"])
+
+
+@router.post(
+    "/jobs",
+    response_model=JobAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        400: {"description": "the base model's pretrained weights are not on this machine"},
+        404: {"description": "unknown dataset"},
+        503: {"description": "the broker is unreachable"},
+    },
+)
+def create_job(request: JobCreate, session: SessionDep) -> JobAccepted:
+    """Start training: `scratch`, `bottleneck` (frozen ImageNet base + dense head on cached
+    features) or `finetune` (head first, then the base's top block at a low learning rate)."""
+    job = jobs.submit_training_job(session, request=request, settings=get_settings())
+    return JobAccepted(id=job.id, status=job.status)
+
+
+@router.get("/jobs", response_model=list[JobRead])
+def list_jobs(
+    session: SessionDep,
+    dataset_id: uuid.UUID | None = None,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[JobRead]:
+    """Jobs, newest first; filter by dataset and/or status."""
+    found = jobs.list_jobs(
+        session, dataset_id=dataset_id, status=status, limit=limit, offset=offset
+    )
+    return [JobRead.model_validate(job) for job in found]
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead)
 def read_job(job: ValidJob) -> JobRead:
     """A job's status, progress, timestamps, result and error."""
     return JobRead.model_validate(job)
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobRead,
+    responses={409: {"description": "the job has already finished"}},
+)
+def cancel_job(job: ValidJob, session: SessionDep) -> JobRead:
+    """Cancel a queued job, or stop a running one within one batch."""
+    return JobRead.model_validate(jobs.cancel_job(session, job=job))
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=JobMetrics)
+def job_metrics(job: ValidJob, session: SessionDep) -> JobMetrics:
+    """Per-epoch curves (available while the job runs) and, once done, the evaluation."""
+    result = job.result or {}
+    return JobMetrics(
+        job_id=job.id,
+        status=job.status,
+        progress=job.progress,
+        epochs=[EpochRead.model_validate(m) for m in jobs.epoch_metrics(session, job_id=job.id)],
+        best_epoch=result.get("best_epoch"),
+        evaluation=result.get("evaluation"),
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/metrics.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def job_metrics_png(job: ValidJob, session: SessionDep) -> Response:
+    """Training vs validation accuracy and loss per epoch, as a picture."""
+    png = plots.curves_png(jobs.epoch_metrics(session, job_id=job.id), title=f"job {job.id}")
+    return Response(content=png, media_type="image/png")
+
+
+@router.get(
+    "/jobs/{job_id}/confusion.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 409: {"description": "not evaluated yet"}},
+)
+def job_confusion_png(job: ValidJob) -> Response:
+    """The confusion matrix of the final evaluation, as a picture."""
+    return Response(content=plots.confusion_png(job), media_type="image/png")
 
 
 @router.post(
