@@ -1,0 +1,174 @@
+"""Accuracy and wall time of the three methods on real photos, through the running service.
+
+    .venv/bin/python -m benchmarks.accuracy [--datasets cats_vs_dogs_small flowers_small]
+                                             [--methods scratch bottleneck finetune]
+
+Starts the API and one worker (embedded broker, SQLite) with the offline weights in
+../shared/weights, uploads each dataset as a zip, runs each method as a job, and writes test
+accuracy and job wall time to docs/BENCHMARKS.md (section "accuracy").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from benchmarks.common import PROJECT_ROOT, SHARED, free_port, machine, write_section
+
+# The recipe's settings per method; image size 160 for the MobileNetV2 base, 150 as in the
+# tutorial for the from-scratch CNN.
+JOBS: dict[str, dict[str, object]] = {
+    "scratch": {"image_size": 150, "epochs": 40, "batch_size": 32, "learning_rate": 1e-3},
+    "bottleneck": {"image_size": 160, "epochs": 30, "batch_size": 32, "learning_rate": 1e-3,
+                   "augmentation": None},
+    "finetune": {"image_size": 160, "epochs": 6, "head_epochs": 20, "batch_size": 32,
+                 "learning_rate": 1e-4},
+}  # fmt: skip
+TARGETS = {
+    ("cats_vs_dogs_small", "scratch"): 0.80,
+    ("cats_vs_dogs_small", "bottleneck"): 0.97,
+    ("cats_vs_dogs_small", "finetune"): 0.975,
+    ("flowers_small", "bottleneck"): 0.85,
+    ("flowers_small", "finetune"): 0.88,
+}
+
+
+def zip_dataset(name: str, target: Path) -> None:
+    root = SHARED / "data" / name
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
+        for split in ("train", "validation", "test"):
+            for image in sorted((root / split).rglob("*.jpg")):
+                archive.write(image, f"{name}/{image.relative_to(root)}")
+
+
+def wait_job(base: str, job_id: str) -> dict:
+    while True:
+        job = httpx.get(f"{base}/jobs/{job_id}", timeout=30).json()
+        if job["status"] in {"succeeded", "failed", "cancelled"}:
+            return job
+        time.sleep(2)
+
+
+def seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--datasets", nargs="+", default=["cats_vs_dogs_small", "flowers_small"])
+    parser.add_argument("--methods", nargs="+", default=["bottleneck", "finetune", "scratch"])
+    parser.add_argument("--repeat-bottleneck", action="store_true", default=True)
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="accuracy-bench-") as tmp:
+        work = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
+        env.update(SMALLVISION_DATA_DIR=str(work / "var"),
+                   SMALLVISION_PRETRAINED_WEIGHTS_DIR=str(SHARED / "weights"))  # fmt: skip
+        port = free_port()
+        log = (work / "service.log").open("wb")
+        service = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "run", "--port", str(port)],
+            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            for dataset in args.datasets:
+                archive = work / f"{dataset}.zip"
+                zip_dataset(dataset, archive)
+                with archive.open("rb") as handle:
+                    uploaded = httpx.post(f"{base}/datasets", files={"file": handle},
+                                          data={"name": dataset}, timeout=600).json()  # fmt: skip
+                runs = list(args.methods)
+                if args.repeat_bottleneck and "bottleneck" in runs:
+                    runs.insert(runs.index("bottleneck") + 1, "bottleneck (cached features)")
+                for run in runs:
+                    method = run.split(" ")[0]
+                    request = {"dataset_id": uploaded["id"], "method": method,
+                               "base_model": "mobilenet_v2", "seed": 1, **JOBS[method]}  # fmt: skip
+                    accepted = httpx.post(f"{base}/jobs", json=request, timeout=60).json()
+                    job = wait_job(base, accepted["id"])
+                    result = job["result"] or {}
+                    evaluation = result.get("evaluation") or {}
+                    row = {
+                        "dataset": dataset, "run": run, "status": job["status"],
+                        "accuracy": evaluation.get("accuracy"),
+                        "split": evaluation.get("split"),
+                        "seconds": seconds_between(job["started_at"], job["finished_at"]),
+                        "best_epoch": result.get("best_epoch"),
+                        "cache_hit": result.get("feature_cache_hit"),
+                        "feature_seconds": result.get("feature_seconds"),
+                        "error": job["error"],
+                        "request": {k: v for k, v in request.items() if k != "dataset_id"},
+                    }  # fmt: skip
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            service.send_signal(signal.SIGINT)
+            service.wait(timeout=60)
+
+    lines = [
+        "## Training accuracy and job time (`POST /jobs`)",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}, CPU only (no GPU), with",
+        "`.venv/bin/python -m benchmarks.accuracy`: the service (`app.cli run`: API + one worker,",
+        "SQLite, embedded broker) with the offline MobileNetV2 weights of `../shared/weights`,",
+        "each dataset uploaded as a zip of its train/validation/test folders, one job at a time.",
+        "Accuracy is on the held-out test split; seconds are the job's started_at..finished_at",
+        "(image loading, feature extraction, training, evaluation, saving the model version).",
+        "",
+        "| dataset | method | test accuracy | target | job seconds | best epoch | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        target = TARGETS.get((row["dataset"], row["run"].split(" ")[0]))
+        accuracy = f"{row['accuracy']:.3f}" if row["accuracy"] is not None else row["status"]
+        met = (
+            ""
+            if target is None or row["accuracy"] is None
+            else (" (met)" if row["accuracy"] >= target else " (**missed**)")
+        )
+        notes = []
+        if row["cache_hit"] is not None:
+            notes.append(
+                f"feature cache {'hit' if row['cache_hit'] else 'miss'}, "
+                f"{row['feature_seconds']:.1f} s features"
+            )
+        if row["error"]:
+            notes.append(row["error"][:120])
+        req = row["request"]
+        notes.append(
+            f"size {req['image_size']}, {req['epochs']} epochs"
+            + (f" (+{req['head_epochs']} head)" if "head_epochs" in req else "")
+        )
+        lines.append(
+            f"| {row['dataset']} | {row['run']} | {accuracy} | "
+            f"{'>= ' + str(target) if target else '-'}{met} | {row['seconds']:.0f} | "
+            f"{row['best_epoch']} | {'; '.join(notes)} |"
+        )  # fmt: skip
+    body = "\n".join(lines) + "\n"
+    write_section("accuracy", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
