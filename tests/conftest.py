@@ -92,9 +92,7 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'test.db'}"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
+def _fresh_postgres_database() -> Iterator[str]:
     reason = _tcp_answers(POSTGRES_URL, 5432)
     if reason:
         service_unavailable(f"PostgreSQL at {POSTGRES_URL}", reason)
@@ -113,10 +111,31 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url() -> str:
-    """The test Redis database, emptied first."""
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
+    yield from _fresh_postgres_database()
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database shared by one test module."""
+    yield from _fresh_postgres_database()
+
+
+def _emptied_redis() -> str:
     reason = _tcp_answers(REDIS_URL, 6379)
     if reason:
         service_unavailable(f"Redis at {REDIS_URL}", reason)
     redis.Redis.from_url(REDIS_URL).flushdb()
     return REDIS_URL
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis database, emptied first."""
+    return _emptied_redis()
+
+
+@pytest.fixture(scope="module")
+def module_redis_url() -> str:
+    return _emptied_redis()

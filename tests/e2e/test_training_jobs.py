@@ -1,0 +1,252 @@
+"""Training jobs end to end: the API, a real Celery worker on Redis, PostgreSQL, tiny photos."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.config import ENV_PREFIX
+from app.main import create_app
+from tests.conftest import migrate, reset_caches
+from tests.processes import running_worker, wait_until
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+TINY = {"image_size": 32, "batch_size": 8, "base_model": "mobilenet", "seed": 3}
+
+
+def _tiny_photo_zip(path: Path) -> Path:
+    root = SHARED / "data" / "cats_vs_dogs_small"
+    with zipfile.ZipFile(path, "w") as archive:
+        for split, count in (("train", 8), ("validation", 4), ("test", 4)):
+            for label in ("cats", "dogs"):
+                for image in sorted((root / split / label).iterdir())[:count]:
+                    archive.write(image, f"{split}/{label}/{image.name}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, request) -> Iterator[tuple[TestClient, Path]]:
+    """API client + one real worker on PostgreSQL and Redis, shared by this module's tests."""
+    postgres_url = request.getfixturevalue("module_postgres_url")
+    redis_url = request.getfixturevalue("module_redis_url")
+    tmp = tmp_path_factory.mktemp("training")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {
+            "DATA_DIR": str(tmp / "data"), "ENVIRONMENT": "test", "DATABASE_URL": postgres_url,
+            "BROKER_URL": redis_url, "PRETRAINED_WEIGHTS_DIR": str(SHARED / "weights"),
+            "JOB_HEARTBEAT_TIMEOUT_SECONDS": "600",
+        }.items():  # fmt: skip
+            patch.setenv(ENV_PREFIX + key, value)
+        reset_caches()
+        migrate(postgres_url)
+        log = tmp / "worker.log"
+        with running_worker(log), TestClient(create_app()) as client:
+            yield client, log
+    reset_caches()
+
+
+@pytest.fixture(scope="module")
+def dataset_id(stack, tmp_path_factory) -> str:
+    client, _ = stack
+    archive = _tiny_photo_zip(tmp_path_factory.mktemp("zip") / "tiny.zip")
+    response = client.post(
+        "/datasets", files={"file": ("tiny.zip", archive.read_bytes())}, data={"name": "tiny"}
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _start(client: TestClient, **request: object) -> str:
+    response = client.post("/jobs", json=request)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued"
+    return str(response.json()["id"])
+
+
+def _finished(client: TestClient, job_id: str, log: Path, timeout: float = 240) -> dict:
+    def done() -> bool:
+        return client.get(f"/jobs/{job_id}").json()["status"] in {
+            "succeeded",
+            "failed",
+            "cancelled",
+        }
+
+    wait_until(done, timeout=timeout, what=f"job {job_id} to finish", log=log)
+    return dict(client.get(f"/jobs/{job_id}").json())
+
+
+@pytest.mark.parametrize("method", ["scratch", "bottleneck", "finetune"])
+def test_each_method_trains_evaluates_and_registers_a_version(
+    stack, dataset_id: str, method: str
+) -> None:
+    client, log = stack
+    job_id = _start(client, dataset_id=dataset_id, method=method, epochs=2, head_epochs=1,
+                    model_name=f"tiny-{method}", **TINY)  # fmt: skip
+    job = _finished(client, job_id, log)
+    assert job["status"] == "succeeded", (job["error"], log.read_text()[-3000:])
+    assert job["progress"] == 1.0
+
+    metrics = client.get(f"/jobs/{job_id}/metrics").json()
+    expected_epochs = 3 if method == "finetune" else 2
+    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, expected_epochs + 1))
+    if method == "finetune":
+        assert [e["stage"] for e in metrics["epochs"]] == ["head", "finetune", "finetune"]
+        assert metrics["epochs"][-1]["learning_rate"] == pytest.approx(1e-4, rel=1e-3)
+    for epoch in metrics["epochs"]:
+        assert epoch["loss"] is not None and epoch["val_accuracy"] is not None
+        assert epoch["seconds"] > 0
+    evaluation = metrics["evaluation"]
+    assert evaluation["split"] == "test"
+    assert evaluation["samples"] == 8
+    assert set(evaluation["per_class"]) == {"cats", "dogs"}
+    assert sum(map(sum, evaluation["confusion_matrix"])) == 8
+    assert 1 <= metrics["best_epoch"] <= expected_epochs
+
+    model = job["result"]["model"]
+    assert model["name"] == f"tiny-{method}"
+    assert model["version"] == 1
+    for picture in ("metrics.png", "confusion.png"):
+        response = client.get(f"/jobs/{job_id}/{picture}")
+        assert response.status_code == 200
+        assert response.content.startswith(b"\x89PNG")
+
+
+def test_saved_model_takes_raw_pixels_of_any_size(stack, dataset_id: str) -> None:
+    import keras
+    import numpy as np
+
+    from app.db.models import ModelVersion
+    from app.db.session import session_scope
+    from app.services.model_versions import model_store
+
+    client, log = stack
+    job_id = _start(client, dataset_id=dataset_id, method="bottleneck", epochs=1,
+                    model_name="tiny-raw", **TINY)  # fmt: skip
+    assert _finished(client, job_id, log)["status"] == "succeeded"
+    second = _start(client, dataset_id=dataset_id, method="bottleneck", epochs=1,
+                    model_name="tiny-raw", **TINY)  # fmt: skip
+    second_job = _finished(client, second, log)
+    assert second_job["result"]["model"]["version"] == 2
+    with session_scope() as session:
+        versions = session.query(ModelVersion).filter_by(name="tiny-raw").order_by("version").all()
+        assert [(v.version, v.is_active) for v in versions] == [(1, True), (2, False)]
+        folder = model_store().verified_path(versions[0].path, expected_sha256=versions[0].sha256)
+    model = keras.saving.load_model(folder / "model.keras")
+    pixels = np.random.default_rng(0).integers(0, 256, size=(2, 57, 91, 3)).astype("float32")
+    probabilities = model.predict(pixels, verbose=0)
+    assert probabilities.shape == (2, 1)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+def test_second_bottleneck_job_reuses_cached_features(stack, dataset_id: str) -> None:
+    client, log = stack
+    request = {"dataset_id": dataset_id, "method": "bottleneck", "epochs": 1, **TINY,
+               "image_size": 48}  # fmt: skip
+    first = _finished(client, _start(client, **request), log)
+    second = _finished(client, _start(client, **request), log)
+    assert first["result"]["feature_cache_hit"] is False
+    assert second["result"]["feature_cache_hit"] is True
+    assert second["result"]["feature_cache_key"] == first["result"]["feature_cache_key"]
+
+
+def test_cancel_stops_a_running_job_within_a_batch(stack, dataset_id: str) -> None:
+    client, log = stack
+    job_id = _start(client, dataset_id=dataset_id, method="scratch", epochs=500, **TINY)
+
+    def trained_an_epoch() -> bool:
+        return bool(client.get(f"/jobs/{job_id}/metrics").json()["epochs"])
+
+    wait_until(trained_an_epoch, timeout=120, what="the first epoch", log=log)
+    response = client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 200
+    assert response.json()["cancel_requested"] is True
+    requested = time.monotonic()
+    job = _finished(client, job_id, log, timeout=60)
+    assert job["status"] == "cancelled"
+    assert time.monotonic() - requested < 30
+    assert job["result"] is None  # no model version for a cancelled job
+    assert len(client.get(f"/jobs/{job_id}/metrics").json()["epochs"]) < 500
+    assert client.post(f"/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_a_killed_worker_child_does_not_leave_the_job_running(stack, dataset_id: str) -> None:
+    client, log = stack
+    job_id = _start(client, dataset_id=dataset_id, method="scratch", epochs=25, **TINY)
+
+    def running_with_epochs() -> bool:
+        job = client.get(f"/jobs/{job_id}").json()
+        return job["status"] == "running" and bool(
+            client.get(f"/jobs/{job_id}/metrics").json()["epochs"]
+        )
+
+    wait_until(running_with_epochs, timeout=120, what="the job to run", log=log)
+    first_worker = client.get(f"/jobs/{job_id}").json()["worker_id"]
+    os.kill(int(first_worker.rpartition("/")[2]), signal.SIGKILL)
+
+    job = _finished(client, job_id, log, timeout=240)
+    assert job["status"] == "succeeded", (job["error"], log.read_text()[-3000:])
+    assert job["worker_id"] != first_worker  # taken over by a fresh child and run again
+    epochs = [e["epoch"] for e in client.get(f"/jobs/{job_id}/metrics").json()["epochs"]]
+    assert epochs == list(range(1, 26))
+
+
+def test_a_job_whose_data_is_broken_fails_with_a_readable_error(stack, dataset_id: str) -> None:
+    client, log = stack
+    from app.core.config import get_settings
+
+    archive = _tiny_photo_zip(Path(get_settings().data_dir) / "broken.zip")
+    created = client.post(
+        "/datasets", files={"file": ("b.zip", archive.read_bytes())}, data={"name": "broken"}
+    ).json()
+    (Path(get_settings().datasets_dir) / created["id"] / "manifest.json").unlink()
+    job = _finished(client, _start(client, dataset_id=created["id"], method="scratch",
+                                   epochs=1, **TINY), log)  # fmt: skip
+    assert job["status"] == "failed"
+    assert job["error"].startswith("FileNotFoundError")
+    assert "manifest.json" in job["error"]
+
+
+def test_request_errors(stack, dataset_id: str) -> None:
+    client, _ = stack
+    unknown = client.post("/jobs", json={"dataset_id": "00000000-0000-0000-0000-000000000000"})
+    assert unknown.status_code == 404
+    bad = client.post("/jobs", json={"dataset_id": dataset_id, "method": "magic"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["body", "method"]
+    too_small = client.post("/jobs", json={"dataset_id": dataset_id, "image_size": 8})
+    assert too_small.json()["detail"][0]["loc"] == ["body", "image_size"]
+    bad_name = client.post("/jobs", json={"dataset_id": dataset_id, "model_name": "../x"})
+    assert bad_name.json()["detail"][0]["loc"] == ["body", "model_name"]
+    no_weights = client.post(
+        "/jobs", json={"dataset_id": dataset_id, "method": "finetune", "base_model": "resnet50"}
+    )
+    assert no_weights.status_code == 400
+    assert no_weights.json()["error"] == "weights_not_found"
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in no_weights.json()["detail"]
+    listed = client.get(f"/jobs?dataset_id={dataset_id}&status=succeeded").json()
+    assert listed and all(j["status"] == "succeeded" for j in listed)
+    assert client.get("/jobs?status=bogus").status_code == 422
+
+
+def test_queued_job_cancel_is_immediate(stack, dataset_id: str) -> None:
+    import uuid
+
+    from app.db.models import TrainingMethod
+    from app.db.session import session_scope
+    from app.services import jobs, training
+
+    client, _ = stack
+    with session_scope() as session:  # queued but never sent: no worker can race the cancel
+        job = jobs.create_job(session, method=TrainingMethod.SCRATCH,
+                              dataset_id=uuid.UUID(dataset_id), parameters={})  # fmt: skip
+        job_id = job.id
+    assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    training.run_job(job_id=job_id, worker_id="late-delivery/1")
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
