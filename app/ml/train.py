@@ -13,7 +13,7 @@ import numpy as np
 
 from app.ml import bases, builders
 from app.ml.config import TrainConfig
-from app.ml.data import SplitArrays, balanced_class_weights
+from app.ml.data import SplitSource, balanced_class_weights
 from app.ml.evaluate import class_probabilities, evaluate_predictions
 from app.ml.features import feature_cache_key, load_or_compute
 
@@ -143,11 +143,19 @@ def _fit(
     return job_callback, history, best
 
 
+def _evaluation_split(splits: SplitSource) -> str | None:
+    """The test split if there is one, else validation."""
+    for name in ("test", "validation"):
+        if name in splits.names and len(splits.labels(name)):
+            return name
+    return None
+
+
 def _evaluate(
-    model: keras.Model, split: SplitArrays, classes: list[str], batch: int
+    model: keras.Model, inputs: np.ndarray, labels: np.ndarray, classes: list[str], batch: int
 ) -> dict[str, Any]:
-    raw = model.predict(split.images, batch_size=batch, verbose=0)
-    return evaluate_predictions(split.labels, class_probabilities(raw, len(classes)), classes)
+    raw = model.predict(inputs, batch_size=batch, verbose=0)
+    return evaluate_predictions(labels, class_probabilities(raw, len(classes)), classes)
 
 
 def seed_everything(seed: int) -> None:
@@ -169,71 +177,67 @@ class PretrainedSource:
 def train(
     config: TrainConfig,
     *,
-    splits: dict[str, SplitArrays],
-    classes: list[str],
+    splits: SplitSource,
     hooks: TrainingHooks,
     pretrained: PretrainedSource | None = None,
 ) -> TrainingOutcome:
-    """Run one method on the loaded splits; evaluate on test (or validation) at the end."""
+    """Run one method; evaluate the best epoch's weights on test (or validation) at the end."""
     seed_everything(config.seed)
-    train_split = splits["train"]
-    validation = splits.get("validation")
-    validation_data = (
-        (validation.images, validation.labels)
-        if validation is not None and len(validation)
-        else None
-    )
-    weights = (
-        balanced_class_weights(train_split.labels, len(classes)) if config.balance_classes else None
-    )
-    class_count = len(classes)
+    classes = splits.classes
+    train_labels = splits.labels("train")
+    weights = balanced_class_weights(train_labels, len(classes)) if config.balance_classes else None
     details: dict[str, Any] = {}
 
     if config.method == "scratch":
-        model = builders.build_scratch_model(config, class_count=class_count)
+        model = builders.build_scratch_model(config, class_count=len(classes))
         model.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=builders.loss_for(class_count),
+            loss=builders.loss_for(len(classes)),
             metrics=["accuracy"],
         )
+        train_split = splits.arrays("train")
         callback, _, best = _fit(
-            model, train_split.images, train_split.labels, validation_data, config=config,
-            epochs=config.epochs, stage="train", epoch_offset=0, class_weight=weights, hooks=hooks,
+            model, train_split.images, train_split.labels, _validation_arrays(splits),
+            config=config, epochs=config.epochs, stage="train", epoch_offset=0,
+            class_weight=weights, hooks=hooks,
         )  # fmt: skip
-        cancelled = callback.cancelled
-    else:
-        assert pretrained is not None, "bottleneck and finetune need a pretrained base"
-        model, cancelled, best = _train_pretrained(
-            config, splits=splits, class_count=class_count, class_weight=weights,
-            hooks=hooks, pretrained=pretrained, details=details,
-        )  # fmt: skip
+        outcome = TrainingOutcome(
+            model=model, cancelled=callback.cancelled, evaluation=None, best_epoch=best
+        )
+        target = _evaluation_split(splits)
+        if not outcome.cancelled and target is not None:
+            arrays = splits.arrays(target)
+            outcome.evaluation = {
+                **_evaluate(model, arrays.images, arrays.labels, classes, config.batch_size),
+                "split": target,
+            }
+        return outcome
+    assert pretrained is not None, "bottleneck and finetune need a pretrained base"
+    return _train_pretrained(
+        config, splits=splits, class_weight=weights, hooks=hooks, pretrained=pretrained,
+        details=details,
+    )  # fmt: skip
 
-    evaluation = None
-    if not cancelled:
-        target = splits.get("test")
-        split_name = "test"
-        if target is None or not len(target):
-            target, split_name = validation, "validation"
-        if target is not None and len(target):
-            evaluation = _evaluate(model, target, classes, config.batch_size)
-            evaluation["split"] = split_name
-    return TrainingOutcome(
-        model=model, cancelled=cancelled, evaluation=evaluation, best_epoch=best, details=details
-    )
+
+def _validation_arrays(splits: SplitSource) -> tuple[np.ndarray, np.ndarray] | None:
+    if "validation" not in splits.names:
+        return None
+    validation = splits.arrays("validation")
+    return (validation.images, validation.labels) if len(validation) else None
 
 
 def _train_pretrained(
     config: TrainConfig,
     *,
-    splits: dict[str, SplitArrays],
-    class_count: int,
+    splits: SplitSource,
     class_weight: dict[int, float] | None,
     hooks: TrainingHooks,
     pretrained: PretrainedSource,
     details: dict[str, Any],
-) -> tuple[keras.Model, bool, int | None]:
+) -> TrainingOutcome:
     from models_store import file_sha256
 
+    classes = splits.classes
     spec = bases.BASES[config.base_model]
     weights = bases.resolve_weights(
         spec, weights_dir=pretrained.weights_dir, allow_download=pretrained.allow_download
@@ -245,11 +249,11 @@ def _train_pretrained(
     extractor = builders.feature_extractor(base, spec, image_size=config.image_size)
 
     def compute() -> dict[str, np.ndarray]:
-        arrays = {}
-        for name, split in splits.items():
-            hooks.on_progress({"stage": "features", "split": name, "images": len(split)})
-            arrays[name] = extractor.predict(split.images, batch_size=32, verbose=0)
-        return arrays
+        features = {}
+        for name in splits.names:
+            hooks.on_progress({"stage": "features", "split": name})
+            features[name] = extractor.predict(splits.arrays(name).images, batch_size=32, verbose=0)
+        return features
 
     key = feature_cache_key(
         dataset_fingerprint=pretrained.dataset_fingerprint, base_model=spec.key,
@@ -265,32 +269,43 @@ def _train_pretrained(
     )
 
     head = builders.build_head(
-        int(features["train"].shape[1]), class_count=class_count, dropout=config.dropout,
+        int(features["train"].shape[1]), class_count=len(classes), dropout=config.dropout,
         seed=config.seed,
     )  # fmt: skip
-    head_epochs = config.epochs if config.method == "bottleneck" else config.head_epochs
-    head_rate = config.learning_rate if config.method == "bottleneck" else config.head_learning_rate
+    is_bottleneck = config.method == "bottleneck"
+    head_epochs = config.epochs if is_bottleneck else config.head_epochs
     head.compile(
-        optimizer=keras.optimizers.Adam(head_rate),
-        loss=builders.loss_for(class_count),
+        optimizer=keras.optimizers.Adam(
+            config.learning_rate if is_bottleneck else config.head_learning_rate
+        ),
+        loss=builders.loss_for(len(classes)),
         metrics=["accuracy"],
     )
-    validation = splits.get("validation")
-    head_validation = (
-        (features["validation"], validation.labels)
-        if validation is not None and "validation" in features and len(validation)
-        else None
-    )
+    has_validation = "validation" in features and len(features["validation"])
     callback, _, best = _fit(
-        head, features["train"], splits["train"].labels, head_validation, config=config,
-        epochs=head_epochs, stage="head", epoch_offset=0, class_weight=class_weight, hooks=hooks,
+        head, features["train"], splits.labels("train"),
+        (features["validation"], splits.labels("validation")) if has_validation else None,
+        config=config, epochs=head_epochs, stage="head", epoch_offset=0,
+        class_weight=class_weight, hooks=hooks,
     )  # fmt: skip
     builders.freeze_batch_norm(base)
-    if callback.cancelled or config.method == "bottleneck":
+    target = _evaluation_split(splits)
+    if callback.cancelled or is_bottleneck:
         model = builders.build_pretrained_model(
             base, head, spec, image_size=config.image_size, augmentation=None, seed=config.seed
         )
-        return model, callback.cancelled, best
+        outcome = TrainingOutcome(
+            model=model, cancelled=callback.cancelled, evaluation=None, best_epoch=best,
+            details=details,
+        )  # fmt: skip
+        if not callback.cancelled and target is not None:
+            # The head on cached features computes what the stitched model computes on pixels.
+            outcome.evaluation = {
+                **_evaluate(head, features[target], splits.labels(target), classes,
+                            config.batch_size),
+                "split": target,
+            }  # fmt: skip
+        return outcome
 
     # Fine-tune: unfreeze the top block, keep BN frozen, low learning rate, augmentation on.
     details["unfrozen_layers"] = builders.unfreeze_top(base, spec)
@@ -300,17 +315,23 @@ def _train_pretrained(
     )  # fmt: skip
     model.compile(  # recompile: trainable flags only take effect on compile
         optimizer=keras.optimizers.SGD(config.learning_rate, momentum=0.9),
-        loss=builders.loss_for(class_count),
+        loss=builders.loss_for(len(classes)),
         metrics=["accuracy"],
     )
-    validation_data = (
-        (validation.images, validation.labels)
-        if validation is not None and len(validation)
-        else None
-    )
+    train_split = splits.arrays("train")
     callback, _, best_finetune = _fit(
-        model, splits["train"].images, splits["train"].labels, validation_data, config=config,
-        epochs=config.epochs, stage="finetune", epoch_offset=head_epochs,
+        model, train_split.images, train_split.labels, _validation_arrays(splits),
+        config=config, epochs=config.epochs, stage="finetune", epoch_offset=head_epochs,
         class_weight=class_weight, hooks=hooks,
     )  # fmt: skip
-    return model, callback.cancelled, best_finetune or best
+    outcome = TrainingOutcome(
+        model=model, cancelled=callback.cancelled, evaluation=None,
+        best_epoch=best_finetune or best, details=details,
+    )  # fmt: skip
+    if not callback.cancelled and target is not None:
+        arrays = splits.arrays(target)
+        outcome.evaluation = {
+            **_evaluate(model, arrays.images, arrays.labels, classes, config.batch_size),
+            "split": target,
+        }
+    return outcome

@@ -20,7 +20,7 @@ from app.db.base import utcnow
 from app.db.models import Dataset, EpochMetric, JobStatus, TrainingJob, TrainingMethod
 from app.db.session import session_scope
 from app.services import model_versions
-from app.services.datasets import SPLITS, dataset_folder, load_manifest
+from app.services.datasets import dataset_folder, load_manifest
 
 if TYPE_CHECKING:
     from app.ml.config import TrainConfig
@@ -110,7 +110,7 @@ class _JobReporter:
 
 
 def _run_training(job_id: uuid.UUID) -> dict[str, Any]:
-    from app.ml.data import load_split
+    from app.ml.data import ManifestSplits
     from app.ml.runtime import configure_devices
     from app.ml.train import PretrainedSource, TrainingHooks, train
 
@@ -129,17 +129,13 @@ def _run_training(job_id: uuid.UUID) -> dict[str, Any]:
     config = train_config(method, parameters)
     total = config.epochs + (config.head_epochs if method == "finetune" else 0)
     reporter = _JobReporter(job_id, total)
-    reporter.on_progress({"stage": "loading images"})
-    splits = {
-        split: load_split(manifest, dataset_dir=folder, split=split,
-                          image_size=config.image_size, max_pixels=settings.max_image_pixels)
-        for split in SPLITS
-        if any(item["split"] == split for item in manifest["images"])
-    }  # fmt: skip
+    splits = ManifestSplits(
+        manifest, dataset_dir=folder, image_size=config.image_size,
+        max_pixels=settings.max_image_pixels,
+    )  # fmt: skip
     outcome = train(
         config,
         splits=splits,
-        classes=manifest["classes"],
         hooks=TrainingHooks(
             on_epoch_end=reporter.on_epoch_end,
             on_progress=reporter.on_progress,

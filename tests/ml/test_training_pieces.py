@@ -1,0 +1,107 @@
+"""Pure-Keras pieces of training: resizing parity, BatchNorm freeze, seeded reproducibility."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from app.ml import bases, builders
+from app.ml.config import Augmentation, TrainConfig
+from app.ml.data import InMemorySplits, SplitArrays, resize_pixels
+from app.ml.train import TrainingHooks, train
+
+WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "weights"
+
+
+def test_loader_resizes_exactly_like_the_models_resizing_layer() -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, size=(37, 53, 3)).astype("uint8")
+    layer = keras.layers.Resizing(32, 32)
+    expected = np.asarray(layer(pixels[None].astype("float32")))[0]
+    np.testing.assert_array_equal(resize_pixels(pixels, image_size=32), expected)
+
+
+def _mobilenet_base() -> tuple[keras.Model, bases.BaseSpec]:
+    spec = bases.BASES["mobilenet"]
+    weights = bases.resolve_weights(spec, weights_dir=WEIGHTS, allow_download=False)
+    return bases.build_base(spec, image_size=32, weights=weights), spec
+
+
+def _batch_norm_stats(model: keras.Model) -> list[np.ndarray]:
+    return [
+        keras.ops.convert_to_numpy(weight)
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for weight in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+def _finetune_step(freeze: bool) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
+    keras.utils.set_random_seed(0)
+    base, spec = _mobilenet_base()
+    head = builders.build_head(base.output_shape[-1], class_count=2, dropout=0.0, seed=0)
+    builders.unfreeze_top(base, spec)
+    if not freeze:  # negative control: BN layers trainable again, as without our freeze
+        for layer in base._flatten_layers():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = True
+    model = builders.build_pretrained_model(
+        base, head, spec, image_size=32, augmentation=None, seed=0
+    )
+    model.compile(optimizer=keras.optimizers.SGD(1e-2, momentum=0.9), loss="binary_crossentropy")
+    top_kernel = keras.ops.convert_to_numpy(base.get_layer("conv_pw_13").kernel)
+    before = _batch_norm_stats(base)
+    pixels = np.random.default_rng(0).uniform(0, 255, size=(8, 32, 32, 3)).astype("float32")
+    model.fit(pixels, np.array([0, 1] * 4), epochs=1, batch_size=8, verbose=0)
+    kernel_changed = not np.allclose(
+        top_kernel, keras.ops.convert_to_numpy(base.get_layer("conv_pw_13").kernel)
+    )
+    return before, _batch_norm_stats(base), kernel_changed
+
+
+def test_finetuning_trains_the_top_block_but_not_batchnorm_statistics() -> None:
+    before, after, kernel_changed = _finetune_step(freeze=True)
+    assert kernel_changed  # the unfrozen top block did learn
+    for old, new in zip(before, after, strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_without_the_freeze_batchnorm_statistics_would_drift() -> None:
+    before, after, _ = _finetune_step(freeze=False)
+    assert any(not np.allclose(old, new) for old, new in zip(before, after, strict=True))
+
+
+def _tiny_splits() -> InMemorySplits:
+    rng = np.random.default_rng(5)
+
+    def split(n: int) -> SplitArrays:
+        labels = np.arange(n, dtype=np.int32) % 2
+        images = rng.uniform(0, 255, size=(n, 32, 32, 3)).astype("float32")
+        images[labels == 1, :, :, 0] = 255.0  # a red channel the model can learn
+        return SplitArrays(images=images, labels=labels)
+
+    return InMemorySplits({"train": split(16), "validation": split(8)}, ["a", "b"])
+
+
+@pytest.mark.parametrize("method", ["scratch", "finetune"])
+def test_same_seed_same_run(method: str, tmp_path: Path) -> None:
+    from app.ml.train import PretrainedSource
+
+    config = TrainConfig(
+        method=method, image_size=32, epochs=2, batch_size=4, learning_rate=1e-3,
+        dropout=0.3, seed=11, base_model="mobilenet", augmentation=Augmentation(), head_epochs=1,
+    )  # fmt: skip
+    runs = []
+    for attempt in range(2):
+        records: list = []
+        source = PretrainedSource(
+            weights_dir=WEIGHTS, allow_download=False,
+            feature_cache_dir=tmp_path / f"cache{attempt}", dataset_fingerprint="tiny",
+        )  # fmt: skip
+        outcome = train(config, splits=_tiny_splits(), hooks=TrainingHooks(
+            on_epoch_end=records.append), pretrained=source)  # fmt: skip
+        runs.append(([(r.loss, r.val_loss) for r in records], outcome.evaluation))
+    assert runs[0] == runs[1]
+    assert runs[0][1]["split"] == "validation"  # no test split: evaluated on validation
