@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     pretrained_weights_dir: Path | None = None
     # Off by default: a missing weights file fails fast instead of hanging on a download.
     allow_weights_download: bool = False
+    # On GPU workers: float16 compute with float32 weights (no effect on CPU-only workers).
+    mixed_precision: bool = True
 
     training_queue: str = "training"
     default_queue: str = "default"

@@ -125,7 +125,7 @@ def _run_training(job_id: uuid.UUID) -> dict[str, Any]:
         manifest = load_manifest(dataset, settings=settings)
         folder = dataset_folder(dataset, settings=settings)
         fingerprint, dataset_name = dataset.fingerprint or "", dataset.name
-    gpus = configure_devices()
+    gpus = configure_devices(mixed_precision=settings.mixed_precision)
     config = train_config(method, parameters)
     total = config.epochs + (config.head_epochs if method == "finetune" else 0)
     reporter = _JobReporter(job_id, total)
