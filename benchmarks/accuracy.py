@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -24,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import PROJECT_ROOT, SHARED, free_port, machine, write_section
+from benchmarks.common import SHARED, live_service, machine, write_section
 
 # The recipe's settings per method; image size 160 for the MobileNetV2 base, 150 as in the
 # tutorial for the from-scratch CNN.
@@ -68,30 +64,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--datasets", nargs="+", default=["cats_vs_dogs_small", "flowers_small"])
     parser.add_argument("--methods", nargs="+", default=["bottleneck", "finetune", "scratch"])
-    parser.add_argument("--repeat-bottleneck", action="store_true", default=True)
+    parser.add_argument(
+        "--no-cached-repeat",
+        action="store_true",
+        help="skip the second bottleneck job (the feature-cache hit)",
+    )
     args = parser.parse_args()
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="accuracy-bench-") as tmp:
         work = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
-        env.update(SMALLVISION_DATA_DIR=str(work / "var"),
-                   SMALLVISION_PRETRAINED_WEIGHTS_DIR=str(SHARED / "weights"))  # fmt: skip
-        port = free_port()
-        log = (work / "service.log").open("wb")
-        service = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "run", "--port", str(port)],
-            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
+        weights = str(SHARED / "weights")
+        with live_service(work / "var", with_worker=True, pretrained_weights_dir=weights) as (
+            base,
+            _,
+        ):
             for dataset in args.datasets:
                 archive = work / f"{dataset}.zip"
                 zip_dataset(dataset, archive)
@@ -99,7 +86,7 @@ def main() -> None:
                     uploaded = httpx.post(f"{base}/datasets", files={"file": handle},
                                           data={"name": dataset}, timeout=600).json()  # fmt: skip
                 runs = list(args.methods)
-                if args.repeat_bottleneck and "bottleneck" in runs:
+                if not args.no_cached_repeat and "bottleneck" in runs:
                     runs.insert(runs.index("bottleneck") + 1, "bottleneck (cached features)")
                 for run in runs:
                     method = run.split(" ")[0]
@@ -122,9 +109,6 @@ def main() -> None:
                     }  # fmt: skip
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-        finally:
-            service.send_signal(signal.SIGINT)
-            service.wait(timeout=60)
 
     lines = [
         "## Training accuracy and job time (`POST /jobs`)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -33,33 +34,42 @@ def memory_kb(pid: int, field: str) -> int:
 
 
 @contextmanager
-def live_api(data_dir: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Migrate a fresh SQLite store in data_dir and serve the API on a free loopback port."""
+def live_service(
+    data_dir: Path, *, with_worker: bool = False, **settings: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Serve the API on a free loopback port over a fresh SQLite store in data_dir: alone
+    (uvicorn, after migrating) or with one worker on the embedded broker (`app.cli run`).
+    Yields the base URL and the server process; output goes to data_dir/service.log."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
     env["SMALLVISION_DATA_DIR"] = str(data_dir)
     env.update({f"SMALLVISION_{k.upper()}": v for k, v in settings.items()})
-    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=PROJECT_ROOT, env=env,
-                   check=True, capture_output=True)  # fmt: skip
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
-         "--log-level", "warning"],
-        cwd=PROJECT_ROOT, env=env,
-    )  # fmt: skip
+    if with_worker:
+        argv = [sys.executable, "-m", "app.cli", "run", "--port", str(port)]
+    else:
+        subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=PROJECT_ROOT, env=env,
+                       check=True, capture_output=True)  # fmt: skip
+        argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
+                "--log-level", "warning"]  # fmt: skip
+    with (data_dir / "service.log").open("wb") as log:
+        server = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
+        for _ in range(600):
             try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         else:
-            raise RuntimeError("the API did not start")
+            raise RuntimeError(f"the service did not start; see {data_dir / 'service.log'}")
         yield base, server
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.send_signal(signal.SIGINT)  # both uvicorn and app.cli stop cleanly on it
+        server.wait(timeout=60)
 
 
 def write_section(name: str, body: str) -> None:

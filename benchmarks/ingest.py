@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import SHARED, live_api, machine, memory_kb, write_section
+from benchmarks.common import SHARED, live_service, machine, memory_kb, write_section
 
 CATS_VS_DOGS = SHARED / "data" / "cats_vs_dogs_small"
 BMP_SIDE = 1024  # a 1024x1024 24-bit BMP is 3 MiB: ~340 of them make 1 GiB
@@ -95,7 +95,7 @@ def main() -> None:
         big_size_gb = big.stat().st_size / 1024**3
         print(f"built {photos.name} ({n_photos} files) and {big.name} ({n_big} files)")
 
-        with live_api(work / "var") as (base, server):
+        with live_service(work / "var") as (base, server):
             photo_seconds, photo_body = upload(base, photos, "cats_vs_dogs_small")
             ingested = photo_body["stats"]["image_count"]
             print(f"photos: {ingested} images in {photo_seconds:.1f} s")
