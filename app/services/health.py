@@ -10,7 +10,7 @@ from kombu.connection import Connection
 from sqlalchemy import text
 
 from app.core.config import get_settings
-from app.db.session import get_engine
+from app.db.session import engine_for, get_engine
 
 # Shared by all readiness probes; a hung check occupies a thread only until its own timeout.
 _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readiness")
@@ -23,9 +23,15 @@ def check_database() -> None:
 
 
 def check_broker() -> None:
-    """Open a channel on the configured broker (for Redis this sends a command)."""
-    timeout = get_settings().readiness_timeout_seconds
-    broker = Connection(get_settings().broker_url, connect_timeout=timeout)  # type: ignore[no-untyped-call]
+    """A round trip to the configured broker: PING for Redis, SELECT 1 on the embedded
+    SQL broker's database (kombu opens that one lazily, so a channel alone proves nothing)."""
+    settings = get_settings()
+    timeout = settings.readiness_timeout_seconds
+    if settings.uses_embedded_broker:
+        with engine_for(settings.broker_url.removeprefix("sqla+")).connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return
+    broker = Connection(settings.broker_url, connect_timeout=timeout)  # type: ignore[no-untyped-call]
     with broker as connection:
         connection.ensure_connection(
             max_retries=1, interval_start=0, interval_step=0, timeout=timeout
