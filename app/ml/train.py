@@ -152,10 +152,26 @@ def _evaluation_split(splits: SplitSource) -> str | None:
 
 
 def _evaluate(
-    model: keras.Model, inputs: np.ndarray, labels: np.ndarray, classes: list[str], batch: int
+    model: keras.Model,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    classes: list[str],
+    split: str,
+    batch: int,
 ) -> dict[str, Any]:
     raw = model.predict(inputs, batch_size=batch, verbose=0)
-    return evaluate_predictions(labels, class_probabilities(raw, len(classes)), classes)
+    evaluation = evaluate_predictions(labels, class_probabilities(raw, len(classes)), classes)
+    return {**evaluation, "split": split}
+
+
+def _evaluate_pixels(
+    model: keras.Model, splits: SplitSource, split: str, *, batch: int
+) -> dict[str, Any]:
+    arrays = splits.arrays(split)
+    return _evaluate(
+        model, arrays.images, arrays.labels, classes=splits.classes, split=split, batch=batch
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -186,8 +202,6 @@ def train(
     classes = splits.classes
     train_labels = splits.labels("train")
     weights = balanced_class_weights(train_labels, len(classes)) if config.balance_classes else None
-    details: dict[str, Any] = {}
-
     if config.method == "scratch":
         model = builders.build_scratch_model(config, class_count=len(classes))
         model.compile(
@@ -206,17 +220,12 @@ def train(
         )
         target = _evaluation_split(splits)
         if not outcome.cancelled and target is not None:
-            arrays = splits.arrays(target)
-            outcome.evaluation = {
-                **_evaluate(model, arrays.images, arrays.labels, classes, config.batch_size),
-                "split": target,
-            }
+            outcome.evaluation = _evaluate_pixels(model, splits, target, batch=config.batch_size)
         return outcome
     assert pretrained is not None, "bottleneck and finetune need a pretrained base"
     return _train_pretrained(
-        config, splits=splits, class_weight=weights, hooks=hooks, pretrained=pretrained,
-        details=details,
-    )  # fmt: skip
+        config, splits=splits, class_weight=weights, hooks=hooks, pretrained=pretrained
+    )
 
 
 def _validation_arrays(splits: SplitSource) -> tuple[np.ndarray, np.ndarray] | None:
@@ -233,10 +242,10 @@ def _train_pretrained(
     class_weight: dict[int, float] | None,
     hooks: TrainingHooks,
     pretrained: PretrainedSource,
-    details: dict[str, Any],
 ) -> TrainingOutcome:
     from models_store import file_sha256
 
+    details: dict[str, Any] = {}
     classes = splits.classes
     spec = bases.BASES[config.base_model]
     weights = bases.resolve_weights(
@@ -300,11 +309,10 @@ def _train_pretrained(
         )  # fmt: skip
         if not callback.cancelled and target is not None:
             # The head on cached features computes what the stitched model computes on pixels.
-            outcome.evaluation = {
-                **_evaluate(head, features[target], splits.labels(target), classes,
-                            config.batch_size),
-                "split": target,
-            }  # fmt: skip
+            outcome.evaluation = _evaluate(
+                head, features[target], splits.labels(target), classes=classes, split=target,
+                batch=config.batch_size,
+            )  # fmt: skip
         return outcome
 
     # Fine-tune: unfreeze the top block, keep BN frozen, low learning rate, augmentation on.
@@ -329,9 +337,5 @@ def _train_pretrained(
         best_epoch=best_finetune or best, details=details,
     )  # fmt: skip
     if not callback.cancelled and target is not None:
-        arrays = splits.arrays(target)
-        outcome.evaluation = {
-            **_evaluate(model, arrays.images, arrays.labels, classes, config.batch_size),
-            "split": target,
-        }
+        outcome.evaluation = _evaluate_pixels(model, splits, target, batch=config.batch_size)
     return outcome

@@ -343,12 +343,12 @@ def ingest_zip(
                 f"no validation/ folder: {options.validation_fraction:.0%} of train/ per "
                 "class was held out as validation"
             )
+        counted = Counter((i.split, i.label) for i in images)
         split_counts = {
-            split: {label: sum(1 for i in images if i.split == split and i.label == label)
-                    for label in classes}
+            split: {label: counted[(split, label)] for label in classes}
             for split in SPLITS
-            if any(i.split == split for i in images)
-        }  # fmt: skip
+            if any(s == split for s, _ in counted)
+        }
         stats = _statistics(images, classes, report)
         _write_manifest(incoming, images, classes)
         dataset = Dataset(
