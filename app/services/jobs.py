@@ -22,6 +22,7 @@ from app.db.models import DatasetStatus, EpochMetric, JobStatus, TrainingJob, Tr
 from app.ml.bases import BASES, WeightsNotFoundError, resolve_weights
 from app.schemas.jobs import METHOD_DEFAULTS, JobCreate
 from app.services.datasets import get_dataset
+from models_store.store import NAME_PATTERN
 
 
 class WeightsMissingError(AppError):
@@ -86,9 +87,11 @@ def submit_job(
     return job
 
 
-def _model_name_for(dataset_name: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset_name).strip("-.") or "model"
-    return slug[:100]
+def model_name_for(dataset_name: str) -> str:
+    """A models-store name derived from a dataset name ("My pets!" -> "My-pets"): it must pass
+    models_store.validate_name, or the job would only fail after training, when it saves."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset_name).lstrip("-._").rstrip("-.")[:100]
+    return slug if NAME_PATTERN.fullmatch(slug) else "model"
 
 
 def training_parameters(request: JobCreate, *, dataset_name: str) -> dict[str, Any]:
@@ -97,7 +100,7 @@ def training_parameters(request: JobCreate, *, dataset_name: str) -> dict[str, A
     defaults = METHOD_DEFAULTS[request.method]
     parameters["epochs"] = request.epochs or int(defaults["epochs"])
     parameters["learning_rate"] = request.learning_rate or defaults["learning_rate"]
-    parameters["model_name"] = request.model_name or _model_name_for(dataset_name)
+    parameters["model_name"] = request.model_name or model_name_for(dataset_name)
     if request.method == "scratch":
         parameters.pop("base_model")  # a scratch model has no pretrained base
     if request.method != "finetune":

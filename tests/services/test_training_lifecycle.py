@@ -101,3 +101,21 @@ def test_a_method_this_worker_cannot_run_fails_the_job(
 
 def test_unknown_job_id_is_ignored(database: None) -> None:
     training.run_job(job_id=uuid.uuid4(), worker_id="w1")  # no row: nothing to claim, no error
+
+
+@pytest.mark.parametrize(
+    ("dataset_name", "expected"),
+    [
+        ("My pets!", "My-pets"),
+        ("_hidden", "hidden"),
+        ("..", "model"),
+        ("ünï", "n"),
+        ("x" * 300, "x" * 100),
+    ],
+)
+def test_default_model_names_are_valid_store_names(dataset_name: str, expected: str) -> None:
+    from models_store import validate_name
+
+    name = jobs.model_name_for(dataset_name)
+    assert name == expected
+    assert validate_name(name) == name
