@@ -204,14 +204,17 @@ def train(
     weights = balanced_class_weights(train_labels, len(classes)) if config.balance_classes else None
     if config.method == "scratch":
         model = builders.build_scratch_model(config, class_count=len(classes))
-        model.compile(
+        trainer = builders.with_augmentation(
+            model, config.augmentation, image_size=config.image_size, seed=config.seed
+        )
+        trainer.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
             loss=builders.loss_for(len(classes)),
             metrics=["accuracy"],
         )
         train_split = splits.arrays("train")
         callback, _, best = _fit(
-            model, train_split.images, train_split.labels, _validation_arrays(splits),
+            trainer, train_split.images, train_split.labels, _validation_arrays(splits),
             config=config, epochs=config.epochs, stage="train", epoch_offset=0,
             class_weight=weights, hooks=hooks,
         )  # fmt: skip
@@ -300,9 +303,7 @@ def _train_pretrained(
     builders.freeze_batch_norm(base)
     target = _evaluation_split(splits)
     if callback.cancelled or is_bottleneck:
-        model = builders.build_pretrained_model(
-            base, head, spec, image_size=config.image_size, augmentation=None, seed=config.seed
-        )
+        model = builders.build_pretrained_model(base, head, spec, image_size=config.image_size)
         outcome = TrainingOutcome(
             model=model, cancelled=callback.cancelled, evaluation=None, best_epoch=best,
             details=details,
@@ -317,18 +318,18 @@ def _train_pretrained(
 
     # Fine-tune: unfreeze the top block, keep BN frozen, low learning rate, augmentation on.
     details["unfrozen_layers"] = builders.unfreeze_top(base, spec)
-    model = builders.build_pretrained_model(
-        base, head, spec, image_size=config.image_size, augmentation=config.augmentation,
-        seed=config.seed,
-    )  # fmt: skip
-    model.compile(  # recompile: trainable flags only take effect on compile
+    model = builders.build_pretrained_model(base, head, spec, image_size=config.image_size)
+    trainer = builders.with_augmentation(
+        model, config.augmentation, image_size=config.image_size, seed=config.seed
+    )
+    trainer.compile(  # recompile: trainable flags only take effect on compile
         optimizer=keras.optimizers.SGD(config.learning_rate, momentum=0.9),
         loss=builders.loss_for(len(classes)),
         metrics=["accuracy"],
     )
     train_split = splits.arrays("train")
     callback, _, best_finetune = _fit(
-        model, train_split.images, train_split.labels, _validation_arrays(splits),
+        trainer, train_split.images, train_split.labels, _validation_arrays(splits),
         config=config, epochs=config.epochs, stage="finetune", epoch_offset=head_epochs,
         class_weight=class_weight, hooks=hooks,
     )  # fmt: skip

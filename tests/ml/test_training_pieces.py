@@ -47,9 +47,7 @@ def _finetune_step(freeze: bool) -> tuple[list[np.ndarray], list[np.ndarray], bo
         for layer in base._flatten_layers():
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = True
-    model = builders.build_pretrained_model(
-        base, head, spec, image_size=32, augmentation=None, seed=0
-    )
+    model = builders.build_pretrained_model(base, head, spec, image_size=32)
     model.compile(optimizer=keras.optimizers.SGD(1e-2, momentum=0.9), loss="binary_crossentropy")
     top_kernel = keras.ops.convert_to_numpy(base.get_layer("conv_pw_13").kernel)
     before = _batch_norm_stats(base)
