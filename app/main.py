@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api.routes import datasets, health, jobs
+from app.api.routes import datasets, health, jobs, models, open_inference, predict, tfserving
 from app.core.config import get_settings
 from app.core.errors import register_error_handlers
+from app.services.inference import ModelCache, keep_warm
 
 
 @asynccontextmanager
-async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level)
     settings.ensure_directories()
-    yield
+    # Loaded models live in this process; the refresher loads active versions at start-up and
+    # whenever a new one is trained or activated, so requests never wait for a load.
+    cache = ModelCache(capacity=settings.model_cache_size, max_batch=settings.predict_max_batch)
+    app.state.model_cache = cache
+    refresher = asyncio.create_task(keep_warm(cache, interval=settings.model_refresh_seconds))
+    try:
+        yield
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        cache.close()
 
 
 def create_app() -> FastAPI:
@@ -33,6 +47,10 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
+    app.include_router(models.router)
+    app.include_router(predict.router)
+    app.include_router(tfserving.router)
+    app.include_router(open_inference.router)
     return app
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.cli import worker_command
+from app.cli import api_command, worker_command
 from app.core.config import PROJECT_ROOT
 
 
@@ -72,3 +72,29 @@ def watch_job_statuses(
 
     wait_until(finished, timeout=timeout, what=f"the job to finish (seen {seen})", log=log)
     return seen
+
+
+@contextmanager
+def running_api(log_path: Path, *, port: int) -> Iterator[str]:
+    """uvicorn serving the app (current environment's settings) on loopback; yields its URL."""
+    import httpx
+
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            api_command(host="127.0.0.1", port=port), cwd=PROJECT_ROOT, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        try:
+            return httpx.get(f"{base}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(answers, timeout=90, what="the API to answer", log=log_path)
+        yield base
+    finally:
+        stop_process_group(process)

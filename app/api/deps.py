@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, TrainingJob
 from app.db.session import session_scope
 from app.services import datasets, jobs
+from app.services.inference import ModelCache
 
 
 def get_session() -> Iterator[Session]:
@@ -35,3 +36,12 @@ def valid_dataset(dataset_id: uuid.UUID, session: SessionDep) -> Dataset:
 
 
 ValidDataset = Annotated[Dataset, Depends(valid_dataset)]
+
+
+def model_cache(request: Request) -> ModelCache:
+    """This process's loaded models (created at start-up, see app.main)."""
+    cache: ModelCache = request.app.state.model_cache
+    return cache
+
+
+ModelCacheDep = Annotated[ModelCache, Depends(model_cache)]

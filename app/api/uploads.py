@@ -1,20 +1,27 @@
-"""Streaming multipart parsing: the uploaded file goes to disk chunk by chunk, under a size limit.
+"""Streaming multipart parsing under size limits: a dataset zip goes to disk chunk by chunk,
+images to classify stay in memory.
 
 FastAPI's `UploadFile` reads the whole body before the route runs, so a limit could only be
-checked after the disk had filled. Here the limit stops the upload as soon as it is crossed.
+checked after the disk (or memory) had filled. Here a limit stops the upload as soon as it is
+crossed.
 """
 
 from __future__ import annotations
 
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.core.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+
+FormT = TypeVar("FormT", bound=BaseModel)
 
 MAX_FIELD_BYTES = 64 * 1024  # a text field (name, fractions, seed) is never larger
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and text fields beside the file
@@ -33,23 +40,23 @@ class MultipartUpload:
             self.file_path.unlink(missing_ok=True)
 
 
-class _PartCollector:
-    def __init__(self, *, file_field: str, dest_dir: Path, max_file_bytes: int) -> None:
-        self.file_field = file_field
-        self.dest_dir = dest_dir
-        self.max_file_bytes = max_file_bytes
-        self.upload = MultipartUpload()
+class _FormCollector:
+    """python-multipart callbacks shared by both collectors: part headers and text fields.
+    Subclasses decide what a file part is and where its bytes go."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._headers: dict[str, bytes] = {}
         self._name: str | None = None
-        self._file: IO[bytes] | None = None
-        self._file_bytes = 0
+        self._in_file = False
         self._text = bytearray()
 
     def on_part_begin(self) -> None:
         self._headers = {}
         self._name = None
+        self._in_file = False
         self._text = bytearray()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -69,91 +76,231 @@ class _PartCollector:
         if name is None:
             raise BadRequestError("a multipart part has no name")
         self._name = name.decode("utf-8", "replace")
-        if self._name == self.file_field:
-            if self.upload.file_path is not None:
-                raise BadRequestError(f"send exactly one `{self.file_field}` part")
-            filename = params.get(b"filename")
-            self.upload.filename = filename.decode("utf-8", "replace") if filename else None
-            self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115  (closed in on_part_end)
-                dir=self.dest_dir, prefix="upload-", suffix=".part", delete=False
-            )
-            self.upload.file_path = Path(self._file.name)
+        filename = params.get(b"filename")
+        self._in_file = self.start_file(
+            self._name, filename.decode("utf-8", "replace") if filename is not None else None
+        )
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
-        if self._file is not None:
-            self._file_bytes += len(chunk)
-            if self._file_bytes > self.max_file_bytes:
-                raise PayloadTooLargeError(
-                    f"the upload is larger than the limit of {self.max_file_bytes} bytes"
-                )
-            self._file.write(chunk)
+        if self._in_file:
+            self.file_data(chunk)
         else:
             self._text += chunk
             if len(self._text) > MAX_FIELD_BYTES:
                 raise PayloadTooLargeError(f"form field {self._name!r} is too large")
 
     def on_part_end(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._in_file:
+            self.end_file()
         elif self._name is not None:
-            self.upload.fields[self._name] = self._text.decode("utf-8", "replace")
+            self.fields[self._name] = self._text.decode("utf-8", "replace")
+        self._in_file = False
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+        }
+
+    def start_file(self, name: str, filename: str | None) -> bool:
+        """Called for every part; True if it is a file part this collector takes."""
+        raise NotImplementedError
+
+    def file_data(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def end_file(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Release whatever a failed parse left behind."""
+
+
+class _DiskFileCollector(_FormCollector):
+    """Exactly one file part, streamed to a temporary file under a size limit."""
+
+    def __init__(self, *, file_field: str, dest_dir: Path, max_file_bytes: int) -> None:
+        super().__init__()
+        self.file_field = file_field
+        self.dest_dir = dest_dir
+        self.max_file_bytes = max_file_bytes
+        self.upload = MultipartUpload(fields=self.fields)
+        self._file: IO[bytes] | None = None
+        self._file_bytes = 0
+
+    def start_file(self, name: str, filename: str | None) -> bool:
+        if name != self.file_field:
+            return False
+        if self.upload.file_path is not None:
+            raise BadRequestError(f"send exactly one `{self.file_field}` part")
+        self.upload.filename = filename
+        self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115  (closed in end_file)
+            dir=self.dest_dir, prefix="upload-", suffix=".part", delete=False
+        )
+        self.upload.file_path = Path(self._file.name)
+        return True
+
+    def file_data(self, chunk: bytes) -> None:
+        assert self._file is not None
+        self._file_bytes += len(chunk)
+        if self._file_bytes > self.max_file_bytes:
+            raise PayloadTooLargeError(
+                f"the upload is larger than the limit of {self.max_file_bytes} bytes"
+            )
+        self._file.write(chunk)
+
+    def end_file(self) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+            self._file = None
+
+    def abort(self) -> None:
+        self.close()
+        self.upload.discard()
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    filename: str | None
+    data: bytes
+
+
+class _MemoryFilesCollector(_FormCollector):
+    """Any number of small file parts (images to classify), kept in memory under limits."""
+
+    def __init__(self, *, file_fields: frozenset[str], max_files: int, max_file_bytes: int):
+        super().__init__()
+        self.file_fields = file_fields
+        self.max_files = max_files
+        self.max_file_bytes = max_file_bytes
+        self.files: list[UploadedFile] = []
+        self._filename: str | None = None
+        self._data = bytearray()
+
+    def start_file(self, name: str, filename: str | None) -> bool:
+        if name not in self.file_fields:
+            return False
+        if len(self.files) >= self.max_files:
+            raise PayloadTooLargeError(f"at most {self.max_files} images per request")
+        self._filename = filename
+        self._data = bytearray()
+        return True
+
+    def file_data(self, chunk: bytes) -> None:
+        self._data += chunk
+        if len(self._data) > self.max_file_bytes:
+            raise PayloadTooLargeError(
+                f"image {self._filename or len(self.files) + 1!r} is larger than the limit "
+                f"of {self.max_file_bytes} bytes"
+            )
+
+    def end_file(self) -> None:
+        self.files.append(UploadedFile(filename=self._filename, data=bytes(self._data)))
+        self._data = bytearray()
+
+
+def _multipart_boundary(request: Request, *, expected: str) -> bytes:
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data":
+        raise UnsupportedMediaTypeError(f"send multipart/form-data with {expected}")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadRequestError("multipart/form-data without a boundary")
+    return bytes(boundary)
+
+
+def _check_declared_length(request: Request, *, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"the request ({declared} bytes) is larger than the limit of {limit} bytes"
+        )
+
+
+async def _parse(request: Request, boundary: bytes, collector: _FormCollector) -> None:
+    parser = MultipartParser(boundary, callbacks=collector.callbacks())  # type: ignore[arg-type]
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except BaseException as exc:
+        collector.abort()
+        if isinstance(exc, Exception) and not isinstance(
+            exc, (PayloadTooLargeError, BadRequestError)
+        ):
+            raise BadRequestError(f"malformed multipart body ({exc})") from exc
+        raise
 
 
 async def receive_multipart(
     request: Request, *, file_field: str, dest_dir: Path, max_file_bytes: int
 ) -> MultipartUpload:
     """Parse a multipart/form-data body, streaming part `file_field` to a file in dest_dir."""
-    content_type, params = parse_options_header(request.headers.get("content-type", ""))
-    if content_type != b"multipart/form-data":
-        raise UnsupportedMediaTypeError(
-            f"send multipart/form-data with the zip in a `{file_field}` part"
-        )
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise BadRequestError("multipart/form-data without a boundary")
-    declared = request.headers.get("content-length")
-    if (
-        declared
-        and declared.isdigit()
-        and int(declared) > max_file_bytes + MULTIPART_OVERHEAD_BYTES
-    ):
-        raise PayloadTooLargeError(
-            f"the upload ({declared} bytes) is larger than the limit of {max_file_bytes} bytes"
-        )
-
+    boundary = _multipart_boundary(request, expected=f"the zip in a `{file_field}` part")
+    _check_declared_length(request, limit=max_file_bytes + MULTIPART_OVERHEAD_BYTES)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    collector = _PartCollector(
+    collector = _DiskFileCollector(
         file_field=file_field, dest_dir=dest_dir, max_file_bytes=max_file_bytes
     )
-    parser = MultipartParser(
-        boundary,
-        callbacks={
-            "on_part_begin": collector.on_part_begin,
-            "on_part_data": collector.on_part_data,
-            "on_part_end": collector.on_part_end,
-            "on_header_field": collector.on_header_field,
-            "on_header_value": collector.on_header_value,
-            "on_header_end": collector.on_header_end,
-            "on_headers_finished": collector.on_headers_finished,
-        },
-    )
-    try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-        parser.finalize()
-    except BaseException as exc:
-        collector.close()
-        collector.upload.discard()
-        if isinstance(exc, Exception) and not isinstance(
-            exc, (PayloadTooLargeError, BadRequestError)
-        ):
-            raise BadRequestError(f"malformed multipart body ({exc})") from exc
-        raise
+    await _parse(request, boundary, collector)
     collector.close()
     return collector.upload
+
+
+async def receive_files(
+    request: Request, *, file_fields: frozenset[str], max_files: int, max_file_bytes: int
+) -> tuple[list[UploadedFile], dict[str, str]]:
+    """Parse a multipart/form-data body of small files (kept in memory) and text fields."""
+    names = " or ".join(f"`{name}`" for name in sorted(file_fields))
+    boundary = _multipart_boundary(request, expected=f"images in {names} parts")
+    _check_declared_length(request, limit=max_files * max_file_bytes + MULTIPART_OVERHEAD_BYTES)
+    collector = _MemoryFilesCollector(
+        file_fields=file_fields, max_files=max_files, max_file_bytes=max_file_bytes
+    )
+    await _parse(request, boundary, collector)
+    return collector.files, collector.fields
+
+
+def validate_form(schema: type[FormT], fields: dict[str, str]) -> FormT:
+    """Text fields of a multipart form as `schema`; a bad field is a 422 naming it."""
+    try:
+        return schema.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]
+        ) from exc
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The whole request body, at most `limit` bytes (after gzip/deflate Content-Encoding,
+    which is decompressed under the same limit)."""
+    _check_declared_length(request, limit=limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"the request is larger than the limit of {limit} bytes")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return bytes(body)
+    if encoding not in {"gzip", "deflate"}:
+        raise UnsupportedMediaTypeError(f"unsupported Content-Encoding {encoding!r}")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(bytes(body), limit + 1)
+    except zlib.error as exc:
+        raise BadRequestError(f"the {encoding} body cannot be decompressed ({exc})") from exc
+    if len(data) > limit:
+        raise PayloadTooLargeError(
+            f"the decompressed request is larger than the limit of {limit} bytes"
+        )
+    return data

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=50_000_000, gt=0)
     max_image_file_bytes: int = Field(default=64 * 1024**2, gt=0)
 
+    # Serving: images per predict request, how many versions stay loaded per API process,
+    # the largest batch one forward pass takes, and how often active versions are re-checked
+    # (a newly trained or activated version is loaded before any request asks for it).
+    max_predict_images: int = Field(default=64, gt=0)
+    model_cache_size: int = Field(default=4, gt=0)
+    predict_max_batch: int = Field(default=32, gt=0)
+    model_refresh_seconds: float = Field(default=5.0, gt=0)
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         """Stop a production process from starting on settings that only suit one machine."""

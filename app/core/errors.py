@@ -57,28 +57,49 @@ def error_body(code: str, detail: Any) -> dict[str, Any]:
     return {"error": code, "detail": detail}
 
 
-async def _app_error_handler(_: Request, exc: Exception) -> JSONResponse:
+# TF Serving (/v1) and the Open Inference Protocol (/v2) both answer errors as
+# {"error": "<message>"}; their clients read that string, so those paths get that shape.
+PROTOCOL_PATH_PREFIXES = ("/v1/", "/v2")
+
+
+def _error_response(
+    request: Request,
+    code: str,
+    detail: Any,
+    *,
+    status_code: int,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    if request.url.path.startswith(PROTOCOL_PATH_PREFIXES):
+        message = detail if isinstance(detail, str) else f"{code}: {detail}"
+        return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+    return JSONResponse(error_body(code, detail), status_code=status_code, headers=headers)
+
+
+async def _app_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return JSONResponse(
-        error_body(exc.code, exc.detail), status_code=exc.status_code, headers=exc.headers
+    return _error_response(
+        request, exc.code, exc.detail, status_code=exc.status_code, headers=exc.headers
     )
 
 
-async def _validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # Keep loc/msg/type so the client sees which field was wrong; drop echoed input.
     errors = [
         {"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")}
         for err in exc.errors()
     ]
-    return JSONResponse(error_body("validation_error", errors), status_code=422)
+    return _error_response(request, "validation_error", errors, status_code=422)
 
 
-async def _http_error_handler(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(
-        error_body(code, exc.detail),
+    return _error_response(
+        request,
+        code,
+        exc.detail,
         status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
     )

@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql import text
 
 from app.db.base import Base, JSONType, UTCDateTime, utcnow
 
@@ -127,7 +128,17 @@ class EpochMetric(Base):
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("name", "version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        # At most one active version per name, whatever two API processes do at once.
+        Index(
+            "uq_model_versions_one_active_per_name",
+            "name",
+            unique=True,
+            postgresql_where=text("is_active"),
+            sqlite_where=text("is_active"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_new_id)
     name: Mapped[str] = mapped_column(String(200), index=True)

@@ -20,6 +20,18 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image this service accepts; the message says why."""
 
 
+class UnsupportedImageError(ImageDecodeError):
+    """Not an image at all, or a format the service does not accept."""
+
+
+class CorruptImageError(ImageDecodeError):
+    """An accepted format whose data cannot be decoded (truncated, damaged)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """More pixels than the configured limit (checked from the header, before decoding)."""
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     image: Image.Image  # RGB, EXIF orientation applied
@@ -41,10 +53,10 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         image = Image.open(io.BytesIO(data))
         source_format = image.format or "unknown"
         if source_format not in ACCEPTED_FORMATS:
-            raise ImageDecodeError(f"unsupported image format {source_format}")
+            raise UnsupportedImageError(f"unsupported image format {source_format}")
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageDecodeError(
+            raise ImageTooLargeError(
                 f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels}"
             )
         image.seek(0)  # first frame of a GIF/WebP animation or multi-page TIFF
@@ -54,10 +66,10 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not an image file") from exc
+        raise UnsupportedImageError("not an image file") from exc
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         # Truncated or corrupt data surfaces as any of these from Pillow's decoders.
-        raise ImageDecodeError(f"corrupt image data ({exc})") from exc
+        raise CorruptImageError(f"corrupt image data ({exc})") from exc
     return DecodedImage(image=rgb, source_format=source_format)
 
 

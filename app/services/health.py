@@ -54,10 +54,14 @@ def _outcome(check: Callable[[], None], timeout: float) -> str:
     return "ok"
 
 
+def database_status() -> str:
+    """ "ok", or why the database does not answer (bounded in time)."""
+    return _outcome(check_database, get_settings().readiness_timeout_seconds)
+
+
 def readiness() -> dict[str, str]:
     """{"database": "ok" | reason, "broker": "ok" | reason}, each check bounded in time."""
-    timeout = get_settings().readiness_timeout_seconds
     return {
-        "database": _outcome(check_database, timeout),
-        "broker": _outcome(check_broker, timeout),
+        "database": database_status(),
+        "broker": _outcome(check_broker, get_settings().readiness_timeout_seconds),
     }

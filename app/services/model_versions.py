@@ -1,18 +1,24 @@
-"""Registering trained models as numbered versions in the models store and the database."""
+"""The model registry: trained models as numbered versions in the models store and the
+database, one active version per name, and what serving needs to find and load them."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
+from app.core.errors import AppError, BadRequestError, ConflictError, NotFoundError
 from app.db.models import ModelVersion
 from app.db.session import session_scope
-from models_store import ModelStore
+from app.ml.serving import MODEL_FILE
+from models_store import ChecksumMismatchError, ModelStore, StoreError
 
 MAX_VERSION_ATTEMPTS = 5
 
@@ -24,7 +30,7 @@ def model_store() -> ModelStore:
 def register_version(
     *,
     name: str,
-    job_id: uuid.UUID,
+    job_id: uuid.UUID | None,
     source_dir: Path,
     metadata: dict[str, Any],
     metrics_summary: dict[str, Any],
@@ -64,3 +70,170 @@ def register_version(
         except IntegrityError:
             store.delete_version(stored.relative_path)  # another job took this number
     raise RuntimeError(f"could not allocate a version number for model {name!r}")
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """What serving needs of a version, detached from any database session."""
+
+    id: uuid.UUID
+    name: str
+    version: int
+    path: str
+    sha256: str
+
+    @classmethod
+    def of(cls, row: ModelVersion) -> VersionRef:
+        return cls(id=row.id, name=row.name, version=row.version, path=row.path, sha256=row.sha256)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    versions: int
+    latest_version: int
+    active_version: int | None
+    updated_at: datetime
+
+
+def list_models(session: Session) -> list[ModelSummary]:
+    """Every model name with its version count, latest and active version, by name."""
+    active = (
+        select(ModelVersion.name, ModelVersion.version.label("active"))
+        .where(ModelVersion.is_active.is_(True))
+        .subquery()
+    )
+    query = (
+        select(
+            ModelVersion.name,
+            func.count(ModelVersion.id),
+            func.max(ModelVersion.version),
+            func.max(active.c.active),
+            func.max(ModelVersion.created_at),
+        )
+        .outerjoin(active, active.c.name == ModelVersion.name)
+        .group_by(ModelVersion.name)
+        .order_by(ModelVersion.name)
+    )
+    return [
+        ModelSummary(
+            name=name,
+            versions=count,
+            latest_version=latest,
+            active_version=active_version,
+            updated_at=updated,
+        )
+        for name, count, latest, active_version, updated in session.execute(query)
+    ]
+
+
+def list_versions(session: Session, *, name: str) -> list[ModelVersion]:
+    """The versions of one model, newest first; NotFoundError if it has none."""
+    rows = list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.name == name)
+            .order_by(ModelVersion.version.desc())
+        )
+    )
+    if not rows:
+        raise NotFoundError(f"model {name!r} not found")
+    return rows
+
+
+def get_version(session: Session, *, name: str, version: int) -> ModelVersion:
+    row = session.scalar(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+    )
+    if row is None:
+        if session.scalar(select(ModelVersion.id).where(ModelVersion.name == name).limit(1)):
+            raise NotFoundError(f"model {name!r} has no version {version}")
+        raise NotFoundError(f"model {name!r} not found")
+    return row
+
+
+def resolve_version(session: Session, *, name: str | None, version: int | None) -> VersionRef:
+    """The version a prediction should use: the one asked for, else the model's active version;
+    without a name, the only active model there is."""
+    if name is None:
+        if version is not None:
+            raise BadRequestError("give the model name together with a version")
+        active = list(session.scalars(select(ModelVersion).where(ModelVersion.is_active.is_(True))))
+        if len(active) == 1:
+            return VersionRef.of(active[0])
+        if not active:
+            raise ConflictError("no trained model yet: train one with POST /jobs")
+        names = ", ".join(sorted(row.name for row in active))
+        raise BadRequestError(f"several models are active, say which one: {names}")
+    if version is not None:
+        return VersionRef.of(get_version(session, name=name, version=version))
+    row = session.scalar(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.is_active.is_(True))
+    )
+    if row is None:
+        list_versions(session, name=name)  # NotFoundError for an unknown name
+        raise ConflictError(f"model {name!r} has no active version: activate one")
+    return VersionRef.of(row)
+
+
+def active_versions(session: Session) -> list[VersionRef]:
+    """Every model's active version, most recently created first."""
+    rows = session.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.is_active.is_(True))
+        .order_by(ModelVersion.created_at.desc())
+    )
+    return [VersionRef.of(row) for row in rows]
+
+
+def existing_version_ids(session: Session, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these version ids still exist (another process may have deleted some)."""
+    if not ids:
+        return set()
+    return set(session.scalars(select(ModelVersion.id).where(ModelVersion.id.in_(ids))))
+
+
+def activate_version(session: Session, *, name: str, version: int) -> ModelVersion:
+    """Make this version the one served for `name` (the partial unique index allows only one
+    active version per name, so the old one is switched off first, in the same transaction)."""
+    row = get_version(session, name=name, version=version)
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.name == name, ModelVersion.is_active.is_(True))
+        .values(is_active=False)
+    )
+    session.execute(update(ModelVersion).where(ModelVersion.id == row.id).values(is_active=True))
+    session.refresh(row)
+    return row
+
+
+def delete_version(session: Session, *, name: str, version: int) -> VersionRef:
+    """Remove a version that is not active: its row (committed first), then its files."""
+    row = get_version(session, name=name, version=version)
+    if row.is_active:
+        raise ConflictError(
+            f"{name} v{version} is the active version: activate another one before deleting it"
+        )
+    ref = VersionRef.of(row)
+    session.delete(row)
+    session.commit()
+    model_store().delete_version(ref.path)
+    return ref
+
+
+def version_folder(ref: VersionRef) -> Path:
+    """The version's directory, every file checked against its recorded sha256."""
+    return model_store().verified_path(ref.path, expected_sha256=ref.sha256)
+
+
+class StoredFilesError(AppError):
+    status_code = 503
+    code = "model_unavailable"
+
+
+def model_file(ref: VersionRef) -> Path:
+    """The version's verified `.keras` file; a checksum mismatch is an error, never served."""
+    try:
+        return version_folder(ref) / MODEL_FILE
+    except (ChecksumMismatchError, StoreError) as exc:
+        raise StoredFilesError(f"{ref.name} v{ref.version}: {exc}") from exc

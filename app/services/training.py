@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -112,6 +111,7 @@ class _JobReporter:
 def _run_training(job_id: uuid.UUID) -> dict[str, Any]:
     from app.ml.data import ManifestSplits
     from app.ml.runtime import configure_devices
+    from app.ml.serving import write_model_files
     from app.ml.train import PretrainedSource, TrainingHooks, train
 
     settings = get_settings()
@@ -171,9 +171,7 @@ def _run_training(job_id: uuid.UUID) -> dict[str, Any]:
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="model-", dir=settings.data_dir) as tmp:
         build = Path(tmp)
-        outcome.model.save(build / "model.keras")
-        (build / "labels.json").write_text(json.dumps(manifest["classes"]))
-        (build / "meta.json").write_text(json.dumps(meta, indent=2))
+        write_model_files(build, model=outcome.model, classes=manifest["classes"], metadata=meta)
         version = model_versions.register_version(
             name=parameters["model_name"], job_id=job_id, source_dir=build, metadata=meta,
             metrics_summary=summary,

@@ -112,6 +112,15 @@ def test_each_method_trains_evaluates_and_registers_a_version(
     model = job["result"]["model"]
     assert model["name"] == f"tiny-{method}"
     assert model["version"] == 1
+    # The saved model loads and answers (a model saved WITH its augmentation layers would not:
+    # Keras 3.15 cannot deserialize RandomShear), on a photo of any size.
+    photo = sorted((SHARED / "data" / "cats_vs_dogs_small" / "test" / "dogs").iterdir())[0]
+    answer = client.post(
+        "/predict", files={"file": (photo.name, photo.read_bytes())}, data={"model": model["name"]}
+    )
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["model"], answer.json()["version"]) == (model["name"], 1)
+    assert {x["label"] for x in answer.json()["predictions"][0]["labels"]} == {"cats", "dogs"}
     for picture in ("metrics.png", "confusion.png"):
         response = client.get(f"/jobs/{job_id}/{picture}")
         assert response.status_code == 200

@@ -6,11 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from app.api.deps import SessionDep, ValidDataset
-from app.api.uploads import receive_multipart
+from app.api.uploads import receive_multipart, validate_form
 from app.core.config import get_settings
 from app.core.errors import BadRequestError
 from app.schemas.datasets import DatasetRead, DatasetUploadForm
@@ -66,12 +64,7 @@ async def upload_dataset(request: Request, session: SessionDep) -> DatasetRead:
     try:
         if upload.file_path is None:
             raise BadRequestError("the form has no `file` part with the zip")
-        try:
-            form = DatasetUploadForm.model_validate(upload.fields)
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]
-            ) from exc
+        form = validate_form(DatasetUploadForm, upload.fields)
         options = datasets.IngestOptions(
             name=form.name,
             validation_fraction=form.validation_fraction,

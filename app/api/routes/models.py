@@ -1,0 +1,81 @@
+"""The model registry: models, their versions, activation, download and deletion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from fastapi.responses import FileResponse
+
+from app.api.deps import ModelCacheDep, SessionDep
+from app.schemas.models import ModelRead, ModelVersionRead
+from app.services import model_versions
+from app.services.model_versions import VersionRef
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "unknown model or version"}}
+
+
+@router.get("", response_model=list[ModelRead])
+def list_models(session: SessionDep) -> list[ModelRead]:
+    """Every model name with its number of versions and its active version."""
+    return [ModelRead.model_validate(m) for m in model_versions.list_models(session)]
+
+
+@router.get("/{name}/versions", response_model=list[ModelVersionRead], responses=_NOT_FOUND)
+def list_versions(name: str, session: SessionDep) -> list[ModelVersionRead]:
+    """The model's versions, newest first, with their evaluation summary."""
+    return [
+        ModelVersionRead.model_validate(v) for v in model_versions.list_versions(session, name=name)
+    ]
+
+
+@router.get("/{name}/versions/{version}", response_model=ModelVersionRead, responses=_NOT_FOUND)
+def read_version(name: str, version: int, session: SessionDep) -> ModelVersionRead:
+    return ModelVersionRead.model_validate(
+        model_versions.get_version(session, name=name, version=version)
+    )
+
+
+@router.post(
+    "/{name}/versions/{version}/activate",
+    response_model=ModelVersionRead,
+    responses={**_NOT_FOUND, 503: {"description": "the version's files cannot be loaded"}},
+)
+def activate_version(
+    name: str, version: int, session: SessionDep, cache: ModelCacheDep
+) -> ModelVersionRead:
+    """Serve this version for `name` from now on. It is loaded (and its checksums verified)
+    before the switch, so no request waits for it and a broken version is never activated."""
+    row = model_versions.get_version(session, name=name, version=version)
+    cache.get(VersionRef.of(row))
+    return ModelVersionRead.model_validate(
+        model_versions.activate_version(session, name=name, version=version)
+    )
+
+
+@router.get(
+    "/{name}/versions/{version}/download",
+    response_class=FileResponse,
+    responses={**_NOT_FOUND, 503: {"description": "the stored files fail their checksum"}},
+)
+def download_version(name: str, version: int, session: SessionDep) -> FileResponse:
+    """The version's `.keras` file (takes raw RGB pixels of any size; see its meta.json)."""
+    row = model_versions.get_version(session, name=name, version=version)
+    path = model_versions.model_file(VersionRef.of(row))
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=f"{name}-v{version}.keras"
+    )
+
+
+@router.delete(
+    "/{name}/versions/{version}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**_NOT_FOUND, 409: {"description": "the version is active"}},
+)
+def delete_version(name: str, version: int, session: SessionDep, cache: ModelCacheDep) -> Response:
+    """Delete a version that is not active (its row, then its files)."""
+    ref = model_versions.delete_version(session, name=name, version=version)
+    cache.evict(ref.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,107 @@
+"""`POST /predict`: classify uploaded images (multipart), or base64 images in JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.api.deps import ModelCacheDep
+from app.api.uploads import receive_files, validate_form
+from app.core.config import get_settings
+from app.ml.serving import top_k
+from app.schemas.predict import (
+    ImagePrediction,
+    LabelProbability,
+    PredictJSONRequest,
+    PredictOptions,
+    PredictResponse,
+)
+from app.services import inference
+from app.services.inference import ImagePayload, PredictionResult
+
+router = APIRouter(tags=["predict"])
+
+IMAGE_FIELDS = frozenset({"file", "files"})
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "corrupt image, or no model named while several are active"},
+    404: {"description": "unknown model or version"},
+    409: {"description": "no trained model yet, or the model has no active version"},
+    413: {"description": "image or request over a limit"},
+    415: {"description": "not an image / not multipart"},
+}
+
+_PREDICT_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "several images for one batch",
+                        },
+                        **PredictOptions.model_json_schema()["properties"],
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _response(result: PredictionResult, filenames: list[str | None], k: int) -> PredictResponse:
+    return PredictResponse(
+        model=result.version.name,
+        version=result.version.version,
+        predictions=[
+            ImagePrediction(
+                filename=filename,
+                labels=[LabelProbability(**entry) for entry in top_k(row, result.classes, k)],
+            )
+            for filename, row in zip(filenames, result.probabilities, strict=True)
+        ],
+        seconds=round(result.seconds, 6),
+    )
+
+
+@router.post(
+    "/predict", response_model=PredictResponse, openapi_extra=_PREDICT_FORM, responses=_ERRORS
+)
+async def predict(request: Request, cache: ModelCacheDep) -> PredictResponse:
+    """Classify one image (`file`) or a batch (`files`, repeated). Form fields `model`,
+    `version` and `top_k` are optional: by default the only active model answers."""
+    settings = get_settings()
+    files, fields = await receive_files(
+        request,
+        file_fields=IMAGE_FIELDS,
+        max_files=settings.max_predict_images,
+        max_file_bytes=settings.max_image_file_bytes,
+    )
+    options = validate_form(PredictOptions, fields)
+    result = await inference.predict_images(
+        cache=cache,
+        images=[ImagePayload(data=f.data, filename=f.filename) for f in files],
+        model=options.model,
+        version=options.version,
+    )
+    return _response(result, [f.filename for f in files], options.top_k)
+
+
+@router.post("/predict/json", response_model=PredictResponse, responses=_ERRORS)
+async def predict_json(body: PredictJSONRequest, cache: ModelCacheDep) -> PredictResponse:
+    """The same as `POST /predict` for clients that cannot send multipart: images as base64."""
+    images = [
+        ImagePayload(data=inference.decode_base64(image.b64, what=f"image {i + 1}"),
+                     filename=image.filename)
+        for i, image in enumerate(body.images)
+    ]  # fmt: skip
+    result = await inference.predict_images(
+        cache=cache, images=images, model=body.model, version=body.version
+    )
+    return _response(result, [image.filename for image in body.images], body.top_k)

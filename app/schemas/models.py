@@ -1,0 +1,33 @@
+"""The model registry's responses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ModelRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    versions: int
+    latest_version: int
+    active_version: int | None
+    updated_at: datetime
+
+
+class ModelVersionRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    version: int
+    job_id: uuid.UUID | None
+    is_active: bool
+    sha256: str
+    size_bytes: int
+    metrics_summary: dict[str, Any]
+    created_at: datetime

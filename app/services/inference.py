@@ -1,0 +1,261 @@
+"""Predictions: which version answers, keeping versions loaded, decoding and batching images.
+
+Every protocol (`/predict`, TF Serving's `/v1`, the Open Inference Protocol's `/v2`) comes
+through `predict_images`, so they share decoding, limits, errors and the loaded models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from anyio import to_thread
+
+from app.core.config import get_settings
+from app.core.errors import (
+    AppError,
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from app.db.session import session_scope
+from app.ml.images import (
+    CorruptImageError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    decode_image,
+)
+from app.ml.serving import LoadedClassifier, load_classifier
+from app.services import model_versions
+from app.services.model_versions import VersionRef
+from models_store import ChecksumMismatchError
+
+logger = logging.getLogger(__name__)
+
+
+class ModelUnavailableError(AppError):
+    """The version exists in the registry but its files cannot be served."""
+
+    status_code = 503
+    code = "model_unavailable"
+
+
+class ModelCache:
+    """Loaded versions of this process, least recently used evicted first, keyed by version id.
+
+    Loading reads and verifies the files and builds the graph (seconds), so it happens at
+    start-up, on activation and in the background refresh, not on the request path, except for
+    the first request for a version that is not active.
+    """
+
+    def __init__(self, *, capacity: int, max_batch: int) -> None:
+        self.capacity = capacity
+        self.max_batch = max_batch
+        self._loaded: OrderedDict[uuid.UUID, LoadedClassifier] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[uuid.UUID, threading.Lock] = {}
+        self.warmed = False
+        self.loads = 0  # versions loaded from disk by this process, ever
+
+    def get(self, ref: VersionRef) -> LoadedClassifier:
+        """The loaded version, loading it (once, even if many threads ask) if needed."""
+        with self._lock:
+            if (found := self._loaded.get(ref.id)) is not None:
+                self._loaded.move_to_end(ref.id)
+                return found
+            load_lock = self._loading.setdefault(ref.id, threading.Lock())
+        with load_lock:
+            with self._lock:
+                if (found := self._loaded.get(ref.id)) is not None:
+                    return found
+            classifier = self._load(ref)
+            with self._lock:
+                self.loads += 1
+                self._loaded[ref.id] = classifier
+                self._loading.pop(ref.id, None)
+                evicted = []
+                while len(self._loaded) > self.capacity:
+                    evicted.append(self._loaded.popitem(last=False)[1])
+        for old in evicted:
+            old.close()
+        return classifier
+
+    def _load(self, ref: VersionRef) -> LoadedClassifier:
+        started = time.perf_counter()
+        try:
+            folder = model_versions.version_folder(ref)
+            classifier = load_classifier(
+                folder, max_batch=self.max_batch, name=f"{ref.name}-v{ref.version}"
+            )
+        except (ChecksumMismatchError, OSError, ValueError, KeyError) as exc:
+            logger.error("cannot load %s v%s: %s", ref.name, ref.version, exc)
+            raise ModelUnavailableError(
+                f"{ref.name} v{ref.version} cannot be loaded: {exc}"
+            ) from exc
+        logger.info("loaded %s v%s in %.2f s", ref.name, ref.version, time.perf_counter() - started)
+        return classifier
+
+    def is_loaded(self, version_id: uuid.UUID) -> bool:
+        with self._lock:
+            return version_id in self._loaded
+
+    def get_loaded(self, version_id: uuid.UUID) -> LoadedClassifier | None:
+        """The version if it is loaded; never loads."""
+        with self._lock:
+            return self._loaded.get(version_id)
+
+    def loaded_ids(self) -> list[uuid.UUID]:
+        with self._lock:
+            return list(self._loaded)
+
+    def evict(self, version_id: uuid.UUID) -> None:
+        with self._lock:
+            classifier = self._loaded.pop(version_id, None)
+        if classifier is not None:
+            classifier.close()
+
+    def close(self) -> None:
+        with self._lock:
+            loaded = list(self._loaded.values())
+            self._loaded.clear()
+        for classifier in loaded:
+            classifier.close()
+
+    def refresh(self) -> None:
+        """Load every active version (up to capacity) and forget versions deleted elsewhere."""
+        with session_scope() as session:
+            active = model_versions.active_versions(session)
+            known = model_versions.existing_version_ids(session, self.loaded_ids())
+        for version_id in self.loaded_ids():
+            if version_id not in known:
+                self.evict(version_id)
+        for ref in active[: self.capacity]:
+            if not self.is_loaded(ref.id):
+                # A broken version is logged; requests for it get the 503 with the reason.
+                with contextlib.suppress(ModelUnavailableError):
+                    self.get(ref)
+        self.warmed = True
+
+
+async def keep_warm(cache: ModelCache, *, interval: float) -> None:
+    """Background task of the API process: refresh the cache now and every `interval` s."""
+    while True:
+        try:
+            await to_thread.run_sync(cache.refresh)
+        except Exception:
+            logger.exception("refreshing the loaded models failed; retrying")
+        await asyncio.sleep(interval)
+
+
+def decode_base64(text: str, *, what: str) -> bytes:
+    """Standard or URL-safe base64 (padding optional) -> bytes; 400/413 on bad input."""
+    limit = get_settings().max_image_file_bytes
+    if len(text) > (limit // 3 + 1) * 4 + 4:
+        raise PayloadTooLargeError(f"{what} is larger than the limit of {limit} bytes")
+    cleaned = text.strip().replace("-", "+").replace("_", "/")
+    cleaned += "=" * (-len(cleaned) % 4)
+    try:
+        return base64.b64decode(cleaned, validate=True)
+    except binascii.Error as exc:
+        raise BadRequestError(f"{what} is not valid base64 ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class ImagePayload:
+    data: bytes
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    version: VersionRef
+    classes: list[str]
+    probabilities: np.ndarray  # (images, classes), in the order of `classes`
+    seconds: float
+
+
+def _decode_all(images: list[ImagePayload], classifier: LoadedClassifier) -> np.ndarray:
+    settings = get_settings()
+    arrays = []
+    for index, image in enumerate(images):
+        which = f"image {index + 1}" + (f" ({image.filename})" if image.filename else "")
+        if len(image.data) > settings.max_image_file_bytes:
+            raise PayloadTooLargeError(
+                f"{which} is larger than the limit of {settings.max_image_file_bytes} bytes"
+            )
+        try:
+            decoded = decode_image(image.data, max_pixels=settings.max_image_pixels)
+        except ImageTooLargeError as exc:
+            raise PayloadTooLargeError(f"{which}: {exc}") from exc
+        except UnsupportedImageError as exc:
+            raise UnsupportedMediaTypeError(f"{which}: {exc}") from exc
+        except (CorruptImageError, ImageDecodeError) as exc:
+            raise BadRequestError(f"{which}: {exc}") from exc
+        arrays.append(classifier.prepare(decoded))
+    return np.stack(arrays)
+
+
+def _resolve_and_prepare(
+    cache: ModelCache, images: list[ImagePayload], name: str | None, version: int | None
+) -> tuple[VersionRef, LoadedClassifier, np.ndarray]:
+    with session_scope() as session:
+        ref = model_versions.resolve_version(session, name=name, version=version)
+    classifier = cache.get(ref)
+    return ref, classifier, _decode_all(images, classifier)
+
+
+async def predict_images(
+    *,
+    cache: ModelCache,
+    images: list[ImagePayload],
+    model: str | None = None,
+    version: int | None = None,
+) -> PredictionResult:
+    """Class probabilities of each image from the chosen version. Database, decoding and the
+    forward pass all run off the event loop."""
+    started = time.perf_counter()
+    settings = get_settings()
+    if not images:
+        raise BadRequestError("send at least one image")
+    if len(images) > settings.max_predict_images:
+        raise PayloadTooLargeError(f"at most {settings.max_predict_images} images per request")
+    ref, classifier, pixels = await to_thread.run_sync(
+        _resolve_and_prepare, cache, images, model, version
+    )
+    try:
+        probabilities = await asyncio.wrap_future(classifier.batcher.submit(pixels))
+    except RuntimeError as exc:  # evicted between lookup and submit: load again once
+        logger.info("retrying %s v%s after eviction: %s", ref.name, ref.version, exc)
+        classifier = await to_thread.run_sync(cache.get, ref)
+        probabilities = await asyncio.wrap_future(classifier.batcher.submit(pixels))
+    return PredictionResult(
+        version=ref,
+        classes=classifier.classes,
+        probabilities=probabilities,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def loaded_or_404(
+    cache: ModelCache, *, name: str, version: int | None
+) -> tuple[VersionRef, LoadedClassifier]:
+    """The version and its classifier for metadata requests (loaded if needed); 404 when the
+    name, the version or an active version is missing."""
+    with session_scope() as session:
+        try:
+            ref = model_versions.resolve_version(session, name=name, version=version)
+        except (NotFoundError, ConflictError) as exc:
+            raise NotFoundError(exc.detail) from exc
+    return ref, cache.get(ref)

@@ -1,0 +1,34 @@
+"""Real (untrained) Keras classifiers registered in the models store, for serving tests."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from app.db.models import ModelVersion
+
+
+def register_tiny_model(
+    name: str, *, classes: tuple[str, ...] = ("cats", "dogs"), image_size: int = 32, seed: int = 0
+) -> ModelVersion:
+    """Build the scratch CNN (random weights, seeded), write it as training does, register it."""
+    import keras
+
+    from app.ml import builders
+    from app.ml.config import TrainConfig
+    from app.ml.serving import write_model_files
+    from app.services import model_versions
+
+    config = TrainConfig(
+        method="scratch", image_size=image_size, epochs=1, batch_size=8, learning_rate=1e-3,
+        dropout=0.5, seed=seed,
+    )  # fmt: skip
+    keras.utils.set_random_seed(seed)
+    model = builders.build_scratch_model(config, class_count=len(classes))
+    metadata = {"input": {"image_size": image_size}, "classes": list(classes)}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model_files(Path(tmp), model=model, classes=list(classes), metadata=metadata)
+        return model_versions.register_version(
+            name=name, job_id=None, source_dir=Path(tmp), metadata=metadata,
+            metrics_summary={"test_accuracy": None},
+        )  # fmt: skip
