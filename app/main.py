@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api.routes import datasets, health, jobs, models, open_inference, predict, tfserving
+from app.api.middleware import RequestContextMiddleware
+from app.api.routes import (
+    datasets,
+    health,
+    jobs,
+    metrics,
+    models,
+    open_inference,
+    predict,
+    tfserving,
+)
 from app.core.config import get_settings
 from app.core.errors import register_error_handlers
+from app.core.logging import configure_logging
 from app.services.inference import ModelCache, keep_warm
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level)
+    configure_logging(settings.log_level, json_logs=settings.log_json)
     settings.ensure_directories()
     # Loaded models live in this process; the refresher loads active versions at start-up and
     # whenever a new one is trained or activated, so requests never wait for a load.
@@ -44,7 +54,9 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     register_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
     app.include_router(models.router)

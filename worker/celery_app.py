@@ -8,13 +8,12 @@ from typing import Any
 from celery.signals import worker_process_init, worker_ready
 
 from app.core.config import get_settings
+from app.core.logging import configure_logging
 from app.core.queue import make_celery
 from app.db.session import dispose_engines
 
 settings = get_settings()
-logging.basicConfig(
-    level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-)
+configure_logging(settings.log_level, json_logs=settings.log_json)
 settings.ensure_directories()
 
 celery_app = make_celery(settings)

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = "development"
     log_level: str = "INFO"
+    # One JSON object per log line (with the request id); false: plain text for a terminal.
+    log_json: bool = True
 
     # Everything the service writes lives below this folder unless a root is set on its own.
     data_dir: Path = PROJECT_ROOT / "var"

@@ -66,3 +66,22 @@ def send_task(name: str, *, args: list[str], queue: str) -> None:
         )
     except (OperationalError, OSError) as exc:
         raise ServiceUnavailableError(f"the job queue (broker) is unreachable: {exc}") from exc
+
+
+def queue_depth(queue: str) -> int:
+    """Messages waiting in `queue` on the configured broker (0 if the queue does not exist)."""
+    from kombu.connection import Connection
+    from kombu.exceptions import ChannelError
+
+    settings = get_settings()
+    with Connection(
+        settings.broker_url, connect_timeout=settings.readiness_timeout_seconds
+    ) as conn:  # type: ignore[no-untyped-call]
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+        channel = conn.channel()
+        try:
+            return int(channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:  # never declared or drained and removed: nothing waits
+            return 0
+        finally:
+            channel.close()

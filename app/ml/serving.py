@@ -52,10 +52,16 @@ class MicroBatcher:
     """
 
     def __init__(
-        self, forward: Callable[[np.ndarray], np.ndarray], *, max_batch: int, name: str
+        self,
+        forward: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch: int,
+        name: str,
+        on_batch: Callable[[int], None] = lambda images: None,
     ) -> None:
         self._forward = forward
         self._max_batch = max_batch
+        self._on_batch = on_batch
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._closed = False
@@ -107,6 +113,7 @@ class MicroBatcher:
                 request.future.set_exception(exc)
             return
         self.batches += 1
+        self._on_batch(len(outputs))
         offset = 0
         for request in live:
             size = len(request.inputs)
@@ -134,8 +141,15 @@ class LoadedClassifier:
         self.batcher.close()
 
 
-def load_classifier(folder: Path, *, max_batch: int, name: str) -> LoadedClassifier:
-    """Load a model version directory (already checksum-verified by the caller) and warm it."""
+def load_classifier(
+    folder: Path,
+    *,
+    max_batch: int,
+    name: str,
+    on_batch: Callable[[int], None] = lambda images: None,
+) -> LoadedClassifier:
+    """Load a model version directory (already checksum-verified by the caller) and warm it.
+    `on_batch(images)` is called after every forward pass (for metrics)."""
     import keras
     import tensorflow as tf
 
@@ -159,7 +173,7 @@ def load_classifier(folder: Path, *, max_batch: int, name: str) -> LoadedClassif
         return class_probabilities(raw, len(classes))
 
     forward(np.zeros((1, image_size, image_size, 3), dtype=np.float32))  # trace now, not later
-    batcher = MicroBatcher(forward, max_batch=max_batch, name=name)
+    batcher = MicroBatcher(forward, max_batch=max_batch, name=name, on_batch=on_batch)
     return LoadedClassifier(
         classes=classes, image_size=image_size, metadata=metadata, forward=forward,
         batcher=batcher,

@@ -29,6 +29,7 @@ from app.core.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from app.core.metrics import FORWARD_BATCH, PREDICT_IMAGES, PREDICT_LATENCY
 from app.db.session import session_scope
 from app.ml.images import (
     CorruptImageError,
@@ -97,8 +98,9 @@ class ModelCache:
         try:
             folder = model_versions.version_folder(ref)
             classifier = load_classifier(
-                folder, max_batch=self.max_batch, name=f"{ref.name}-v{ref.version}"
-            )
+                folder, max_batch=self.max_batch, name=f"{ref.name}-v{ref.version}",
+                on_batch=FORWARD_BATCH.observe,
+            )  # fmt: skip
         except (ChecksumMismatchError, OSError, ValueError, KeyError) as exc:
             logger.error("cannot load %s v%s: %s", ref.name, ref.version, exc)
             raise ModelUnavailableError(
@@ -240,11 +242,11 @@ async def predict_images(
         logger.info("retrying %s v%s after eviction: %s", ref.name, ref.version, exc)
         classifier = await to_thread.run_sync(cache.get, ref)
         probabilities = await asyncio.wrap_future(classifier.batcher.submit(pixels))
+    seconds = time.perf_counter() - started
+    PREDICT_LATENCY.labels(ref.name).observe(seconds)
+    PREDICT_IMAGES.labels(ref.name).inc(len(images))
     return PredictionResult(
-        version=ref,
-        classes=classifier.classes,
-        probabilities=probabilities,
-        seconds=time.perf_counter() - started,
+        version=ref, classes=classifier.classes, probabilities=probabilities, seconds=seconds
     )
 
 

@@ -6,7 +6,7 @@ import re
 import uuid
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
@@ -128,6 +128,13 @@ def submit_training_job(session: Session, *, request: JobCreate, settings: Setti
         dataset_id=dataset.id,
         parameters=training_parameters(request, dataset_name=dataset.name),
     )
+
+
+def count_jobs_by_status(session: Session) -> dict[str, int]:
+    """How many jobs are in each status (every status present, zero included)."""
+    rows = session.execute(select(TrainingJob.status, func.count()).group_by(TrainingJob.status))
+    counts: dict[str, int] = {status: count for status, count in rows}
+    return {status.value: int(counts.get(status.value, 0)) for status in JobStatus}
 
 
 def list_jobs(
