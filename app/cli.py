@@ -1,4 +1,4 @@
-"""Command line: `python -m app.cli migrate | run | worker`."""
+"""Command line: `python -m app.cli migrate | run | worker | keys create|list|revoke`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from types import FrameType
 
 from alembic.config import Config
 
 from alembic import command
 from app.core.config import PROJECT_ROOT, get_settings
+from app.core.errors import AppError
 
 logger = logging.getLogger("smallvision")
 
@@ -60,6 +62,46 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def create_key(*, name: str, owner: str, scopes: list[str]) -> str:
+    """Create an API key and return it (the only time it is shown)."""
+    from app.db.session import session_scope
+    from app.services import auth
+
+    with session_scope() as session:
+        return auth.create_key(session, name=name, owner=owner, scopes=scopes).key
+
+
+def _bootstrap_key() -> str | None:
+    """On a store with no API key at all, an admin key for the person who just ran `make run`."""
+    from app.db.session import session_scope
+    from app.services import auth
+
+    with session_scope() as session:
+        if auth.list_keys(session):
+            return None
+    return create_key(name="bootstrap (make run)", owner="admin", scopes=["admin"])
+
+
+def _keys_command(args: argparse.Namespace) -> int:
+    from app.db.session import session_scope
+    from app.services import auth
+
+    if args.keys_command == "create":
+        owner = args.owner or args.name
+        print(create_key(name=args.name, owner=owner, scopes=args.scopes.split(",")))
+        return 0
+    with session_scope() as session:
+        if args.keys_command == "list":
+            for row in auth.list_keys(session):
+                state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
+                print(f"{row.id}  sv_{row.prefix}_...  {','.join(row.scopes):<20} {state:<18} "
+                      f"owner={row.owner}  {row.name}")  # fmt: skip
+            return 0
+        row = auth.revoke_key(session, key_id=args.key_id)
+        print(f"revoked {row.id} ({row.name})")
+    return 0
+
+
 def run_all(*, host: str, port: int) -> int:
     """Migrate, then run the API and one Celery worker until Ctrl-C (or until one of them exits)."""
     migrate()
@@ -69,6 +111,20 @@ def run_all(*, host: str, port: int) -> int:
         f"\n  database {settings.database_url}\n  Ctrl-C stops both.",
         flush=True,
     )
+    if (key := _bootstrap_key()) is not None:
+        print(
+            f"\n  First start: an admin API key was created. It is shown only now:\n\n    {key}\n"
+            "\n  Send it as 'Authorization: Bearer <key>'. More keys:"
+            "\n    .venv/bin/python -m app.cli keys create --name <who> --owner <user> "
+            "--scopes train,predict\n",
+            flush=True,
+        )
+    else:
+        print(
+            "  API keys: .venv/bin/python -m app.cli keys create --name <who> --owner <user> "
+            "--scopes admin|train|predict[,...]",
+            flush=True,
+        )
     # Own sessions: Ctrl-C reaches only this launcher, which stops the children in order.
     processes = [
         subprocess.Popen(worker_command(), start_new_session=True),
@@ -105,6 +161,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=8000)
     worker = sub.add_parser("worker", help="run a Celery worker on the training queue")
     worker.add_argument("--concurrency", type=int, default=1)
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it (shown only once)")
+    create.add_argument("--name", required=True, help="who or what uses the key")
+    create.add_argument(
+        "--owner", help="the user or team whose data the key reaches (default: --name); "
+        "keys of one owner share datasets, jobs and models",
+    )  # fmt: skip
+    create.add_argument(
+        "--scopes", default="train,predict", help="comma-separated: admin, train, predict"
+    )
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id", type=uuid.UUID)
     args = parser.parse_args(argv)
 
     if args.command == "migrate":
@@ -112,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         return run_all(host=args.host, port=args.port)
+    if args.command == "keys":
+        try:
+            return _keys_command(args)
+        except (ValueError, AppError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     os.execv(sys.executable, worker_command(concurrency=args.concurrency))  # noqa: S606
     return 0  # pragma: no cover  (execv does not return)
 

@@ -6,12 +6,14 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import redis
 from alembic.config import Config
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -139,3 +141,26 @@ def redis_url() -> str:
 @pytest.fixture(scope="module")
 def module_redis_url() -> str:
     return _emptied_redis()
+
+
+def api_key(*scopes: str, owner: str = "tester") -> str:
+    """A new API key of `owner` with these scopes (default admin), in the configured database."""
+    from app.db.session import session_scope
+    from app.services import auth
+
+    with session_scope() as session:
+        scopes = scopes or ("admin",)
+        return auth.create_key(session, name="test", owner=owner, scopes=list(scopes)).key
+
+
+def auth_headers(*scopes: str, owner: str = "tester") -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key(*scopes, owner=owner)}"}
+
+
+@contextmanager
+def api_client(*scopes: str) -> Iterator[TestClient]:
+    """The app in a TestClient that sends a fresh key with these scopes (default admin)."""
+    from app.main import create_app
+
+    with TestClient(create_app(), headers=auth_headers(*scopes)) as client:
+        yield client

@@ -9,7 +9,12 @@ from app.db.models import ModelVersion
 
 
 def register_tiny_model(
-    name: str, *, classes: tuple[str, ...] = ("cats", "dogs"), image_size: int = 32, seed: int = 0
+    name: str,
+    *,
+    classes: tuple[str, ...] = ("cats", "dogs"),
+    image_size: int = 32,
+    seed: int = 0,
+    owner: str | None = None,
 ) -> ModelVersion:
     """Build the scratch CNN (random weights, seeded), write it as training does, register it."""
     import keras
@@ -29,6 +34,6 @@ def register_tiny_model(
     with tempfile.TemporaryDirectory() as tmp:
         write_model_files(Path(tmp), model=model, classes=list(classes), metadata=metadata)
         return model_versions.register_version(
-            name=name, job_id=None, source_dir=Path(tmp), metadata=metadata,
+            name=name, job_id=None, owner=owner, source_dir=Path(tmp), metadata=metadata,
             metrics_summary={"test_accuracy": None},
         )  # fmt: skip

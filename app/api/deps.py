@@ -1,17 +1,20 @@
-"""Request-scoped dependencies: the DB session and path parameters that 404 when missing."""
+"""Request-scoped dependencies: the DB session, the caller's API key, and path parameters
+that 404 when missing or not the caller's."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, TrainingJob
 from app.db.session import session_scope
-from app.services import datasets, jobs
+from app.services import auth, datasets, jobs
+from app.services.auth import Principal, Scope
 from app.services.inference import ModelCache
 
 
@@ -23,16 +26,46 @@ def get_session() -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
+# Both are declared in the OpenAPI schema, so /docs (and schema-driven clients) can send a key.
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="`X-API-Key: <API key>`"
+)
 
-def valid_job(job_id: uuid.UUID, session: SessionDep) -> TrainingJob:
-    return jobs.get_job(session, job_id=job_id)
+
+def current_principal(
+    session: SessionDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header_key: Annotated[str | None, Depends(_api_key_header)],
+) -> Principal:
+    """The caller behind the presented API key (401 without a valid one)."""
+    return auth.authenticate(session, key=bearer.credentials if bearer else header_key)
+
+
+def requires(*scopes: Scope) -> Any:
+    """A dependency that admits keys holding any of `scopes` (admin holds them all)."""
+
+    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        return auth.require_scope(principal, scopes)
+
+    return Depends(dependency)
+
+
+Admin = Annotated[Principal, requires(Scope.ADMIN)]
+Trainer = Annotated[Principal, requires(Scope.TRAIN)]
+Predictor = Annotated[Principal, requires(Scope.PREDICT)]
+RegistryReader = Annotated[Principal, requires(Scope.TRAIN, Scope.PREDICT)]
+
+
+def valid_job(job_id: uuid.UUID, session: SessionDep, principal: Trainer) -> TrainingJob:
+    return jobs.get_job(session, job_id=job_id, principal=principal)
 
 
 ValidJob = Annotated[TrainingJob, Depends(valid_job)]
 
 
-def valid_dataset(dataset_id: uuid.UUID, session: SessionDep) -> Dataset:
-    return datasets.get_dataset(session, dataset_id=dataset_id)
+def valid_dataset(dataset_id: uuid.UUID, session: SessionDep, principal: Trainer) -> Dataset:
+    return datasets.get_dataset(session, dataset_id=dataset_id, principal=principal)
 
 
 ValidDataset = Annotated[Dataset, Depends(valid_dataset)]

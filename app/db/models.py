@@ -54,10 +54,34 @@ def _new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
+class ApiKey(Base):
+    """A client's key. Only a hash of its secret is stored; the key itself is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    # The user (account) the key acts for: keys with the same owner share their data.
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    # The public part of the key ("sv_<prefix>_<secret>"), to find the row without the secret.
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+def _owner_column() -> Mapped[str | None]:
+    """The owner of the key that created a row: only that owner's keys (or an admin key) see
+    it. NULL for rows made without a key (by an admin tool), which only admins see."""
+    return mapped_column(String(200), index=True)
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_new_id)
+    owner: Mapped[str | None] = _owner_column()
     name: Mapped[str] = mapped_column(String(200))
     # sha256 over the sorted (split, class, image sha256) triples: same content, same fingerprint.
     fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -77,6 +101,7 @@ class TrainingJob(Base):
     __table_args__ = (Index("ix_training_jobs_status_created_at", "status", "created_at"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_new_id)
+    owner: Mapped[str | None] = _owner_column()
     dataset_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="RESTRICT"), index=True
     )
@@ -141,6 +166,7 @@ class ModelVersion(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_new_id)
+    owner: Mapped[str | None] = _owner_column()
     name: Mapped[str] = mapped_column(String(200), index=True)
     version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[uuid.UUID | None] = mapped_column(

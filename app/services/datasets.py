@@ -31,6 +31,7 @@ from app.services.archive import (
     open_zip,
     read_member,
 )
+from app.services.auth import Principal, visible
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class IngestOptions:
     validation_fraction: float
     test_fraction: float
     seed: int
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,7 @@ def ingest_zip(
         _write_manifest(incoming, images, classes)
         dataset = Dataset(
             id=dataset_id,
+            owner=options.owner,
             name=options.name,
             fingerprint=_fingerprint(images),
             status=DatasetStatus.READY.value,
@@ -408,17 +411,20 @@ def load_manifest(dataset: Dataset, *, settings: Settings) -> dict[str, Any]:
     return manifest
 
 
-def get_dataset(session: Session, *, dataset_id: uuid.UUID) -> Dataset:
-    """The dataset with this id, or NotFoundError."""
+def get_dataset(session: Session, *, dataset_id: uuid.UUID, principal: Principal | None) -> Dataset:
+    """The dataset with this id if the caller may see it, or NotFoundError."""
     dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
+    if dataset is None or (principal is not None and not principal.can_see(dataset.owner)):
         raise NotFoundError(f"dataset {dataset_id} not found")
     return dataset
 
 
-def list_datasets(session: Session, *, limit: int, offset: int) -> list[Dataset]:
-    """Datasets, newest first."""
-    query = select(Dataset).order_by(Dataset.created_at.desc()).limit(limit).offset(offset)
+def list_datasets(
+    session: Session, *, principal: Principal, limit: int, offset: int
+) -> list[Dataset]:
+    """The caller's datasets (every dataset for an admin), newest first."""
+    query = visible(select(Dataset), Dataset.owner, principal)
+    query = query.order_by(Dataset.created_at.desc()).limit(limit).offset(offset)
     return list(session.scalars(query))
 
 

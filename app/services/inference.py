@@ -40,6 +40,7 @@ from app.ml.images import (
 )
 from app.ml.serving import LoadedClassifier, load_classifier
 from app.services import model_versions
+from app.services.auth import Principal
 from app.services.model_versions import VersionRef
 from models_store import ChecksumMismatchError
 
@@ -210,10 +211,16 @@ def _decode_all(images: list[ImagePayload], classifier: LoadedClassifier) -> np.
 
 
 def _resolve_and_prepare(
-    cache: ModelCache, images: list[ImagePayload], name: str | None, version: int | None
+    cache: ModelCache,
+    images: list[ImagePayload],
+    name: str | None,
+    version: int | None,
+    principal: Principal,
 ) -> tuple[VersionRef, LoadedClassifier, np.ndarray]:
     with session_scope() as session:
-        ref = model_versions.resolve_version(session, name=name, version=version)
+        ref = model_versions.resolve_version(
+            session, name=name, version=version, principal=principal
+        )
     classifier = cache.get(ref)
     return ref, classifier, _decode_all(images, classifier)
 
@@ -221,6 +228,7 @@ def _resolve_and_prepare(
 async def predict_images(
     *,
     cache: ModelCache,
+    principal: Principal,
     images: list[ImagePayload],
     model: str | None = None,
     version: int | None = None,
@@ -234,7 +242,7 @@ async def predict_images(
     if len(images) > settings.max_predict_images:
         raise PayloadTooLargeError(f"at most {settings.max_predict_images} images per request")
     ref, classifier, pixels = await to_thread.run_sync(
-        _resolve_and_prepare, cache, images, model, version
+        _resolve_and_prepare, cache, images, model, version, principal
     )
     try:
         probabilities = await asyncio.wrap_future(classifier.batcher.submit(pixels))
@@ -251,13 +259,15 @@ async def predict_images(
 
 
 def loaded_or_404(
-    cache: ModelCache, *, name: str, version: int | None
+    cache: ModelCache, *, name: str, version: int | None, principal: Principal
 ) -> tuple[VersionRef, LoadedClassifier]:
     """The version and its classifier for metadata requests (loaded if needed); 404 when the
     name, the version or an active version is missing."""
     with session_scope() as session:
         try:
-            ref = model_versions.resolve_version(session, name=name, version=version)
+            ref = model_versions.resolve_version(
+                session, name=name, version=version, principal=principal
+            )
         except (NotFoundError, ConflictError) as exc:
             raise NotFoundError(exc.detail) from exc
     return ref, cache.get(ref)

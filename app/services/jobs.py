@@ -18,9 +18,17 @@ from app.core.errors import (
 )
 from app.core.queue import RUN_TRAINING_JOB, send_task
 from app.db.base import utcnow
-from app.db.models import DatasetStatus, EpochMetric, JobStatus, TrainingJob, TrainingMethod
+from app.db.models import (
+    DatasetStatus,
+    EpochMetric,
+    JobStatus,
+    ModelVersion,
+    TrainingJob,
+    TrainingMethod,
+)
 from app.ml.bases import BASES, WeightsNotFoundError, resolve_weights
 from app.schemas.jobs import METHOD_DEFAULTS, JobCreate
+from app.services.auth import Principal, visible
 from app.services.datasets import get_dataset
 from models_store.store import NAME_PATTERN
 
@@ -36,9 +44,11 @@ def create_job(
     method: TrainingMethod,
     dataset_id: uuid.UUID | None,
     parameters: dict[str, Any],
+    owner: str | None,
 ) -> TrainingJob:
     """Add a queued job. The caller commits, then calls `enqueue_job`: a worker must see the row."""
     job = TrainingJob(
+        owner=owner,
         method=method.value,
         dataset_id=dataset_id,
         parameters=parameters,
@@ -56,10 +66,10 @@ def enqueue_job(*, job_id: uuid.UUID) -> None:
     send_task(RUN_TRAINING_JOB, args=[str(job_id)], queue=get_settings().training_queue)
 
 
-def get_job(session: Session, *, job_id: uuid.UUID) -> TrainingJob:
-    """The job with this id, or NotFoundError."""
+def get_job(session: Session, *, job_id: uuid.UUID, principal: Principal) -> TrainingJob:
+    """The job with this id if the caller may see it, or NotFoundError."""
     job = session.get(TrainingJob, job_id)
-    if job is None:
+    if job is None or not principal.can_see(job.owner):
         raise NotFoundError(f"job {job_id} not found")
     return job
 
@@ -70,13 +80,16 @@ def submit_job(
     method: TrainingMethod,
     dataset_id: uuid.UUID | None,
     parameters: dict[str, Any],
+    owner: str | None,
 ) -> TrainingJob:
     """Create a job, commit it, then enqueue it; if the broker refuses, delete the row again.
 
     This is the one service that commits: a worker must be able to read the row when the
     message arrives, and a job the broker never took must not linger as "queued".
     """
-    job = create_job(session, method=method, dataset_id=dataset_id, parameters=parameters)
+    job = create_job(
+        session, method=method, dataset_id=dataset_id, parameters=parameters, owner=owner
+    )
     session.commit()
     try:
         enqueue_job(job_id=job.id)
@@ -108,9 +121,14 @@ def training_parameters(request: JobCreate, *, dataset_name: str) -> dict[str, A
     return parameters
 
 
-def submit_training_job(session: Session, *, request: JobCreate, settings: Settings) -> TrainingJob:
-    """Check the dataset and the base's weights, then create and enqueue a training job."""
-    dataset = get_dataset(session, dataset_id=request.dataset_id)
+def submit_training_job(
+    session: Session, *, request: JobCreate, principal: Principal, settings: Settings
+) -> TrainingJob:
+    """Check the dataset, the model name, the caller's running jobs and the base's weights,
+    then create and enqueue a training job owned by the caller."""
+    dataset = get_dataset(session, dataset_id=request.dataset_id, principal=principal)
+    parameters = training_parameters(request, dataset_name=dataset.name)
+    _check_model_name_owner(session, name=parameters["model_name"], principal=principal)
     if dataset.status != DatasetStatus.READY.value:
         raise ConflictError(f"dataset {dataset.id} is {dataset.status}, not ready")
     if request.method != "scratch":
@@ -126,8 +144,16 @@ def submit_training_job(session: Session, *, request: JobCreate, settings: Setti
         session,
         method=TrainingMethod(request.method),
         dataset_id=dataset.id,
-        parameters=training_parameters(request, dataset_name=dataset.name),
+        parameters=parameters,
+        owner=principal.owner,
     )
+
+
+def _check_model_name_owner(session: Session, *, name: str, principal: Principal) -> None:
+    """Model names are global: a name whose versions belong to another key is taken."""
+    owners = set(session.scalars(select(ModelVersion.owner).where(ModelVersion.name == name)))
+    if owners and not all(principal.can_see(owner) for owner in owners):
+        raise ConflictError(f"the model name {name!r} is taken: choose another model_name")
 
 
 def count_jobs_by_status(session: Session) -> dict[str, int]:
@@ -140,13 +166,16 @@ def count_jobs_by_status(session: Session) -> dict[str, int]:
 def list_jobs(
     session: Session,
     *,
+    principal: Principal,
     dataset_id: uuid.UUID | None,
     status: JobStatus | None,
     limit: int,
     offset: int,
 ) -> list[TrainingJob]:
-    """Jobs, newest first, optionally of one dataset and/or in one status."""
-    query = select(TrainingJob).order_by(TrainingJob.created_at.desc())
+    """The caller's jobs (all for an admin), newest first, optionally of one dataset and/or in
+    one status."""
+    query = visible(select(TrainingJob), TrainingJob.owner, principal)
+    query = query.order_by(TrainingJob.created_at.desc())
     if dataset_id is not None:
         query = query.where(TrainingJob.dataset_id == dataset_id)
     if status is not None:

@@ -18,6 +18,7 @@ from app.core.errors import AppError, BadRequestError, ConflictError, NotFoundEr
 from app.db.models import ModelVersion
 from app.db.session import session_scope
 from app.ml.serving import MODEL_FILE
+from app.services.auth import Principal, visible
 from models_store import ChecksumMismatchError, ModelStore, StoreError
 
 MAX_VERSION_ATTEMPTS = 5
@@ -31,6 +32,7 @@ def register_version(
     *,
     name: str,
     job_id: uuid.UUID | None,
+    owner: str | None,
     source_dir: Path,
     metadata: dict[str, Any],
     metrics_summary: dict[str, Any],
@@ -56,6 +58,7 @@ def register_version(
                     )
                 )
                 row = ModelVersion(
+                    owner=owner,
                     name=name,
                     version=version,
                     job_id=job_id,
@@ -96,22 +99,26 @@ class ModelSummary:
     updated_at: datetime
 
 
-def list_models(session: Session) -> list[ModelSummary]:
-    """Every model name with its version count, latest and active version, by name."""
+def list_models(session: Session, *, principal: Principal) -> list[ModelSummary]:
+    """The caller's model names with their version count, latest and active version."""
     active = (
         select(ModelVersion.name, ModelVersion.version.label("active"))
         .where(ModelVersion.is_active.is_(True))
         .subquery()
     )
-    query = (
+    query = visible(
         select(
             ModelVersion.name,
             func.count(ModelVersion.id),
             func.max(ModelVersion.version),
             func.max(active.c.active),
             func.max(ModelVersion.created_at),
-        )
-        .outerjoin(active, active.c.name == ModelVersion.name)
+        ),
+        ModelVersion.owner,
+        principal,
+    )
+    query = (
+        query.outerjoin(active, active.c.name == ModelVersion.name)
         .group_by(ModelVersion.name)
         .order_by(ModelVersion.name)
     )
@@ -127,13 +134,14 @@ def list_models(session: Session) -> list[ModelSummary]:
     ]
 
 
-def list_versions(session: Session, *, name: str) -> list[ModelVersion]:
-    """The versions of one model, newest first; NotFoundError if it has none."""
+def list_versions(
+    session: Session, *, name: str, principal: Principal | None
+) -> list[ModelVersion]:
+    """The versions of one model, newest first; NotFoundError if the caller has none."""
+    query = visible(select(ModelVersion), ModelVersion.owner, principal)
     rows = list(
         session.scalars(
-            select(ModelVersion)
-            .where(ModelVersion.name == name)
-            .order_by(ModelVersion.version.desc())
+            query.where(ModelVersion.name == name).order_by(ModelVersion.version.desc())
         )
     )
     if not rows:
@@ -141,24 +149,29 @@ def list_versions(session: Session, *, name: str) -> list[ModelVersion]:
     return rows
 
 
-def get_version(session: Session, *, name: str, version: int) -> ModelVersion:
-    row = session.scalar(
-        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
-    )
+def get_version(
+    session: Session, *, name: str, version: int, principal: Principal | None
+) -> ModelVersion:
+    """One version of one of the caller's models, or NotFoundError."""
+    mine = visible(select(ModelVersion), ModelVersion.owner, principal)
+    row = session.scalar(mine.where(ModelVersion.name == name, ModelVersion.version == version))
     if row is None:
-        if session.scalar(select(ModelVersion.id).where(ModelVersion.name == name).limit(1)):
+        if session.scalar(mine.where(ModelVersion.name == name).limit(1)):
             raise NotFoundError(f"model {name!r} has no version {version}")
         raise NotFoundError(f"model {name!r} not found")
     return row
 
 
-def resolve_version(session: Session, *, name: str | None, version: int | None) -> VersionRef:
+def resolve_version(
+    session: Session, *, name: str | None, version: int | None, principal: Principal | None
+) -> VersionRef:
     """The version a prediction should use: the one asked for, else the model's active version;
-    without a name, the only active model there is."""
+    without a name, the caller's only active model."""
+    mine = visible(select(ModelVersion), ModelVersion.owner, principal)
     if name is None:
         if version is not None:
             raise BadRequestError("give the model name together with a version")
-        active = list(session.scalars(select(ModelVersion).where(ModelVersion.is_active.is_(True))))
+        active = list(session.scalars(mine.where(ModelVersion.is_active.is_(True))))
         if len(active) == 1:
             return VersionRef.of(active[0])
         if not active:
@@ -166,12 +179,10 @@ def resolve_version(session: Session, *, name: str | None, version: int | None) 
         names = ", ".join(sorted(row.name for row in active))
         raise BadRequestError(f"several models are active, say which one: {names}")
     if version is not None:
-        return VersionRef.of(get_version(session, name=name, version=version))
-    row = session.scalar(
-        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.is_active.is_(True))
-    )
+        return VersionRef.of(get_version(session, name=name, version=version, principal=principal))
+    row = session.scalar(mine.where(ModelVersion.name == name, ModelVersion.is_active.is_(True)))
     if row is None:
-        list_versions(session, name=name)  # NotFoundError for an unknown name
+        list_versions(session, name=name, principal=principal)  # 404 for an unknown name
         raise ConflictError(f"model {name!r} has no active version: activate one")
     return VersionRef.of(row)
 
@@ -193,10 +204,12 @@ def existing_version_ids(session: Session, ids: list[uuid.UUID]) -> set[uuid.UUI
     return set(session.scalars(select(ModelVersion.id).where(ModelVersion.id.in_(ids))))
 
 
-def activate_version(session: Session, *, name: str, version: int) -> ModelVersion:
+def activate_version(
+    session: Session, *, name: str, version: int, principal: Principal
+) -> ModelVersion:
     """Make this version the one served for `name` (the partial unique index allows only one
     active version per name, so the old one is switched off first, in the same transaction)."""
-    row = get_version(session, name=name, version=version)
+    row = get_version(session, name=name, version=version, principal=principal)
     session.execute(
         update(ModelVersion)
         .where(ModelVersion.name == name, ModelVersion.is_active.is_(True))
@@ -207,9 +220,11 @@ def activate_version(session: Session, *, name: str, version: int) -> ModelVersi
     return row
 
 
-def delete_version(session: Session, *, name: str, version: int) -> VersionRef:
+def delete_version(
+    session: Session, *, name: str, version: int, principal: Principal
+) -> VersionRef:
     """Remove a version that is not active: its row (committed first), then its files."""
-    row = get_version(session, name=name, version=version)
+    row = get_version(session, name=name, version=version, principal=principal)
     if row.is_active:
         raise ConflictError(
             f"{name} v{version} is the active version: activate another one before deleting it"

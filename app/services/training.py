@@ -121,7 +121,7 @@ def _run_training(job_id: uuid.UUID) -> dict[str, Any]:
         dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
         if dataset is None:
             raise LookupError("the job's dataset was deleted")
-        method, parameters = job.method, dict(job.parameters)
+        method, parameters, owner = job.method, dict(job.parameters), job.owner
         manifest = load_manifest(dataset, settings=settings)
         folder = dataset_folder(dataset, settings=settings)
         fingerprint, dataset_name = dataset.fingerprint or "", dataset.name
@@ -173,8 +173,8 @@ def _run_training(job_id: uuid.UUID) -> dict[str, Any]:
         build = Path(tmp)
         write_model_files(build, model=outcome.model, classes=manifest["classes"], metadata=meta)
         version = model_versions.register_version(
-            name=parameters["model_name"], job_id=job_id, source_dir=build, metadata=meta,
-            metrics_summary=summary,
+            name=parameters["model_name"], job_id=job_id, owner=owner, source_dir=build,
+            metadata=meta, metrics_summary=summary,
         )  # fmt: skip
     return {
         "evaluation": outcome.evaluation,

@@ -5,8 +5,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
-from tests.conftest import migrate
+from tests.conftest import api_client, migrate
 
 
 @pytest.fixture
@@ -14,5 +13,5 @@ def client(configure, sqlite_url: str) -> Iterator[TestClient]:
     """The API on a migrated SQLite database and the embedded broker, all under tmp_path."""
     configure(database_url=sqlite_url)
     migrate(sqlite_url)
-    with TestClient(create_app()) as test_client:
+    with api_client() as test_client:
         yield test_client

@@ -15,10 +15,9 @@ from PIL import Image
 from app.core.config import get_settings
 from app.db.models import Dataset, TrainingJob, TrainingMethod
 from app.db.session import session_scope
-from app.main import create_app
 from app.services import jobs
 from app.services.datasets import load_manifest
-from tests.conftest import migrate
+from tests.conftest import api_client, migrate
 from tests.zips import class_folders, image_bytes, make_zip
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -204,7 +203,7 @@ def test_images_over_the_pixel_limit_are_skipped(configure, sqlite_url: str) -> 
     configure(database_url=sqlite_url, MAX_IMAGE_PIXELS="5000")
     migrate(sqlite_url)
     files = {**class_folders({"a": 2, "b": 2}), "a/huge.png": image_bytes("PNG", size=(100, 100))}
-    with TestClient(create_app()) as client:
+    with api_client() as client:
         body = created(client, make_zip(files))
     (skip,) = body["stats"]["skipped"]
     assert skip["file"] == "a/huge.png"
@@ -312,7 +311,7 @@ def test_a_zip_bomb_entry_is_refused_before_inflating(client: TestClient) -> Non
 def test_archive_limits_total_size_and_entry_count(configure, sqlite_url: str) -> None:
     configure(database_url=sqlite_url, MAX_UNCOMPRESSED_BYTES="5000", MAX_ZIP_ENTRIES="30")
     migrate(sqlite_url)
-    with TestClient(create_app()) as client:
+    with api_client() as client:
         too_big = upload(client, make_zip(class_folders({"a": 5, "b": 5})))  # 10 x ~1.5 KB
         assert too_big.status_code == 413
         assert "unpack to more than" in too_big.json()["detail"]
@@ -331,7 +330,7 @@ def test_upload_size_limit_is_413_with_and_without_content_length(
     migrate(sqlite_url)
     big = make_zip(class_folders({"a": 20, "b": 20}), compression=zipfile.ZIP_STORED)
     assert len(big) > 50000
-    with TestClient(create_app()) as client:
+    with api_client() as client:
         declared = upload(client, big)
         assert declared.status_code == 413
 
@@ -415,8 +414,10 @@ def test_get_list_preview_and_delete(client: TestClient) -> None:
 def test_delete_is_409_while_a_job_uses_the_dataset(client: TestClient) -> None:
     body = created(client, make_zip(class_folders({"a": 3, "b": 3})))
     with session_scope() as session:
-        job = jobs.create_job(session, method=TrainingMethod.SCRATCH,
-                              dataset_id=uuid.UUID(body["id"]), parameters={})  # fmt: skip
+        job = jobs.create_job(
+            session, method=TrainingMethod.SCRATCH, dataset_id=uuid.UUID(body["id"]),
+            parameters={}, owner=None,
+        )  # fmt: skip
         job_id = job.id
     response = client.delete(f"/datasets/{body['id']}")
     assert response.status_code == 409

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from app.db.models import TrainingJob
 from app.db.session import session_scope
+from tests.conftest import api_client, migrate
 
 
 def test_unknown_job_is_404_json(client: TestClient) -> None:
@@ -33,12 +34,9 @@ def test_unknown_route_and_method_are_json(client: TestClient) -> None:
 
 
 def test_broker_down_gives_503_and_leaves_no_job_row(configure, sqlite_url: str) -> None:
-    from app.main import create_app
-    from tests.conftest import migrate
-
     configure(database_url=sqlite_url, broker_url="redis://127.0.0.1:1/0")
     migrate(sqlite_url)
-    with TestClient(create_app()) as client:
+    with api_client() as client:
         response = client.post("/workers/check")
     assert response.status_code == 503
     assert response.json()["error"] == "service_unavailable"

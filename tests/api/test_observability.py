@@ -83,16 +83,13 @@ def test_metrics_count_requests_by_route_jobs_and_predictions(client) -> None:
 @pytest.fixture
 def client(configure, sqlite_url: str):
     """The API on SQLite; metrics are process-wide, so each test reads them fresh."""
-    from fastapi.testclient import TestClient
-
     from app.core import metrics
-    from app.main import create_app
-    from tests.conftest import migrate
+    from tests.conftest import api_client, migrate
 
     for collector in (metrics.HTTP_REQUESTS, metrics.HTTP_LATENCY, metrics.PREDICT_LATENCY,
                       metrics.PREDICT_IMAGES):  # fmt: skip
         collector.clear()
     configure(database_url=sqlite_url, MODEL_REFRESH_SECONDS="3600")
     migrate(sqlite_url)
-    with TestClient(create_app()) as test_client:
+    with api_client() as test_client:
         yield test_client

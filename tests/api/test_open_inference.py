@@ -7,11 +7,9 @@ import json
 import struct
 
 import pytest
-from fastapi.testclient import TestClient
 
-from app.main import create_app
 from app.services.open_inference import parse_bytes_tensor, serialize_bytes_tensor
-from tests.conftest import migrate
+from tests.conftest import api_client, migrate
 from tests.models import register_tiny_model
 from tests.zips import image_bytes
 
@@ -21,7 +19,7 @@ def client(configure, sqlite_url: str):
     configure(database_url=sqlite_url, MODEL_REFRESH_SECONDS="3600")
     migrate(sqlite_url)
     register_tiny_model("pets")
-    with TestClient(create_app()) as test_client:
+    with api_client() as test_client:
         yield test_client
 
 

@@ -14,8 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.main import create_app
-from tests.conftest import migrate
+from tests.conftest import api_client, migrate
 from tests.models import register_tiny_model
 from tests.zips import image_bytes
 
@@ -28,7 +27,7 @@ def client(configure, sqlite_url: str):
     """The API with its model cache; models registered by the test are loaded on demand."""
     configure(database_url=sqlite_url, MODEL_REFRESH_SECONDS="3600")
     migrate(sqlite_url)
-    with TestClient(create_app()) as test_client:
+    with api_client() as test_client:
         yield test_client
 
 
@@ -184,7 +183,7 @@ def test_oversized_images_are_413(configure, sqlite_url: str) -> None:
     configure(database_url=sqlite_url, MAX_IMAGE_PIXELS="1000", MAX_IMAGE_FILE_BYTES="20000",
               MAX_PREDICT_IMAGES="2")  # fmt: skip
     migrate(sqlite_url)
-    with TestClient(create_app()) as client:
+    with api_client() as client:
         register_tiny_model("pets")
         many_pixels = client.post(
             "/predict", files={"file": ("x.png", image_bytes("PNG", size=(40, 40)))}
@@ -266,7 +265,7 @@ def test_warm_models_are_never_loaded_on_the_request_path(configure, sqlite_url:
     configure(database_url=sqlite_url, MODEL_REFRESH_SECONDS="0.2")
     migrate(sqlite_url)
     first = register_tiny_model("pets")
-    with TestClient(create_app()) as client:
+    with api_client() as client:
         cache = client.app.state.model_cache
         deadline = time.monotonic() + 60
         while not cache.is_loaded(first.id) and time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -63,11 +64,16 @@ def test_run_serves_api_and_worker_then_ctrl_c_stops_both(tmp_path: Path) -> Non
         assert (data_dir / "smallvision.db").exists()
         assert (data_dir / "broker.db").exists()
 
-        accepted = httpx.post(f"{base}/workers/check", timeout=10)
+        # The first start prints an admin key; nothing but health answers without one.
+        assert httpx.post(f"{base}/workers/check", timeout=10).status_code == 401
+        match = re.search(r"^\s+(sv_\S+)$", log.read_text(), re.M)
+        assert match, log.read_text()[-3000:]
+        headers = {"Authorization": f"Bearer {match.group(1)}"}
+        accepted = httpx.post(f"{base}/workers/check", timeout=10, headers=headers)
         assert accepted.status_code == 202, accepted.text
         job_url = f"{base}/jobs/{accepted.json()['id']}"
         statuses = watch_job_statuses(
-            lambda: httpx.get(job_url, timeout=5).json()["status"],
+            lambda: httpx.get(job_url, timeout=5, headers=headers).json()["status"],
             first=accepted.json()["status"],
             timeout=120,
             log=log,

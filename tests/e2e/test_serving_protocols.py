@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.core.config import ENV_PREFIX
-from tests.conftest import migrate, reset_caches
+from tests.conftest import auth_headers, migrate, reset_caches
 from tests.models import register_tiny_model
 from tests.processes import running_api, wait_until
 
@@ -23,6 +23,12 @@ PHOTOS = [
     for p in sorted((SHARED / "data" / "cats_vs_dogs_small" / "test" / "dogs").iterdir())[:3]
 ]
 FLOWERS = ("daisy", "rose", "tulip")
+HEADERS: dict[str, str] = {}  # a predict-scope key, made once the database exists
+
+
+def _headers() -> dict[str, str]:
+    """A copy for tritonclient, which adds its own entries to the dict it is given."""
+    return dict(HEADERS)
 
 
 def _free_port() -> int:
@@ -43,8 +49,9 @@ def server(tmp_path_factory, request) -> Iterator[str]:
             patch.setenv(ENV_PREFIX + key, value)
         reset_caches()
         migrate(postgres_url)
-        register_tiny_model("pets")
-        register_tiny_model("flowers", classes=FLOWERS)
+        register_tiny_model("pets", owner="shop")
+        register_tiny_model("flowers", classes=FLOWERS, owner="shop")
+        HEADERS.update(auth_headers("predict", owner="shop"))
         log = tmp / "api.log"
         with running_api(log, port=_free_port()) as base:
             wait_until(
@@ -59,6 +66,7 @@ def _reference(base: str, model: str) -> np.ndarray:
     """Probabilities from POST /predict, in label order, for PHOTOS."""
     response = httpx.post(
         f"{base}/predict",
+        headers=HEADERS,
         files=[("files", (f"{i}.jpg", photo)) for i, photo in enumerate(PHOTOS)],
         data={"model": model, "top_k": "10"},
         timeout=60,
@@ -92,11 +100,11 @@ def test_tritonclient_health_metadata_and_readiness(server: str) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
-    assert client.is_model_ready("flowers")
-    assert client.is_model_ready("flowers", "1")
-    assert not client.is_model_ready("nobody")
-    assert not client.is_model_ready("flowers", "9")
-    metadata = client.get_model_metadata("flowers")
+    assert client.is_model_ready("flowers", headers=_headers())
+    assert client.is_model_ready("flowers", "1", headers=_headers())
+    assert not client.is_model_ready("nobody", headers=_headers())
+    assert not client.is_model_ready("flowers", "9", headers=_headers())
+    metadata = client.get_model_metadata("flowers", headers=_headers())
     assert metadata["versions"] == ["1"]
     assert metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     assert metadata["outputs"][0] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}
@@ -109,7 +117,7 @@ def test_tritonclient_infer_with_binary_tensors_matches_predict(server: str) -> 
     client = triton.InferenceServerClient(url=server.removeprefix("http://"))
     reference = _reference(server, "flowers")
 
-    result = client.infer("flowers", [_images_input(binary=True)])  # all defaults
+    result = client.infer("flowers", [_images_input(binary=True)], headers=_headers())  # defaults
     probabilities = result.as_numpy("probabilities")
     assert probabilities.dtype == np.float32 and probabilities.shape == (3, 3)
     np.testing.assert_allclose(probabilities, reference, atol=1e-5)
@@ -118,7 +126,7 @@ def test_tritonclient_infer_with_binary_tensors_matches_predict(server: str) -> 
     assert result.get_response()["model_version"] == "1"
 
     versioned = client.infer(
-        "flowers", [_images_input(binary=True)], model_version="1",
+        "flowers", [_images_input(binary=True)], model_version="1", headers=_headers(),
         request_compression_algorithm="gzip",
     )  # fmt: skip
     np.testing.assert_allclose(versioned.as_numpy("probabilities"), reference, atol=1e-5)
@@ -133,7 +141,9 @@ def test_tritonclient_json_tensors_and_classification(server: str) -> None:
         triton.InferRequestedOutput("probabilities", binary_data=False),
         triton.InferRequestedOutput("label", binary_data=True, class_count=2),
     ]
-    result = client.infer("flowers", [_images_input(binary=False)], outputs=outputs)
+    result = client.infer(
+        "flowers", [_images_input(binary=False)], outputs=outputs, headers=_headers()
+    )
     np.testing.assert_allclose(result.as_numpy("probabilities"), reference, atol=1e-5)
     top_two = result.as_numpy("label")
     assert top_two.shape == (3, 2)
@@ -149,43 +159,52 @@ def test_tritonclient_errors_are_exceptions_with_the_reason(server: str) -> None
 
     client = triton.InferenceServerClient(url=server.removeprefix("http://"))
     with pytest.raises(InferenceServerException, match="not found"):
-        client.infer("nobody", [_images_input(binary=True)])
+        client.infer("nobody", [_images_input(binary=True)], headers=_headers())
     broken = triton.InferInput("image", [1], "BYTES")
     broken.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
     with pytest.raises(InferenceServerException, match="not an image"):
-        client.infer("flowers", [broken])
+        client.infer("flowers", [broken], headers=_headers())
     wrong_type = triton.InferInput("image", [1, 3], "FP32")
     wrong_type.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32))
     with pytest.raises(InferenceServerException, match="must be BYTES"):
-        client.infer("flowers", [wrong_type])
+        client.infer("flowers", [wrong_type], headers=_headers())
 
 
 def test_tf_serving_rest_api(server: str) -> None:
     reference = _reference(server, "pets")
     instances = [{"b64": base64.b64encode(photo).decode()} for photo in PHOTOS]
 
-    status = httpx.get(f"{server}/v1/models/pets").json()
+    status = httpx.get(f"{server}/v1/models/pets", headers=HEADERS).json()
     assert status["model_version_status"][0]["version"] == "1"
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
-    assert httpx.get(f"{server}/v1/models/pets/versions/1").status_code == 200
-    metadata = httpx.get(f"{server}/v1/models/pets/metadata").json()
+    assert httpx.get(f"{server}/v1/models/pets/versions/1", headers=HEADERS).status_code == 200
+    metadata = httpx.get(f"{server}/v1/models/pets/metadata", headers=HEADERS).json()
     assert metadata["model_spec"]["version"] == "1"
     assert metadata["metadata"]["labels"] == ["cats", "dogs"]
 
-    predicted = httpx.post(f"{server}/v1/models/pets:predict", json={"instances": instances})
+    predicted = httpx.post(
+        f"{server}/v1/models/pets:predict", json={"instances": instances}, headers=HEADERS
+    )
     assert predicted.status_code == 200, predicted.text
     np.testing.assert_allclose(predicted.json()["predictions"], reference, atol=1e-5)
     versioned = httpx.post(
         f"{server}/v1/models/pets/versions/1:predict",
+        headers=HEADERS,
         json={"instances": [{"image_bytes": item} for item in instances]},
     )
     np.testing.assert_allclose(versioned.json()["predictions"], reference, atol=1e-5)
-    columnar = httpx.post(f"{server}/v1/models/pets:predict", json={"inputs": instances})
+    columnar = httpx.post(
+        f"{server}/v1/models/pets:predict", json={"inputs": instances}, headers=HEADERS
+    )
     np.testing.assert_allclose(columnar.json()["outputs"], reference, atol=1e-5)
 
-    missing = httpx.post(f"{server}/v1/models/nobody:predict", json={"instances": instances})
+    missing = httpx.post(
+        f"{server}/v1/models/nobody:predict", json={"instances": instances}, headers=HEADERS
+    )
     assert missing.status_code == 404
     assert isinstance(missing.json()["error"], str)
-    malformed = httpx.post(f"{server}/v1/models/pets:predict", json={"instances": [[1, 2]]})
+    malformed = httpx.post(
+        f"{server}/v1/models/pets:predict", json={"instances": [[1, 2]]}, headers=HEADERS
+    )
     assert malformed.status_code == 400
     assert "b64" in malformed.json()["error"]

@@ -13,8 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import ENV_PREFIX
-from app.main import create_app
-from tests.conftest import migrate, reset_caches
+from tests.conftest import api_client, migrate, reset_caches
 from tests.processes import running_worker, wait_until
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -47,7 +46,7 @@ def stack(tmp_path_factory, request) -> Iterator[tuple[TestClient, Path]]:
         reset_caches()
         migrate(postgres_url)
         log = tmp / "worker.log"
-        with running_worker(log), TestClient(create_app()) as client:
+        with running_worker(log), api_client() as client:
             yield client, log
     reset_caches()
 
@@ -253,8 +252,10 @@ def test_queued_job_cancel_is_immediate(stack, dataset_id: str) -> None:
 
     client, _ = stack
     with session_scope() as session:  # queued but never sent: no worker can race the cancel
-        job = jobs.create_job(session, method=TrainingMethod.SCRATCH,
-                              dataset_id=uuid.UUID(dataset_id), parameters={})  # fmt: skip
+        job = jobs.create_job(
+            session, method=TrainingMethod.SCRATCH, dataset_id=uuid.UUID(dataset_id),
+            parameters={}, owner=None,
+        )  # fmt: skip
         job_id = job.id
     assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "cancelled"
     training.run_job(job_id=job_id, worker_id="late-delivery/1")

@@ -21,7 +21,9 @@ def database(configure, sqlite_url: str) -> None:
 
 def _queued_job(method: TrainingMethod = TrainingMethod.WORKER_CHECK) -> uuid.UUID:
     with session_scope() as session:
-        job = jobs.create_job(session, method=method, dataset_id=None, parameters={"a": 1})
+        job = jobs.create_job(
+            session, method=method, dataset_id=None, parameters={"a": 1}, owner=None
+        )
         return job.id
 
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi.testclient import TestClient
-
-from app.main import create_app
-from tests.conftest import migrate
+from tests.conftest import api_client, migrate
 from tests.processes import running_worker, watch_job_statuses
 
 
@@ -17,7 +14,7 @@ def test_worker_runs_a_job_via_redis_and_postgres(
     configure(database_url=postgres_url, broker_url=redis_url)
     migrate(postgres_url)
     log = tmp_path / "worker.log"
-    with running_worker(log), TestClient(create_app()) as client:
+    with running_worker(log), api_client() as client:
         accepted = client.post("/workers/check")
         assert accepted.status_code == 202, accepted.text
         assert accepted.json()["status"] == "queued"

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, ValidDataset
+from app.api.deps import SessionDep, Trainer, ValidDataset
 from app.api.uploads import receive_multipart, validate_form
 from app.core.config import get_settings
 from app.core.errors import BadRequestError
@@ -51,7 +51,7 @@ _UPLOAD_SCHEMA: dict[str, Any] = {
         415: {"description": "not a zip / not multipart"},
     },
 )
-async def upload_dataset(request: Request, session: SessionDep) -> DatasetRead:
+async def upload_dataset(request: Request, session: SessionDep, principal: Trainer) -> DatasetRead:
     """Upload a zip of labeled images. Every file is decoded and checked; the response lists
     classes, per-split counts, image sizes, skipped files with reasons, duplicates and warnings."""
     settings = get_settings()
@@ -70,6 +70,7 @@ async def upload_dataset(request: Request, session: SessionDep) -> DatasetRead:
             validation_fraction=form.validation_fraction,
             test_fraction=form.test_fraction,
             seed=form.seed,
+            owner=principal.owner,
         )
         dataset = await run_in_threadpool(
             datasets.ingest_zip,
@@ -86,13 +87,14 @@ async def upload_dataset(request: Request, session: SessionDep) -> DatasetRead:
 @router.get("", response_model=list[DatasetRead])
 def list_datasets(
     session: SessionDep,
+    principal: Trainer,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[DatasetRead]:
     """Datasets, newest first."""
     return [
         DatasetRead.model_validate(d)
-        for d in datasets.list_datasets(session, limit=limit, offset=offset)
+        for d in datasets.list_datasets(session, principal=principal, limit=limit, offset=offset)
     ]
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import SessionDep, ValidJob
+from app.api.deps import Admin, SessionDep, Trainer, ValidJob
 from app.core.config import get_settings
 from app.db.models import JobStatus, TrainingMethod
 from app.schemas.jobs import EpochRead, JobAccepted, JobCreate, JobMetrics, JobRead
@@ -26,16 +26,19 @@ router = APIRouter(tags=["jobs"])
         503: {"description": "the broker is unreachable"},
     },
 )
-def create_job(request: JobCreate, session: SessionDep) -> JobAccepted:
+def create_job(request: JobCreate, session: SessionDep, principal: Trainer) -> JobAccepted:
     """Start training: `scratch`, `bottleneck` (frozen ImageNet base + dense head on cached
     features) or `finetune` (head first, then the base's top block at a low learning rate)."""
-    job = jobs.submit_training_job(session, request=request, settings=get_settings())
+    job = jobs.submit_training_job(
+        session, request=request, principal=principal, settings=get_settings()
+    )
     return JobAccepted(id=job.id, status=job.status)
 
 
 @router.get("/jobs", response_model=list[JobRead])
 def list_jobs(
     session: SessionDep,
+    principal: Trainer,
     dataset_id: uuid.UUID | None = None,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -43,8 +46,9 @@ def list_jobs(
 ) -> list[JobRead]:
     """Jobs, newest first; filter by dataset and/or status."""
     found = jobs.list_jobs(
-        session, dataset_id=dataset_id, status=status, limit=limit, offset=offset
-    )
+        session, principal=principal, dataset_id=dataset_id, status=status, limit=limit,
+        offset=offset,
+    )  # fmt: skip
     return [JobRead.model_validate(job) for job in found]
 
 
@@ -105,10 +109,11 @@ def job_confusion_png(job: ValidJob) -> Response:
     status_code=status.HTTP_202_ACCEPTED,
     responses={503: {"description": "the broker is unreachable"}},
 )
-def check_workers(session: SessionDep) -> JobAccepted:
+def check_workers(session: SessionDep, principal: Admin) -> JobAccepted:
     """Queue a job that makes a training worker report its TensorFlow version, devices
     (GPUs) and pretrained weight files: proof that a worker picks jobs up and can train."""
     job = jobs.submit_job(
-        session, method=TrainingMethod.WORKER_CHECK, dataset_id=None, parameters={}
-    )
+        session, method=TrainingMethod.WORKER_CHECK, dataset_id=None, parameters={},
+        owner=principal.owner,
+    )  # fmt: skip
     return JobAccepted(id=job.id, status=job.status)

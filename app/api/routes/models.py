@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 from fastapi.responses import FileResponse
 
-from app.api.deps import ModelCacheDep, SessionDep
+from app.api.deps import ModelCacheDep, RegistryReader, SessionDep, Trainer
 from app.schemas.models import ModelRead, ModelVersionRead
 from app.services import model_versions
 from app.services.model_versions import VersionRef
@@ -18,23 +18,31 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "unknown mod
 
 
 @router.get("", response_model=list[ModelRead])
-def list_models(session: SessionDep) -> list[ModelRead]:
-    """Every model name with its number of versions and its active version."""
-    return [ModelRead.model_validate(m) for m in model_versions.list_models(session)]
+def list_models(session: SessionDep, principal: RegistryReader) -> list[ModelRead]:
+    """Your model names with their number of versions and their active version."""
+    return [
+        ModelRead.model_validate(m)
+        for m in model_versions.list_models(session, principal=principal)
+    ]
 
 
 @router.get("/{name}/versions", response_model=list[ModelVersionRead], responses=_NOT_FOUND)
-def list_versions(name: str, session: SessionDep) -> list[ModelVersionRead]:
+def list_versions(
+    name: str, session: SessionDep, principal: RegistryReader
+) -> list[ModelVersionRead]:
     """The model's versions, newest first, with their evaluation summary."""
     return [
-        ModelVersionRead.model_validate(v) for v in model_versions.list_versions(session, name=name)
+        ModelVersionRead.model_validate(v)
+        for v in model_versions.list_versions(session, name=name, principal=principal)
     ]
 
 
 @router.get("/{name}/versions/{version}", response_model=ModelVersionRead, responses=_NOT_FOUND)
-def read_version(name: str, version: int, session: SessionDep) -> ModelVersionRead:
+def read_version(
+    name: str, version: int, session: SessionDep, principal: RegistryReader
+) -> ModelVersionRead:
     return ModelVersionRead.model_validate(
-        model_versions.get_version(session, name=name, version=version)
+        model_versions.get_version(session, name=name, version=version, principal=principal)
     )
 
 
@@ -44,14 +52,14 @@ def read_version(name: str, version: int, session: SessionDep) -> ModelVersionRe
     responses={**_NOT_FOUND, 503: {"description": "the version's files cannot be loaded"}},
 )
 def activate_version(
-    name: str, version: int, session: SessionDep, cache: ModelCacheDep
+    name: str, version: int, session: SessionDep, cache: ModelCacheDep, principal: Trainer
 ) -> ModelVersionRead:
     """Serve this version for `name` from now on. It is loaded (and its checksums verified)
     before the switch, so no request waits for it and a broken version is never activated."""
-    row = model_versions.get_version(session, name=name, version=version)
+    row = model_versions.get_version(session, name=name, version=version, principal=principal)
     cache.get(VersionRef.of(row))
     return ModelVersionRead.model_validate(
-        model_versions.activate_version(session, name=name, version=version)
+        model_versions.activate_version(session, name=name, version=version, principal=principal)
     )
 
 
@@ -60,9 +68,11 @@ def activate_version(
     response_class=FileResponse,
     responses={**_NOT_FOUND, 503: {"description": "the stored files fail their checksum"}},
 )
-def download_version(name: str, version: int, session: SessionDep) -> FileResponse:
+def download_version(
+    name: str, version: int, session: SessionDep, principal: RegistryReader
+) -> FileResponse:
     """The version's `.keras` file (takes raw RGB pixels of any size; see its meta.json)."""
-    row = model_versions.get_version(session, name=name, version=version)
+    row = model_versions.get_version(session, name=name, version=version, principal=principal)
     path = model_versions.model_file(VersionRef.of(row))
     return FileResponse(
         path, media_type="application/octet-stream", filename=f"{name}-v{version}.keras"
@@ -74,8 +84,10 @@ def download_version(name: str, version: int, session: SessionDep) -> FileRespon
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**_NOT_FOUND, 409: {"description": "the version is active"}},
 )
-def delete_version(name: str, version: int, session: SessionDep, cache: ModelCacheDep) -> Response:
+def delete_version(
+    name: str, version: int, session: SessionDep, cache: ModelCacheDep, principal: Trainer
+) -> Response:
     """Delete a version that is not active (its row, then its files)."""
-    ref = model_versions.delete_version(session, name=name, version=version)
+    ref = model_versions.delete_version(session, name=name, version=version, principal=principal)
     cache.evict(ref.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

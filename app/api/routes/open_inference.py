@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from app.api.deps import ModelCacheDep, SessionDep
+from app.api.deps import ModelCacheDep, Predictor, SessionDep
 from app.api.uploads import MULTIPART_OVERHEAD_BYTES, read_body
 from app.core.config import get_settings
 from app.services import inference, model_versions, open_inference
+from app.services.auth import Principal
 from app.services.health import database_status
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -65,10 +66,18 @@ def server_metadata() -> dict[str, Any]:
 
 
 def _metadata(
-    cache: inference.ModelCache, session: Any, name: str, version: int | None
+    cache: inference.ModelCache,
+    session: Any,
+    name: str,
+    version: int | None,
+    principal: Principal,
 ) -> dict[str, Any]:
-    ref, classifier = inference.loaded_or_404(cache, name=name, version=version)
-    versions = [row.version for row in model_versions.list_versions(session, name=name)]
+    ref, classifier = inference.loaded_or_404(
+        cache, name=name, version=version, principal=principal
+    )
+    versions = [
+        row.version for row in model_versions.list_versions(session, name=name, principal=principal)
+    ]
     return open_inference.model_metadata(
         name, sorted(versions) if version is None else [ref.version], classifier.classes,
         classifier.image_size,
@@ -76,33 +85,41 @@ def _metadata(
 
 
 @router.get("/models/{name}", responses={404: {"description": "unknown model"}})
-def model_metadata(name: str, cache: ModelCacheDep, session: SessionDep) -> dict[str, Any]:
+def model_metadata(
+    name: str, cache: ModelCacheDep, session: SessionDep, principal: Predictor
+) -> dict[str, Any]:
     """Inputs, outputs and labels of the model's active version."""
-    return _metadata(cache, session, name, None)
+    return _metadata(cache, session, name, None, principal)
 
 
 @router.get("/models/{name}/versions/{version}", responses={404: {"description": "unknown"}})
 def version_metadata(
-    name: str, version: int, cache: ModelCacheDep, session: SessionDep
+    name: str, version: int, cache: ModelCacheDep, session: SessionDep, principal: Predictor
 ) -> dict[str, Any]:
-    return _metadata(cache, session, name, version)
+    return _metadata(cache, session, name, version, principal)
 
 
 @router.get("/models/{name}/ready", responses={404: {"description": "unknown model"}})
-def model_ready(name: str, cache: ModelCacheDep) -> dict[str, Any]:
+def model_ready(name: str, cache: ModelCacheDep, principal: Predictor) -> dict[str, Any]:
     """200 when the model's active version is loaded and can answer."""
-    ref, _ = inference.loaded_or_404(cache, name=name, version=None)
+    ref, _ = inference.loaded_or_404(cache, name=name, version=None, principal=principal)
     return {"name": name, "version": str(ref.version), "ready": True}
 
 
 @router.get("/models/{name}/versions/{version}/ready", responses={404: {"description": "-"}})
-def version_ready(name: str, version: int, cache: ModelCacheDep) -> dict[str, Any]:
-    ref, _ = inference.loaded_or_404(cache, name=name, version=version)
+def version_ready(
+    name: str, version: int, cache: ModelCacheDep, principal: Predictor
+) -> dict[str, Any]:
+    ref, _ = inference.loaded_or_404(cache, name=name, version=version, principal=principal)
     return {"name": name, "version": str(ref.version), "ready": True}
 
 
 async def _infer(
-    request: Request, cache: inference.ModelCache, name: str, version: int | None
+    request: Request,
+    cache: inference.ModelCache,
+    principal: Principal,
+    name: str,
+    version: int | None,
 ) -> Response:
     settings = get_settings()
     body = await read_body(
@@ -117,20 +134,22 @@ async def _infer(
         max_images=settings.max_predict_images,
     )
     result = await inference.predict_images(
-        cache=cache, images=parsed.images, model=name, version=version
+        cache=cache, principal=principal, images=parsed.images, model=name, version=version
     )
     content, headers = open_inference.build_infer_response(parsed, result)
     return Response(content=content, headers=headers)
 
 
 @router.post("/models/{name}/infer", openapi_extra=_INFER_BODY)
-async def infer(name: str, request: Request, cache: ModelCacheDep) -> Response:
+async def infer(
+    name: str, request: Request, cache: ModelCacheDep, principal: Predictor
+) -> Response:
     """Classify encoded images with the model's active version."""
-    return await _infer(request, cache, name, None)
+    return await _infer(request, cache, principal, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY)
 async def infer_version(
-    name: str, version: int, request: Request, cache: ModelCacheDep
+    name: str, version: int, request: Request, cache: ModelCacheDep, principal: Predictor
 ) -> Response:
-    return await _infer(request, cache, name, version)
+    return await _infer(request, cache, principal, name, version)

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import ModelCacheDep
+from app.api.deps import ModelCacheDep, Predictor
 from app.api.uploads import receive_files, validate_form
 from app.core.config import get_settings
 from app.ml.serving import top_k
@@ -73,7 +73,7 @@ def _response(result: PredictionResult, filenames: list[str | None], k: int) -> 
 @router.post(
     "/predict", response_model=PredictResponse, openapi_extra=_PREDICT_FORM, responses=_ERRORS
 )
-async def predict(request: Request, cache: ModelCacheDep) -> PredictResponse:
+async def predict(request: Request, cache: ModelCacheDep, principal: Predictor) -> PredictResponse:
     """Classify one image (`file`) or a batch (`files`, repeated). Form fields `model`,
     `version` and `top_k` are optional: by default the only active model answers."""
     settings = get_settings()
@@ -86,6 +86,7 @@ async def predict(request: Request, cache: ModelCacheDep) -> PredictResponse:
     options = validate_form(PredictOptions, fields)
     result = await inference.predict_images(
         cache=cache,
+        principal=principal,
         images=[ImagePayload(data=f.data, filename=f.filename) for f in files],
         model=options.model,
         version=options.version,
@@ -94,7 +95,9 @@ async def predict(request: Request, cache: ModelCacheDep) -> PredictResponse:
 
 
 @router.post("/predict/json", response_model=PredictResponse, responses=_ERRORS)
-async def predict_json(body: PredictJSONRequest, cache: ModelCacheDep) -> PredictResponse:
+async def predict_json(
+    body: PredictJSONRequest, cache: ModelCacheDep, principal: Predictor
+) -> PredictResponse:
     """The same as `POST /predict` for clients that cannot send multipart: images as base64."""
     images = [
         ImagePayload(data=inference.decode_base64(image.b64, what=f"image {i + 1}"),
@@ -102,6 +105,6 @@ async def predict_json(body: PredictJSONRequest, cache: ModelCacheDep) -> Predic
         for i, image in enumerate(body.images)
     ]  # fmt: skip
     result = await inference.predict_images(
-        cache=cache, images=images, model=body.model, version=body.version
+        cache=cache, principal=principal, images=images, model=body.model, version=body.version
     )
     return _response(result, [image.filename for image in body.images], body.top_k)

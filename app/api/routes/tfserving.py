@@ -12,9 +12,10 @@ from typing import Any
 from fastapi import APIRouter, Body
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import ModelCacheDep, SessionDep
+from app.api.deps import ModelCacheDep, Predictor, SessionDep
 from app.core.errors import BadRequestError
 from app.services import inference, model_versions
+from app.services.auth import Principal
 from app.services.inference import ImagePayload
 
 router = APIRouter(prefix="/v1/models", tags=["tensorflow serving"])
@@ -39,21 +40,25 @@ def _status(versions: list[int]) -> dict[str, Any]:
 
 
 @router.get("/{name}")
-def model_status(name: str, session: SessionDep) -> dict[str, Any]:
+def model_status(name: str, session: SessionDep, principal: Predictor) -> dict[str, Any]:
     """The versions served for `name` (its active version)."""
-    ref = model_versions.resolve_version(session, name=name, version=None)
+    ref = model_versions.resolve_version(session, name=name, version=None, principal=principal)
     return _status([ref.version])
 
 
 @router.get("/{name}/versions/{version}")
-def version_status(name: str, version: int, session: SessionDep) -> dict[str, Any]:
-    model_versions.get_version(session, name=name, version=version)
+def version_status(
+    name: str, version: int, session: SessionDep, principal: Predictor
+) -> dict[str, Any]:
+    model_versions.get_version(session, name=name, version=version, principal=principal)
     return _status([version])
 
 
-async def _metadata(cache: inference.ModelCache, name: str, version: int | None) -> dict[str, Any]:
+async def _metadata(
+    cache: inference.ModelCache, name: str, version: int | None, principal: Principal
+) -> dict[str, Any]:
     ref, classifier = await run_in_threadpool(
-        inference.loaded_or_404, cache, name=name, version=version
+        inference.loaded_or_404, cache, name=name, version=version, principal=principal
     )
     return {
         "model_spec": {"name": name, "signature_name": "", "version": str(ref.version)},
@@ -90,14 +95,16 @@ async def _metadata(cache: inference.ModelCache, name: str, version: int | None)
 
 
 @router.get("/{name}/metadata")
-async def model_metadata(name: str, cache: ModelCacheDep) -> dict[str, Any]:
+async def model_metadata(name: str, cache: ModelCacheDep, principal: Predictor) -> dict[str, Any]:
     """The serving signature: encoded images in, class probabilities out, and the labels."""
-    return await _metadata(cache, name, None)
+    return await _metadata(cache, name, None, principal)
 
 
 @router.get("/{name}/versions/{version}/metadata")
-async def version_metadata(name: str, version: int, cache: ModelCacheDep) -> dict[str, Any]:
-    return await _metadata(cache, name, version)
+async def version_metadata(
+    name: str, version: int, cache: ModelCacheDep, principal: Predictor
+) -> dict[str, Any]:
+    return await _metadata(cache, name, version, principal)
 
 
 def _image_bytes(item: Any, index: int) -> bytes:
@@ -113,7 +120,11 @@ def _image_bytes(item: Any, index: int) -> bytes:
 
 
 async def _predict(
-    cache: inference.ModelCache, name: str, version: int | None, body: dict[str, Any]
+    cache: inference.ModelCache,
+    principal: Principal,
+    name: str,
+    version: int | None,
+    body: dict[str, Any],
 ) -> dict[str, Any]:
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
         raise BadRequestError('send either "instances" or "inputs"')
@@ -126,21 +137,27 @@ async def _predict(
     if not isinstance(items, list) or not items:
         raise BadRequestError(f'"{key}" must be a non-empty list of images')
     images = [ImagePayload(data=_image_bytes(item, i)) for i, item in enumerate(items)]
-    result = await inference.predict_images(cache=cache, images=images, model=name, version=version)
+    result = await inference.predict_images(
+        cache=cache, principal=principal, images=images, model=name, version=version
+    )
     probabilities = result.probabilities.astype(float).tolist()
     return {"predictions": probabilities} if key == "instances" else {"outputs": probabilities}
 
 
 @router.post("/{name}:predict")
 async def predict(
-    name: str, cache: ModelCacheDep, body: dict[str, Any] = _PREDICT_BODY
+    name: str, cache: ModelCacheDep, principal: Predictor, body: dict[str, Any] = _PREDICT_BODY
 ) -> dict[str, Any]:
     """TF Serving's predict with the model's active version."""
-    return await _predict(cache, name, None, body)
+    return await _predict(cache, principal, name, None, body)
 
 
 @router.post("/{name}/versions/{version}:predict")
 async def predict_version(
-    name: str, version: int, cache: ModelCacheDep, body: dict[str, Any] = _PREDICT_BODY
+    name: str,
+    version: int,
+    cache: ModelCacheDep,
+    principal: Predictor,
+    body: dict[str, Any] = _PREDICT_BODY,
 ) -> dict[str, Any]:
-    return await _predict(cache, name, version, body)
+    return await _predict(cache, principal, name, version, body)
