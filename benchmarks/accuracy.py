@@ -48,9 +48,9 @@ def zip_dataset(name: str, target: Path) -> None:
                 archive.write(image, f"{name}/{image.relative_to(root)}")
 
 
-def wait_job(base: str, job_id: str) -> dict:
+def wait_job(base: str, job_id: str, headers: dict[str, str]) -> dict:
     while True:
-        job = httpx.get(f"{base}/jobs/{job_id}", timeout=30).json()
+        job = httpx.get(f"{base}/jobs/{job_id}", timeout=30, headers=headers).json()
         if job["status"] in {"succeeded", "failed", "cancelled"}:
             return job
         time.sleep(2)
@@ -75,16 +75,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="accuracy-bench-") as tmp:
         work = Path(tmp)
         weights = str(SHARED / "weights")
-        with live_service(work / "var", with_worker=True, pretrained_weights_dir=weights) as (
-            base,
-            _,
-        ):
+        with live_service(work / "var", with_worker=True, pretrained_weights_dir=weights) as live:
+            base, headers = live.base, live.headers
             for dataset in args.datasets:
                 archive = work / f"{dataset}.zip"
                 zip_dataset(dataset, archive)
                 with archive.open("rb") as handle:
                     uploaded = httpx.post(f"{base}/datasets", files={"file": handle},
-                                          data={"name": dataset}, timeout=600).json()  # fmt: skip
+                                          data={"name": dataset}, timeout=600,
+                                          headers=headers).json()  # fmt: skip
                 runs = list(args.methods)
                 if not args.no_cached_repeat and "bottleneck" in runs:
                     runs.insert(runs.index("bottleneck") + 1, "bottleneck (cached features)")
@@ -92,8 +91,10 @@ def main() -> None:
                     method = run.split(" ")[0]
                     request = {"dataset_id": uploaded["id"], "method": method,
                                "base_model": "mobilenet_v2", "seed": 1, **JOBS[method]}  # fmt: skip
-                    accepted = httpx.post(f"{base}/jobs", json=request, timeout=60).json()
-                    job = wait_job(base, accepted["id"])
+                    accepted = httpx.post(
+                        f"{base}/jobs", json=request, timeout=60, headers=headers
+                    ).json()
+                    job = wait_job(base, accepted["id"], headers)
                     result = job["result"] or {}
                     evaluation = result.get("evaluation") or {}
                     row = {

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -33,13 +34,20 @@ def memory_kb(pid: int, field: str) -> int:
     return int(match.group(1))
 
 
+@dataclass(frozen=True)
+class LiveService:
+    base: str  # http://127.0.0.1:<port>
+    process: subprocess.Popen[bytes]
+    headers: dict[str, str]  # an admin API key
+
+
 @contextmanager
 def live_service(
     data_dir: Path, *, with_worker: bool = False, **settings: str
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+) -> Iterator[LiveService]:
     """Serve the API on a free loopback port over a fresh SQLite store in data_dir: alone
-    (uvicorn, after migrating) or with one worker on the embedded broker (`app.cli run`).
-    Yields the base URL and the server process; output goes to data_dir/service.log."""
+    (uvicorn, after migrating) or with one worker on the embedded broker (`app.cli run`), and
+    make an admin API key for the benchmark. Output goes to data_dir/service.log."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
     env["SMALLVISION_DATA_DIR"] = str(data_dir)
@@ -66,7 +74,12 @@ def live_service(
             time.sleep(0.1)
         else:
             raise RuntimeError(f"the service did not start; see {data_dir / 'service.log'}")
-        yield base, server
+        key = subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "create", "--name", "benchmark",
+             "--scopes", "admin"],
+            cwd=PROJECT_ROOT, env=env, check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        yield LiveService(base=base, process=server, headers={"Authorization": f"Bearer {key}"})
     finally:
         server.send_signal(signal.SIGINT)  # both uvicorn and app.cli stop cleanly on it
         server.wait(timeout=60)

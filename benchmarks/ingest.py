@@ -61,7 +61,7 @@ def build_big_zip(path: Path, *, gigabytes: float) -> int:
     return count
 
 
-def upload(base: str, path: Path, name: str) -> tuple[float, dict]:
+def upload(base: str, path: Path, name: str, headers: dict[str, str]) -> tuple[float, dict]:
     started = time.perf_counter()
     with path.open("rb") as handle:
         response = httpx.post(
@@ -69,6 +69,7 @@ def upload(base: str, path: Path, name: str) -> tuple[float, dict]:
             files={"file": (path.name, handle, "application/zip")},
             data={"name": name},
             timeout=3600,
+            headers=headers,
         )
     elapsed = time.perf_counter() - started
     response.raise_for_status()
@@ -95,8 +96,9 @@ def main() -> None:
         big_size_gb = big.stat().st_size / 1024**3
         print(f"built {photos.name} ({n_photos} files) and {big.name} ({n_big} files)")
 
-        with live_service(work / "var") as (base, server):
-            photo_seconds, photo_body = upload(base, photos, "cats_vs_dogs_small")
+        with live_service(work / "var") as live:
+            base, server = live.base, live.process
+            photo_seconds, photo_body = upload(base, photos, "cats_vs_dogs_small", live.headers)
             ingested = photo_body["stats"]["image_count"]
             print(f"photos: {ingested} images in {photo_seconds:.1f} s")
 
@@ -105,7 +107,7 @@ def main() -> None:
             stop = threading.Event()
             sampler = threading.Thread(target=sample_peak, args=(server.pid, stop, peak))
             sampler.start()
-            big_seconds, big_body = upload(base, big, "one_gigabyte")
+            big_seconds, big_body = upload(base, big, "one_gigabyte", live.headers)
             stop.set()
             sampler.join()
             growth_mb = (peak[0] - before) / 1024

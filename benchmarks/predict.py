@@ -40,30 +40,34 @@ def small_dataset_zip(target: Path, per_class: int = 60) -> None:
                     archive.write(image, f"{split}/{label}/{image.name}")
 
 
-def train_model(base: str, work: Path) -> None:
+def train_model(base: str, work: Path, headers: dict[str, str]) -> None:
     archive = work / "bench.zip"
     small_dataset_zip(archive)
     with archive.open("rb") as handle:
         dataset = httpx.post(f"{base}/datasets", files={"file": handle}, data={"name": "bench"},
-                             timeout=600).json()  # fmt: skip
+                             timeout=600, headers=headers).json()  # fmt: skip
     job = httpx.post(f"{base}/jobs", json={
         "dataset_id": dataset["id"], "method": "bottleneck", "base_model": "mobilenet_v2",
         "image_size": IMAGE_SIZE, "epochs": 3, "model_name": "bench",
-    }, timeout=60).json()  # fmt: skip
-    while (state := httpx.get(f"{base}/jobs/{job['id']}", timeout=30).json())["status"] not in {
+    }, timeout=60, headers=headers).json()  # fmt: skip
+    while (state := httpx.get(f"{base}/jobs/{job['id']}", timeout=30,
+                              headers=headers).json())["status"] not in {
         "succeeded", "failed", "cancelled"
     }:  # fmt: skip
         time.sleep(1)
     if state["status"] != "succeeded":
         raise RuntimeError(f"training the benchmark model failed: {state['error']}")
     deadline = time.monotonic() + 120
-    while httpx.get(f"{base}/v2/models/bench/ready", timeout=60).status_code != 200:
+    while httpx.get(f"{base}/v2/models/bench/ready", timeout=60,
+                    headers=headers).status_code != 200:  # fmt: skip
         if time.monotonic() > deadline:
             raise RuntimeError("the model was not loaded")
         time.sleep(0.5)
 
 
-def raw_forward_ms(base: str, work: Path, photo: bytes, runs: int) -> dict[str, float]:
+def raw_forward_ms(
+    base: str, work: Path, photo: bytes, runs: int, headers: dict[str, str]
+) -> dict[str, float]:
     """Median milliseconds of the forward pass alone, in this process, on one image."""
     import keras
     import tensorflow as tf
@@ -73,7 +77,8 @@ def raw_forward_ms(base: str, work: Path, photo: bytes, runs: int) -> dict[str, 
     from app.ml.images import decode_image, image_to_array
 
     path = work / "bench.keras"
-    path.write_bytes(httpx.get(f"{base}/models/bench/versions/1/download", timeout=60).content)
+    download = httpx.get(f"{base}/models/bench/versions/1/download", timeout=60, headers=headers)
+    path.write_bytes(download.content)
     model = keras.saving.load_model(path, compile=False)
     pixels = resize_pixels(
         image_to_array(decode_image(photo, max_pixels=10**8).image), image_size=IMAGE_SIZE
@@ -101,9 +106,9 @@ def post_photo(client: httpx.Client, base: str, photo: bytes) -> int:
     return client.post(f"{base}/predict", files={"file": ("photo.jpg", photo)}).status_code
 
 
-def latency(base: str, photo: bytes, requests: int) -> dict[str, float]:
+def latency(base: str, photo: bytes, requests: int, headers: dict[str, str]) -> dict[str, float]:
     times, errors = [], 0
-    with httpx.Client(timeout=60) as client:
+    with httpx.Client(timeout=60, headers=headers) as client:
         for _ in range(20):
             post_photo(client, base, photo)
         for _ in range(requests):
@@ -119,12 +124,14 @@ def latency(base: str, photo: bytes, requests: int) -> dict[str, float]:
     }
 
 
-def throughput(base: str, photo: bytes, clients: int, duration: float) -> dict[str, float]:
+def throughput(
+    base: str, photo: bytes, clients: int, duration: float, headers: dict[str, str]
+) -> dict[str, float]:
     stop = time.monotonic() + duration
     counts, errors, times = [0] * clients, [0] * clients, [[] for _ in range(clients)]
 
     def run(index: int) -> None:
-        with httpx.Client(timeout=60) as client:
+        with httpx.Client(timeout=60, headers=headers) as client:
             post_photo(client, base, photo)  # connect outside the measured window
             while time.monotonic() < stop:
                 started = time.perf_counter()
@@ -163,13 +170,14 @@ def main() -> None:
         work = Path(tmp)
         with live_service(work / "var", with_worker=True,
                           pretrained_weights_dir=str(SHARED / "weights"),
-                          model_refresh_seconds="1") as (base, _):  # fmt: skip
-            train_model(base, work)
-            raw = raw_forward_ms(base, work, photo, runs=args.requests)
+                          model_refresh_seconds="1") as live:  # fmt: skip
+            base, headers = live.base, live.headers
+            train_model(base, work, headers)
+            raw = raw_forward_ms(base, work, photo, runs=args.requests, headers=headers)
             print("raw forward ms", raw, flush=True)
-            single = latency(base, photo, args.requests)
+            single = latency(base, photo, args.requests, headers)
             print("latency", single, flush=True)
-            loads = [throughput(base, photo, n, args.duration) for n in CLIENTS]
+            loads = [throughput(base, photo, n, args.duration, headers) for n in CLIENTS]
             for row in loads:
                 print("throughput", row, flush=True)
 
