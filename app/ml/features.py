@@ -12,9 +12,16 @@ import numpy as np
 
 
 def feature_cache_key(
-    *, dataset_fingerprint: str, base_model: str, weights_sha256: str, image_size: int
+    *,
+    dataset_fingerprint: str,
+    base_model: str,
+    weights_sha256: str,
+    image_size: int,
+    mirrored_train: bool,
 ) -> str:
     text = f"{dataset_fingerprint}|{base_model}|{weights_sha256}|{image_size}"
+    if mirrored_train:  # also holds the features of the mirrored training images
+        text += "|mirrored-train"
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ from app.ml.config import TrainConfig
 from app.ml.data import SplitSource, balanced_class_weights
 from app.ml.evaluate import class_probabilities, evaluate_predictions
 from app.ml.features import feature_cache_key, load_or_compute
+
+# The cached features of the horizontally mirrored training images.
+FLIPPED_TRAIN = "train_mirrored"
 
 # How often (seconds) batch-level progress is reported and cancellation is checked.
 HOOK_INTERVAL_SECONDS = 1.0
@@ -207,12 +211,17 @@ def train(
         trainer = builders.with_augmentation(
             model, config.augmentation, image_size=config.image_size, seed=config.seed
         )
+        train_split = splits.arrays("train")
+        # Cosine decay to zero over the run: large steps early, fine ones at the end, which
+        # settles the noisy validation curve of a small network on a small dataset.
+        steps = config.epochs * math.ceil(len(train_split) / config.batch_size)
         trainer.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+            optimizer=keras.optimizers.Adam(
+                keras.optimizers.schedules.CosineDecay(config.learning_rate, max(steps, 1))
+            ),
             loss=builders.loss_for(len(classes)),
             metrics=["accuracy"],
         )
-        train_split = splits.arrays("train")
         callback, _, best = _fit(
             trainer, train_split.images, train_split.labels, _validation_arrays(splits),
             config=config, epochs=config.epochs, stage="train", epoch_offset=0,
@@ -260,16 +269,26 @@ def _train_pretrained(
     weights_sha = file_sha256(weights_path) if weights_path else "imagenet-download"
     extractor = builders.feature_extractor(base, spec, image_size=config.image_size)
 
+    # Augmentation cannot act on cached features, except a horizontal flip: the features of
+    # the mirrored training images are computed once too, doubling what the head learns from.
+    flip = config.augmentation is not None and config.augmentation.horizontal_flip
+
     def compute() -> dict[str, np.ndarray]:
         features = {}
         for name in splits.names:
             hooks.on_progress({"stage": "features", "split": name})
-            features[name] = extractor.predict(splits.arrays(name).images, batch_size=32, verbose=0)
+            images = splits.arrays(name).images
+            features[name] = extractor.predict(images, batch_size=32, verbose=0)
+            if flip and name == "train":
+                hooks.on_progress({"stage": "features", "split": "train (mirrored)"})
+                features[FLIPPED_TRAIN] = extractor.predict(
+                    images[:, :, ::-1, :], batch_size=32, verbose=0
+                )
         return features
 
     key = feature_cache_key(
         dataset_fingerprint=pretrained.dataset_fingerprint, base_model=spec.key,
-        weights_sha256=weights_sha, image_size=config.image_size,
+        weights_sha256=weights_sha, image_size=config.image_size, mirrored_train=flip,
     )  # fmt: skip
     started = time.perf_counter()
     features, hit = load_or_compute(pretrained.feature_cache_dir / f"{key}.npz", compute)
@@ -294,8 +313,12 @@ def _train_pretrained(
         metrics=["accuracy"],
     )
     has_validation = "validation" in features and len(features["validation"])
+    train_features, train_labels = features["train"], splits.labels("train")
+    if flip:
+        train_features = np.concatenate([train_features, features[FLIPPED_TRAIN]])
+        train_labels = np.concatenate([train_labels, train_labels])
     callback, _, best = _fit(
-        head, features["train"], splits.labels("train"),
+        head, train_features, train_labels,
         (features["validation"], splits.labels("validation")) if has_validation else None,
         config=config, epochs=head_epochs, stage="head", epoch_offset=0,
         class_weight=class_weight, hooks=hooks,
@@ -323,7 +346,7 @@ def _train_pretrained(
         model, config.augmentation, image_size=config.image_size, seed=config.seed
     )
     trainer.compile(  # recompile: trainable flags only take effect on compile
-        optimizer=keras.optimizers.SGD(config.learning_rate, momentum=0.9),
+        optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=builders.loss_for(len(classes)),
         metrics=["accuracy"],
     )

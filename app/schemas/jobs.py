@@ -16,7 +16,7 @@ BaseModelName = Literal["mobilenet_v2", "mobilenet", "vgg16", "resnet50", "effic
 METHOD_DEFAULTS: dict[str, dict[str, float]] = {
     "scratch": {"epochs": 30, "learning_rate": 1e-3},
     "bottleneck": {"epochs": 20, "learning_rate": 1e-3},
-    "finetune": {"epochs": 10, "learning_rate": 1e-4},
+    "finetune": {"epochs": 10, "learning_rate": 1e-5},
 }
 
 

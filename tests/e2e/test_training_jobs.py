@@ -97,7 +97,7 @@ def test_each_method_trains_evaluates_and_registers_a_version(
     assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, expected_epochs + 1))
     if method == "finetune":
         assert [e["stage"] for e in metrics["epochs"]] == ["head", "finetune", "finetune"]
-        assert metrics["epochs"][-1]["learning_rate"] == pytest.approx(1e-4, rel=1e-3)
+        assert metrics["epochs"][-1]["learning_rate"] == pytest.approx(1e-5, rel=1e-3)
     for epoch in metrics["epochs"]:
         assert epoch["loss"] is not None and epoch["val_accuracy"] is not None
         assert epoch["seconds"] > 0
