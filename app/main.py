@@ -24,6 +24,7 @@ from app.core.config import get_settings
 from app.core.errors import register_error_handlers
 from app.core.logging import configure_logging
 from app.services.inference import ModelCache, keep_warm
+from app.services.rate_limit import RateLimiter
 
 
 @asynccontextmanager
@@ -35,6 +36,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # whenever a new one is trained or activated, so requests never wait for a load.
     cache = ModelCache(capacity=settings.model_cache_size, max_batch=settings.predict_max_batch)
     app.state.model_cache = cache
+    app.state.predict_rate_limiter = RateLimiter(
+        rate_per_second=settings.predict_rate_per_second, burst=settings.predict_burst
+    )
     refresher = asyncio.create_task(keep_warm(cache, interval=settings.model_refresh_seconds))
     try:
         yield

@@ -16,6 +16,7 @@ from app.db.session import session_scope
 from app.services import auth, datasets, jobs
 from app.services.auth import Principal, Scope
 from app.services.inference import ModelCache
+from app.services.rate_limit import RateLimiter
 
 
 def get_session() -> Iterator[Session]:
@@ -51,9 +52,18 @@ def requires(*scopes: Scope) -> Any:
     return Depends(dependency)
 
 
+def _rate_limited_predictor(
+    request: Request, principal: Annotated[Principal, requires(Scope.PREDICT)]
+) -> Principal:
+    limiter: RateLimiter = request.app.state.predict_rate_limiter
+    limiter.acquire(principal.key_id)
+    return principal
+
+
 Admin = Annotated[Principal, requires(Scope.ADMIN)]
 Trainer = Annotated[Principal, requires(Scope.TRAIN)]
-Predictor = Annotated[Principal, requires(Scope.PREDICT)]
+# Prediction endpoints: the predict scope, and the key's request rate (429 over it).
+Predictor = Annotated[Principal, Depends(_rate_limited_predictor)]
 RegistryReader = Annotated[Principal, requires(Scope.TRAIN, Scope.PREDICT)]
 
 

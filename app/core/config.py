@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=50_000_000, gt=0)
     max_image_file_bytes: int = Field(default=64 * 1024**2, gt=0)
 
+    # Per-owner limits: images in one dataset, jobs queued or running at once, and each API
+    # key's prediction requests (a token bucket per key and API process: `predict_rate_per_second`
+    # sustained, bursts up to `predict_burst`; over it, 429 with Retry-After).
+    max_dataset_images: int = Field(default=100_000, gt=0)
+    max_active_jobs_per_owner: int = Field(default=4, gt=0)
+    predict_rate_per_second: float = Field(default=50.0, gt=0)
+    predict_burst: int = Field(default=100, gt=0)
+
     # Serving: images per predict request, how many versions stay loaded per API process,
     # the largest batch one forward pass takes, and how often active versions are re-checked
     # (a newly trained or activated version is loaded before any request asks for it).

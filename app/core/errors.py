@@ -47,6 +47,13 @@ class UnsupportedMediaTypeError(AppError):
     code = "unsupported_media_type"
 
 
+class TooManyRequestsError(AppError):
+    """A limit on the caller's rate or concurrent work; `Retry-After` says when to come back."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+
 class ServiceUnavailableError(AppError):
     status_code = 503
     code = "service_unavailable"

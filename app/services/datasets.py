@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.errors import BadRequestError, ConflictError, NotFoundError
+from app.core.errors import BadRequestError, ConflictError, NotFoundError, PayloadTooLargeError
 from app.db.models import Dataset, DatasetStatus, JobStatus, TrainingJob
 from app.ml.images import ImageDecodeError, decode_image
 from app.services.archive import (
@@ -319,6 +319,11 @@ def ingest_zip(
                 max_ratio=settings.max_compression_ratio,
             )
             candidates, has_splits = _plan(list_members(archive, limits), report)
+            if len(candidates) > settings.max_dataset_images:
+                raise PayloadTooLargeError(
+                    f"the zip holds {len(candidates)} images; a dataset may have at most "
+                    f"{settings.max_dataset_images}"
+                )
             images = _decode_and_store(
                 archive, candidates, images_dir=incoming / "images", settings=settings,
                 report=report,

@@ -15,6 +15,7 @@ from app.core.errors import (
     ConflictError,
     NotFoundError,
     ServiceUnavailableError,
+    TooManyRequestsError,
 )
 from app.core.queue import RUN_TRAINING_JOB, send_task
 from app.db.base import utcnow
@@ -127,6 +128,7 @@ def submit_training_job(
     """Check the dataset, the model name, the caller's running jobs and the base's weights,
     then create and enqueue a training job owned by the caller."""
     dataset = get_dataset(session, dataset_id=request.dataset_id, principal=principal)
+    _check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_owner)
     parameters = training_parameters(request, dataset_name=dataset.name)
     _check_model_name_owner(session, name=parameters["model_name"], principal=principal)
     if dataset.status != DatasetStatus.READY.value:
@@ -147,6 +149,24 @@ def submit_training_job(
         parameters=parameters,
         owner=principal.owner,
     )
+
+
+def _check_active_jobs(session: Session, *, principal: Principal, limit: int) -> None:
+    """At most `limit` jobs of one owner queued or running: one user cannot take every GPU."""
+    active = session.scalar(
+        select(func.count())
+        .select_from(TrainingJob)
+        .where(
+            TrainingJob.owner == principal.owner,
+            TrainingJob.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+        )
+    )
+    if active is not None and active >= limit:
+        raise TooManyRequestsError(
+            f"{active} of your jobs are queued or running (limit {limit}): wait for one to "
+            "finish or cancel one",
+            headers={"Retry-After": "60"},
+        )
 
 
 def _check_model_name_owner(session: Session, *, name: str, principal: Principal) -> None:
