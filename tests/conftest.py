@@ -98,7 +98,8 @@ def _fresh_postgres_database() -> Iterator[str]:
     reason = _tcp_answers(POSTGRES_URL, 5432)
     if reason:
         service_unavailable(f"PostgreSQL at {POSTGRES_URL}", reason)
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    # pre-ping: a fault test restarts PostgreSQL, which kills pooled connections
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     name = f"smallvision_test_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
 
 
 class AppError(Exception):
@@ -112,8 +117,23 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    # The database went away (restart, failover, network): the pool drops the dead
+    # connection and the next request reconnects; this one gets a 503 the client can retry.
+    logger.warning("database unavailable: %s", exc)
+    return _error_response(
+        request,
+        "database_unavailable",
+        "the database is unreachable right now; retry shortly",
+        status_code=503,
+        headers={"Retry-After": "2"},
+    )
+
+
 def register_error_handlers(app: FastAPI) -> None:
     """Install the handlers that turn every expected failure into `{"error", "detail"}` JSON."""
     app.add_exception_handler(AppError, _app_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(OperationalError, _database_error_handler)
+    app.add_exception_handler(InterfaceError, _database_error_handler)
