@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from app.api.middleware import RequestContextMiddleware
 from app.api.routes import (
@@ -23,6 +25,7 @@ from app.api.routes import (
 from app.core.config import get_settings
 from app.core.errors import register_error_handlers
 from app.core.logging import configure_logging
+from app.schemas.errors import COMMON_RESPONSES, ErrorBody
 from app.services.inference import ModelCache, keep_warm
 from app.services.rate_limit import RateLimiter
 
@@ -56,6 +59,7 @@ def create_app() -> FastAPI:
         summary="Train and serve image classifiers from small labeled datasets.",
         version="0.1.0",
         lifespan=lifespan,
+        responses=COMMON_RESPONSES,
     )
     register_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
@@ -67,7 +71,22 @@ def create_app() -> FastAPI:
     app.include_router(predict.router)
     app.include_router(tfserving.router)
     app.include_router(open_inference.router)
+    app.openapi = lambda: _openapi_with_our_errors(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_with_our_errors(app: FastAPI) -> dict[str, Any]:
+    """FastAPI documents its own validation error shape ({"detail": [...]}); ours is the
+    common {"error", "detail"} body, so the schema says so (clients and fuzzers rely on it)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        schemas = schema.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" in schemas:
+            schemas["HTTPValidationError"] = ErrorBody.model_json_schema()
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 app = create_app()

@@ -7,12 +7,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, TrainingJob
 from app.db.session import session_scope
+from app.schemas.models import MAX_VERSION_NUMBER
 from app.services import auth, datasets, jobs
 from app.services.auth import Principal, Scope
 from app.services.inference import ModelCache
@@ -88,3 +89,10 @@ def model_cache(request: Request) -> ModelCache:
 
 
 ModelCacheDep = Annotated[ModelCache, Depends(model_cache)]
+
+
+# Version numbers in paths: a bigger number than the column holds is a 422, not an overflow.
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION_NUMBER)]
+
+# Paging offsets beyond this are no use and would overflow the database's integer.
+MAX_OFFSET = 1_000_000_000

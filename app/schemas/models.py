@@ -8,6 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+# Versions are numbered 1, 2, 3... in a 32-bit INTEGER column.
+MAX_VERSION_NUMBER = 2_147_483_647
+
 
 class ModelRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)

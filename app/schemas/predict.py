@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.models import MAX_VERSION_NUMBER
+
 MAX_TOP_K = 1000
 
 
@@ -15,7 +17,9 @@ class PredictOptions(BaseModel):
     model: str | None = Field(
         default=None, max_length=200, description="model name; default: the only active model"
     )
-    version: int | None = Field(default=None, ge=1, description="default: the active version")
+    version: int | None = Field(
+        default=None, ge=1, le=MAX_VERSION_NUMBER, description="default: the active version"
+    )
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="labels per image")
 
 

@@ -171,7 +171,7 @@ def decode_base64(text: str, *, what: str) -> bytes:
     cleaned += "=" * (-len(cleaned) % 4)
     try:
         return base64.b64decode(cleaned, validate=True)
-    except binascii.Error as exc:
+    except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters
         raise BadRequestError(f"{what} is not valid base64 ({exc})") from exc
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, Trainer, ValidDataset
+from app.api.deps import MAX_OFFSET, SessionDep, Trainer, ValidDataset
 from app.api.uploads import receive_multipart, validate_form
 from app.core.config import get_settings
 from app.core.errors import BadRequestError
@@ -89,7 +89,7 @@ def list_datasets(
     session: SessionDep,
     principal: Trainer,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[DatasetRead]:
     """Datasets, newest first."""
     return [

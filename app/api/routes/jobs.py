@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import Admin, SessionDep, Trainer, ValidJob
+from app.api.deps import MAX_OFFSET, Admin, SessionDep, Trainer, ValidJob
 from app.core.config import get_settings
 from app.db.models import JobStatus, TrainingMethod
 from app.schemas.jobs import EpochRead, JobAccepted, JobCreate, JobMetrics, JobRead
@@ -42,7 +42,7 @@ def list_jobs(
     dataset_id: uuid.UUID | None = None,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[JobRead]:
     """Jobs, newest first; filter by dataset and/or status."""
     found = jobs.list_jobs(

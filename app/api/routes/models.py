@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 from fastapi.responses import FileResponse
 
-from app.api.deps import ModelCacheDep, RegistryReader, SessionDep, Trainer
+from app.api.deps import ModelCacheDep, RegistryReader, SessionDep, Trainer, VersionNumber
 from app.schemas.models import ModelRead, ModelVersionRead
 from app.services import model_versions
 from app.services.model_versions import VersionRef
@@ -39,7 +39,7 @@ def list_versions(
 
 @router.get("/{name}/versions/{version}", response_model=ModelVersionRead, responses=_NOT_FOUND)
 def read_version(
-    name: str, version: int, session: SessionDep, principal: RegistryReader
+    name: str, version: VersionNumber, session: SessionDep, principal: RegistryReader
 ) -> ModelVersionRead:
     return ModelVersionRead.model_validate(
         model_versions.get_version(session, name=name, version=version, principal=principal)
@@ -52,7 +52,7 @@ def read_version(
     responses={**_NOT_FOUND, 503: {"description": "the version's files cannot be loaded"}},
 )
 def activate_version(
-    name: str, version: int, session: SessionDep, cache: ModelCacheDep, principal: Trainer
+    name: str, version: VersionNumber, session: SessionDep, cache: ModelCacheDep, principal: Trainer
 ) -> ModelVersionRead:
     """Serve this version for `name` from now on. It is loaded (and its checksums verified)
     before the switch, so no request waits for it and a broken version is never activated."""
@@ -69,7 +69,7 @@ def activate_version(
     responses={**_NOT_FOUND, 503: {"description": "the stored files fail their checksum"}},
 )
 def download_version(
-    name: str, version: int, session: SessionDep, principal: RegistryReader
+    name: str, version: VersionNumber, session: SessionDep, principal: RegistryReader
 ) -> FileResponse:
     """The version's `.keras` file (takes raw RGB pixels of any size; see its meta.json)."""
     row = model_versions.get_version(session, name=name, version=version, principal=principal)
@@ -85,7 +85,7 @@ def download_version(
     responses={**_NOT_FOUND, 409: {"description": "the version is active"}},
 )
 def delete_version(
-    name: str, version: int, session: SessionDep, cache: ModelCacheDep, principal: Trainer
+    name: str, version: VersionNumber, session: SessionDep, cache: ModelCacheDep, principal: Trainer
 ) -> Response:
     """Delete a version that is not active (its row, then its files)."""
     ref = model_versions.delete_version(session, name=name, version=version, principal=principal)

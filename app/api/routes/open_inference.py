@@ -9,14 +9,15 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from app.api.deps import ModelCacheDep, Predictor, SessionDep
+from app.api.deps import ModelCacheDep, Predictor, SessionDep, VersionNumber
 from app.api.uploads import MULTIPART_OVERHEAD_BYTES, read_body
 from app.core.config import get_settings
+from app.schemas.errors import INFERENCE_RESPONSES
 from app.services import inference, model_versions, open_inference
 from app.services.auth import Principal
 from app.services.health import database_status
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], responses=INFERENCE_RESPONSES)
 
 SERVER_VERSION = "0.1.0"
 
@@ -69,7 +70,7 @@ def _metadata(
     cache: inference.ModelCache,
     session: Any,
     name: str,
-    version: int | None,
+    version: VersionNumber | None,
     principal: Principal,
 ) -> dict[str, Any]:
     ref, classifier = inference.loaded_or_404(
@@ -94,7 +95,11 @@ def model_metadata(
 
 @router.get("/models/{name}/versions/{version}", responses={404: {"description": "unknown"}})
 def version_metadata(
-    name: str, version: int, cache: ModelCacheDep, session: SessionDep, principal: Predictor
+    name: str,
+    version: VersionNumber,
+    cache: ModelCacheDep,
+    session: SessionDep,
+    principal: Predictor,
 ) -> dict[str, Any]:
     return _metadata(cache, session, name, version, principal)
 
@@ -108,7 +113,7 @@ def model_ready(name: str, cache: ModelCacheDep, principal: Predictor) -> dict[s
 
 @router.get("/models/{name}/versions/{version}/ready", responses={404: {"description": "-"}})
 def version_ready(
-    name: str, version: int, cache: ModelCacheDep, principal: Predictor
+    name: str, version: VersionNumber, cache: ModelCacheDep, principal: Predictor
 ) -> dict[str, Any]:
     ref, _ = inference.loaded_or_404(cache, name=name, version=version, principal=principal)
     return {"name": name, "version": str(ref.version), "ready": True}
@@ -119,7 +124,7 @@ async def _infer(
     cache: inference.ModelCache,
     principal: Principal,
     name: str,
-    version: int | None,
+    version: VersionNumber | None,
 ) -> Response:
     settings = get_settings()
     body = await read_body(
@@ -150,6 +155,6 @@ async def infer(
 
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY)
 async def infer_version(
-    name: str, version: int, request: Request, cache: ModelCacheDep, principal: Predictor
+    name: str, version: VersionNumber, request: Request, cache: ModelCacheDep, principal: Predictor
 ) -> Response:
     return await _infer(request, cache, principal, name, version)

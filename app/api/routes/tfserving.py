@@ -12,13 +12,14 @@ from typing import Any
 from fastapi import APIRouter, Body
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import ModelCacheDep, Predictor, SessionDep
+from app.api.deps import ModelCacheDep, Predictor, SessionDep, VersionNumber
 from app.core.errors import BadRequestError
+from app.schemas.errors import INFERENCE_RESPONSES
 from app.services import inference, model_versions
 from app.services.auth import Principal
 from app.services.inference import ImagePayload
 
-router = APIRouter(prefix="/v1/models", tags=["tensorflow serving"])
+router = APIRouter(prefix="/v1/models", tags=["tensorflow serving"], responses=INFERENCE_RESPONSES)
 
 _PREDICT_BODY = Body(
     examples=[{"instances": [{"b64": "/9j/4AAQSkZJRg..."}]}],
@@ -48,14 +49,14 @@ def model_status(name: str, session: SessionDep, principal: Predictor) -> dict[s
 
 @router.get("/{name}/versions/{version}")
 def version_status(
-    name: str, version: int, session: SessionDep, principal: Predictor
+    name: str, version: VersionNumber, session: SessionDep, principal: Predictor
 ) -> dict[str, Any]:
     model_versions.get_version(session, name=name, version=version, principal=principal)
     return _status([version])
 
 
 async def _metadata(
-    cache: inference.ModelCache, name: str, version: int | None, principal: Principal
+    cache: inference.ModelCache, name: str, version: VersionNumber | None, principal: Principal
 ) -> dict[str, Any]:
     ref, classifier = await run_in_threadpool(
         inference.loaded_or_404, cache, name=name, version=version, principal=principal
@@ -102,7 +103,7 @@ async def model_metadata(name: str, cache: ModelCacheDep, principal: Predictor) 
 
 @router.get("/{name}/versions/{version}/metadata")
 async def version_metadata(
-    name: str, version: int, cache: ModelCacheDep, principal: Predictor
+    name: str, version: VersionNumber, cache: ModelCacheDep, principal: Predictor
 ) -> dict[str, Any]:
     return await _metadata(cache, name, version, principal)
 
@@ -123,7 +124,7 @@ async def _predict(
     cache: inference.ModelCache,
     principal: Principal,
     name: str,
-    version: int | None,
+    version: VersionNumber | None,
     body: dict[str, Any],
 ) -> dict[str, Any]:
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
@@ -155,7 +156,7 @@ async def predict(
 @router.post("/{name}/versions/{version}:predict")
 async def predict_version(
     name: str,
-    version: int,
+    version: VersionNumber,
     cache: ModelCacheDep,
     principal: Predictor,
     body: dict[str, Any] = _PREDICT_BODY,
