@@ -61,7 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--warmup", type=float, default=10.0)
+    # Long enough for the biggest micro-batches (and their buffers) to have happened once.
+    parser.add_argument("--warmup", type=float, default=20.0)
     args = parser.parse_args()
     photo = sorted((SHARED / "data" / "cats_vs_dogs_small" / "test" / "dogs").iterdir())[0]
     photo_bytes = photo.read_bytes()
@@ -85,6 +86,7 @@ def main() -> None:
             measure_from = start + args.warmup
             stop = measure_from + args.duration
             memory = {"after_warmup": 0, "peak": 0}
+            quarters: list[int] = []
 
             def client(index: int) -> None:
                 rng = random.Random(index)  # noqa: S311  (traffic mix, not secrets)
@@ -93,20 +95,24 @@ def main() -> None:
                     while (now := time.monotonic()) < stop:
                         kind = "predict" if rng.random() < PREDICT_SHARE else "status"
                         started = time.perf_counter()
-                        if kind == "predict":
-                            response = http.post(
-                                "/predict", files={"file": (photo.name, photo_bytes)}
-                            )
-                        else:
-                            path = rng.choice(
-                                [f"/jobs/{job_id}", "/models", "/models/bench/versions"]
-                            )
-                            response = http.get(path)
+                        try:
+                            if kind == "predict":
+                                response = http.post(
+                                    "/predict", files={"file": (photo.name, photo_bytes)}
+                                )
+                            else:
+                                path = rng.choice(
+                                    [f"/jobs/{job_id}", "/models", "/models/bench/versions"]
+                                )
+                                response = http.get(path)
+                            outcome = str(response.status_code)
+                        except httpx.TransportError as exc:  # counted, never hidden
+                            outcome = f"transport error ({type(exc).__name__})"
                         elapsed = time.perf_counter() - started
                         if now >= measure_from:
                             with lock:
                                 latencies[kind].append(elapsed)
-                                statuses[f"{kind} {response.status_code}"] += 1
+                                statuses[f"{kind} {outcome}"] += 1
 
             def sample_memory() -> None:
                 while time.monotonic() < stop:
@@ -115,6 +121,9 @@ def main() -> None:
                         memory["after_warmup"] = rss
                     else:
                         memory["peak"] = max(memory["peak"], rss)
+                        elapsed = time.monotonic() - measure_from
+                        if elapsed >= len(quarters) * args.duration / 4:
+                            quarters.append(rss)
                     time.sleep(0.2)
 
             threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
@@ -126,7 +135,9 @@ def main() -> None:
 
     total = sum(len(values) for values in latencies.values())
     server_errors = sum(count for key, count in statuses.items() if key.split()[1][0] == "5")
+    transport_errors = sum(count for key, count in statuses.items() if "transport" in key)
     growth = (memory["peak"] - memory["after_warmup"]) / memory["after_warmup"] * 100
+    rss_path = " -> ".join(f"{rss / 1024:.0f} MB" for rss in quarters)
     lines = [
         "## Load: mixed prediction and status traffic",
         "",
@@ -148,6 +159,9 @@ def main() -> None:
         f"| answers by kind and status | {', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))}"
         " | - |",
         f"| 5xx answers | {server_errors} | 0 ({'met' if server_errors == 0 else '**missed**'}) |",
+        f"| connection errors | {transport_errors} | 0"
+        f" ({'met' if transport_errors == 0 else '**missed**'}) |",
+        f"| API RSS during the run (every quarter) | {rss_path} | - |",
         f"| API RSS after warm-up -> peak | {memory['after_warmup'] / 1024:.0f} MB ->"
         f" {memory['peak'] / 1024:.0f} MB ({growth:+.1f}%) | growth <= 10%"
         f" ({'met' if growth <= 10 else '**missed**'}) |",
