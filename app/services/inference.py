@@ -42,7 +42,6 @@ from app.ml.serving import LoadedClassifier, load_classifier
 from app.services import model_versions
 from app.services.auth import Principal
 from app.services.model_versions import VersionRef
-from models_store import ChecksumMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +101,9 @@ class ModelCache:
                 folder, max_batch=self.max_batch, name=f"{ref.name}-v{ref.version}",
                 on_batch=FORWARD_BATCH.observe,
             )  # fmt: skip
-        except (ChecksumMismatchError, OSError, ValueError, KeyError) as exc:
+        except Exception as exc:
+            # Checksums, missing files, and Keras refusing to deserialize (it raises TypeError
+            # or ValueError): whatever it is, this version cannot answer, and the client hears why.
             logger.error("cannot load %s v%s: %s", ref.name, ref.version, exc)
             raise ModelUnavailableError(
                 f"{ref.name} v{ref.version} cannot be loaded: {exc}"
