@@ -16,17 +16,11 @@ import pytest
 
 from tests.conftest import api_client, migrate
 from tests.models import register_tiny_model
-from tests.processes import running_worker, stop_process_group, wait_until
+from tests.processes import free_port, running_worker, stop_process_group, wait_until
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 TINY = {"image_size": 32, "batch_size": 8, "seed": 3}
 FINISHED = {"succeeded", "failed", "cancelled"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _photo_zip(path: Path) -> bytes:
@@ -115,7 +109,7 @@ def test_redis_down_gives_503_and_no_orphan_job_then_jobs_run_again(
     from app.db.session import session_scope
     from tests.zips import image_bytes
 
-    port = _free_port()
+    port = free_port()
     redis_log = tmp_path / "redis.log"
     redis_server = _redis_server(port, redis_log)
     try:

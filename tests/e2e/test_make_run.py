@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,7 @@ from pathlib import Path
 import httpx
 
 from app.core.config import PROJECT_ROOT
-from tests.processes import stop_process_group, wait_until, watch_job_statuses
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.processes import free_port, stop_process_group, wait_until, watch_job_statuses
 
 
 def _processes_with_env(marker: str) -> list[int]:
@@ -41,7 +34,7 @@ def _processes_with_env(marker: str) -> list[int]:
 
 def test_run_serves_api_and_worker_then_ctrl_c_stops_both(tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("SMALLVISION_")}
     env["SMALLVISION_DATA_DIR"] = str(data_dir)
     log = tmp_path / "run.log"

@@ -4,7 +4,6 @@ the unmodified `tritonclient[http]` (Open Inference Protocol v2) and TF Serving'
 from __future__ import annotations
 
 import base64
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from app.core.config import ENV_PREFIX
 from tests.conftest import auth_headers, migrate, reset_caches
 from tests.models import register_tiny_model
-from tests.processes import running_api, wait_until
+from tests.processes import free_port, running_api, wait_until
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 PHOTOS = [
@@ -29,12 +28,6 @@ HEADERS: dict[str, str] = {}  # a predict-scope key, made once the database exis
 def _headers() -> dict[str, str]:
     """A copy for tritonclient, which adds its own entries to the dict it is given."""
     return dict(HEADERS)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +46,7 @@ def server(tmp_path_factory, request) -> Iterator[str]:
         register_tiny_model("flowers", classes=FLOWERS, owner="shop")
         HEADERS.update(auth_headers("predict", owner="shop"))
         log = tmp / "api.log"
-        with running_api(log, port=_free_port()) as base:
+        with running_api(log, port=free_port()) as base:
             wait_until(
                 lambda: httpx.get(f"{base}/v2/health/ready").status_code == 200,
                 timeout=120, what="the active models to be loaded", log=log,
