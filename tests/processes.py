@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from app.cli import api_command, worker_command
 from app.core.config import PROJECT_ROOT
@@ -106,3 +107,15 @@ def running_api(log_path: Path, *, port: int) -> Iterator[str]:
         yield base
     finally:
         stop_process_group(process)
+
+
+FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def wait_job_finished(client: Any, job_id: str, *, log: Path, timeout: float) -> dict[str, Any]:
+    """Poll GET /jobs/{id} through `client` until the job has finished; return it."""
+    wait_until(
+        lambda: client.get(f"/jobs/{job_id}").json()["status"] in FINISHED_STATUSES,
+        timeout=timeout, what=f"job {job_id} to finish", log=log,
+    )  # fmt: skip
+    return dict(client.get(f"/jobs/{job_id}").json())

@@ -7,6 +7,7 @@ import random
 import stat
 import zipfile
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from PIL import Image
 
@@ -59,3 +60,17 @@ def class_folders(
         for i in range(count):
             files[f"{prefix}{label}/img_{i}.jpg"] = image_bytes(fmt, seed=seed + 1000 * c + i)
     return files
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def tiny_photo_zip(path: Path) -> Path:
+    """A zip of real cats_vs_dogs photos: 8/4/4 per class in train/validation/test."""
+    root = SHARED / "data" / "cats_vs_dogs_small"
+    with zipfile.ZipFile(path, "w") as archive:
+        for split, count in (("train", 8), ("validation", 4), ("test", 4)):
+            for label in ("cats", "dogs"):
+                for image in sorted((root / split / label).iterdir())[:count]:
+                    archive.write(image, f"{split}/{label}/{image.name}")
+    return path

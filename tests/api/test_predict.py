@@ -16,9 +16,8 @@ from PIL import Image
 
 from tests.conftest import api_client, migrate
 from tests.models import register_tiny_model
-from tests.zips import image_bytes
+from tests.zips import SHARED, image_bytes
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
 PHOTOS = sorted((SHARED / "data" / "cats_vs_dogs_small" / "test" / "cats").iterdir())[:3]
 
 

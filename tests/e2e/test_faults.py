@@ -9,44 +9,36 @@ import signal
 import socket
 import subprocess
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import api_client, migrate
 from tests.models import register_tiny_model
-from tests.processes import free_port, running_worker, stop_process_group, wait_until
+from tests.processes import (
+    free_port,
+    running_worker,
+    stop_process_group,
+    wait_job_finished,
+    wait_until,
+)
+from tests.zips import tiny_photo_zip
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
 TINY = {"image_size": 32, "batch_size": 8, "seed": 3}
-FINISHED = {"succeeded", "failed", "cancelled"}
-
-
-def _photo_zip(path: Path) -> bytes:
-    root = SHARED / "data" / "cats_vs_dogs_small"
-    with zipfile.ZipFile(path, "w") as archive:
-        for split, count in (("train", 8), ("validation", 4), ("test", 4)):
-            for label in ("cats", "dogs"):
-                for image in sorted((root / split / label).iterdir())[:count]:
-                    archive.write(image, f"{split}/{label}/{image.name}")
-    return path.read_bytes()
 
 
 def _upload(client, tmp_path: Path) -> str:
     response = client.post(
-        "/datasets", files={"file": ("t.zip", _photo_zip(tmp_path / "t.zip"))}, data={"name": "t"}
+        "/datasets",
+        files={"file": ("t.zip", tiny_photo_zip(tmp_path / "t.zip").read_bytes())},
+        data={"name": "t"},
     )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
 
 def _wait_finished(client, job_id: str, log: Path, timeout: float = 180) -> dict:
-    wait_until(
-        lambda: client.get(f"/jobs/{job_id}").json()["status"] in FINISHED,
-        timeout=timeout, what=f"job {job_id} to finish", log=log,
-    )  # fmt: skip
-    return client.get(f"/jobs/{job_id}").json()
+    return wait_job_finished(client, job_id, log=log, timeout=timeout)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,8 +14,8 @@ from app.core.config import ENV_PREFIX
 from tests.conftest import auth_headers, migrate, reset_caches
 from tests.models import register_tiny_model
 from tests.processes import free_port, running_api, wait_until
+from tests.zips import SHARED
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
 PHOTOS = [
     p.read_bytes()
     for p in sorted((SHARED / "data" / "cats_vs_dogs_small" / "test" / "dogs").iterdir())[:3]

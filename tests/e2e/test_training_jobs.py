@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,20 +13,10 @@ from fastapi.testclient import TestClient
 
 from app.core.config import ENV_PREFIX
 from tests.conftest import api_client, migrate, reset_caches
-from tests.processes import running_worker, wait_until
+from tests.processes import running_worker, wait_job_finished, wait_until
+from tests.zips import SHARED, tiny_photo_zip
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
 TINY = {"image_size": 32, "batch_size": 8, "base_model": "mobilenet", "seed": 3}
-
-
-def _tiny_photo_zip(path: Path) -> Path:
-    root = SHARED / "data" / "cats_vs_dogs_small"
-    with zipfile.ZipFile(path, "w") as archive:
-        for split, count in (("train", 8), ("validation", 4), ("test", 4)):
-            for label in ("cats", "dogs"):
-                for image in sorted((root / split / label).iterdir())[:count]:
-                    archive.write(image, f"{split}/{label}/{image.name}")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +43,7 @@ def stack(tmp_path_factory, request) -> Iterator[tuple[TestClient, Path]]:
 @pytest.fixture(scope="module")
 def dataset_id(stack, tmp_path_factory) -> str:
     client, _ = stack
-    archive = _tiny_photo_zip(tmp_path_factory.mktemp("zip") / "tiny.zip")
+    archive = tiny_photo_zip(tmp_path_factory.mktemp("zip") / "tiny.zip")
     response = client.post(
         "/datasets", files={"file": ("tiny.zip", archive.read_bytes())}, data={"name": "tiny"}
     )
@@ -70,15 +59,7 @@ def _start(client: TestClient, **request: object) -> str:
 
 
 def _finished(client: TestClient, job_id: str, log: Path, timeout: float = 240) -> dict:
-    def done() -> bool:
-        return client.get(f"/jobs/{job_id}").json()["status"] in {
-            "succeeded",
-            "failed",
-            "cancelled",
-        }
-
-    wait_until(done, timeout=timeout, what=f"job {job_id} to finish", log=log)
-    return dict(client.get(f"/jobs/{job_id}").json())
+    return wait_job_finished(client, job_id, log=log, timeout=timeout)
 
 
 @pytest.mark.parametrize("method", ["scratch", "bottleneck", "finetune"])
@@ -209,7 +190,7 @@ def test_a_job_whose_data_is_broken_fails_with_a_readable_error(stack, dataset_i
     client, log = stack
     from app.core.config import get_settings
 
-    archive = _tiny_photo_zip(Path(get_settings().data_dir) / "broken.zip")
+    archive = tiny_photo_zip(Path(get_settings().data_dir) / "broken.zip")
     created = client.post(
         "/datasets", files={"file": ("b.zip", archive.read_bytes())}, data={"name": "broken"}
     ).json()
