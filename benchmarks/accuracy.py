@@ -191,3 +191,7 @@ def render(rows: list[dict]) -> str:
 
 def rows_from_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+if __name__ == "__main__":
+    main()
