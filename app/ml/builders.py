@@ -6,7 +6,7 @@ import keras
 
 from app.ml.bases import BaseSpec
 from app.ml.config import Augmentation, TrainConfig
-from app.ml.layers import preprocessing_layer
+from app.ml.layers import MirrorImages, preprocessing_layer
 
 
 def augmentation_block(augmentation: Augmentation, *, seed: int) -> keras.Sequential:
@@ -78,6 +78,19 @@ def with_augmentation(
     inputs = keras.Input(shape=(image_size, image_size, 3), name="pixels")
     x = augmentation_block(augmentation, seed=seed)(inputs)
     return keras.Model(inputs, classifier(x), name=f"augmented_{classifier.name}")
+
+
+def with_test_time_flip(classifier: keras.Model) -> keras.Model:
+    """The classifier's mean answer on an image and its mirror image (twice the inference cost).
+
+    Measured on cats_vs_dogs_small (scratch CNN, 128 px, 999 test images): 0.787 from one view,
+    0.799 averaged over both. On flowers_small the MobileNetV2 head gained nothing from it."""
+    inputs = keras.Input(shape=(None, None, 3), name="pixels")
+    mirrored = MirrorImages(name="mirror")(inputs)
+    outputs = keras.layers.Average(name="flip_average", dtype="float32")(
+        [classifier(inputs), classifier(mirrored)]
+    )
+    return keras.Model(inputs, outputs, name=f"{classifier.name}_flip_averaged")
 
 
 SCRATCH_FILTERS = (32, 64, 128, 256)

@@ -37,6 +37,8 @@ class TrainConfig:
     augmentation: Augmentation | None = field(default_factory=Augmentation)
     early_stopping_patience: int | None = None
     balance_classes: bool = False
+    # the saved model averages its answers on each image and its mirror image
+    test_time_flip: bool = False
     # finetune only: epochs of the dense head on cached features before the base is unfrozen
     head_epochs: int = 10
     head_learning_rate: float = 1e-3

@@ -19,6 +19,14 @@ class CaffePreprocess(keras.layers.Layer):  # type: ignore[misc]
         return bgr - keras.ops.convert_to_tensor(CAFFE_BGR_MEAN, dtype=inputs.dtype)
 
 
+@keras.saving.register_keras_serializable(package="smallvision")
+class MirrorImages(keras.layers.Layer):  # type: ignore[misc]
+    """Left-right mirror of a batch of (height, width, channels) images, always (not random)."""
+
+    def call(self, inputs: Any) -> Any:
+        return keras.ops.flip(inputs, axis=-2)
+
+
 def preprocessing_layer(kind: str) -> keras.layers.Layer | None:
     """The layer that maps 0..255 pixels to what a base (or a scratch model) expects."""
     if kind == "tf":

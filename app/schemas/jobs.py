@@ -56,6 +56,11 @@ class JobCreate(BaseModel):
     class_weight: Literal["auto"] | None = Field(
         default=None, description="'auto' weighs classes inversely to their training counts"
     )
+    test_time_flip: bool = Field(
+        default=False,
+        description="the model answers with the mean of its predictions on the image and on "
+        "its mirror image: often a little more accurate, twice the inference cost",
+    )
     seed: int = Field(default=1337, ge=0, le=2**31 - 1)
     model_name: str | None = Field(
         default=None, pattern=NAME_PATTERN.pattern, description="defaults to the dataset's name"

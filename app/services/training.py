@@ -58,6 +58,7 @@ def train_config(method: str, parameters: dict[str, Any]) -> TrainConfig:
         augmentation=Augmentation(**augmentation) if augmentation is not None else None,
         early_stopping_patience=parameters.get("early_stopping_patience"),
         balance_classes=parameters.get("class_weight") == "auto",
+        test_time_flip=parameters.get("test_time_flip", False),
         head_epochs=parameters.get("head_epochs", 10),
     )
 

@@ -103,3 +103,53 @@ def test_same_seed_same_run(method: str, tmp_path: Path) -> None:
         runs.append(([(r.loss, r.val_loss) for r in records], outcome.evaluation))
     assert runs[0] == runs[1]
     assert runs[0][1]["split"] == "validation"  # no test split: evaluated on validation
+
+
+def _scratch_classifier() -> keras.Model:
+    config = TrainConfig(
+        method="scratch", image_size=32, epochs=1, batch_size=4, learning_rate=1e-3,
+        dropout=0.0, seed=3,
+    )  # fmt: skip
+    keras.utils.set_random_seed(3)
+    return builders.build_scratch_model(config, class_count=3)
+
+
+def _infer(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
+    # training=False, as serving calls it: a bare call runs BatchNormalization in training mode
+    return np.asarray(model(pixels, training=False))
+
+
+def test_flip_averaged_model_is_the_mean_over_the_mirror_and_survives_saving(
+    tmp_path: Path,
+) -> None:
+    classifier = _scratch_classifier()
+    averaged = builders.with_test_time_flip(classifier)
+    pixels = np.random.default_rng(2).uniform(0, 255, size=(4, 40, 56, 3)).astype("float32")
+    mirrored = pixels[:, :, ::-1, :]
+    one_view, other_view = _infer(classifier, pixels), _infer(classifier, mirrored)
+    # Negative control: the untrained network does tell an image from its mirror...
+    assert not np.allclose(one_view, other_view, atol=1e-6)
+    expected = (one_view + other_view) / 2
+    np.testing.assert_allclose(_infer(averaged, pixels), expected, rtol=1e-5, atol=1e-7)
+    # ...the averaged one answers the same for both.
+    np.testing.assert_allclose(_infer(averaged, mirrored), expected, rtol=1e-5, atol=1e-7)
+    path = tmp_path / "model.keras"
+    averaged.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_allclose(_infer(loaded, pixels), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_test_time_flip_saves_the_averaged_model_and_reports_both_accuracies() -> None:
+    config = TrainConfig(
+        method="scratch", image_size=32, epochs=1, batch_size=4, learning_rate=1e-3,
+        dropout=0.0, seed=3, test_time_flip=True,
+    )  # fmt: skip
+    outcome = train(config, splits=_tiny_splits(), hooks=TrainingHooks())
+    assert outcome.model.get_layer("mirror") is not None
+    assert 0.0 <= outcome.details["single_view_accuracy"] <= 1.0
+    pixels = _tiny_splits().arrays("validation").images
+    probabilities = _infer(outcome.model, pixels)
+    predicted = (probabilities[:, 0] > 0.5).astype(int)
+    labels = _tiny_splits().labels("validation")
+    assert outcome.evaluation is not None
+    assert outcome.evaluation["accuracy"] == pytest.approx(float((predicted == labels).mean()))
