@@ -26,11 +26,11 @@ from benchmarks.common import SHARED, live_service, machine, write_section
 # The recipe's settings per method. The pretrained methods keep the default augmentation
 # (for bottleneck: the head also learns from the mirrored training images' features).
 JOBS: dict[str, dict[str, object]] = {
-    # Scratch: the first tutorial's augmentation (shifts, shear and zoom of 0.2, rotation 36
-    # degrees): with the 0.1 defaults the network overfit after about epoch 35 of 60.
+    # Scratch keeps the default augmentation: with the first tutorial's stronger one (0.2 shifts,
+    # shear and zoom) it reached 0.787 on cats_vs_dogs_small, against 0.798 with the defaults.
+    # Its model averages each answer over the image and its mirror (test_time_flip).
     "scratch": {"image_size": 128, "epochs": 60, "batch_size": 32, "learning_rate": 1e-3,
-                "augmentation": {"rotation": 0.1, "width_shift": 0.2, "height_shift": 0.2,
-                                 "shear": 0.2, "zoom": 0.2, "horizontal_flip": True}},
+                "test_time_flip": True},
     "bottleneck": {"image_size": 160, "epochs": 30, "batch_size": 32, "learning_rate": 1e-3,
                    "early_stopping_patience": 5},
     "finetune": {"image_size": 160, "epochs": 10, "head_epochs": 20, "batch_size": 32,
@@ -136,6 +136,7 @@ def main() -> None:
                         "best_epoch": result.get("best_epoch"),
                         "cache_hit": result.get("feature_cache_hit"),
                         "feature_seconds": result.get("feature_seconds"),
+                        "single_view_accuracy": result.get("single_view_accuracy"),
                         "error": job["error"],
                         "request": {k: v for k, v in request.items() if k != "dataset_id"},
                     }  # fmt: skip
@@ -162,8 +163,9 @@ def render(rows: list[dict]) -> str:
         "methods keep the default augmentation (so the bottleneck head also learns from the",
         "features of the mirrored training images) and stop early after 5 epochs without a",
         "better validation loss (flowers_small: fine-tuned 20 epochs without early stopping);",
-        "flowers_small runs them at 288 px, cats_vs_dogs_small at 160. Scratch uses the first",
-        "tutorial's augmentation (shifts, shear and zoom of 0.2).",
+        "flowers_small runs them at 288 px, cats_vs_dogs_small at 160. Scratch runs with",
+        "`test_time_flip` (its saved model averages over the image and its mirror); the notes",
+        "give its one-view accuracy too.",
         "",
         "| dataset | method | test accuracy | target | job seconds | best epoch | notes |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -182,6 +184,8 @@ def render(rows: list[dict]) -> str:
                 f"feature cache {'hit' if row['cache_hit'] else 'miss'}, "
                 f"{row['feature_seconds']:.1f} s features"
             )
+        if row.get("single_view_accuracy") is not None:
+            notes.append(f"one view {row['single_view_accuracy']:.3f}")
         if row["error"]:
             notes.append(row["error"][:120])
         req = row["request"]
