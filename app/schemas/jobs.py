@@ -59,7 +59,7 @@ class JobCreate(BaseModel):
     test_time_flip: bool = Field(
         default=False,
         description="the model answers with the mean of its predictions on the image and on "
-        "its mirror image: often a little more accurate, twice the inference cost",
+        "its mirror image: sometimes a little more accurate (not always), twice the inference cost",
     )
     seed: int = Field(default=1337, ge=0, le=2**31 - 1)
     model_name: str | None = Field(
