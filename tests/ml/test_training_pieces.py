@@ -144,12 +144,12 @@ def test_test_time_flip_saves_the_averaged_model_and_reports_both_accuracies() -
         method="scratch", image_size=32, epochs=1, batch_size=4, learning_rate=1e-3,
         dropout=0.0, seed=3, test_time_flip=True,
     )  # fmt: skip
-    outcome = train(config, splits=_tiny_splits(), hooks=TrainingHooks())
+    splits = _tiny_splits()
+    outcome = train(config, splits=splits, hooks=TrainingHooks())
     assert outcome.model.get_layer("mirror") is not None
     assert 0.0 <= outcome.details["single_view_accuracy"] <= 1.0
-    pixels = _tiny_splits().arrays("validation").images
-    probabilities = _infer(outcome.model, pixels)
+    probabilities = _infer(outcome.model, splits.arrays("validation").images)
     predicted = (probabilities[:, 0] > 0.5).astype(int)
-    labels = _tiny_splits().labels("validation")
+    labels = splits.labels("validation")
     assert outcome.evaluation is not None
     assert outcome.evaluation["accuracy"] == pytest.approx(float((predicted == labels).mean()))
