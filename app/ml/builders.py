@@ -94,34 +94,34 @@ def with_test_time_flip(classifier: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"{classifier.name}_flip_averaged")
 
 
-SCRATCH_FILTERS = (32, 64, 128, 256)
+SCRATCH_FILTERS = (32, 64, 128, 256, 512)
 
 
 def build_scratch_model(config: TrainConfig, *, class_count: int) -> keras.Model:
-    """The tutorial's small convnet (conv/pool blocks, dropout, a dense output) with
-    BatchNormalization after each convolution and global average pooling instead of a big
-    flatten+dense layer. Measured on cats_vs_dogs_small (2 CPU cores): the plain tutorial
-    model was at 0.70 test accuracy after 40 epochs; normalised blocks learn faster from
-    2000 images and the pooled head has far fewer weights to overfit.
+    """The small convnet of the recipe (conv/pool blocks, dropout, a dense output) in the
+    mini-Xception form of Deep Learning with Python (2nd ed., 9.3.4): each block is two
+    BatchNormalization/ReLU/separable-convolution steps and a max pool, with a strided 1x1
+    convolution as a residual shortcut, then global average pooling. Measured on
+    cats_vs_dogs_small (2 CPU cores): the plain tutorial model was at 0.70 test accuracy after
+    40 epochs and plain conv/BatchNorm blocks at 0.78-0.80.
     (Augmentation is added for training by `with_augmentation`.)"""
     inputs, x = _pixel_input(config.image_size)
     rescale = preprocessing_layer("unit")
     assert rescale is not None
     x = rescale(x)
+    x = keras.layers.Conv2D(SCRATCH_FILTERS[0], 5, use_bias=False)(x)
     for filters in SCRATCH_FILTERS:
-        x = _conv_bn_relu(x, filters)
-        x = keras.layers.MaxPooling2D(2)(x)
-    x = _conv_bn_relu(x, SCRATCH_FILTERS[-1])
+        shortcut = keras.layers.Conv2D(filters, 1, strides=2, padding="same", use_bias=False)(x)
+        for _ in range(2):
+            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.Activation("relu")(x)
+            x = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        x = keras.layers.add([x, shortcut])
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(config.dropout, seed=config.seed)(x)
     outputs = output_layer(class_count)(x)
     return keras.Model(inputs, outputs, name="scratch")
-
-
-def _conv_bn_relu(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
-    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-    x = keras.layers.BatchNormalization()(x)
-    return keras.layers.Activation("relu")(x)
 
 
 def build_head(feature_dim: int, *, class_count: int, dropout: float, seed: int) -> keras.Model:
