@@ -92,6 +92,9 @@ def main() -> None:
         "--keep", type=Path, help="run the service in this directory and keep it (models, db)"
     )
     parser.add_argument(
+        "--seed", type=int, default=1, help="the jobs' seed (to see how much a result varies)"
+    )
+    parser.add_argument(
         "--from-log", type=Path, help="only write the table from the JSON rows of a run's output"
     )
     args = parser.parse_args()
@@ -123,7 +126,7 @@ def main() -> None:
                 for run in runs:
                     method = run.split(" ")[0]
                     request = {"dataset_id": uploaded["id"], "method": method,
-                               "base_model": "mobilenet_v2", "seed": 1, **JOBS[method],
+                               "base_model": "mobilenet_v2", "seed": args.seed, **JOBS[method],
                                **DATASET_OVERRIDES.get(dataset, {}).get(method, {})}  # fmt: skip
                     accepted = httpx.post(
                         f"{base}/jobs", json=request, timeout=60, headers=headers
@@ -195,6 +198,7 @@ def render(rows: list[dict]) -> str:
         notes.append(
             f"size {req['image_size']}, {req['epochs']} epochs"
             + (f" (+{req['head_epochs']} head)" if "head_epochs" in req else "")
+            + f", seed {req['seed']}"
         )
         lines.append(
             f"| {row['dataset']} | {row['run']} | {accuracy} | "
