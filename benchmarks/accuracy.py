@@ -145,6 +145,7 @@ def main() -> None:
                         "single_view_accuracy": result.get("single_view_accuracy"),
                         "error": job["error"],
                         "request": {k: v for k, v in request.items() if k != "dataset_id"},
+                        "machine": machine(), "date": f"{datetime.now(UTC):%Y-%m-%d}",
                     }  # fmt: skip
                     rows.append(row)
                     print(json.dumps(row), flush=True)
@@ -156,10 +157,15 @@ def main() -> None:
 
 def render(rows: list[dict]) -> str:
     """The results table (also usable on the JSON rows a run printed, with --from-log)."""
+    # Rows merged from several runs (--from-log) may come from different days and machines.
+    dates = sorted({row.get("date") or f"{datetime.now(UTC):%Y-%m-%d}" for row in rows})
+    machines = sorted({row.get("machine") or machine() for row in rows})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    where = machines[0] if len(machines) == 1 else "the machine in each row's notes"
     lines = [
         "## Training accuracy and job time (`POST /jobs`)",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}, CPU only (no GPU), with",
+        f"Measured {when} on {where}, CPU only (no GPU), with",
         "`.venv/bin/python -m benchmarks.accuracy`: the service (`app.cli run`: API + one worker,",
         "SQLite, embedded broker) with the offline MobileNetV2 weights of `../shared/weights`,",
         "each dataset uploaded as a zip of its train/validation/test folders, one job at a time.",
@@ -200,6 +206,8 @@ def render(rows: list[dict]) -> str:
             + (f" (+{req['head_epochs']} head)" if "head_epochs" in req else "")
             + f", seed {req['seed']}"
         )
+        if len(machines) > 1:
+            notes.append(row.get("machine") or machine())
         lines.append(
             f"| {row['dataset']} | {row['run']} | {accuracy} | "
             f"{'>= ' + str(target) if target else '-'}{met} | {row['seconds']:.0f} | "

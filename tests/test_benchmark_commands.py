@@ -31,3 +31,30 @@ def test_benchmark_module_runs_its_entry_point(name: str) -> None:
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("usage:"), completed.stdout
+
+
+def _accuracy_row(*, machine: str, date: str, accuracy: float) -> dict:
+    return {
+        "dataset": "cats_vs_dogs_small", "run": "scratch", "status": "succeeded",
+        "accuracy": accuracy, "split": "test", "seconds": 100.0, "best_epoch": 3,
+        "cache_hit": None, "feature_seconds": None, "single_view_accuracy": None, "error": None,
+        "request": {"method": "scratch", "image_size": 128, "epochs": 40, "seed": 2},
+        "machine": machine, "date": date,
+    }  # fmt: skip
+
+
+def test_accuracy_table_of_merged_runs_names_each_rows_machine() -> None:
+    from benchmarks.accuracy import render
+
+    rows = [
+        _accuracy_row(machine="2 cores (CPU A)", date="2026-11-23", accuracy=0.79),
+        _accuracy_row(machine="2 cores (CPU B)", date="2026-11-24", accuracy=0.81),
+    ]
+    table = render(rows)
+    assert "Measured 2026-11-23 to 2026-11-24 on the machine in each row's notes" in table
+    assert "| 0.790 | >= 0.8 (**missed**) |" in table
+    assert "size 128, 40 epochs, seed 2; 2 cores (CPU B) |" in table
+
+    single = render(rows[1:])
+    assert "Measured 2026-11-24 on 2 cores (CPU B), CPU only" in single
+    assert "seed 2 |" in single
