@@ -144,7 +144,7 @@ def main() -> None:
                         "single_view_accuracy": result.get("single_view_accuracy"),
                         "error": job["error"],
                         "request": {k: v for k, v in request.items() if k != "dataset_id"},
-                        "machine": machine(), "date": f"{datetime.now(UTC):%Y-%m-%d}",
+                        "machine": machine(), "date": _today(),
                     }  # fmt: skip
                     rows.append(row)
                     print(json.dumps(row), flush=True)
@@ -156,9 +156,11 @@ def main() -> None:
 
 def render(rows: list[dict]) -> str:
     """The results table (also usable on the JSON rows a run printed, with --from-log)."""
-    # Rows merged from several runs (--from-log) may come from different days and machines.
-    dates = sorted({row.get("date") or f"{datetime.now(UTC):%Y-%m-%d}" for row in rows})
-    machines = sorted({row.get("machine") or machine() for row in rows})
+    # Rows merged from several runs (--from-log) may come from different days and machines;
+    # a row that does not say is taken to be from here and now.
+    here, today = machine(), _today()
+    dates = sorted({row.get("date") or today for row in rows})
+    machines = sorted({row.get("machine") or here for row in rows})
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
     where = machines[0] if len(machines) == 1 else "the machine in each row's notes"
     lines = [
@@ -206,13 +208,17 @@ def render(rows: list[dict]) -> str:
             + f", seed {req['seed']}"
         )
         if len(machines) > 1:
-            notes.append(row.get("machine") or machine())
+            notes.append(row.get("machine") or here)
         lines.append(
             f"| {row['dataset']} | {row['run']} | {accuracy} | "
             f"{'>= ' + str(target) if target else '-'}{met} | {row['seconds']:.0f} | "
             f"{row['best_epoch']} | {'; '.join(notes)} |"
         )  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _today() -> str:
+    return f"{datetime.now(UTC):%Y-%m-%d}"
 
 
 def rows_from_log(path: Path) -> list[dict]:

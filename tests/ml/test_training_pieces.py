@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import keras
@@ -105,13 +106,15 @@ def test_same_seed_same_run(method: str, tmp_path: Path) -> None:
     assert runs[0][1]["split"] == "validation"  # no test split: evaluated on validation
 
 
+TINY_SCRATCH = TrainConfig(
+    method="scratch", image_size=32, epochs=1, batch_size=4, learning_rate=1e-3, dropout=0.0,
+    seed=3,
+)  # fmt: skip
+
+
 def _scratch_classifier() -> keras.Model:
-    config = TrainConfig(
-        method="scratch", image_size=32, epochs=1, batch_size=4, learning_rate=1e-3,
-        dropout=0.0, seed=3,
-    )  # fmt: skip
-    keras.utils.set_random_seed(3)
-    return builders.build_scratch_model(config, class_count=3)
+    keras.utils.set_random_seed(TINY_SCRATCH.seed)
+    return builders.build_scratch_model(TINY_SCRATCH, class_count=3)
 
 
 def _infer(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
@@ -140,10 +143,7 @@ def test_flip_averaged_model_is_the_mean_over_the_mirror_and_survives_saving(
 
 
 def test_test_time_flip_saves_the_averaged_model_and_reports_both_accuracies() -> None:
-    config = TrainConfig(
-        method="scratch", image_size=32, epochs=1, batch_size=4, learning_rate=1e-3,
-        dropout=0.0, seed=3, test_time_flip=True,
-    )  # fmt: skip
+    config = dataclasses.replace(TINY_SCRATCH, test_time_flip=True)
     splits = _tiny_splits()
     outcome = train(config, splits=splits, hooks=TrainingHooks())
     assert outcome.model.get_layer("mirror") is not None
