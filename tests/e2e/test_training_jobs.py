@@ -216,6 +216,9 @@ def test_request_errors(stack, dataset_id: str) -> None:
     assert too_small.json()["detail"][0]["loc"] == ["body", "image_size"]
     bad_name = client.post("/jobs", json={"dataset_id": dataset_id, "model_name": "../x"})
     assert bad_name.json()["detail"][0]["loc"] == ["body", "model_name"]
+    bad_flip = client.post("/jobs", json={"dataset_id": dataset_id, "test_time_flip": "maybe"})
+    assert bad_flip.status_code == 422
+    assert bad_flip.json()["detail"][0]["loc"] == ["body", "test_time_flip"]
     no_weights = client.post(
         "/jobs", json={"dataset_id": dataset_id, "method": "finetune", "base_model": "resnet50"}
     )
