@@ -45,7 +45,12 @@ def worker_command(*, concurrency: int = 1) -> list[str]:
 
 def api_command(*, host: str, port: int) -> list[str]:
     """The argv that starts the API with uvicorn."""
-    return [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port)]
+    from app.api.server import PROTOCOL
+
+    return [
+        sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
+        "--http", PROTOCOL,
+    ]  # fmt: skip
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:

@@ -59,7 +59,7 @@ def live_service(
         subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=PROJECT_ROOT, env=env,
                        check=True, capture_output=True)  # fmt: skip
         argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
-                "--log-level", "warning"]  # fmt: skip
+                "--log-level", "warning", "--http", "app.api.server:HeaderTimeoutProtocol"]  # fmt: skip
     with (data_dir / "service.log").open("wb") as log:
         server = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=log,
                                   stderr=subprocess.STDOUT)  # fmt: skip

@@ -10,7 +10,7 @@ case "${1:-api}" in
     api)
         python -m app.cli migrate
         exec python -m uvicorn app.main:app --host 0.0.0.0 --port "${PORT:-8000}" \
-            --workers "${API_WORKERS:-1}" --proxy-headers
+            --workers "${API_WORKERS:-1}" --proxy-headers --http app.api.server:HeaderTimeoutProtocol
         ;;
     worker)
         exec python -m app.cli worker --concurrency "${WORKER_CONCURRENCY:-1}"

@@ -19,6 +19,7 @@ from typing import Any
 
 MANIFEST = "MANIFEST.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_VERSION_FOLDER = re.compile(r"v([0-9]{1,10})")
 _CHUNK = 1024 * 1024
 
 
@@ -123,6 +124,19 @@ class ModelStore:
         return StoredVersion(
             relative_path=relative, sha256=file_sha256(final / MANIFEST), size_bytes=size
         )
+
+    def latest_version(self, name: str) -> int:
+        """The highest version number with a folder under `name` (0 if none): folders left by a
+        crash that were never registered count too, so their numbers are not handed out."""
+        folder = self.root / validate_name(name)
+        if not folder.is_dir():
+            return 0
+        numbers = [
+            int(match.group(1))
+            for child in folder.iterdir()
+            if (match := _VERSION_FOLDER.fullmatch(child.name))
+        ]
+        return max(numbers, default=0)
 
     def verified_path(self, relative_path: str, *, expected_sha256: str) -> Path:
         """The version's directory after checking the manifest and every file against it."""

@@ -11,12 +11,16 @@ from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.api.bodies import read_json, read_json_model
+from app.core.config import get_settings
 from app.db.models import Dataset, TrainingJob
 from app.db.session import session_scope
+from app.schemas.jobs import JobCreate
 from app.schemas.models import MAX_VERSION_NUMBER
+from app.schemas.predict import PredictJSONRequest
 from app.services import auth, datasets, jobs
 from app.services.auth import Principal, Scope
-from app.services.inference import ModelCache
+from app.services.inference import MemoryBudget, ModelCache
 from app.services.rate_limit import RateLimiter
 
 
@@ -26,7 +30,10 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit happens when the route function returns, BEFORE the response
+# is sent. (A request-scoped yield dependency exits after the response: a client would see
+# 201/204 for a write whose commit could still fail.)
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 # Both are declared in the OpenAPI schema, so /docs (and schema-driven clients) can send a key.
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
@@ -70,6 +77,26 @@ Predictor = Annotated[Principal, Depends(_rate_limited_predictor)]
 RegistryReader = Annotated[Principal, requires(Scope.TRAIN, Scope.PREDICT)]
 
 
+# JSON bodies are read by dependencies that depend on the caller's key: FastAPI solves that
+# dependency first, so an anonymous request is refused before one byte of its body is read.
+async def _job_request(request: Request, _: Trainer) -> JobCreate:
+    return await read_json_model(request, JobCreate)
+
+
+async def _predict_json_request(request: Request, _: Predictor) -> PredictJSONRequest:
+    return await read_json_model(request, PredictJSONRequest)
+
+
+async def _json_object(request: Request, _: Predictor) -> Any:
+    return await read_json(request, limit=get_settings().max_request_body_bytes)
+
+
+JobRequest = Annotated[JobCreate, Depends(_job_request)]
+PredictJSONBody = Annotated[PredictJSONRequest, Depends(_predict_json_request)]
+# Any JSON value, for protocols that interpret the body themselves (TF Serving's /v1).
+PredictJSONValue = Annotated[Any, Depends(_json_object)]
+
+
 def valid_job(job_id: uuid.UUID, session: SessionDep, principal: Trainer) -> TrainingJob:
     return jobs.get_job(session, job_id=job_id, principal=principal)
 
@@ -91,6 +118,15 @@ def model_cache(request: Request) -> ModelCache:
 
 
 ModelCacheDep = Annotated[ModelCache, Depends(model_cache)]
+
+
+def decode_budget(request: Request) -> MemoryBudget:
+    """The memory this process's image decoding may hold at once (see app.main)."""
+    budget: MemoryBudget = request.app.state.decode_budget
+    return budget
+
+
+DecodeBudgetDep = Annotated[MemoryBudget, Depends(decode_budget)]
 
 
 # Version numbers in paths: a bigger number than the column holds is a 422, not an overflow.

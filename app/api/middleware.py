@@ -1,17 +1,28 @@
-"""Request context: a request id (taken from `X-Request-ID` or made), one structured log
-line and the Prometheus metrics of every request. Plain ASGI, so streaming bodies pass
-through untouched."""
+"""Plain ASGI middleware, so streaming bodies pass through untouched:
+
+- `RequestContextMiddleware`: a request id (taken from `X-Request-ID` or made), one structured
+  log line and the Prometheus metrics of every request, and a JSON 500 naming that id for any
+  failure nothing else handled (never a traceback to the client);
+- `RequestLimitsMiddleware`: every request is bounded before the app reads it: a NUL character
+  in its path or query is a 422 (PostgreSQL cannot store one, and no name here has one), a
+  declared `Content-Length` over the route's limit is refused at once, a body that grows past
+  it while streaming is cut off, and a client that stops sending its body is timed out.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import error_response, internal_error_response
 from app.core.logging import request_id_var
 from app.core.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -43,11 +54,13 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500  # what the client gets if the app fails before answering
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                response_started = True
                 headers: list[Any] = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
@@ -55,6 +68,12 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Whatever no handler knew: logged with the request id, answered with that id only.
+            logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if not response_started:
+                response = internal_error_response(scope["path"])
+                await response(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
             route, method = _route_template(scope), scope["method"]
@@ -66,3 +85,96 @@ class RequestContextMiddleware:
                        "status": status, "duration_ms": round(seconds * 1000, 2)},
             )  # fmt: skip
             request_id_var.reset(token)
+
+
+_CLOSE = {"Connection": "close"}
+
+
+class BodyTooLargeError(HTTPException):
+    """Raised from `receive` when the body passes its limit. An HTTPException, so FastAPI's
+    own body parsing passes it on instead of calling it a malformed body."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413,
+            f"the request body is larger than the limit of {limit} bytes",
+            headers=_CLOSE,  # the rest of the body is not wanted: drop the connection
+        )
+
+
+class BodyTimeoutError(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"no request body data arrived for {seconds:g} s", headers=_CLOSE)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isdigit() else None
+    return None
+
+
+class RequestLimitsMiddleware:
+    """Bound every request body: `limit_for(method, path)` gives the largest body a route takes
+    (in bytes as sent, before any Content-Encoding is undone)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit_for: Callable[[str, str], int],
+        idle_timeout: Callable[[], float],
+    ) -> None:
+        self.app = app
+        self.limit_for = limit_for
+        self.idle_timeout = idle_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"].lower():
+            response = error_response(
+                scope["path"],
+                "validation_error",
+                "the path or query holds a NUL character",
+                status_code=422,
+            )
+            await response(scope, receive, send)
+            return
+        limit = self.limit_for(scope["method"], scope["path"])
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:
+            # Refused from the headers alone: not one byte of the body is read.
+            response = error_response(
+                scope["path"],
+                "payload_too_large",
+                f"the request ({declared} bytes) is larger than the limit of {limit} bytes",
+                status_code=413,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        timeout = self.idle_timeout()
+        received = 0
+        body_done = False
+
+        async def bounded_receive() -> Message:
+            nonlocal received, body_done
+            if body_done:
+                # The body is complete: later calls wait for a disconnect (streaming
+                # responses listen for it), which may take as long as the response does.
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                raise BodyTimeoutError(timeout) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLargeError(limit)
+                body_done = not message.get("more_body", False)
+            return message
+
+        await self.app(scope, bounded_receive, send)

@@ -37,10 +37,17 @@ class Settings(BaseSettings):
     datasets_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "datasets")
     models_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "models")
     feature_cache_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "feature_cache")
-    # Where keras.applications weight files are looked up before Keras would try a download.
+    # Where keras.applications weight files are looked up first (then $KERAS_HOME/models).
     pretrained_weights_dir: Path | None = None
-    # Off by default: a missing weights file fails fast instead of hanging on a download.
-    allow_weights_download: bool = False
+    # On by default, as Keras users expect: a missing weights file is downloaded into
+    # $KERAS_HOME/models by the worker that needs it. Without a network the job fails within
+    # the timeout, saying which file to put where. False: a job whose base's weights are not
+    # on disk is refused at once (400).
+    allow_weights_download: bool = True
+    # Where weight files are downloaded from: Keras' own storage, or a mirror serving the same
+    # file names.
+    weights_download_url: str | None = None
+    weights_download_timeout_seconds: float = Field(default=20.0, gt=0)
     # On GPU workers: float16 compute with float32 weights (no effect on CPU-only workers).
     mixed_precision: bool = True
 
@@ -57,6 +64,21 @@ class Settings(BaseSettings):
     max_compression_ratio: float = Field(default=200.0, gt=1)
     max_image_pixels: int = Field(default=50_000_000, gt=0)
     max_image_file_bytes: int = Field(default=64 * 1024**2, gt=0)
+    # Classes in one dataset (a label per class folder); hosted products allow a few hundred.
+    max_dataset_classes: int = Field(default=500, ge=2)
+
+    # Every request body but a dataset upload (predictions in JSON, multipart or binary
+    # tensors, job requests): larger is a 413 before it is read; compressed bodies are held to
+    # it after decompression too.
+    max_request_body_bytes: int = Field(default=32 * 1024**2, gt=0)
+    # A client that stops sending its request headers or body for this long is cut off (408).
+    header_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Memory that images being decoded for predictions may hold at once, per API process:
+    # a request waits for its share (a decompression bomb cannot take more than this).
+    decode_memory_budget_bytes: int = Field(default=128 * 1024**2, gt=0)
+    # The longest a prediction may wait for its forward pass before it is answered 503.
+    predict_timeout_seconds: float = Field(default=60.0, gt=0)
 
     # Per-owner limits: images in one dataset, jobs queued or running at once, and each API
     # key's prediction requests (a token bucket per key and API process: `predict_rate_per_second`

@@ -2,20 +2,12 @@
 
 Request counts and latencies are recorded by the request middleware, prediction latency and
 batch sizes by the inference service; jobs by status and the training queue's depth are read
-when Prometheus scrapes (from the database and the broker), so every API replica reports the
-same, current values for them.
+when Prometheus scrapes (app/services/metrics.py registers that collector here).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
-logger = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry()
 
@@ -48,35 +40,3 @@ FORWARD_BATCH = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64),
     registry=REGISTRY,
 )
-
-
-class _StateCollector(Collector):
-    """Jobs by status and queue depth, read at scrape time; a failing source is logged and
-    left out of that scrape instead of failing it."""
-
-    def collect(self) -> Iterator[Metric]:
-        from app.core.config import get_settings
-        from app.core.queue import queue_depth
-        from app.db.session import session_scope
-        from app.services.jobs import count_jobs_by_status
-
-        jobs = GaugeMetricFamily("smallvision_jobs", "Training jobs by status.", labels=["status"])
-        try:
-            with session_scope() as session:
-                for status, count in count_jobs_by_status(session).items():
-                    jobs.add_metric([status], count)
-            yield jobs
-        except Exception:
-            logger.exception("jobs by status could not be read for /metrics")
-        queue = get_settings().training_queue
-        depth = GaugeMetricFamily(
-            "smallvision_queue_depth", "Messages waiting in the broker queue.", labels=["queue"]
-        )
-        try:
-            depth.add_metric([queue], queue_depth(queue))
-            yield depth
-        except Exception:
-            logger.exception("the queue depth could not be read for /metrics")
-
-
-REGISTRY.register(_StateCollector())

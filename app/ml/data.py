@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,10 @@ def resize_pixels(pixels: np.ndarray, *, image_size: int) -> np.ndarray:
     return np.asarray(resized.numpy(), dtype=np.float32)
 
 
+# How often (seconds) image loading reports its progress (which is also the job's heartbeat).
+PROGRESS_INTERVAL_SECONDS = 1.0
+
+
 def load_split(
     manifest: dict[str, Any],
     *,
@@ -48,14 +53,23 @@ def load_split(
     split: str,
     image_size: int,
     max_pixels: int,
+    on_progress: Callable[[dict[str, Any]], None] = lambda detail: None,
 ) -> SplitArrays:
-    """The images of one split, decoded with the shared decoder and resized for the model."""
+    """The images of one split, decoded with the shared decoder and resized for the model;
+    `on_progress` hears how far it got about once a second."""
     classes: list[str] = manifest["classes"]
     items = [item for item in manifest["images"] if item["split"] == split]
     images = np.zeros((len(items), image_size, image_size, 3), dtype=np.float32)
     labels = np.zeros((len(items),), dtype=np.int32)
+    reported = time.monotonic()
     for index, item in enumerate(items):
-        decoded = decode_image((dataset_dir / item["file"]).read_bytes(), max_pixels=max_pixels)
+        if time.monotonic() - reported >= PROGRESS_INTERVAL_SECONDS:
+            reported = time.monotonic()
+            on_progress({"stage": "loading", "split": split, "images": index, "of": len(items)})
+        decoded = decode_image(
+            (dataset_dir / item["file"]).read_bytes(), max_pixels=max_pixels,
+            target_size=image_size,
+        )  # fmt: skip
         images[index] = resize_pixels(image_to_array(decoded.image), image_size=image_size)
         labels[index] = classes.index(item["label"])
     return SplitArrays(images=images, labels=labels)
@@ -76,13 +90,20 @@ class ManifestSplits:
     (a bottleneck job with cached features never needs them)."""
 
     def __init__(
-        self, manifest: dict[str, Any], *, dataset_dir: Path, image_size: int, max_pixels: int
+        self,
+        manifest: dict[str, Any],
+        *,
+        dataset_dir: Path,
+        image_size: int,
+        max_pixels: int,
+        on_progress: Callable[[dict[str, Any]], None] = lambda detail: None,
     ) -> None:
         self.manifest = manifest
         self.classes: list[str] = manifest["classes"]
         self.dataset_dir = dataset_dir
         self.image_size = image_size
         self.max_pixels = max_pixels
+        self.on_progress = on_progress
         present = {item["split"] for item in manifest["images"]}
         self.names = [name for name in ("train", "validation", "test") if name in present]
         self._arrays: dict[str, SplitArrays] = {}
@@ -102,6 +123,7 @@ class ManifestSplits:
             self._arrays[split] = load_split(
                 self.manifest, dataset_dir=self.dataset_dir, split=split,
                 image_size=self.image_size, max_pixels=self.max_pixels,
+                on_progress=self.on_progress,
             )  # fmt: skip
         return self._arrays[split]
 

@@ -46,9 +46,53 @@ class DecodedImage:
         return self.image.height
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
-    """Decode image bytes to upright RGB: first frame of animations, EXIF rotation applied,
-    grayscale/palette/CMYK converted, transparency composited on white."""
+# Bumped whenever decoding gives other pixels for the same file (caches key on it).
+DECODER_VERSION = 2
+
+# Decoding for a model keeps at least this many times its input size on the shorter side,
+# then the model's bilinear resize takes over: a 4000x3000 photo for a 160 px model becomes
+# 444x333 by averaging boxes of 9x9 pixels, never a 36 million-value float32 array.
+KEEP_TIMES_INPUT_SIZE = 2
+
+# Pillow can average pixel boxes (Image.reduce) in these modes; others are converted first.
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK", "PA"})
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass
+class OpenedImage:
+    """An image whose header has been read and checked, not yet decoded."""
+
+    image: Image.Image
+    source_format: str
+    # Bytes its decoding may hold at its peak (decoded buffer and one converted copy).
+    decode_bytes: int
+    target_size: int | None
+
+
+def reduction_factor(width: int, height: int, target_size: int | None) -> int:
+    """By how much an image may be shrunk (box average) before a model of `target_size` px
+    sees it: 1 (not at all) unless its shorter side is at least twice KEEP_TIMES_INPUT_SIZE x
+    target_size."""
+    if target_size is None:
+        return 1
+    return max(1, min(width, height) // (KEEP_TIMES_INPUT_SIZE * target_size))
+
+
+def open_image(data: bytes, *, max_pixels: int, target_size: int | None = None) -> OpenedImage:
+    """Read the header: format and size are checked before any pixel is decoded. With a
+    target size, a JPEG is set to decode at a reduced scale (libjpeg's DCT scaling), so its
+    full-resolution pixels never exist in memory."""
     try:
         image = Image.open(io.BytesIO(data))
         source_format = image.format or "unknown"
@@ -60,17 +104,56 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
                 f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels}"
             )
         image.seek(0)  # first frame of a GIF/WebP animation or multi-page TIFF
-        image.load()
-        upright = ImageOps.exif_transpose(image) or image
-        rgb = _to_rgb(upright)
+        factor = reduction_factor(width, height, target_size)
+        if factor > 1 and source_format in {"JPEG", "MPO"}:
+            image.draft(image.mode, (width // factor, height // factor))
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
         raise UnsupportedImageError("not an image file") from exc
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise CorruptImageError(f"corrupt image data ({exc})") from exc
+    bands = max(len(image.getbands()), 1)
+    decoded_width, decoded_height = image.size  # after draft: the reduced JPEG scale
+    decode_bytes = decoded_width * decoded_height * max(bands, 3) * 2
+    return OpenedImage(
+        image=image, source_format=source_format, decode_bytes=decode_bytes,
+        target_size=target_size,
+    )  # fmt: skip
+
+
+def decode_opened(opened: OpenedImage) -> DecodedImage:
+    """Decode an opened image to upright RGB: first frame of animations, shrunk by box
+    averaging when far larger than the target size, EXIF rotation applied, grayscale /
+    palette / CMYK converted, transparency composited on white."""
+    image = opened.image
+    try:
+        image.load()
+        orientation = image.getexif().get(_EXIF_ORIENTATION)
+        factor = reduction_factor(image.width, image.height, opened.target_size)
+        if factor > 1:
+            if image.mode not in _REDUCIBLE_MODES:
+                image = image.convert("L") if image.mode == "1" else _to_rgb(image)
+            image = image.reduce(factor)
+            if orientation in _UPRIGHT:
+                image = image.transpose(_UPRIGHT[orientation])
+            upright = image
+        else:
+            upright = ImageOps.exif_transpose(image) or image
+        rgb = _to_rgb(upright)
+    except ImageDecodeError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         # Truncated or corrupt data surfaces as any of these from Pillow's decoders.
         raise CorruptImageError(f"corrupt image data ({exc})") from exc
-    return DecodedImage(image=rgb, source_format=source_format)
+    return DecodedImage(image=rgb, source_format=opened.source_format)
+
+
+def decode_image(data: bytes, *, max_pixels: int, target_size: int | None = None) -> DecodedImage:
+    """Decode image bytes to upright RGB (see decode_opened). With a target size (the input
+    size of the model the pixels are for), an image much larger than that is decoded at a
+    reduced scale; training and serving both decode this way, so they see the same pixels."""
+    return decode_opened(open_image(data, max_pixels=max_pixels, target_size=target_size))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -37,6 +37,10 @@ def write_model_files(
     (folder / META_FILE).write_text(json.dumps(metadata, indent=2))
 
 
+class ModelUnloadedError(RuntimeError):
+    """The model was unloaded (evicted from the cache) before this request reached it."""
+
+
 @dataclass
 class _Request:
     inputs: np.ndarray
@@ -64,6 +68,9 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        # Held while checking `_closed` and queueing, and while closing: no request can be
+        # queued after the stop marker, where the thread would never see it.
+        self._state = threading.Lock()
         self._closed = False
         self.batches = 0
         self.images = 0
@@ -71,19 +78,37 @@ class MicroBatcher:
 
     def submit(self, inputs: np.ndarray) -> Future[np.ndarray]:
         """Queue a (n, h, w, 3) batch; the future holds its (n, classes) probabilities."""
-        if self._closed:
-            raise RuntimeError("this model has been unloaded")
         request = _Request(inputs)
-        self._queue.put(request)
+        with self._state:
+            if self._closed:
+                raise ModelUnloadedError("this model has been unloaded")
+            self._queue.put(request)
         return request.future
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish what is queued, then stop the thread."""
-        self._closed = True
-        self._queue.put(None)
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
         self._thread.join(timeout)
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            # Whatever is still queued (the thread failed, or requests came with the stop
+            # marker) is answered, never left waiting.
+            while True:
+                try:
+                    left = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if left is not None and left.future.set_running_or_notify_cancel():
+                    left.future.set_exception(ModelUnloadedError("the model was unloaded"))
+
+    def _serve(self) -> None:
         stopping = False
         while not stopping:
             first = self._queue.get()

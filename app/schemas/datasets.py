@@ -8,13 +8,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.text import Text
+
 
 class DatasetUploadForm(BaseModel):
     """The text fields of `POST /datasets` beside the zip `file`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     validation_fraction: float = Field(
         default=0.2, ge=0.0, le=0.5,
         description="share of each class held out for validation when the zip has no split folders",

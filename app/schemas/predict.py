@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.models import MAX_VERSION_NUMBER
+from app.schemas.text import Text
 
 MAX_TOP_K = 1000
 
@@ -14,7 +15,7 @@ class PredictOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str | None = Field(
+    model: Text | None = Field(
         default=None, max_length=200, description="model name; default: the only active model"
     )
     version: int | None = Field(
@@ -27,7 +28,7 @@ class Base64Image(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     b64: str = Field(description="the image file (JPEG, PNG, ...), base64-encoded")
-    filename: str | None = Field(default=None, max_length=1000)
+    filename: Text | None = Field(default=None, max_length=1000)
 
 
 class PredictJSONRequest(PredictOptions):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import stat
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from app.core.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
@@ -113,10 +115,74 @@ def read_member(archive: zipfile.ZipFile, member: ArchiveMember, *, max_bytes: i
     return b"".join(chunks)
 
 
-def open_zip(path: Path) -> zipfile.ZipFile:
-    """Open the upload as a zip, or 415 if it is not one."""
+# The zip format's records (APPNOTE 4.3): end of central directory, its zip64 locator and
+# record, and a central directory file header (46 bytes before its three variable fields).
+_END = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_END = struct.Struct("<4sQ2H2L4Q")
+_DIRECTORY_ENTRY = struct.Struct("<4s4B4HL2L5H2L")
+_MAX_COMMENT = 0xFFFF
+
+
+def _central_directory(handle: IO[bytes]) -> tuple[int, int, int]:
+    """(declared entries, directory size, directory start) from the end records."""
+    size = handle.seek(0, 2)
+    tail_start = max(0, size - _END.size - _MAX_COMMENT)
+    handle.seek(tail_start)
+    tail = handle.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _END.size:
+        raise BadRequestError("the zip archive is damaged (no end of central directory)")
+    end_position = tail_start + at
+    _, _, _, _, entries, directory_size, _, _ = _END.unpack_from(tail, at)
+    locator_at = at - _ZIP64_LOCATOR.size
+    if locator_at >= 0 and tail[locator_at : locator_at + 4] == b"PK\x06\x07":
+        _, _, zip64_end_offset, _ = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
+        handle.seek(zip64_end_offset)
+        record = handle.read(_ZIP64_END.size)
+        if len(record) == _ZIP64_END.size and record[:4] == b"PK\x06\x06":
+            fields = _ZIP64_END.unpack(record)
+            entries, directory_size = fields[7], fields[8]
+            end_position = tail_start + locator_at - _ZIP64_END.size
+    return entries, directory_size, end_position - directory_size
+
+
+def check_entry_count(path: Path, *, max_entries: int) -> None:
+    """Refuse an archive with more than `max_entries` entries before zipfile reads it:
+    zipfile.ZipFile builds an object for every entry it finds (2 million entries cost
+    ~900 MB). The end record's count is checked first; then the directory itself is walked
+    header by header without keeping anything, since zipfile trusts the directory's bytes,
+    not that count."""
+    with path.open("rb") as handle:
+        entries, directory_size, start = _central_directory(handle)
+        if entries > max_entries:
+            raise PayloadTooLargeError(
+                f"the zip has {entries} entries, more than the limit of {max_entries}"
+            )
+        if start < 0:
+            raise BadRequestError("the zip archive is damaged (central directory out of range)")
+        handle.seek(start)
+        walked = counted = 0
+        while walked < directory_size:
+            header = handle.read(_DIRECTORY_ENTRY.size)
+            if len(header) < _DIRECTORY_ENTRY.size or header[:4] != b"PK\x01\x02":
+                break  # zipfile reports the damage
+            fields = _DIRECTORY_ENTRY.unpack(header)
+            variable = fields[12] + fields[13] + fields[14]  # name, extra field, comment
+            handle.seek(variable, 1)
+            walked += _DIRECTORY_ENTRY.size + variable
+            counted += 1
+            if counted > max_entries:
+                raise PayloadTooLargeError(
+                    f"the zip's directory holds more entries than the limit of {max_entries}"
+                )
+
+
+def open_zip(path: Path, *, max_entries: int) -> zipfile.ZipFile:
+    """Open the upload as a zip (415 if it is not one, 413 if it has too many entries)."""
     if not zipfile.is_zipfile(path):
         raise UnsupportedMediaTypeError("the upload is not a zip archive")
+    check_entry_count(path, max_entries=max_entries)
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from app.core.errors import AppError, NotFoundError
+from app.core.errors import ForbiddenError, NotFoundError, UnauthorizedError
 from app.db.base import utcnow
 from app.db.models import ApiKey
 
@@ -30,19 +30,6 @@ class Scope(enum.StrEnum):
     ADMIN = "admin"  # everything, every owner's data, the worker check and /metrics
     TRAIN = "train"  # datasets, jobs, the model registry
     PREDICT = "predict"  # predictions (all protocols) and reading the registry
-
-
-class UnauthorizedError(AppError):
-    status_code = 401
-    code = "unauthorized"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
-
-
-class ForbiddenError(AppError):
-    status_code = 403
-    code = "forbidden"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import BadRequestError, ConflictError, NotFoundError, PayloadTooLargeError
+from app.db.locks import lock_key, owner_jobs_key
 from app.db.models import Dataset, DatasetStatus, JobStatus, TrainingJob
 from app.ml.images import ImageDecodeError, decode_image
 from app.services.archive import (
@@ -312,13 +313,19 @@ def ingest_zip(
     report = _Report()
     try:
         incoming.mkdir(parents=True)
-        with open_zip(zip_path) as archive:
+        with open_zip(zip_path, max_entries=settings.max_zip_entries) as archive:
             limits = ArchiveLimits(
                 max_entries=settings.max_zip_entries,
                 max_total_bytes=settings.max_uncompressed_bytes,
                 max_ratio=settings.max_compression_ratio,
             )
             candidates, has_splits = _plan(list_members(archive, limits), report)
+            class_count = len({c.label for c in candidates})
+            if class_count > settings.max_dataset_classes:
+                raise PayloadTooLargeError(
+                    f"the zip has {class_count} class folders; a dataset may have at most "
+                    f"{settings.max_dataset_classes}"
+                )
             if len(candidates) > settings.max_dataset_images:
                 raise PayloadTooLargeError(
                     f"the zip holds {len(candidates)} images; a dataset may have at most "
@@ -371,6 +378,12 @@ def ingest_zip(
         session.add(dataset)
         session.flush()
         incoming.rename(final)
+        try:
+            # Committed here, before the client hears 201: a dataset it was told exists, does.
+            session.commit()
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
         raise
@@ -434,8 +447,12 @@ def list_datasets(
 
 
 def delete_dataset(session: Session, *, dataset: Dataset, settings: Settings) -> None:
-    """Remove the dataset's rows and files; refuse while a job on it is queued or running.
-    Finished jobs stay, detached from the dataset, so their history and models survive."""
+    """Remove the dataset's rows (committed) and then its files; refuse while a job on it is
+    queued or running. Finished jobs stay, detached from the dataset, so their history and
+    models survive."""
+    # Under the owner's jobs lock: a job submitted at the same moment either exists (and this
+    # is a 409) or waits and then finds the dataset gone (404).
+    lock_key(session, owner_jobs_key(dataset.owner))
     active = session.scalar(
         select(TrainingJob.id).where(
             TrainingJob.dataset_id == dataset.id,
@@ -448,5 +465,5 @@ def delete_dataset(session: Session, *, dataset: Dataset, settings: Settings) ->
         update(TrainingJob).where(TrainingJob.dataset_id == dataset.id).values(dataset_id=None)
     )
     session.delete(dataset)
-    session.flush()
+    session.commit()  # the files go only once the rows are gone for good
     shutil.rmtree(dataset_folder(dataset, settings=settings), ignore_errors=True)

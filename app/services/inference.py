@@ -7,26 +7,27 @@ through `predict_images`, so they share decoding, limits, errors and the loaded 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from anyio import to_thread
 
 from app.core.config import get_settings
 from app.core.errors import (
-    AppError,
     BadRequestError,
     ConflictError,
+    ModelUnavailableError,
     NotFoundError,
     PayloadTooLargeError,
+    ServiceUnavailableError,
     UnsupportedMediaTypeError,
 )
 from app.core.metrics import FORWARD_BATCH, PREDICT_IMAGES, PREDICT_LATENCY
@@ -36,21 +37,15 @@ from app.ml.images import (
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedImageError,
-    decode_image,
+    decode_opened,
+    open_image,
 )
-from app.ml.serving import LoadedClassifier, load_classifier
+from app.ml.serving import LoadedClassifier, ModelUnloadedError, load_classifier
 from app.services import model_versions
 from app.services.auth import Principal
 from app.services.model_versions import VersionRef
 
 logger = logging.getLogger(__name__)
-
-
-class ModelUnavailableError(AppError):
-    """The version exists in the registry but its files cannot be served."""
-
-    status_code = 503
-    code = "model_unavailable"
 
 
 class ModelCache:
@@ -163,19 +158,6 @@ async def keep_warm(cache: ModelCache, *, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def decode_base64(text: str, *, what: str) -> bytes:
-    """Standard or URL-safe base64 (padding optional) -> bytes; 400/413 on bad input."""
-    limit = get_settings().max_image_file_bytes
-    if len(text) > (limit // 3 + 1) * 4 + 4:
-        raise PayloadTooLargeError(f"{what} is larger than the limit of {limit} bytes")
-    cleaned = text.strip().replace("-", "+").replace("_", "/")
-    cleaned += "=" * (-len(cleaned) % 4)
-    try:
-        return base64.b64decode(cleaned, validate=True)
-    except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters
-        raise BadRequestError(f"{what} is not valid base64 ({exc})") from exc
-
-
 @dataclass(frozen=True)
 class ImagePayload:
     data: bytes
@@ -190,7 +172,38 @@ class PredictionResult:
     seconds: float
 
 
-def _decode_all(images: list[ImagePayload], classifier: LoadedClassifier) -> np.ndarray:
+class MemoryBudget:
+    """Bytes that image decoding may hold at once in this process. Each decode reserves what
+    its header says it will need (at most the whole budget) and waits for that share, so many
+    concurrent decompression bombs cost one budget, not one image's worth each."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total = total_bytes
+        self.used = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, amount: int, *, timeout: float) -> Iterator[None]:
+        amount = min(amount, self.total)
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.used + amount <= self.total, timeout):
+                raise ServiceUnavailableError(
+                    "the server is busy decoding other images; retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+            self.used += amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= amount
+                self._changed.notify_all()
+
+
+def _decode_all(
+    images: list[ImagePayload], classifier: LoadedClassifier, budget: MemoryBudget
+) -> np.ndarray:
+    """Every image decoded at the model's scale and resized for it, under the memory budget."""
     settings = get_settings()
     arrays = []
     for index, image in enumerate(images):
@@ -200,19 +213,24 @@ def _decode_all(images: list[ImagePayload], classifier: LoadedClassifier) -> np.
                 f"{which} is larger than the limit of {settings.max_image_file_bytes} bytes"
             )
         try:
-            decoded = decode_image(image.data, max_pixels=settings.max_image_pixels)
+            opened = open_image(
+                image.data, max_pixels=settings.max_image_pixels,
+                target_size=classifier.image_size,
+            )  # fmt: skip
+            with budget.reserve(opened.decode_bytes, timeout=settings.predict_timeout_seconds):
+                arrays.append(classifier.prepare(decode_opened(opened)))
         except ImageTooLargeError as exc:
             raise PayloadTooLargeError(f"{which}: {exc}") from exc
         except UnsupportedImageError as exc:
             raise UnsupportedMediaTypeError(f"{which}: {exc}") from exc
         except (CorruptImageError, ImageDecodeError) as exc:
             raise BadRequestError(f"{which}: {exc}") from exc
-        arrays.append(classifier.prepare(decoded))
     return np.stack(arrays)
 
 
 def _resolve_and_prepare(
     cache: ModelCache,
+    budget: MemoryBudget,
     images: list[ImagePayload],
     name: str | None,
     version: int | None,
@@ -223,12 +241,26 @@ def _resolve_and_prepare(
             session, name=name, version=version, principal=principal
         )
     classifier = cache.get(ref)
-    return ref, classifier, _decode_all(images, classifier)
+    return ref, classifier, _decode_all(images, classifier, budget)
+
+
+async def _forward(classifier: LoadedClassifier, pixels: np.ndarray, *, timeout: float) -> Any:
+    """The classifier's answer for a batch, or 503 if it does not come within `timeout`
+    (a wedged model must not hold requests forever)."""
+    future = classifier.batcher.submit(pixels)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+    except TimeoutError:
+        future.cancel()
+        raise ModelUnavailableError(
+            f"the model did not answer within {timeout:g} s; retry shortly"
+        ) from None
 
 
 async def predict_images(
     *,
     cache: ModelCache,
+    budget: MemoryBudget,
     principal: Principal,
     images: list[ImagePayload],
     model: str | None = None,
@@ -243,14 +275,15 @@ async def predict_images(
     if len(images) > settings.max_predict_images:
         raise PayloadTooLargeError(f"at most {settings.max_predict_images} images per request")
     ref, classifier, pixels = await to_thread.run_sync(
-        _resolve_and_prepare, cache, images, model, version, principal
+        _resolve_and_prepare, cache, budget, images, model, version, principal
     )
+    timeout = settings.predict_timeout_seconds
     try:
-        probabilities = await asyncio.wrap_future(classifier.batcher.submit(pixels))
-    except RuntimeError as exc:  # evicted between lookup and submit: load again once
+        probabilities = await _forward(classifier, pixels, timeout=timeout)
+    except ModelUnloadedError as exc:  # evicted between lookup and submit: load again once
         logger.info("retrying %s v%s after eviction: %s", ref.name, ref.version, exc)
         classifier = await to_thread.run_sync(cache.get, ref)
-        probabilities = await asyncio.wrap_future(classifier.batcher.submit(pixels))
+        probabilities = await _forward(classifier, pixels, timeout=timeout)
     seconds = time.perf_counter() - started
     PREDICT_LATENCY.labels(ref.name).observe(seconds)
     PREDICT_IMAGES.labels(ref.name).inc(len(images))

@@ -4,28 +4,60 @@ database, one active version per name, and what serving needs to find and load t
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
-from app.core.errors import AppError, BadRequestError, ConflictError, NotFoundError
-from app.db.models import ModelVersion
+from app.core.errors import (
+    BadRequestError,
+    ConflictError,
+    ModelUnavailableError,
+    NotFoundError,
+)
+from app.db.locks import lock_key, model_name_key
+from app.db.models import ModelName, ModelVersion
 from app.db.session import session_scope
 from app.ml.serving import MODEL_FILE
 from app.services.auth import Principal, visible
-from models_store import ChecksumMismatchError, ModelStore, StoreError
+from models_store import ChecksumMismatchError, ModelStore, StoreError, VersionExistsError
 
 MAX_VERSION_ATTEMPTS = 5
 
 
 def model_store() -> ModelStore:
     return ModelStore(get_settings().models_dir)
+
+
+def claim_name(session: Session, *, name: str, owner: str | None) -> ModelName:
+    """The name's row, claimed for `owner` if nobody has it yet; ConflictError if another owner
+    has it. Call with model_name_key(name) held, so two owners cannot both claim it."""
+    row = session.get(ModelName, name, populate_existing=True)
+    if row is None:
+        row = ModelName(name=name, owner=owner, last_version=0)
+        session.add(row)
+        session.flush()
+    elif row.owner != owner:
+        raise ConflictError(f"the model name {name!r} is taken: choose another model_name")
+    return row
+
+
+def _next_version(*, name: str, owner: str | None, store: ModelStore) -> int:
+    """Hand out a version number nobody had: past the database's versions, the store's folders
+    (a crash may leave one unregistered) and every number given out before (deleted too)."""
+    with session_scope() as session:
+        lock_key(session, model_name_key(name))
+        row = claim_name(session, name=name, owner=owner)
+        latest = session.scalar(
+            select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
+        )
+        row.last_version = max(row.last_version, latest or 0, store.latest_version(name)) + 1
+        return row.last_version
 
 
 def register_version(
@@ -36,22 +68,30 @@ def register_version(
     source_dir: Path,
     metadata: dict[str, Any],
     metrics_summary: dict[str, Any],
+    may_activate: bool = True,
+    still_valid: Callable[[Session], None] = lambda session: None,
 ) -> ModelVersion:
     """Store source_dir as the next version of `name` and record it; the first version of a
-    name becomes active. Two jobs finishing together get different numbers (unique key)."""
+    name becomes active (unless `may_activate` is False: a model no better than chance is
+    kept, never served by default). Ownership of the name is checked again here, under the
+    name's lock (another owner may have claimed it since the job was submitted), and
+    `still_valid(session)` may refuse the registration in that same transaction (a job taken
+    over by another worker)."""
     store = model_store()
     for _ in range(MAX_VERSION_ATTEMPTS):
-        with session_scope() as session:
-            latest = session.scalar(
-                select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
-            )
-        version = (latest or 0) + 1
-        stored = store.write_version(
-            name=name, version=version, source_dir=source_dir,
-            metadata={**metadata, "version": version},
-        )  # fmt: skip
+        version = _next_version(name=name, owner=owner, store=store)
+        try:
+            stored = store.write_version(
+                name=name, version=version, source_dir=source_dir,
+                metadata={**metadata, "version": version},
+            )  # fmt: skip
+        except VersionExistsError:
+            continue  # a folder appeared under that number since: take the next one
         try:
             with session_scope() as session:
+                lock_key(session, model_name_key(name))
+                claim_name(session, name=name, owner=owner)
+                still_valid(session)
                 has_active = session.scalar(
                     select(ModelVersion.id).where(
                         ModelVersion.name == name, ModelVersion.is_active.is_(True)
@@ -66,12 +106,13 @@ def register_version(
                     sha256=stored.sha256,
                     size_bytes=stored.size_bytes,
                     metrics_summary=metrics_summary,
-                    is_active=has_active is None,
+                    is_active=may_activate and has_active is None,
                 )
                 session.add(row)
             return row
-        except IntegrityError:
-            store.delete_version(stored.relative_path)  # another job took this number
+        except BaseException:
+            store.delete_version(stored.relative_path)  # never a folder without its row
+            raise
     raise RuntimeError(f"could not allocate a version number for model {name!r}")
 
 
@@ -101,11 +142,15 @@ class ModelSummary:
 
 def list_models(session: Session, *, principal: Principal) -> list[ModelSummary]:
     """The caller's model names with their version count, latest and active version."""
-    active = (
-        select(ModelVersion.name, ModelVersion.version.label("active"))
-        .where(ModelVersion.is_active.is_(True))
-        .subquery()
-    )
+    # Only the caller's own active versions: under a name shared with another owner (from
+    # before names had owners) theirs must not show.
+    active = visible(
+        select(ModelVersion.name, ModelVersion.version.label("active")).where(
+            ModelVersion.is_active.is_(True)
+        ),
+        ModelVersion.owner,
+        principal,
+    ).subquery()
     query = visible(
         select(
             ModelVersion.name,
@@ -162,6 +207,12 @@ def get_version(
     return row
 
 
+def version_ref(*, name: str, version: int, principal: Principal | None) -> VersionRef:
+    """One version of the caller's, read in a session of its own."""
+    with session_scope() as session:
+        return VersionRef.of(get_version(session, name=name, version=version, principal=principal))
+
+
 def resolve_version(
     session: Session, *, name: str | None, version: int | None, principal: Principal | None
 ) -> VersionRef:
@@ -207,23 +258,36 @@ def existing_version_ids(session: Session, ids: list[uuid.UUID]) -> set[uuid.UUI
 def activate_version(
     session: Session, *, name: str, version: int, principal: Principal
 ) -> ModelVersion:
-    """Make this version the one served for `name` (the partial unique index allows only one
-    active version per name, so the old one is switched off first, in the same transaction)."""
+    """Make this version the one served for `name`. Under the name's lock, so an activation
+    racing another activation or a delete of the same version sees its outcome: the old
+    active version is switched off in the same transaction (the partial unique index allows
+    one per name), and never one that belongs to another owner."""
+    lock_key(session, model_name_key(name))
+    session.expire_all()  # rows read before the lock may be stale
     row = get_version(session, name=name, version=version, principal=principal)
-    session.execute(
-        update(ModelVersion)
-        .where(ModelVersion.name == name, ModelVersion.is_active.is_(True))
-        .values(is_active=False)
+    current = session.scalar(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.is_active.is_(True))
     )
-    session.execute(update(ModelVersion).where(ModelVersion.id == row.id).values(is_active=True))
-    session.refresh(row)
+    if current is not None and current.id != row.id:
+        if current.owner != row.owner:
+            raise ConflictError(
+                f"the active version of {name!r} belongs to another owner; it stays active"
+            )
+        current.is_active = False
+        session.flush()  # before the new one is switched on: the index allows one
+    row.is_active = True
+    session.flush()
     return row
 
 
 def delete_version(
     session: Session, *, name: str, version: int, principal: Principal
 ) -> VersionRef:
-    """Remove a version that is not active: its row (committed first), then its files."""
+    """Remove a version that is not active: its row (committed first, under the name's lock,
+    so a concurrent activation of it either happens before and wins, or finds it gone), then
+    its files."""
+    lock_key(session, model_name_key(name))
+    session.expire_all()
     row = get_version(session, name=name, version=version, principal=principal)
     if row.is_active:
         raise ConflictError(
@@ -241,14 +305,9 @@ def version_folder(ref: VersionRef) -> Path:
     return model_store().verified_path(ref.path, expected_sha256=ref.sha256)
 
 
-class StoredFilesError(AppError):
-    status_code = 503
-    code = "model_unavailable"
-
-
 def model_file(ref: VersionRef) -> Path:
     """The version's verified `.keras` file; a checksum mismatch is an error, never served."""
     try:
         return version_folder(ref) / MODEL_FILE
     except (ChecksumMismatchError, StoreError) as exc:
-        raise StoredFilesError(f"{ref.name} v{ref.version}: {exc}") from exc
+        raise ModelUnavailableError(f"{ref.name} v{ref.version}: {exc}") from exc

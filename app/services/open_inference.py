@@ -16,44 +16,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from app.core.errors import BadRequestError, PayloadTooLargeError
-from app.services.inference import ImagePayload, PredictionResult, decode_base64
+from app.schemas.open_inference import InferRequest, RequestedOutput
+from app.services.inference import ImagePayload, PredictionResult
+from app.services.wire import decode_base64, parse_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PROBABILITIES = "probabilities"
 LABEL = "label"
 OUTPUTS = (PROBABILITIES, LABEL)
 _LENGTH = struct.Struct("<I")
-
-
-class _Tensor(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    data: Any = None
-
-
-class _RequestedOutput(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class InferRequest(BaseModel):
-    """The JSON part of an inference request (its binary tensors follow it, if any)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    inputs: list[_Tensor] = Field(min_length=1)
-    outputs: list[_RequestedOutput] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,10 +55,19 @@ def serialize_bytes_tensor(elements: list[bytes]) -> bytes:
     return b"".join(_LENGTH.pack(len(element)) + element for element in elements)
 
 
-def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        return [leaf for item in data for leaf in _flatten(item)]
-    return [data]
+def _elements(data: Any) -> list[Any]:
+    """The elements of JSON tensor data of shape [N] or [N, 1]: flat, or nested one level
+    (deeper nesting cannot be either shape)."""
+    if not isinstance(data, list):
+        raise BadRequestError("JSON tensor data must be a list")
+    elements = []
+    for item in data:
+        if isinstance(item, list):
+            if len(item) != 1 or isinstance(item[0], list):
+                raise BadRequestError("JSON BYTES data must have the shape [N] or [N, 1]")
+            item = item[0]
+        elements.append(item)
+    return elements
 
 
 def parse_infer_request(body: bytes, *, header_length: str | None, max_images: int) -> ParsedInfer:
@@ -97,9 +80,9 @@ def parse_infer_request(body: bytes, *, header_length: str | None, max_images: i
     else:
         header_bytes, binary = body, b""
     try:
-        request = InferRequest.model_validate(json.loads(header_bytes))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequestError(f"the inference request is not JSON ({exc})") from exc
+        request = InferRequest.model_validate(
+            parse_json(header_bytes, what="the inference request")
+        )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise BadRequestError(f"invalid inference request: {problems}") from exc
@@ -130,7 +113,7 @@ def parse_infer_request(body: bytes, *, header_length: str | None, max_images: i
     else:
         if binary:
             raise BadRequestError("binary data sent but no input declares binary_data_size")
-        leaves = _flatten(tensor.data) if tensor.data is not None else []
+        leaves = _elements(tensor.data) if tensor.data is not None else []
         if not all(isinstance(leaf, str) for leaf in leaves):
             raise BadRequestError("JSON BYTES data must be base64 strings of image files")
         elements = [
@@ -166,7 +149,7 @@ def build_infer_response(
     """The response body and headers: JSON only, or a JSON header and binary tensors."""
     request = parsed.request
     default_binary = bool(request.parameters.get("binary_data_output", False))
-    requested = request.outputs or [_RequestedOutput(name=name) for name in OUTPUTS]
+    requested = request.outputs or [RequestedOutput(name=name) for name in OUTPUTS]
     probabilities = result.probabilities.astype(np.float32)
     count = len(probabilities)
     outputs: list[dict[str, Any]] = []

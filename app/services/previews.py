@@ -15,19 +15,28 @@ from app.services.datasets import dataset_folder, load_manifest
 THUMB = 112
 PAD = 6
 LABEL_WIDTH = 150
+# A grid of every class of a large dataset would be a huge image (600 classes: 1572x70806 px
+# and 430 MB to draw); beyond this many rows the picture says how many it left out.
+MAX_PREVIEW_CLASSES = 40
+NOTE_HEIGHT = 30
 
 
 def dataset_preview_png(dataset: Dataset, *, settings: Settings, per_class: int) -> bytes:
-    """PNG: one row per class, its first `per_class` training images as thumbnails."""
+    """PNG: one row per class (the first MAX_PREVIEW_CLASSES; a last line says how many are
+    left out), its first `per_class` training images as thumbnails."""
     manifest = load_manifest(dataset, settings=settings)
     folder = dataset_folder(dataset, settings=settings)
+    all_classes: list[str] = manifest["classes"]
+    classes = all_classes[:MAX_PREVIEW_CLASSES]
+    shown = set(classes)
     by_label: dict[str, list[str]] = defaultdict(list)
     for item in manifest["images"]:
-        if item["split"] == "train" and len(by_label[item["label"]]) < per_class:
-            by_label[item["label"]].append(item["file"])
-    classes: list[str] = manifest["classes"]
+        label = item["label"]
+        if item["split"] == "train" and label in shown and len(by_label[label]) < per_class:
+            by_label[label].append(item["file"])
+    left_out = len(all_classes) - len(classes)
     width = LABEL_WIDTH + per_class * (THUMB + PAD) + PAD
-    height = len(classes) * (THUMB + PAD) + PAD
+    height = len(classes) * (THUMB + PAD) + PAD + (NOTE_HEIGHT if left_out else 0)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=16)
@@ -38,12 +47,21 @@ def dataset_preview_png(dataset: Dataset, *, settings: Settings, per_class: int)
         draw.text((PAD, top + THUMB // 2 + 2), f"{count} train", fill="gray", font=font)
         for column, relative in enumerate(by_label[label]):
             data = (folder / relative).read_bytes()
-            thumb = decode_image(data, max_pixels=settings.max_image_pixels).image
+            thumb = decode_image(
+                data, max_pixels=settings.max_image_pixels, target_size=THUMB // 2
+            ).image
             thumb.thumbnail((THUMB, THUMB))
             left = LABEL_WIDTH + column * (THUMB + PAD)
             canvas.paste(
                 thumb, (left + (THUMB - thumb.width) // 2, top + (THUMB - thumb.height) // 2)
             )
+    if left_out:
+        draw.text(
+            (PAD, height - NOTE_HEIGHT + PAD),
+            f"showing {len(classes)} of {len(all_classes)} classes ({left_out} not shown)",
+            fill="black",
+            font=font,
+        )
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

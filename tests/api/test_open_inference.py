@@ -44,7 +44,7 @@ def _image_input(count: int = 1, **extra) -> dict:
 @pytest.mark.parametrize(
     ("body", "headers", "reason"),
     [
-        (b"not json", {}, "not JSON"),
+        (b"not json", {}, "not valid JSON"),
         (b"{}", {}, "inputs"),
         (json.dumps({"inputs": []}).encode(), {}, "inputs"),
         (json.dumps({"inputs": [_image_input(), _image_input()]}).encode(), {}, "exactly one"),

@@ -46,7 +46,8 @@ def _own_output(client: TestClient, folder: Path, photo: bytes) -> np.ndarray:
 
 
 def test_prediction_equals_the_models_own_output_on_the_file(client, tmp_path: Path) -> None:
-    register_tiny_model("pets")
+    # 128 px: the photo (at most 320 px) is not reduced before the model's own resize
+    register_tiny_model("pets", image_size=128)
     photo = PHOTOS[0].read_bytes()
     response = client.post("/predict", files={"file": ("cat.jpg", photo, "image/jpeg")})
     assert response.status_code == 200, response.text
@@ -315,3 +316,72 @@ def test_json_round_trip_of_errors_is_the_common_shape(client) -> None:
     assert response.status_code == 422
     assert response.json()["error"] == "validation_error"
     assert json.loads(response.text)["detail"][0]["loc"][:2] == ["body", "images"]
+
+
+def test_a_prediction_that_gets_no_answer_is_a_503_not_a_hang(configure, sqlite_url) -> None:
+    configure(database_url=sqlite_url, MODEL_REFRESH_SECONDS="3600", PREDICT_TIMEOUT_SECONDS="1")
+    migrate(sqlite_url)
+    with api_client() as client:
+        register_tiny_model("pets")
+        client.post("/predict", files={"file": ("x.jpg", image_bytes())})  # loaded
+        cache = client.app.state.model_cache
+        (classifier,) = [cache.get_loaded(version_id) for version_id in cache.loaded_ids()]
+        original = classifier.batcher._forward
+        release = threading.Event()
+
+        def wedged(pixels: np.ndarray) -> np.ndarray:
+            release.wait(10)
+            return original(pixels)
+
+        classifier.batcher._forward = wedged
+        started = time.perf_counter()
+        response = client.post("/predict", files={"file": ("x.jpg", image_bytes())})
+        release.set()
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "model_unavailable"
+        assert time.perf_counter() - started < 5
+        classifier.batcher._forward = original
+
+
+def _submit_while_closing(round_: int) -> tuple[int, int, int]:
+    """4 threads submit 50 requests each while the batcher is closed: (answered, refused,
+    never answered)."""
+    from concurrent.futures import wait
+
+    from app.ml.serving import MicroBatcher, ModelUnloadedError
+
+    batcher = MicroBatcher(lambda x: x * 2, max_batch=4, name=f"race-{round_}")
+    futures, refused, lock = [], 0, threading.Lock()
+    start = threading.Barrier(5)
+
+    def client() -> None:
+        nonlocal refused
+        start.wait()
+        for _ in range(50):
+            try:
+                future = batcher.submit(np.ones((1, 2)))
+            except ModelUnloadedError:
+                with lock:
+                    refused += 1
+                continue
+            with lock:
+                futures.append(future)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    batcher.close()
+    for thread in threads:
+        thread.join()
+    done, pending = wait(futures, timeout=5)
+    return len(done), refused, len(pending)
+
+
+def test_requests_racing_an_unload_are_all_answered() -> None:
+    """submit() and close() at once: every request queued is answered (a result or "unloaded"),
+    none is left waiting forever behind the stop marker."""
+    for round_ in range(30):
+        answered, refused, never = _submit_while_closing(round_)
+        assert never == 0, f"round {round_}: {never} requests never answered"
+        assert answered + refused == 200

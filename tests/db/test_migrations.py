@@ -11,7 +11,14 @@ from alembic import command
 from app.db.base import Base
 from tests.conftest import alembic_config
 
-EXPECTED_TABLES = {"api_keys", "datasets", "training_jobs", "epoch_metrics", "model_versions"}
+EXPECTED_TABLES = {
+    "api_keys",
+    "datasets",
+    "training_jobs",
+    "epoch_metrics",
+    "model_versions",
+    "model_names",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

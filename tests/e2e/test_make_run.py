@@ -14,6 +14,37 @@ import httpx
 
 from app.core.config import PROJECT_ROOT
 from tests.processes import free_port, stop_process_group, wait_until, watch_job_statuses
+from tests.zips import SHARED, image_bytes, tiny_photo_zip
+
+README_ADDRESS = "http://127.0.0.1:8000"
+
+
+def readme_curl_examples() -> str:
+    """Every ```sh block of README.md that runs curl, in order, as one shell script (less the
+    line that sets KEY to a placeholder)."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", (PROJECT_ROOT / "README.md").read_text(), re.S | re.M)
+    script = "\n".join(block for block in blocks if "curl " in block)
+    return "\n".join(line for line in script.splitlines() if not line.startswith("export KEY="))
+
+
+def run_readme_examples(base: str, key: str, folder: Path) -> str:
+    """Run the README's curl examples in bash against `base`, failing on any non-2xx answer."""
+    tiny_photo_zip(folder / "pets.zip")
+    cats = sorted((SHARED / "data" / "cats_vs_dogs_small" / "test" / "cats").iterdir())
+    (folder / "cat.jpg").write_bytes(cats[0].read_bytes())
+    (folder / "a.jpg").write_bytes(cats[1].read_bytes())
+    (folder / "b.png").write_bytes(image_bytes("PNG", size=(120, 90)))
+    script = readme_curl_examples().replace(README_ADDRESS, base)
+    assert "$KEY" in script and "curl" in script
+    preamble = 'set -euo pipefail\ncurl() { command curl --fail-with-body --max-time 600 "$@"; }\n'
+    run = subprocess.run(
+        ["bash", "-c", preamble + script], cwd=folder, env={**os.environ, "KEY": key},
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, (
+        f"README example failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    )
+    return run.stdout
 
 
 def _processes_with_env(marker: str) -> list[int]:
@@ -37,6 +68,7 @@ def test_run_serves_api_and_worker_then_ctrl_c_stops_both(tmp_path: Path) -> Non
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("SMALLVISION_")}
     env["SMALLVISION_DATA_DIR"] = str(data_dir)
+    env["SMALLVISION_PRETRAINED_WEIGHTS_DIR"] = str(SHARED / "weights")
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         launcher = subprocess.Popen(
@@ -72,6 +104,13 @@ def test_run_serves_api_and_worker_then_ctrl_c_stops_both(tmp_path: Path) -> Non
             log=log,
         )
         assert statuses == ["queued", "running", "succeeded"], log.read_text()[-3000:]
+
+        # A new user's walk through README: every curl example, as written, in order.
+        examples = tmp_path / "readme"
+        examples.mkdir()
+        output = run_readme_examples(base, match.group(1), examples)
+        assert '"predictions":[{"filename":"cat.jpg"' in output, output[-2000:]
+        assert (examples / "curves.png").read_bytes().startswith(b"\x89PNG")
 
         assert len(_processes_with_env(str(data_dir))) >= 3  # launcher, API, worker (+ child)
         # Ctrl-C: SIGINT to the launcher alone, as a terminal sends it to the foreground job.

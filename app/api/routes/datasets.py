@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
+from app.api.bodies import receive_multipart, validate_form
 from app.api.deps import MAX_OFFSET, SessionDep, Trainer, ValidDataset
-from app.api.uploads import receive_multipart, validate_form
 from app.core.config import get_settings
 from app.core.errors import BadRequestError
 from app.schemas.datasets import DatasetRead, DatasetUploadForm

@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import MAX_OFFSET, Admin, SessionDep, Trainer, ValidJob
+from app.api.bodies import json_body_openapi
+from app.api.deps import MAX_OFFSET, Admin, JobRequest, SessionDep, Trainer, ValidJob
 from app.core.config import get_settings
-from app.db.models import JobStatus, TrainingMethod
+from app.db.models import WORKER_CHECK, JobStatus
 from app.schemas.jobs import EpochRead, JobAccepted, JobCreate, JobMetrics, JobRead
 from app.services import jobs, plots
 
@@ -25,10 +26,12 @@ router = APIRouter(tags=["jobs"])
         404: {"description": "unknown dataset"},
         503: {"description": "the broker is unreachable"},
     },
+    openapi_extra=json_body_openapi(JobCreate),
 )
-def create_job(request: JobCreate, session: SessionDep, principal: Trainer) -> JobAccepted:
-    """Start training: `scratch`, `bottleneck` (frozen ImageNet base + dense head on cached
-    features) or `finetune` (head first, then the base's top block at a low learning rate)."""
+def create_job(request: JobRequest, session: SessionDep, principal: Trainer) -> JobAccepted:
+    """Start training: `auto` (the default: bottleneck, then fine-tuning from it; the better
+    on validation is kept), `scratch`, `bottleneck` (a head on a frozen ImageNet base's cached
+    features) or `finetune` (that head, then the base's top block at a low learning rate)."""
     job = jobs.submit_training_job(
         session, request=request, principal=principal, settings=get_settings()
     )
@@ -79,6 +82,9 @@ def job_metrics(job: ValidJob, session: SessionDep) -> JobMetrics:
         epochs=[EpochRead.model_validate(m) for m in jobs.epoch_metrics(session, job_id=job.id)],
         best_epoch=result.get("best_epoch"),
         evaluation=result.get("evaluation"),
+        candidates=result.get("candidates", []),
+        chosen=result.get("chosen"),
+        warnings=result.get("warnings", []),
     )
 
 
@@ -113,7 +119,7 @@ def check_workers(session: SessionDep, principal: Admin) -> JobAccepted:
     """Queue a job that makes a training worker report its TensorFlow version, devices
     (GPUs) and pretrained weight files: proof that a worker picks jobs up and can train."""
     job = jobs.submit_job(
-        session, method=TrainingMethod.WORKER_CHECK, dataset_id=None, parameters={},
+        session, method=WORKER_CHECK, dataset_id=None, parameters={},
         owner=principal.owner,
     )  # fmt: skip
     return JobAccepted(id=job.id, status=job.status)

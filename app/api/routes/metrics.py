@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import Admin
 from app.core.metrics import REGISTRY
+from app.services import metrics as _state_metrics  # noqa: F401  (registers its collector)
 
 router = APIRouter(tags=["health"])
 

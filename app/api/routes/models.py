@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response, status
 from fastapi.responses import FileResponse
 
 from app.api.deps import ModelCacheDep, RegistryReader, SessionDep, Trainer, VersionNumber
+from app.core.errors import ModelUnavailableError
 from app.schemas.models import ModelRead, ModelVersionRead
 from app.services import model_versions
 from app.services.model_versions import VersionRef
@@ -56,8 +57,15 @@ def activate_version(
 ) -> ModelVersionRead:
     """Serve this version for `name` from now on. It is loaded (and its checksums verified)
     before the switch, so no request waits for it and a broken version is never activated."""
-    row = model_versions.get_version(session, name=name, version=version, principal=principal)
-    cache.get(VersionRef.of(row))
+    # Loaded (seconds) before the switch and outside its transaction, which starts with the
+    # name's lock and must not hold it that long.
+    try:
+        cache.get(model_versions.version_ref(name=name, version=version, principal=principal))
+    except ModelUnavailableError:
+        # A DELETE of this version commits its row before removing its files, so files that
+        # vanished while loading mean the version is gone: that is a 404, not a broken model.
+        model_versions.version_ref(name=name, version=version, principal=principal)
+        raise
     return ModelVersionRead.model_validate(
         model_versions.activate_version(session, name=name, version=version, principal=principal)
     )

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from app.api.deps import ModelCacheDep, Predictor, SessionDep, VersionNumber
-from app.api.uploads import MULTIPART_OVERHEAD_BYTES, read_body
+from app.api.bodies import read_body
+from app.api.deps import DecodeBudgetDep, ModelCacheDep, Predictor, SessionDep, VersionNumber
 from app.core.config import get_settings
 from app.schemas.errors import INFERENCE_RESPONSES
+from app.schemas.open_inference import InferRequest
 from app.services import inference, model_versions, open_inference
 from app.services.auth import Principal
 from app.services.health import database_status
@@ -26,7 +27,7 @@ _INFER_BODY: dict[str, Any] = {
         "required": True,
         "content": {
             "application/json": {
-                "schema": open_inference.InferRequest.model_json_schema(),
+                "schema": InferRequest.model_json_schema(),
                 "example": {
                     "inputs": [
                         {"name": "image", "shape": [1], "datatype": "BYTES",
@@ -122,16 +123,13 @@ def version_ready(
 async def _infer(
     request: Request,
     cache: inference.ModelCache,
+    budget: inference.MemoryBudget,
     principal: Principal,
     name: str,
     version: VersionNumber | None,
 ) -> Response:
     settings = get_settings()
-    body = await read_body(
-        request,
-        limit=settings.max_predict_images * settings.max_image_file_bytes
-        + MULTIPART_OVERHEAD_BYTES,
-    )
+    body = await read_body(request, limit=settings.max_request_body_bytes)
     parsed = await run_in_threadpool(
         open_inference.parse_infer_request,
         body,
@@ -139,7 +137,12 @@ async def _infer(
         max_images=settings.max_predict_images,
     )
     result = await inference.predict_images(
-        cache=cache, principal=principal, images=parsed.images, model=name, version=version
+        cache=cache,
+        budget=budget,
+        principal=principal,
+        images=parsed.images,
+        model=name,
+        version=version,
     )
     content, headers = open_inference.build_infer_response(parsed, result)
     return Response(content=content, headers=headers)
@@ -147,14 +150,23 @@ async def _infer(
 
 @router.post("/models/{name}/infer", openapi_extra=_INFER_BODY)
 async def infer(
-    name: str, request: Request, cache: ModelCacheDep, principal: Predictor
+    name: str,
+    request: Request,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+    principal: Predictor,
 ) -> Response:
     """Classify encoded images with the model's active version."""
-    return await _infer(request, cache, principal, name, None)
+    return await _infer(request, cache, budget, principal, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY)
 async def infer_version(
-    name: str, version: VersionNumber, request: Request, cache: ModelCacheDep, principal: Predictor
+    name: str,
+    version: VersionNumber,
+    request: Request,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+    principal: Predictor,
 ) -> Response:
-    return await _infer(request, cache, principal, name, version)
+    return await _infer(request, cache, budget, principal, name, version)

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import ModelCacheDep, Predictor
-from app.api.uploads import receive_files, validate_form
+from app.api.bodies import json_body_openapi, receive_files, validate_form
+from app.api.deps import DecodeBudgetDep, ModelCacheDep, PredictJSONBody, Predictor
 from app.core.config import get_settings
 from app.ml.serving import top_k
 from app.schemas.predict import (
@@ -19,6 +19,7 @@ from app.schemas.predict import (
 )
 from app.services import inference
 from app.services.inference import ImagePayload, PredictionResult
+from app.services.wire import decode_base64
 
 router = APIRouter(tags=["predict"])
 
@@ -73,7 +74,9 @@ def _response(result: PredictionResult, filenames: list[str | None], k: int) -> 
 @router.post(
     "/predict", response_model=PredictResponse, openapi_extra=_PREDICT_FORM, responses=_ERRORS
 )
-async def predict(request: Request, cache: ModelCacheDep, principal: Predictor) -> PredictResponse:
+async def predict(
+    request: Request, cache: ModelCacheDep, budget: DecodeBudgetDep, principal: Predictor
+) -> PredictResponse:
     """Classify one image (`file`) or a batch (`files`, repeated). Form fields `model`,
     `version` and `top_k` are optional: by default the only active model answers."""
     settings = get_settings()
@@ -86,6 +89,7 @@ async def predict(request: Request, cache: ModelCacheDep, principal: Predictor) 
     options = validate_form(PredictOptions, fields)
     result = await inference.predict_images(
         cache=cache,
+        budget=budget,
         principal=principal,
         images=[ImagePayload(data=f.data, filename=f.filename) for f in files],
         model=options.model,
@@ -94,17 +98,27 @@ async def predict(request: Request, cache: ModelCacheDep, principal: Predictor) 
     return _response(result, [f.filename for f in files], options.top_k)
 
 
-@router.post("/predict/json", response_model=PredictResponse, responses=_ERRORS)
+@router.post(
+    "/predict/json",
+    response_model=PredictResponse,
+    responses=_ERRORS,
+    openapi_extra=json_body_openapi(PredictJSONRequest),
+)
 async def predict_json(
-    body: PredictJSONRequest, cache: ModelCacheDep, principal: Predictor
+    body: PredictJSONBody, cache: ModelCacheDep, budget: DecodeBudgetDep, principal: Predictor
 ) -> PredictResponse:
     """The same as `POST /predict` for clients that cannot send multipart: images as base64."""
     images = [
-        ImagePayload(data=inference.decode_base64(image.b64, what=f"image {i + 1}"),
+        ImagePayload(data=decode_base64(image.b64, what=f"image {i + 1}"),
                      filename=image.filename)
         for i, image in enumerate(body.images)
     ]  # fmt: skip
     result = await inference.predict_images(
-        cache=cache, principal=principal, images=images, model=body.model, version=body.version
+        cache=cache,
+        budget=budget,
+        principal=principal,
+        images=images,
+        model=body.model,
+        version=body.version,
     )
     return _response(result, [image.filename for image in body.images], body.top_k)

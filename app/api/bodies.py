@@ -1,13 +1,16 @@
-"""Streaming multipart parsing under size limits: a dataset zip goes to disk chunk by chunk,
-images to classify stay in memory.
+"""Reading request bodies under limits, after the caller is authenticated.
 
-FastAPI's `UploadFile` reads the whole body before the route runs, so a limit could only be
-checked after the disk (or memory) had filled. Here a limit stops the upload as soon as it is
-crossed.
+FastAPI reads and parses a declared body (`UploadFile`, a Pydantic model) before any
+dependency runs, so an anonymous client could make the API hold a whole body before hearing
+401, and a limit could only be checked after memory had filled. Here routes authenticate
+first (their key dependency runs before these functions), then read: a dataset zip streams to
+disk chunk by chunk, images to classify and JSON stay in memory, and every limit stops the
+read as soon as it is crossed (BodyLimitMiddleware bounds the raw bytes of every request).
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -15,13 +18,19 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from app.core.config import get_settings
 from app.core.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from app.services.wire import parse_json
 
 FormT = TypeVar("FormT", bound=BaseModel)
+
+# A body refused partway is not read any further: the connection is closed after the answer.
+CLOSE_CONNECTION = {"Connection": "close"}
 
 MAX_FIELD_BYTES = 64 * 1024  # a text field (name, fractions, seed) is never larger
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and text fields beside the file
@@ -88,7 +97,9 @@ class _FormCollector:
         else:
             self._text += chunk
             if len(self._text) > MAX_FIELD_BYTES:
-                raise PayloadTooLargeError(f"form field {self._name!r} is too large")
+                raise PayloadTooLargeError(
+                    f"form field {self._name!r} is too large", headers=CLOSE_CONNECTION
+                )
 
     def on_part_end(self) -> None:
         if self._in_file:
@@ -151,7 +162,8 @@ class _DiskFileCollector(_FormCollector):
         self._file_bytes += len(chunk)
         if self._file_bytes > self.max_file_bytes:
             raise PayloadTooLargeError(
-                f"the upload is larger than the limit of {self.max_file_bytes} bytes"
+                f"the upload is larger than the limit of {self.max_file_bytes} bytes",
+                headers=CLOSE_CONNECTION,
             )
         self._file.write(chunk)
 
@@ -190,7 +202,9 @@ class _MemoryFilesCollector(_FormCollector):
         if name not in self.file_fields:
             return False
         if len(self.files) >= self.max_files:
-            raise PayloadTooLargeError(f"at most {self.max_files} images per request")
+            raise PayloadTooLargeError(
+                f"at most {self.max_files} images per request", headers=CLOSE_CONNECTION
+            )
         self._filename = filename
         self._data = bytearray()
         return True
@@ -200,7 +214,8 @@ class _MemoryFilesCollector(_FormCollector):
         if len(self._data) > self.max_file_bytes:
             raise PayloadTooLargeError(
                 f"image {self._filename or len(self.files) + 1!r} is larger than the limit "
-                f"of {self.max_file_bytes} bytes"
+                f"of {self.max_file_bytes} bytes",
+                headers=CLOSE_CONNECTION,
             )
 
     def end_file(self) -> None:
@@ -222,7 +237,8 @@ def _check_declared_length(request: Request, *, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(
-            f"the request ({declared} bytes) is larger than the limit of {limit} bytes"
+            f"the request ({declared} bytes) is larger than the limit of {limit} bytes",
+            headers=CLOSE_CONNECTION,
         )
 
 
@@ -259,10 +275,11 @@ async def receive_multipart(
 async def receive_files(
     request: Request, *, file_fields: frozenset[str], max_files: int, max_file_bytes: int
 ) -> tuple[list[UploadedFile], dict[str, str]]:
-    """Parse a multipart/form-data body of small files (kept in memory) and text fields."""
+    """Parse a multipart/form-data body of small files (kept in memory) and text fields;
+    the whole body is at most `max_request_body_bytes`."""
     names = " or ".join(f"`{name}`" for name in sorted(file_fields))
     boundary = _multipart_boundary(request, expected=f"images in {names} parts")
-    _check_declared_length(request, limit=max_files * max_file_bytes + MULTIPART_OVERHEAD_BYTES)
+    _check_declared_length(request, limit=get_settings().max_request_body_bytes)
     collector = _MemoryFilesCollector(
         file_fields=file_fields, max_files=max_files, max_file_bytes=max_file_bytes
     )
@@ -280,27 +297,88 @@ def validate_form(schema: type[FormT], fields: dict[str, str]) -> FormT:
         ) from exc
 
 
+DATASET_UPLOAD_PATH = re.compile(r"^/datasets/?$")
+
+
+def request_body_limit(method: str, path: str) -> int:
+    """The most bytes a request to this route may send: a dataset zip, or anything else."""
+    settings = get_settings()
+    if method == "POST" and DATASET_UPLOAD_PATH.fullmatch(path):
+        return settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    return settings.max_request_body_bytes
+
+
 async def read_body(request: Request, *, limit: int) -> bytes:
-    """The whole request body, at most `limit` bytes (after gzip/deflate Content-Encoding,
-    which is decompressed under the same limit)."""
-    _check_declared_length(request, limit=limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLargeError(f"the request is larger than the limit of {limit} bytes")
+    """The whole request body, at most `limit` bytes both as sent and after undoing a gzip or
+    deflate Content-Encoding: a small compressed bomb is inflated chunk by chunk and refused
+    as soon as its output passes the limit."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding == "identity":
-        return bytes(body)
-    if encoding not in {"gzip", "deflate"}:
+    if encoding not in {"identity", "gzip", "deflate"}:
         raise UnsupportedMediaTypeError(f"unsupported Content-Encoding {encoding!r}")
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+    _check_declared_length(request, limit=limit)
+    inflater = None
+    if encoding != "identity":
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+    body = bytearray()
+    sent = 0
+    async for chunk in request.stream():
+        sent += len(chunk)
+        if sent > limit:
+            raise PayloadTooLargeError(
+                f"the request is larger than the limit of {limit} bytes", headers=CLOSE_CONNECTION
+            )
+        if inflater is None:
+            body += chunk
+            continue
+        pending = chunk
+        while pending:
+            try:
+                # Never more output than still fits (+1, to notice going over).
+                body += inflater.decompress(pending, limit - len(body) + 1)
+            except zlib.error as exc:
+                raise BadRequestError(
+                    f"the {encoding} body cannot be decompressed ({exc})"
+                ) from exc
+            if len(body) > limit:
+                raise PayloadTooLargeError(
+                    f"the decompressed request is larger than the limit of {limit} bytes",
+                    headers=CLOSE_CONNECTION,
+                )
+            pending = inflater.unconsumed_tail
+    return bytes(body)
+
+
+async def read_json(request: Request, *, limit: int) -> Any:
+    """The request's JSON body under `limit`, parsed off the event loop."""
+    body = await read_body(request, limit=limit)
+    return await run_in_threadpool(parse_json, body)
+
+
+async def read_json_model(request: Request, schema: type[FormT]) -> FormT:
+    """The request's JSON body as `schema` (422 naming the field that is wrong), at most
+    `max_request_body_bytes`."""
+    data = await read_json(request, limit=get_settings().max_request_body_bytes)
     try:
-        data = inflater.decompress(bytes(body), limit + 1)
-    except zlib.error as exc:
-        raise BadRequestError(f"the {encoding} body cannot be decompressed ({exc})") from exc
-    if len(data) > limit:
-        raise PayloadTooLargeError(
-            f"the decompressed request is larger than the limit of {limit} bytes"
-        )
-    return data
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]
+        ) from exc
+
+
+def json_body_openapi(schema: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route that reads `schema` with read_json_model (FastAPI
+    cannot see it; app.main adds the schema to the components)."""
+    DOCUMENTED_BODIES.add(schema)
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{schema.__name__}"}}
+            },
+        }
+    }
+
+
+# Models documented by json_body_openapi, for the OpenAPI components.
+DOCUMENTED_BODIES: set[type[BaseModel]] = set()
