@@ -1,11 +1,18 @@
-"""Accuracy and wall time of the three methods on real photos, through the running service.
+"""Accuracy and job time of the DEFAULT request, through the running service, next to the
+plain-Keras script a user would write (benchmarks/reference_keras.py) on the same splits.
 
-    .venv/bin/python -m benchmarks.accuracy [--datasets cats_vs_dogs_small flowers_small]
-                                             [--methods scratch bottleneck finetune]
+    .venv/bin/python -m benchmarks.accuracy [--datasets NAME ...] [--seeds 1 2 3]
+                                             [--scratch-datasets NAME ...] [--timing-dataset NAME]
 
-Starts the API and one worker (embedded broker, SQLite) with the offline weights in
-../shared/weights, uploads each dataset as a zip, runs each method as a job, and writes test
-accuracy and job wall time to docs/BENCHMARKS.md (section "accuracy").
+Starts the API and one worker (embedded broker, SQLite) with the offline weights of
+../shared/weights, uploads every dataset of ../shared/data as a zip, and runs, per dataset and
+seed, the request a new user sends: `{"dataset_id": ..., "seed": s}` (method auto; nothing else
+set). An auto job reports its candidates: its bottleneck and fine-tune candidates are exactly
+the models that `method: "bottleneck"` and `method: "finetune"` jobs with the defaults train
+(same settings, same seed), so one job gives all three. Scratch runs as its own default job on
+the datasets named. On the timing dataset, a bottleneck-only job runs first on a cold feature
+cache, the cache is cleared, and auto's first seed runs cold too; later seeds reuse the cached
+features (the "repeat"). Results go to docs/BENCHMARKS.md (section "accuracy").
 """
 
 from __future__ import annotations
@@ -13,208 +20,269 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
+import statistics
 import tempfile
 import time
 import zipfile
+from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
+from benchmarks import reference_keras
 from benchmarks.common import SHARED, live_service, machine, write_section
 
-# The recipe's settings per method. The pretrained methods keep the default augmentation
-# (for bottleneck: the head also learns from the mirrored training images' features).
-JOBS: dict[str, dict[str, object]] = {
-    # Scratch: default augmentation, 40 epochs, answers averaged over the image and its mirror
-    # (test_time_flip). Measured on cats_vs_dogs_small with the mini-Xception model: 0.817 and
-    # 0.826 (seeds 1 and 2), best epochs 27 and 36. The earlier plain conv/BatchNorm model:
-    # 0.782-0.798 over 40-60 epochs (it overfit after about 35), and 0.787 with the first
-    # tutorial's stronger augmentation (0.2 shifts, shear and zoom).
-    "scratch": {"image_size": 128, "epochs": 40, "batch_size": 32, "learning_rate": 1e-3,
-                "test_time_flip": True},
-    "bottleneck": {"image_size": 160, "epochs": 30, "batch_size": 32, "learning_rate": 1e-3,
-                   "early_stopping_patience": 5},
-    "finetune": {"image_size": 160, "epochs": 10, "head_epochs": 20, "batch_size": 32,
-                 "learning_rate": 1e-5, "early_stopping_patience": 5},
-}  # fmt: skip
-# Per dataset: flowers_small is scored at 288 px, where MobileNetV2's pooled features separate
-# the flowers best (measured, dense head on cached features, seeds 1-3: validation 0.87-0.89 and
-# test 0.81-0.85 at 224 px; 0.885-0.89 and 0.855-0.86 at 288; 0.865-0.875 and 0.84-0.88 at 320),
-# and fine-tuned for 20 epochs without early stopping (the best weights by validation loss are
-# still the ones kept). cats_vs_dogs_small is at its targets at 160 px, where a job costs half.
-DATASET_OVERRIDES: dict[str, dict[str, dict[str, object]]] = {
-    "flowers_small": {
-        "bottleneck": {"image_size": 288},
-        "finetune": {"image_size": 288, "epochs": 20, "early_stopping_patience": None},
-    },
-}
-TARGETS = {
-    ("cats_vs_dogs_small", "scratch"): 0.80,
-    ("cats_vs_dogs_small", "bottleneck"): 0.97,
-    ("cats_vs_dogs_small", "finetune"): 0.975,
-    ("flowers_small", "bottleneck"): 0.85,
-    ("flowers_small", "finetune"): 0.88,
-}
+# Targets of issue 13 (3-seed means, default request).
+AUTO_OVER_REFERENCE = 0.01
+AUTO_TARGETS = {"cats_vs_dogs_small": 0.98, "flowers_small": 0.90}
+AUTO_MINUTES_TARGET = 12.0
+REPEAT_RATIO_TARGET = 1.5
+
+
+def shared_datasets() -> list[str]:
+    """Every set in ../shared/data with a train folder (more may appear)."""
+    return sorted(path.name for path in (SHARED / "data").iterdir() if (path / "train").is_dir())
 
 
 def zip_dataset(name: str, target: Path) -> None:
     root = SHARED / "data" / name
     with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
         for split in ("train", "validation", "test"):
-            for image in sorted((root / split).rglob("*.jpg")):
-                archive.write(image, f"{name}/{image.relative_to(root)}")
-
-
-def wait_job(base: str, job_id: str, headers: dict[str, str]) -> dict:
-    while True:
-        job = httpx.get(f"{base}/jobs/{job_id}", timeout=30, headers=headers).json()
-        if job["status"] in {"succeeded", "failed", "cancelled"}:
-            return job
-        time.sleep(2)
+            for image in sorted((root / split).rglob("*")):
+                if image.is_file() and not image.name.startswith("."):
+                    archive.write(image, f"{name}/{image.relative_to(root)}")
 
 
 def seconds_between(start: str, end: str) -> float:
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
+class Runner:
+    def __init__(self, base: str, headers: dict[str, str], cache_dir: Path) -> None:
+        self.base, self.headers, self.cache_dir = base, headers, cache_dir
+
+    def upload(self, dataset: str, work: Path) -> str:
+        archive = work / f"{dataset}.zip"
+        zip_dataset(dataset, archive)
+        with archive.open("rb") as handle:
+            response = httpx.post(f"{self.base}/datasets", files={"file": handle},
+                                  data={"name": dataset}, timeout=600, headers=self.headers)  # fmt: skip
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    def job(self, dataset: str, dataset_id: str, *, seed: int, method: str | None) -> dict:
+        # the request a new user sends: the dataset (and here a seed); method only if not auto
+        request: dict[str, object] = {"dataset_id": dataset_id, "seed": seed}
+        if method is not None:
+            request["method"] = method
+        accepted = httpx.post(f"{self.base}/jobs", json=request, timeout=60, headers=self.headers)
+        accepted.raise_for_status()
+        job_id = accepted.json()["id"]
+        while True:
+            job = httpx.get(f"{self.base}/jobs/{job_id}", timeout=30, headers=self.headers).json()
+            if job["status"] in {"succeeded", "failed", "cancelled"}:
+                break
+            time.sleep(2)
+        result = job["result"] or {}
+        evaluation = result.get("evaluation") or {}
+        row = {
+            "dataset": dataset, "run": method or "auto", "seed": seed, "status": job["status"],
+            "test_accuracy": evaluation.get("accuracy"), "split": evaluation.get("split"),
+            "seconds": seconds_between(job["started_at"], job["finished_at"]),
+            "chosen": (result.get("chosen") or {}).get("method"),
+            "reason": (result.get("chosen") or {}).get("reason"),
+            "candidates": result.get("candidates"), "warnings": result.get("warnings"),
+            "active": (result.get("model") or {}).get("active"),
+            "cache_hit": result.get("feature_cache_hit"),
+            "feature_seconds": result.get("feature_seconds"),
+            "image_size": (result.get("candidates") or [{}])[0].get("settings", {}).get(
+                "image_size"),
+            "error": job["error"], "machine": machine(), "date": _today(),
+        }  # fmt: skip
+        print(json.dumps(row), flush=True)
+        return row
+
+    def clear_feature_cache(self) -> None:
+        for child in self.cache_dir.glob("*"):
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--datasets", nargs="+", default=["cats_vs_dogs_small", "flowers_small"])
-    parser.add_argument("--methods", nargs="+", default=["bottleneck", "finetune", "scratch"])
-    parser.add_argument(
-        "--no-cached-repeat",
-        action="store_true",
-        help="skip the second bottleneck job (the feature-cache hit)",
-    )
-    parser.add_argument(
-        "--keep", type=Path, help="run the service in this directory and keep it (models, db)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=1, help="the jobs' seed (to see how much a result varies)"
-    )
-    parser.add_argument(
-        "--from-log", type=Path, help="only write the table from the JSON rows of a run's output"
-    )
+    parser.add_argument("--datasets", nargs="+", help="default: every set in ../shared/data")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--scratch-datasets", nargs="*", default=None,
+                        help="run default scratch jobs on these (default: all; none: no flag "
+                        "values)")  # fmt: skip
+    parser.add_argument("--timing-dataset", default="cats_vs_dogs_small")
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--keep", type=Path, help="run the service in this directory and keep it")
+    parser.add_argument("--from-log", nargs="+", type=Path,
+                        help="only write the tables from the JSON rows of earlier runs' output")  # fmt: skip
     args = parser.parse_args()
     if args.from_log:
-        body = render(rows_from_log(args.from_log))
+        rows = [row for path in args.from_log for row in rows_from_log(path)]
+        body = render(rows)
         write_section("accuracy", body)
         print(body)
         return
-
-    rows = []
+    datasets = args.datasets or shared_datasets()
+    scratch = datasets if args.scratch_datasets is None else args.scratch_datasets
+    rows: list[dict] = []
+    if not args.no_reference:
+        for dataset in datasets:
+            for row in reference_keras.run(dataset, args.seeds):
+                row.update(status="succeeded", machine=machine(), date=_today())
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     with contextlib.ExitStack() as stack:
-        work = args.keep or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="accuracy-bench-"))
-        )
+        work = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="acc-")))
         work.mkdir(parents=True, exist_ok=True)
         weights = str(SHARED / "weights")
-        with live_service(work / "var", with_worker=True, pretrained_weights_dir=weights) as live:
-            base, headers = live.base, live.headers
-            for dataset in args.datasets:
-                archive = work / f"{dataset}.zip"
-                zip_dataset(dataset, archive)
-                with archive.open("rb") as handle:
-                    uploaded = httpx.post(f"{base}/datasets", files={"file": handle},
-                                          data={"name": dataset}, timeout=600,
-                                          headers=headers).json()  # fmt: skip
-                runs = list(args.methods)
-                if not args.no_cached_repeat and "bottleneck" in runs:
-                    runs.insert(runs.index("bottleneck") + 1, "bottleneck (cached features)")
-                for run in runs:
-                    method = run.split(" ")[0]
-                    request = {"dataset_id": uploaded["id"], "method": method,
-                               "base_model": "mobilenet_v2", "seed": args.seed, **JOBS[method],
-                               **DATASET_OVERRIDES.get(dataset, {}).get(method, {})}  # fmt: skip
-                    accepted = httpx.post(
-                        f"{base}/jobs", json=request, timeout=60, headers=headers
-                    ).json()
-                    job = wait_job(base, accepted["id"], headers)
-                    result = job["result"] or {}
-                    evaluation = result.get("evaluation") or {}
-                    row = {
-                        "dataset": dataset, "run": run, "status": job["status"],
-                        "accuracy": evaluation.get("accuracy"),
-                        "split": evaluation.get("split"),
-                        "seconds": seconds_between(job["started_at"], job["finished_at"]),
-                        "best_epoch": result.get("best_epoch"),
-                        "cache_hit": result.get("feature_cache_hit"),
-                        "feature_seconds": result.get("feature_seconds"),
-                        "single_view_accuracy": result.get("single_view_accuracy"),
-                        "error": job["error"],
-                        "request": {k: v for k, v in request.items() if k != "dataset_id"},
-                        "machine": machine(), "date": _today(),
-                    }  # fmt: skip
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-
+        with live_service(work / "var", with_worker=True, pretrained_weights_dir=weights,
+                          allow_weights_download="false") as live:  # fmt: skip
+            runner = Runner(live.base, live.headers, work / "var" / "feature_cache")
+            for dataset in datasets:
+                dataset_id = runner.upload(dataset, work)
+                if dataset == args.timing_dataset:
+                    rows.append(runner.job(dataset, dataset_id, seed=args.seeds[0],
+                                           method="bottleneck"))  # fmt: skip
+                    rows[-1]["run"] = "bottleneck (cold cache)"
+                    runner.clear_feature_cache()
+                for seed in args.seeds:
+                    rows.append(runner.job(dataset, dataset_id, seed=seed, method=None))
+                if dataset in scratch:
+                    for seed in args.seeds:
+                        rows.append(runner.job(dataset, dataset_id, seed=seed, method="scratch"))
     body = render(rows)
     write_section("accuracy", body)
     print(body)
 
 
+def _candidate(row: dict, method: str) -> dict | None:
+    return next((c for c in row.get("candidates") or [] if c["method"] == method), None)
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {std:.3f}"
+
+
+def _series(rows: list[dict]) -> dict[tuple[str, str], list[float]]:
+    """(dataset, method) -> test accuracies over seeds; bottleneck and finetune come from the
+    auto jobs' candidates."""
+    series: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for row in rows:
+        if row["status"] != "succeeded":
+            continue
+        if row["run"] == "reference":
+            series[(row["dataset"], "reference")].append(row["test_accuracy"])
+        elif row["run"] == "scratch":
+            series[(row["dataset"], "scratch")].append(row["test_accuracy"])
+        elif row["run"] == "auto":
+            series[(row["dataset"], "auto")].append(row["test_accuracy"])
+            for method in ("bottleneck", "finetune"):
+                candidate = _candidate(row, method)
+                if candidate and candidate.get("test"):
+                    series[(row["dataset"], method)].append(candidate["test"]["accuracy"])
+    return series
+
+
 def render(rows: list[dict]) -> str:
-    """The results table (also usable on the JSON rows a run printed, with --from-log)."""
-    # Rows merged from several runs (--from-log) may come from different days and machines;
-    # a row that does not say is taken to be from here and now.
     here, today = machine(), _today()
     dates = sorted({row.get("date") or today for row in rows})
     machines = sorted({row.get("machine") or here for row in rows})
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
-    where = machines[0] if len(machines) == 1 else "the machine in each row's notes"
+    series = _series(rows)
+    datasets = sorted({row["dataset"] for row in rows})
+    seeds = sorted({row["seed"] for row in rows})
     lines = [
-        "## Training accuracy and job time (`POST /jobs`)",
+        "## Accuracy of the default request (`POST /jobs` with only a dataset)",
         "",
-        f"Measured {when} on {where}, CPU only (no GPU), with",
-        "`.venv/bin/python -m benchmarks.accuracy`: the service (`app.cli run`: API + one worker,",
-        "SQLite, embedded broker) with the offline MobileNetV2 weights of `../shared/weights`,",
-        "each dataset uploaded as a zip of its train/validation/test folders, one job at a time.",
-        "Accuracy is on the held-out test split; seconds are the job's started_at..finished_at",
-        "(image loading, feature extraction, training, evaluation, saving the model version).",
-        "Settings are `JOBS` and `DATASET_OVERRIDES` in benchmarks/accuracy.py: the pretrained",
-        "methods keep the default augmentation (so the bottleneck head also learns from the",
-        "features of the mirrored training images) and stop early after 5 epochs without a",
-        "better validation loss (flowers_small: fine-tuned 20 epochs without early stopping);",
-        "flowers_small runs them at 288 px, cats_vs_dogs_small at 160. Scratch runs with",
-        "`test_time_flip` (its saved model averages over the image and its mirror); the notes",
-        "give its one-view accuracy too.",
+        f"Measured {when} on {', '.join(machines)}, CPU only, with",
+        "`.venv/bin/python -m benchmarks.accuracy`: the service (API + one worker, SQLite,",
+        "embedded broker) with the offline MobileNetV2 weights, every dataset of",
+        f"`../shared/data`, seeds {', '.join(map(str, seeds))}; test accuracy, mean ± standard",
+        'deviation over the seeds. The request is `{"dataset_id": ..., "seed": s}` (auto);',
+        "bottleneck and finetune are auto's candidates, which are the models the default",
+        '`method: "bottleneck"` / `"finetune"` requests train. Scratch: `method: "scratch"`,',
+        "nothing else set. Reference: `benchmarks/reference_keras.py` (frozen MobileNetV2 at",
+        "160 px, dropout + softmax, Adam, early stopping) on the same splits in the same run.",
         "",
-        "| dataset | method | test accuracy | target | job seconds | best epoch | notes |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| dataset | reference | bottleneck | finetune | auto | auto - reference | "
+        "target | scratch | auto kept |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in rows:
-        target = TARGETS.get((row["dataset"], row["run"].split(" ")[0]))
-        accuracy = f"{row['accuracy']:.3f}" if row["accuracy"] is not None else row["status"]
-        met = (
-            ""
-            if target is None or row["accuracy"] is None
-            else (" (met)" if row["accuracy"] >= target else " (**missed**)")
-        )
-        notes = []
-        if row["cache_hit"] is not None:
-            notes.append(
-                f"feature cache {'hit' if row['cache_hit'] else 'miss'}, "
-                f"{row['feature_seconds']:.1f} s features"
-            )
-        if row.get("single_view_accuracy") is not None:
-            notes.append(f"one view {row['single_view_accuracy']:.3f}")
-        if row["error"]:
-            notes.append(row["error"][:120])
-        req = row["request"]
-        notes.append(
-            f"size {req['image_size']}, {req['epochs']} epochs"
-            + (f" (+{req['head_epochs']} head)" if "head_epochs" in req else "")
-            + f", seed {req['seed']}"
-        )
-        if len(machines) > 1:
-            notes.append(row.get("machine") or here)
+    for dataset in datasets:
+        auto, reference = series.get((dataset, "auto"), []), series.get((dataset, "reference"), [])
+        gain = "-"
+        verdicts = []
+        if auto and reference:
+            delta = statistics.mean(auto) - statistics.mean(reference)
+            gain = f"{delta * 100:+.1f} pt"
+            verdicts.append(f"ref +1 pt {'met' if delta >= AUTO_OVER_REFERENCE else '**missed**'}")
+        if dataset in AUTO_TARGETS and auto:
+            goal = AUTO_TARGETS[dataset]
+            verdicts.append(f">= {goal} {'met' if statistics.mean(auto) >= goal else '**missed**'}")
+        kept = [r["chosen"] for r in rows if r["dataset"] == dataset and r["run"] == "auto"
+                and r["status"] == "succeeded"]  # fmt: skip
         lines.append(
-            f"| {row['dataset']} | {row['run']} | {accuracy} | "
-            f"{'>= ' + str(target) if target else '-'}{met} | {row['seconds']:.0f} | "
-            f"{row['best_epoch']} | {'; '.join(notes)} |"
+            f"| {dataset} | {_mean_std(reference)} | {_mean_std(series.get((dataset, 'bottleneck'), []))} "
+            f"| {_mean_std(series.get((dataset, 'finetune'), []))} | {_mean_std(auto)} | {gain} | "
+            f"{'; '.join(verdicts) or '-'} | {_mean_std(series.get((dataset, 'scratch'), []))} | "
+            f"{', '.join(kept) or '-'} |"
         )  # fmt: skip
+    lines += ["", "Every job (seconds: the job's started_at..finished_at):", "",
+              "| dataset | run | seed | test accuracy | seconds | chosen / notes |",
+              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for row in rows:
+        accuracy = row.get("test_accuracy")
+        shown = f"{accuracy:.3f}" if accuracy is not None else row["status"]
+        notes = []
+        if row.get("chosen"):
+            notes.append(f"kept {row['chosen']}")
+        if row.get("cache_hit") is not None:
+            notes.append(f"feature cache {'hit' if row['cache_hit'] else 'miss'}")
+        if row.get("image_size"):
+            notes.append(f"{row['image_size']} px")
+        if row.get("active") is False:
+            notes.append("saved, NOT activated")
+        notes += [w[:140] for w in row.get("warnings") or []]
+        if row.get("error"):
+            notes.append(row["error"][:140])
+        lines.append(f"| {row['dataset']} | {row['run']} | {row['seed']} | {shown} | "
+                     f"{row['seconds']:.0f} | {'; '.join(notes)} |")  # fmt: skip
+    lines += _timing(rows)
     return "\n".join(lines) + "\n"
+
+
+def _timing(rows: list[dict]) -> list[str]:
+    cold = [r for r in rows if r["run"] == "bottleneck (cold cache)" and r["status"] == "succeeded"]
+    if not cold:
+        return []
+    dataset = cold[0]["dataset"]
+    autos = [r for r in rows if r["dataset"] == dataset and r["run"] == "auto"
+             and r["status"] == "succeeded"]  # fmt: skip
+    first = [r["seconds"] for r in autos if r.get("cache_hit") is False]
+    repeat = [r["seconds"] for r in autos if r.get("cache_hit") is True]
+    lines = ["", f"Time on {dataset} (2 CPU cores):", ""]
+    lines.append(f"- bottleneck only, cold feature cache: {cold[0]['seconds']:.0f} s")
+    if first:
+        minutes = first[0] / 60
+        verdict = "met" if minutes <= AUTO_MINUTES_TARGET else "**missed**"
+        lines.append(f"- auto, cold feature cache: {minutes:.1f} min (target "
+                     f"<= {AUTO_MINUTES_TARGET:.0f} min: {verdict})")  # fmt: skip
+    if repeat:
+        ratio = statistics.mean(repeat) / cold[0]["seconds"]
+        verdict = "met" if ratio <= REPEAT_RATIO_TARGET else "**missed**"
+        lines.append(f"- auto repeated on cached features: {statistics.mean(repeat):.0f} s, "
+                     f"{ratio:.2f}x the bottleneck-only job (target <= {REPEAT_RATIO_TARGET}x: "
+                     f"{verdict})")  # fmt: skip
+    return lines
 
 
 def _today() -> str:

@@ -20,12 +20,12 @@ def register_tiny_model(
     import keras
 
     from app.ml import builders
-    from app.ml.config import TrainConfig
+    from app.ml.config import Method, TrainConfig
     from app.ml.serving import write_model_files
     from app.services import model_versions
 
     config = TrainConfig(
-        method="scratch", image_size=image_size, epochs=1, batch_size=8, learning_rate=1e-3,
+        method=Method.SCRATCH, image_size=image_size, epochs=1, batch_size=8, learning_rate=1e-3,
         dropout=0.5, seed=seed,
     )  # fmt: skip
     keras.utils.set_random_seed(seed)

@@ -33,28 +33,38 @@ def test_benchmark_module_runs_its_entry_point(name: str) -> None:
     assert completed.stdout.startswith("usage:"), completed.stdout
 
 
-def _accuracy_row(*, machine: str, date: str, accuracy: float) -> dict:
-    return {
-        "dataset": "cats_vs_dogs_small", "run": "scratch", "status": "succeeded",
-        "accuracy": accuracy, "split": "test", "seconds": 100.0, "best_epoch": 3,
-        "cache_hit": None, "feature_seconds": None, "single_view_accuracy": None, "error": None,
-        "request": {"method": "scratch", "image_size": 128, "epochs": 40, "seed": 2},
-        "machine": machine, "date": date,
-    }  # fmt: skip
+def _row(run: str, seed: int, accuracy: float, **extra: object) -> dict:
+    return {"dataset": "flowers_small", "run": run, "seed": seed, "status": "succeeded",
+            "test_accuracy": accuracy, "seconds": 100.0, "machine": "2 cores (CPU A)",
+            "date": "2026-11-24", **extra}  # fmt: skip
 
 
-def test_accuracy_table_of_merged_runs_names_each_rows_machine() -> None:
+def _auto(seed: int, accuracy: float, bottleneck: float, finetune: float) -> dict:
+    candidates = [
+        {"method": "bottleneck", "test": {"accuracy": bottleneck}},
+        {"method": "finetune", "test": {"accuracy": finetune}},
+        {"method": "scratch", "skipped": "too few images"},
+    ]
+    return _row("auto", seed, accuracy, chosen="finetune", candidates=candidates,
+                cache_hit=seed > 1)  # fmt: skip
+
+
+def test_accuracy_summary_gives_mean_and_spread_per_method_and_judges_the_targets() -> None:
     from benchmarks.accuracy import render
 
     rows = [
-        _accuracy_row(machine="2 cores (CPU A)", date="2026-11-23", accuracy=0.79),
-        _accuracy_row(machine="2 cores (CPU B)", date="2026-11-24", accuracy=0.81),
-    ]
+        _row("reference", 1, 0.80), _row("reference", 2, 0.82),
+        _auto(1, 0.90, 0.85, 0.90), _auto(2, 0.92, 0.87, 0.92),
+    ]  # fmt: skip
     table = render(rows)
-    assert "Measured 2026-11-23 to 2026-11-24 on the machine in each row's notes" in table
-    assert "| 0.790 | >= 0.8 (**missed**) |" in table
-    assert "size 128, 40 epochs, seed 2; 2 cores (CPU B) |" in table
-
-    single = render(rows[1:])
-    assert "Measured 2026-11-24 on 2 cores (CPU B), CPU only" in single
-    assert "seed 2 |" in single
+    summary = next(line for line in table.splitlines() if line.startswith("| flowers_small"))
+    cells = [cell.strip() for cell in summary.split("|")[1:-1]]
+    assert cells[1] == "0.810 ± 0.014"  # reference
+    assert cells[2] == "0.860 ± 0.014"  # bottleneck, from auto's candidates
+    assert cells[4] == "0.910 ± 0.014"  # auto
+    assert cells[5] == "+10.0 pt"
+    assert cells[6] == "ref +1 pt met; >= 0.9 met"
+    assert cells[8] == "finetune, finetune"
+    # one point short of its target is reported as missed, not rounded away
+    low = render([_row("reference", 1, 0.80), _auto(1, 0.805, 0.80, 0.805)])
+    assert "ref +1 pt **missed**; >= 0.9 **missed**" in low

@@ -30,12 +30,9 @@ class DatasetStatus(enum.StrEnum):
     FAILED = "failed"
 
 
-class TrainingMethod(enum.StrEnum):
-    SCRATCH = "scratch"
-    BOTTLENECK = "bottleneck"
-    FINETUNE = "finetune"
-    # Checks a worker's environment (TensorFlow, devices, weight files) without training.
-    WORKER_CHECK = "worker_check"
+# What a job does: one of the training methods (app.ml.config.Method), or this check of a
+# worker's environment (TensorFlow, devices, weight files) without training.
+WORKER_CHECK = "worker_check"
 
 
 class JobStatus(enum.StrEnum):
@@ -149,6 +146,20 @@ class EpochMetric(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     job: Mapped[TrainingJob] = relationship(back_populates="epoch_metrics")
+
+
+class ModelName(Base):
+    """A model name and its owner: only that owner's jobs add versions to it. Claimed by the
+    first job that asks for the name, before any version exists."""
+
+    __tablename__ = "model_names"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str | None] = _owner_column()
+    # The highest version number ever given out under this name: numbers of deleted versions
+    # (and of versions whose job died while saving) are never handed out again.
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class ModelVersion(Base):

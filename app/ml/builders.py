@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 
-from app.ml.bases import BaseSpec
+from app.ml.bases import BaseSpec, build_base
 from app.ml.config import Augmentation, TrainConfig
 from app.ml.layers import MirrorImages, preprocessing_layer
 
@@ -81,12 +83,8 @@ def with_augmentation(
 
 
 def with_test_time_flip(classifier: keras.Model) -> keras.Model:
-    """The classifier's mean answer on an image and its mirror image (twice the inference cost).
-
-    Measured, and not a sure gain: on cats_vs_dogs_small (128 px, 999 test images) two
-    mini-Xception scratch models went from 0.803 to 0.817 and from 0.801 to 0.826, but earlier
-    plain CNNs from 0.787 to 0.799 and from 0.789 down to 0.782; on flowers_small MobileNetV2
-    heads moved by -1.5 to +1.5 points."""
+    """The classifier's mean answer on an image and its mirror image (twice the inference cost;
+    not a sure gain, which is why it is off by default: docs/BENCHMARKS.md)."""
     inputs = keras.Input(shape=(None, None, 3), name="pixels")
     mirrored = MirrorImages(name="mirror")(inputs)
     outputs = keras.layers.Average(name="flip_average", dtype="float32")(
@@ -102,11 +100,9 @@ def build_scratch_model(config: TrainConfig, *, class_count: int) -> keras.Model
     """The small convnet of the recipe (conv/pool blocks, dropout, a dense output) in the
     mini-Xception form of Deep Learning with Python (2nd ed., 9.3.4): each block is two
     BatchNormalization/ReLU/separable-convolution steps and a max pool, with a strided 1x1
-    convolution as a residual shortcut, then global average pooling. Measured on
-    cats_vs_dogs_small (2 CPU cores, 128 px, 40 epochs, answers averaged with the mirror image):
-    0.817 and 0.826 test accuracy with seeds 1 and 2 (0.803 and 0.801 on one view), where the
-    plain tutorial model was at 0.70 and four plain conv/BatchNorm/pool blocks at 0.78-0.80.
-    (Augmentation is added for training by `with_augmentation`.)"""
+    convolution as a residual shortcut, then global average pooling (its accuracy against
+    plainer models: docs/BENCHMARKS.md). Augmentation is added for training by
+    `with_augmentation`."""
     inputs, x = _pixel_input(config.image_size)
     rescale = preprocessing_layer("unit")
     assert rescale is not None
@@ -126,23 +122,29 @@ def build_scratch_model(config: TrainConfig, *, class_count: int) -> keras.Model
     return keras.Model(inputs, outputs, name="scratch")
 
 
-def build_head(feature_dim: int, *, class_count: int, dropout: float, seed: int) -> keras.Model:
-    """The dense classifier trained on bottleneck features."""
-    inputs = keras.Input(shape=(feature_dim,), name="features")
-    x = keras.layers.Dense(256, activation="relu")(inputs)
-    x = keras.layers.Dropout(dropout, seed=seed)(x)
-    outputs = output_layer(class_count)(x)
-    return keras.Model(inputs, outputs, name="head")
-
-
-def feature_extractor(base: keras.Model, spec: BaseSpec, *, image_size: int) -> keras.Model:
-    """Resized 0..255 pixels -> pooled features of the frozen base."""
+def feature_extractor(
+    base: keras.Model, spec: BaseSpec, *, image_size: int, with_top_inputs: bool
+) -> keras.Model:
+    """Resized 0..255 pixels -> the frozen base's pooled features, and (with_top_inputs) the
+    activations entering its top block, which fine-tuning starts from."""
     inputs = keras.Input(shape=(image_size, image_size, 3))
     x = inputs
     if (preprocess := preprocessing_layer(spec.preprocessing)) is not None:
         x = preprocess(x)
-    outputs = base(x, training=False)
-    return keras.Model(inputs, outputs, name="feature_extractor")
+    if not with_top_inputs:
+        return keras.Model(inputs, base(x, training=False), name="feature_extractor")
+    both = keras.Model(
+        base.inputs, [base.output, base.get_layer(spec.top_input).output], name="base_outputs"
+    )
+    pooled, top = both(x, training=False)
+    return keras.Model(inputs, [pooled, top], name="feature_extractor")
+
+
+def frozen_base(spec: BaseSpec, *, image_size: int, weights: Path) -> keras.Model:
+    """The pretrained base with every layer frozen (fine-tuning unfreezes its top later)."""
+    base = build_base(spec, image_size=image_size, weights=str(weights))
+    base.trainable = False
+    return base
 
 
 def freeze_batch_norm(model: keras.Model) -> None:

@@ -1,11 +1,58 @@
-"""What a training run is asked to do: plain data, no Keras objects."""
+"""What a training run is asked to do: plain data, no Keras objects.
+
+The one place where method names and their defaults are defined: the request schema, the
+stored job and the services all derive from these.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
-Method = Literal["scratch", "bottleneck", "finetune"]
+
+class Method(enum.StrEnum):
+    """How a job trains. `auto` runs the methods that fit the data and keeps the best."""
+
+    AUTO = "auto"
+    SCRATCH = "scratch"
+    BOTTLENECK = "bottleneck"
+    FINETUNE = "finetune"
+
+
+DEFAULT_METHOD = Method.AUTO
+PRETRAINED_METHODS = frozenset({Method.AUTO, Method.BOTTLENECK, Method.FINETUNE})
+
+
+class HeadKind(enum.StrEnum):
+    """The classifier on a frozen base's pooled features."""
+
+    AUTO = "auto"  # chosen on validation among the ones below
+    LINEAR = "linear"  # a softmax layer on standardised features, L2 strength chosen on validation
+    DENSE = "dense"  # the tutorial's head: Dense(256, relu), dropout, softmax
+
+
+@dataclass(frozen=True)
+class MethodDefaults:
+    # scratch: training epochs; bottleneck: the head's (at most: it stops early);
+    # finetune and auto: fine-tuning epochs, after the head
+    epochs: int
+    learning_rate: float  # of those epochs
+    image_size: int | None  # None: the base's native input size
+
+
+# The head of finetune and auto: at most this many epochs (it stops early) at this rate.
+HEAD_EPOCHS = 60
+HEAD_LEARNING_RATE = 3e-3
+
+METHOD_DEFAULTS: dict[Method, MethodDefaults] = {
+    Method.SCRATCH: MethodDefaults(epochs=30, learning_rate=1e-3, image_size=160),
+    Method.BOTTLENECK: MethodDefaults(
+        epochs=HEAD_EPOCHS, learning_rate=HEAD_LEARNING_RATE, image_size=None
+    ),
+    Method.FINETUNE: MethodDefaults(epochs=8, learning_rate=1e-4, image_size=None),
+    Method.AUTO: MethodDefaults(epochs=8, learning_rate=1e-4, image_size=None),
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +86,10 @@ class TrainConfig:
     balance_classes: bool = False
     # the saved model averages its answers on each image and its mirror image
     test_time_flip: bool = False
-    # finetune only: epochs of the dense head on cached features before the base is unfrozen
-    head_epochs: int = 10
-    head_learning_rate: float = 1e-3
+    head: HeadKind = HeadKind.AUTO
+    head_epochs: int = HEAD_EPOCHS
+    head_learning_rate: float = HEAD_LEARNING_RATE
+    # label smoothing of the cross-entropy (pretrained methods)
+    label_smoothing: float = 0.1
+    # scratch only when the training split has at least this many images (auto)
+    scratch_min_images: int = 4000

@@ -47,3 +47,27 @@ def evaluate_predictions(
         "confusion_matrix": matrix.tolist(),
         "classes": classes,
     }
+
+
+def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy of the true classes (no label smoothing: comparable across runs)."""
+    picked = probabilities[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+
+
+def majority_rate(labels: np.ndarray, class_count: int) -> float:
+    """The accuracy of always answering the most common class."""
+    if not len(labels):
+        return 0.0
+    return float(np.bincount(labels, minlength=class_count).max() / len(labels))
+
+
+def beats_chance(accuracy: float, labels: np.ndarray, class_count: int) -> bool:
+    """Whether a validation accuracy is clearly above always answering the most common class:
+    by 5 points and by 1.65 binomial standard errors of that rate (a one-sided 95% test), so
+    that a lucky guess on 40 images does not count."""
+    base = majority_rate(labels, class_count)
+    if not len(labels):
+        return True  # nothing to judge by
+    margin = max(0.05, 1.65 * (base * (1 - base) / len(labels)) ** 0.5)
+    return bool(accuracy >= base + margin)

@@ -1,4 +1,10 @@
-"""On-disk cache of bottleneck features, keyed by everything that determines them."""
+"""The features stage: a frozen base's outputs for every image, computed once and cached.
+
+Two outputs per image and view (the image, and its mirror image):
+- `pooled`: the base's global-average-pooled features, what a head is trained on;
+- `top`: the activations entering the base's top block (float16), so that fine-tuning runs
+  the top block alone, not the whole base, every epoch.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,37 @@ import hashlib
 import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from app.ml.data import SplitSource
+from app.ml.fitting import ProgressCallback, TrainingHooks
+from app.ml.images import DECODER_VERSION
+
+VIEWS = ("original", "mirrored")
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """Which arrays a run needs: for each split its views, and whether the top inputs too."""
+
+    views: dict[str, tuple[str, ...]]  # split -> views
+    top_inputs: bool
+
+    def names(self) -> list[str]:
+        outputs = ("pooled", "top") if self.top_inputs else ("pooled",)
+        return [
+            array_name(split, view, output)
+            for split, views in self.views.items()
+            for view in views
+            for output in outputs
+        ]
+
+
+def array_name(split: str, view: str, output: str) -> str:
+    return f"{split}/{view}/{output}"
 
 
 def feature_cache_key(
@@ -17,11 +51,21 @@ def feature_cache_key(
     base_model: str,
     weights_sha256: str,
     image_size: int,
-    mirrored_train: bool,
+    request: FeatureRequest,
 ) -> str:
-    text = f"{dataset_fingerprint}|{base_model}|{weights_sha256}|{image_size}"
-    if mirrored_train:  # also holds the features of the mirrored training images
-        text += "|mirrored-train"
+    """Everything that changes the features: the images, the base and its weights, the size,
+    the views and outputs kept, how images are decoded, the Keras version and its dtype policy
+    (float16 on GPU workers gives other numbers than float32)."""
+    import keras
+
+    policy = keras.mixed_precision.global_policy().name
+    text = "|".join(
+        [
+            dataset_fingerprint, base_model, weights_sha256, str(image_size),
+            ",".join(sorted(request.names())), f"decoder-{DECODER_VERSION}",
+            f"keras-{keras.__version__}", policy,
+        ]
+    )  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -42,3 +86,31 @@ def load_or_compute(
     finally:
         partial.unlink(missing_ok=True)
     return arrays, False
+
+
+def extract_features(
+    extractor: object,
+    splits: SplitSource,
+    request: FeatureRequest,
+    *,
+    hooks: TrainingHooks,
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
+    """Run the frozen base over every requested split and view. `extractor` maps resized
+    pixels to [pooled] or [pooled, top inputs] (builders.feature_extractor)."""
+    arrays: dict[str, np.ndarray] = {}
+    for split, views in request.views.items():
+        images = splits.arrays(split).images
+        for view in views:
+            pixels = images if view == "original" else images[:, :, ::-1, :]
+            progress = ProgressCallback(hooks, {"stage": "features", "split": split, "view": view})
+            outputs = extractor.predict(  # type: ignore[attr-defined]
+                pixels, batch_size=batch_size, verbose=0, callbacks=[progress]
+            )
+            if request.top_inputs:
+                pooled, top = outputs
+                arrays[array_name(split, view, "top")] = top.astype(np.float16)
+            else:
+                pooled = outputs
+            arrays[array_name(split, view, "pooled")] = pooled.astype(np.float32)
+    return arrays

@@ -1,10 +1,16 @@
-"""The three methods of the small-data recipe, as pure Keras with plain-callable hooks."""
+"""Training runs composed of stages, keras-io style: load data, extract (or load) features,
+choose a head, fine-tune, evaluate; `auto` runs the candidates that fit the data and keeps
+the one that validates best.
+
+Pure Keras/NumPy: the service passes in the weights file (and its checksum), the feature
+cache folder and the hooks that report to the database.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,169 +19,64 @@ import keras
 import numpy as np
 
 from app.ml import bases, builders
-from app.ml.config import TrainConfig
+from app.ml.config import METHOD_DEFAULTS, Method, TrainConfig
 from app.ml.data import SplitSource, balanced_class_weights
-from app.ml.evaluate import class_probabilities, evaluate_predictions
-from app.ml.features import feature_cache_key, load_or_compute
+from app.ml.evaluate import beats_chance, class_probabilities, evaluate_predictions, log_loss
+from app.ml.features import (
+    FeatureRequest,
+    array_name,
+    extract_features,
+    feature_cache_key,
+    load_or_compute,
+)
+from app.ml.finetune import TopData, finetune_top
+from app.ml.fitting import CancelledError, EpochRecord, TrainingHooks, fit
+from app.ml.heads import HeadData, averaged, choose_head
 
-# The cached features of the horizontally mirrored training images.
-FLIPPED_TRAIN = "train_mirrored"
-
-# How often (seconds) batch-level progress is reported and cancellation is checked.
-HOOK_INTERVAL_SECONDS = 1.0
+__all__ = ["CancelledError", "PretrainedSource", "TrainingOutcome", "train"]
 
 
 @dataclass(frozen=True)
-class EpochRecord:
-    stage: str
-    epoch: int  # 1-based, counted across stages
-    loss: float | None
-    accuracy: float | None
-    val_loss: float | None
-    val_accuracy: float | None
-    learning_rate: float | None
-    seconds: float
+class PretrainedSource:
+    """Where a pretrained run gets its base and caches its features (resolved by the caller:
+    this package reads no settings and touches no storage of its own)."""
+
+    weights_path: Path
+    weights_sha256: str
+    feature_cache_dir: Path
+    dataset_fingerprint: str
 
 
 @dataclass
-class TrainingHooks:
-    """How a run talks to the outside world (the service writes these to the database)."""
+class Candidate:
+    """One model a run trained (or decided not to), as the job's result shows it."""
 
-    on_epoch_end: Callable[[EpochRecord], None] = lambda record: None
-    on_progress: Callable[[dict[str, Any]], None] = lambda detail: None
-    should_stop: Callable[[], bool] = lambda: False
+    method: Method
+    settings: dict[str, Any]
+    validation: dict[str, float] | None = None  # accuracy, loss
+    test: dict[str, float] | None = None  # accuracy
+    seconds: float = 0.0
+    skipped: str | None = None  # why it was not trained
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method.value, "settings": self.settings,
+            "validation": self.validation, "test": self.test, "seconds": round(self.seconds, 2),
+            **({"skipped": self.skipped} if self.skipped else {}),
+        }  # fmt: skip
 
 
 @dataclass
 class TrainingOutcome:
-    model: keras.Model
-    cancelled: bool
+    model: keras.Model  # takes raw pixels of any size; what gets saved
+    method: Method  # of the model kept
     evaluation: dict[str, Any] | None
     best_epoch: int | None
+    candidates: list[Candidate] = field(default_factory=list)
+    reason: str = ""  # why this model was kept
+    warnings: list[str] = field(default_factory=list)
+    beats_chance: bool = True  # validation accuracy clearly above the majority class's rate
     details: dict[str, Any] = field(default_factory=dict)
-
-
-class _JobCallback(keras.callbacks.Callback):  # type: ignore[misc]
-    def __init__(self, *, stage: str, epoch_offset: int, epochs: int, hooks: TrainingHooks):
-        super().__init__()
-        self.stage = stage
-        self.epoch_offset = epoch_offset
-        self.epochs = epochs
-        self.hooks = hooks
-        self.cancelled = False
-        self._epoch_started = 0.0
-        self._last_hook = 0.0
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._epoch = epoch
-        self._epoch_started = time.perf_counter()
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        now = time.perf_counter()
-        if now - self._last_hook < HOOK_INTERVAL_SECONDS:
-            return
-        self._last_hook = now
-        self.hooks.on_progress(
-            {
-                "stage": self.stage,
-                "epoch": self.epoch_offset + self._epoch + 1,
-                "stage_epoch": self._epoch + 1,
-                "stage_epochs": self.epochs,
-                "batch": batch + 1,
-                "batches": self.params.get("steps"),
-            }
-        )
-        if self.hooks.should_stop():
-            self.cancelled = True
-            self.model.stop_training = True  # Keras 3 checks this after every batch
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        rate = self.model.optimizer.learning_rate
-        record = EpochRecord(
-            stage=self.stage,
-            epoch=self.epoch_offset + epoch + 1,
-            loss=_number(logs.get("loss")),
-            accuracy=_number(logs.get("accuracy")),
-            val_loss=_number(logs.get("val_loss")),
-            val_accuracy=_number(logs.get("val_accuracy")),
-            learning_rate=_number(keras.ops.convert_to_numpy(rate)),
-            seconds=time.perf_counter() - self._epoch_started,
-        )
-        self.hooks.on_epoch_end(record)
-        if not self.cancelled and self.hooks.should_stop():
-            self.cancelled = True
-            self.model.stop_training = True
-
-
-def _number(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _fit(
-    model: keras.Model,
-    x: np.ndarray,
-    y: np.ndarray,
-    validation: tuple[np.ndarray, np.ndarray] | None,
-    *,
-    config: TrainConfig,
-    epochs: int,
-    stage: str,
-    epoch_offset: int,
-    class_weight: dict[int, float] | None,
-    hooks: TrainingHooks,
-) -> tuple[_JobCallback, keras.callbacks.History, int | None]:
-    job_callback = _JobCallback(stage=stage, epoch_offset=epoch_offset, epochs=epochs, hooks=hooks)
-    callbacks: list[keras.callbacks.Callback] = [job_callback]
-    keeper = None
-    if validation is not None:
-        # Always keep the best epoch's weights (by val_loss); stop early only if asked to.
-        keeper = keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=config.early_stopping_patience or epochs + 1,
-            restore_best_weights=True,
-        )
-        callbacks.append(keeper)
-    history = model.fit(
-        x, y, batch_size=config.batch_size, epochs=epochs, validation_data=validation,
-        class_weight=class_weight, callbacks=callbacks, shuffle=True, verbose=0,
-    )  # fmt: skip
-    best = None
-    if keeper is not None and keeper.best_weights is not None:
-        best = epoch_offset + int(keeper.best_epoch) + 1
-    return job_callback, history, best
-
-
-def _evaluation_split(splits: SplitSource) -> str | None:
-    """The test split if there is one, else validation."""
-    for name in ("test", "validation"):
-        if name in splits.names and len(splits.labels(name)):
-            return name
-    return None
-
-
-def _evaluate(
-    model: keras.Model,
-    inputs: np.ndarray,
-    labels: np.ndarray,
-    *,
-    classes: list[str],
-    split: str,
-    batch: int,
-) -> dict[str, Any]:
-    raw = model.predict(inputs, batch_size=batch, verbose=0)
-    evaluation = evaluate_predictions(labels, class_probabilities(raw, len(classes)), classes)
-    return {**evaluation, "split": split}
-
-
-def _evaluate_pixels(
-    model: keras.Model, splits: SplitSource, split: str, *, batch: int
-) -> dict[str, Any]:
-    arrays = splits.arrays(split)
-    return _evaluate(
-        model, arrays.images, arrays.labels, classes=splits.classes, split=split, batch=batch
-    )
 
 
 def seed_everything(seed: int) -> None:
@@ -186,14 +87,6 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-@dataclass(frozen=True)
-class PretrainedSource:
-    weights_dir: Path | None
-    allow_download: bool
-    feature_cache_dir: Path
-    dataset_fingerprint: str
-
-
 def train(
     config: TrainConfig,
     *,
@@ -201,181 +94,397 @@ def train(
     hooks: TrainingHooks,
     pretrained: PretrainedSource | None = None,
 ) -> TrainingOutcome:
-    """Run one method; evaluate the best epoch's weights on test (or validation) at the end."""
+    """Run `config.method`; CancelledError if the job is cancelled on the way."""
     seed_everything(config.seed)
-    classes = splits.classes
-    train_labels = splits.labels("train")
-    weights = balanced_class_weights(train_labels, len(classes)) if config.balance_classes else None
-    if config.method == "scratch":
-        model = builders.build_scratch_model(config, class_count=len(classes))
-        trainer = builders.with_augmentation(
-            model, config.augmentation, image_size=config.image_size, seed=config.seed
-        )
-        train_split = splits.arrays("train")
-        # Cosine decay to zero over the run: large steps early, fine ones at the end, which
-        # settles the noisy validation curve of a small network on a small dataset.
-        steps = config.epochs * math.ceil(len(train_split) / config.batch_size)
-        trainer.compile(
-            optimizer=keras.optimizers.Adam(
-                keras.optimizers.schedules.CosineDecay(config.learning_rate, max(steps, 1))
-            ),
-            loss=builders.loss_for(len(classes)),
-            metrics=["accuracy"],
-        )
-        callback, _, best = _fit(
-            trainer, train_split.images, train_split.labels, _validation_arrays(splits),
-            config=config, epochs=config.epochs, stage="train", epoch_offset=0,
-            class_weight=weights, hooks=hooks,
-        )  # fmt: skip
-        outcome = TrainingOutcome(
-            model=model, cancelled=callback.cancelled, evaluation=None, best_epoch=best
-        )
-        target = _evaluation_split(splits)
-        if not outcome.cancelled and target is not None:
-            outcome.evaluation = _evaluate_pixels(model, splits, target, batch=config.batch_size)
+    epochs_reported: list[int] = []
+    hooks = _counting(hooks, epochs_reported)
+    if config.method is Method.SCRATCH:
+        outcome = _scratch_only(config, splits=splits, hooks=hooks)
     else:
-        assert pretrained is not None, "bottleneck and finetune need a pretrained base"
-        outcome = _train_pretrained(
-            config, splits=splits, class_weight=weights, hooks=hooks, pretrained=pretrained
+        assert pretrained is not None, "the pretrained methods need a base"
+        outcome = _pretrained(config, splits=splits, hooks=hooks, pretrained=pretrained)
+        if config.method is Method.AUTO:
+            _consider_scratch(
+                config, outcome, splits=splits, hooks=hooks,
+                epoch_offset=max(epochs_reported, default=0),
+            )  # fmt: skip
+    _judge_against_chance(outcome, splits)
+    if config.test_time_flip:
+        # The evaluation above is of the averaged answers; what one view alone scores is
+        # reported beside it, so a user sees what the flip bought.
+        outcome.details["single_view_accuracy"] = _single_view_accuracy(
+            outcome.model, splits, batch_size=config.batch_size
         )
-    if config.test_time_flip and not outcome.cancelled:
-        _average_with_mirror(outcome, splits, batch=config.batch_size)
+        outcome.model = builders.with_test_time_flip(outcome.model)
     return outcome
 
 
-def _average_with_mirror(outcome: TrainingOutcome, splits: SplitSource, *, batch: int) -> None:
-    """Make the flip-averaged model the one saved, and evaluate that model (on pixels: the
-    bottleneck features cached for evaluation are of unmirrored images only). The one-view
-    accuracy stays in the details, so the gain is visible."""
-    outcome.model = builders.with_test_time_flip(outcome.model)
-    if outcome.evaluation is not None:
-        one_view = outcome.evaluation["accuracy"]
-        outcome.evaluation = _evaluate_pixels(
-            outcome.model, splits, outcome.evaluation["split"], batch=batch
-        )
-        outcome.details["single_view_accuracy"] = one_view
+def _counting(hooks: TrainingHooks, epochs: list[int]) -> TrainingHooks:
+    """The same hooks, also noting each reported epoch's number (a later stage numbers its
+    epochs after them)."""
+
+    def on_epoch_end(record: EpochRecord) -> None:
+        epochs.append(record.epoch)
+        hooks.on_epoch_end(record)
+
+    return TrainingHooks(
+        on_epoch_end=on_epoch_end, on_progress=hooks.on_progress, should_stop=hooks.should_stop
+    )
 
 
-def _validation_arrays(splits: SplitSource) -> tuple[np.ndarray, np.ndarray] | None:
-    if "validation" not in splits.names:
+def _consider_scratch(
+    config: TrainConfig,
+    outcome: TrainingOutcome,
+    *,
+    splits: SplitSource,
+    hooks: TrainingHooks,
+    epoch_offset: int,
+) -> None:
+    """auto's last candidate: a network from random weights, only where the training set is
+    large enough for it to have a chance against the pretrained base; kept if it validates
+    better than the model kept so far."""
+    count = len(splits.labels("train"))
+    defaults = METHOD_DEFAULTS[Method.SCRATCH]
+    # at the size the images were loaded at for the base: no second pass over the data
+    settings = {"image_size": config.image_size, "epochs": defaults.epochs,
+                "learning_rate": defaults.learning_rate}  # fmt: skip
+    if count < config.scratch_min_images:
+        outcome.candidates.append(Candidate(
+            method=Method.SCRATCH, settings=settings,
+            skipped=f"{count} training images, fewer than {config.scratch_min_images}: a "
+            "network trained from random weights needs more to match a pretrained base",
+        ))  # fmt: skip
+        return
+    scratch_config = dataclasses.replace(
+        config, method=Method.SCRATCH,
+        epochs=defaults.epochs, learning_rate=defaults.learning_rate,
+    )  # fmt: skip
+    scratch = _scratch_only(
+        scratch_config,
+        splits=splits, hooks=hooks, epoch_offset=epoch_offset,
+    )  # fmt: skip
+    challenger = scratch.candidates[0]
+    outcome.candidates.append(challenger)
+    incumbent = next(c for c in outcome.candidates if c.method is outcome.method)
+    if challenger.validation is None or not _better(challenger, incumbent):
+        outcome.reason += f"; {_comparison(incumbent, challenger)}" if challenger.validation else ""
+        return
+    outcome.model, outcome.method = scratch.model, Method.SCRATCH
+    outcome.evaluation, outcome.best_epoch = scratch.evaluation, scratch.best_epoch
+    outcome.reason = _comparison(challenger, incumbent)
+    outcome.details["validation_accuracy"] = scratch.details["validation_accuracy"]
+
+
+def _single_view_accuracy(
+    model: keras.Model, splits: SplitSource, *, batch_size: int
+) -> float | None:
+    split = _evaluation_split(splits)
+    if split is None:
         return None
-    validation = splits.arrays("validation")
-    return (validation.images, validation.labels) if len(validation) else None
+    raw = model.predict(splits.arrays(split).images, batch_size=batch_size, verbose=0)
+    predicted = class_probabilities(raw, len(splits.classes)).argmax(axis=1)
+    return float(np.mean(predicted == splits.labels(split)))
 
 
-def _train_pretrained(
+# --- stages -----------------------------------------------------------------------------
+
+
+def _class_weights(config: TrainConfig, splits: SplitSource) -> dict[int, float] | None:
+    if not config.balance_classes:
+        return None
+    return balanced_class_weights(splits.labels("train"), len(splits.classes))
+
+
+def _has(splits: SplitSource, split: str) -> bool:
+    return split in splits.names and len(splits.labels(split)) > 0
+
+
+def _evaluation_split(splits: SplitSource) -> str | None:
+    """The test split if there is one, else validation."""
+    return next((name for name in ("test", "validation") if _has(splits, name)), None)
+
+
+def load_features(
+    config: TrainConfig,
+    splits: SplitSource,
+    base: keras.Model,
+    spec: bases.BaseSpec,
+    *,
+    pretrained: PretrainedSource,
+    hooks: TrainingHooks,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Stage: the base's outputs for every split, from the cache or computed (then cached).
+    Train images are also seen mirrored when flips are on; validation and test mirrored
+    when the model will average its answers over both."""
+    flip = config.augmentation is not None and config.augmentation.horizontal_flip
+    views: dict[str, tuple[str, ...]] = {}
+    for split in splits.names:
+        mirrored = flip if split == "train" else config.test_time_flip
+        views[split] = ("original", "mirrored") if mirrored else ("original",)
+    request = FeatureRequest(views=views, top_inputs=True)
+    key = feature_cache_key(
+        dataset_fingerprint=pretrained.dataset_fingerprint, base_model=spec.key.value,
+        weights_sha256=pretrained.weights_sha256, image_size=config.image_size,
+        request=request,
+    )  # fmt: skip
+    extractor = builders.feature_extractor(
+        base, spec, image_size=config.image_size, with_top_inputs=True
+    )
+    started = time.perf_counter()
+    features, hit = load_or_compute(
+        pretrained.feature_cache_dir / f"{key}.npz",
+        lambda: extract_features(extractor, splits, request, hooks=hooks),
+    )
+    return features, {
+        "feature_cache_hit": hit,
+        "feature_cache_key": key,
+        "feature_seconds": round(time.perf_counter() - started, 3),
+        "weights": pretrained.weights_path.name,
+    }
+
+
+def _views(features: dict[str, np.ndarray], split: str, output: str) -> list[np.ndarray]:
+    return [
+        features[name]
+        for view in ("original", "mirrored")
+        if (name := array_name(split, view, output)) in features
+    ]
+
+
+def _stage_arrays(features: dict[str, np.ndarray], splits: SplitSource, output: str) -> Any:
+    """One stage's inputs (`output`: "pooled" for the head, "top" for fine-tuning): train
+    with its mirrored copy when there is one, validation and test as lists of views."""
+    train_views = _views(features, "train", output)
+    return {
+        "train_x": np.concatenate(train_views),
+        "train_y": np.concatenate([splits.labels("train")] * len(train_views)),
+        "validation": _views(features, "validation", output),
+        "validation_y": splits.labels("validation") if _has(splits, "validation") else None,
+        "test": _views(features, "test", output),
+        "test_y": splits.labels("test") if _has(splits, "test") else None,
+    }
+
+
+def _head_data(features: dict[str, np.ndarray], splits: SplitSource) -> HeadData:
+    return HeadData(**_stage_arrays(features, splits, "pooled"))
+
+
+def _top_data(features: dict[str, np.ndarray], splits: SplitSource) -> TopData:
+    return TopData(**_stage_arrays(features, splits, "top"))
+
+
+def _scores(probabilities: np.ndarray | None, labels: np.ndarray | None) -> dict[str, float] | None:
+    if probabilities is None or labels is None or not len(labels):
+        return None
+    return {
+        "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
+        "loss": log_loss(probabilities, labels),
+    }
+
+
+def _evaluation(
+    probabilities: dict[str, np.ndarray | None], splits: SplitSource
+) -> dict[str, Any] | None:
+    split = _evaluation_split(splits)
+    chosen = probabilities.get(split) if split else None
+    if split is None or chosen is None:
+        return None
+    return {**evaluate_predictions(splits.labels(split), chosen, splits.classes), "split": split}
+
+
+def _pretrained(
     config: TrainConfig,
     *,
     splits: SplitSource,
-    class_weight: dict[int, float] | None,
     hooks: TrainingHooks,
     pretrained: PretrainedSource,
 ) -> TrainingOutcome:
-    from models_store import file_sha256
-
-    details: dict[str, Any] = {}
-    classes = splits.classes
-    spec = bases.BASES[config.base_model]
-    weights = bases.resolve_weights(
-        spec, weights_dir=pretrained.weights_dir, allow_download=pretrained.allow_download
+    """bottleneck, finetune and auto: features -> head -> (fine-tune) -> the better one."""
+    if not _has(splits, "validation"):
+        raise ValueError("the pretrained methods need a validation split to choose by")
+    spec = bases.BASES[bases.BaseName(config.base_model)]
+    class_count = len(splits.classes)
+    weights = _class_weights(config, splits)
+    base = builders.frozen_base(spec, image_size=config.image_size, weights=pretrained.weights_path)
+    features, details = load_features(
+        config, splits, base, spec, pretrained=pretrained, hooks=hooks
     )
-    base = bases.build_base(spec, image_size=config.image_size, weights=weights)
-    base.trainable = False
-    weights_path = bases.find_weights(spec, weights_dir=pretrained.weights_dir)
-    weights_sha = file_sha256(weights_path) if weights_path else "imagenet-download"
-    extractor = builders.feature_extractor(base, spec, image_size=config.image_size)
 
-    # Augmentation cannot act on cached features, except a horizontal flip: the features of
-    # the mirrored training images are computed once too, doubling what the head learns from.
-    flip = config.augmentation is not None and config.augmentation.horizontal_flip
-
-    def compute() -> dict[str, np.ndarray]:
-        features = {}
-        for name in splits.names:
-            hooks.on_progress({"stage": "features", "split": name})
-            images = splits.arrays(name).images
-            features[name] = extractor.predict(images, batch_size=32, verbose=0)
-            if flip and name == "train":
-                hooks.on_progress({"stage": "features", "split": "train (mirrored)"})
-                features[FLIPPED_TRAIN] = extractor.predict(
-                    images[:, :, ::-1, :], batch_size=32, verbose=0
-                )
-        return features
-
-    key = feature_cache_key(
-        dataset_fingerprint=pretrained.dataset_fingerprint, base_model=spec.key,
-        weights_sha256=weights_sha, image_size=config.image_size, mirrored_train=flip,
-    )  # fmt: skip
+    # Stage: the head on pooled features (the bottleneck model).
     started = time.perf_counter()
-    features, hit = load_or_compute(pretrained.feature_cache_dir / f"{key}.npz", compute)
-    details.update(
-        feature_cache_hit=hit,
-        feature_cache_key=key,
-        feature_seconds=round(time.perf_counter() - started, 3),
-        weights=Path(weights).name if weights != "imagenet" else "imagenet (downloaded)",
-    )
+    data = _head_data(features, splits)
+    only_head = config.method is Method.BOTTLENECK
+    head_trial, trials = choose_head(
+        data, kind=config.head, class_count=class_count, label_smoothing=config.label_smoothing,
+        dropout=config.dropout, seed=config.seed, hooks=hooks, class_weight=weights,
+        epochs=config.epochs if only_head else config.head_epochs,
+        learning_rate=config.learning_rate if only_head else config.head_learning_rate,
+    )  # fmt: skip
+    head = head_trial.model
+    bottleneck_validation = averaged(head, data.validation)
+    bottleneck_test = averaged(head, data.test) if data.test else None
+    bottleneck = Candidate(
+        method=Method.BOTTLENECK,
+        settings={**head_trial.spec.describe(), "image_size": config.image_size,
+                  "base_model": spec.key.value,
+                  "heads_tried": [dict(t.spec.describe(), validation_loss=round(
+                      t.validation_loss, 4)) for t in trials]},
+        validation=_scores(bottleneck_validation, data.validation_y),
+        test=_scores(bottleneck_test, data.test_y),
+        seconds=details["feature_seconds"] + time.perf_counter() - started,
+    )  # fmt: skip
+    candidates = [bottleneck]
+    probabilities = {"validation": bottleneck_validation, "test": bottleneck_test}
+    best_epoch = head_trial.best_epoch
+    kept, reason = Method.BOTTLENECK, "bottleneck was asked for"
 
-    head = builders.build_head(
-        int(features["train"].shape[1]), class_count=len(classes), dropout=config.dropout,
-        seed=config.seed,
-    )  # fmt: skip
-    is_bottleneck = config.method == "bottleneck"
-    head_epochs = config.epochs if is_bottleneck else config.head_epochs
-    head.compile(
-        optimizer=keras.optimizers.Adam(
-            config.learning_rate if is_bottleneck else config.head_learning_rate
-        ),
-        loss=builders.loss_for(len(classes)),
-        metrics=["accuracy"],
-    )
-    has_validation = "validation" in features and len(features["validation"])
-    train_features, train_labels = features["train"], splits.labels("train")
-    if flip:
-        train_features = np.concatenate([train_features, features[FLIPPED_TRAIN]])
-        train_labels = np.concatenate([train_labels, train_labels])
-    callback, _, best = _fit(
-        head, train_features, train_labels,
-        (features["validation"], splits.labels("validation")) if has_validation else None,
-        config=config, epochs=head_epochs, stage="head", epoch_offset=0,
-        class_weight=class_weight, hooks=hooks,
-    )  # fmt: skip
-    builders.freeze_batch_norm(base)
-    target = _evaluation_split(splits)
-    if callback.cancelled or is_bottleneck:
-        model = builders.build_pretrained_model(base, head, spec, image_size=config.image_size)
-        outcome = TrainingOutcome(
-            model=model, cancelled=callback.cancelled, evaluation=None, best_epoch=best,
-            details=details,
+    if not only_head and config.epochs > 0:
+        # Stage: fine-tune the base's top block from that head. The head is copied first:
+        # if the bottleneck model is kept, it must be the head as it was.
+        started = time.perf_counter()
+        frozen_top = [w.copy() for w in base.get_weights()]
+        frozen_head = [w.copy() for w in head.get_weights()]
+        tuned = finetune_top(
+            base, spec, head, _top_data(features, splits), class_count=class_count,
+            epochs=config.epochs, learning_rate=config.learning_rate,
+            batch_size=config.batch_size, label_smoothing=config.label_smoothing,
+            seed=config.seed, hooks=hooks, epoch_offset=len(head_trial.epochs),
+            class_weight=weights,
         )  # fmt: skip
-        if not callback.cancelled and target is not None:
-            # The head on cached features computes what the stitched model computes on pixels.
-            outcome.evaluation = _evaluate(
-                head, features[target], splits.labels(target), classes=classes, split=target,
-                batch=config.batch_size,
+        finetune = Candidate(
+            method=Method.FINETUNE,
+            settings={"from": bottleneck.settings["head"], "unfrozen_from": spec.finetune_from,
+                      "epochs": config.epochs, "learning_rate": config.learning_rate,
+                      "label_smoothing": config.label_smoothing,
+                      "improved_on_its_start": tuned.improved},
+            validation=_scores(tuned.validation_probabilities, data.validation_y),
+            test=_scores(tuned.test_probabilities, data.test_y),
+            seconds=time.perf_counter() - started,
+        )  # fmt: skip
+        candidates.append(finetune)
+        if config.method is Method.FINETUNE or _better(finetune, bottleneck):
+            kept = Method.FINETUNE
+            probabilities = {
+                "validation": tuned.validation_probabilities,
+                "test": tuned.test_probabilities,
+            }
+            best_epoch = tuned.best_epoch or best_epoch
+            reason = (
+                "finetune was asked for" if config.method is Method.FINETUNE
+                else _comparison(finetune, bottleneck)
             )  # fmt: skip
-        return outcome
-
-    # Fine-tune: unfreeze the top block, keep BN frozen, low learning rate, augmentation on.
-    details["unfrozen_layers"] = builders.unfreeze_top(base, spec)
+        else:
+            base.set_weights(frozen_top)
+            head.set_weights(frozen_head)
+            reason = _comparison(bottleneck, finetune)
     model = builders.build_pretrained_model(base, head, spec, image_size=config.image_size)
+    return TrainingOutcome(
+        model=model, method=kept, evaluation=_evaluation(probabilities, splits),
+        best_epoch=best_epoch, candidates=candidates, reason=reason,
+        details={**details, "validation_accuracy": _accuracy(probabilities, splits)},
+    )  # fmt: skip
+
+
+def _accuracy(probabilities: dict[str, np.ndarray | None], splits: SplitSource) -> float | None:
+    chosen = probabilities.get("validation")
+    if chosen is None:
+        return None
+    return float(np.mean(chosen.argmax(axis=1) == splits.labels("validation")))
+
+
+def _better(challenger: Candidate, incumbent: Candidate) -> bool:
+    """Higher validation accuracy wins; on equal accuracy, lower validation loss."""
+    assert challenger.validation is not None and incumbent.validation is not None
+    a, b = challenger.validation, incumbent.validation
+    return (a["accuracy"], -a["loss"]) > (b["accuracy"], -b["loss"])
+
+
+def _comparison(kept: Candidate, other: Candidate) -> str:
+    assert kept.validation is not None and other.validation is not None
+    a, b = kept.validation, other.validation
+    return (
+        f"{kept.method.value} validates better than {other.method.value}: accuracy "
+        f"{a['accuracy']:.3f} vs {b['accuracy']:.3f}, loss {a['loss']:.3f} vs {b['loss']:.3f}"
+    )
+
+
+def _scratch_only(
+    config: TrainConfig, *, splits: SplitSource, hooks: TrainingHooks, epoch_offset: int = 0
+) -> TrainingOutcome:
+    """scratch: the small convnet from random weights, with augmentation."""
+    started = time.perf_counter()
+    class_count = len(splits.classes)
+    model = builders.build_scratch_model(config, class_count=class_count)
     trainer = builders.with_augmentation(
         model, config.augmentation, image_size=config.image_size, seed=config.seed
     )
-    trainer.compile(  # recompile: trainable flags only take effect on compile
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=builders.loss_for(len(classes)),
+    train_split = splits.arrays("train")
+    # Cosine decay to zero over the run: large steps early, fine ones at the end, which
+    # settles the noisy validation curve of a small network on a small dataset.
+    steps = config.epochs * math.ceil(len(train_split) / config.batch_size)
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(
+            keras.optimizers.schedules.CosineDecay(config.learning_rate, max(steps, 1))
+        ),
+        loss=builders.loss_for(class_count),
         metrics=["accuracy"],
     )
-    train_split = splits.arrays("train")
-    callback, _, best_finetune = _fit(
-        trainer, train_split.images, train_split.labels, _validation_arrays(splits),
-        config=config, epochs=config.epochs, stage="finetune", epoch_offset=head_epochs,
-        class_weight=class_weight, hooks=hooks,
+    validation = None
+    if _has(splits, "validation"):
+        arrays = splits.arrays("validation")
+        validation = (arrays.images, arrays.labels)
+    result = fit(
+        trainer, train_split.images, train_split.labels, validation,
+        epochs=config.epochs, batch_size=config.batch_size, stage="train",
+        epoch_offset=epoch_offset, hooks=hooks, patience=config.early_stopping_patience,
+        class_weight=_class_weights(config, splits),
     )  # fmt: skip
-    outcome = TrainingOutcome(
-        model=model, cancelled=callback.cancelled, evaluation=None,
-        best_epoch=best_finetune or best, details=details,
+    probabilities: dict[str, np.ndarray | None] = {}
+    # with test_time_flip the saved model averages each image with its mirror: judge that one
+    predictor = builders.with_test_time_flip(model) if config.test_time_flip else model
+    for split in ("validation", "test"):
+        if _has(splits, split):
+            raw = predictor.predict(
+                splits.arrays(split).images, batch_size=config.batch_size, verbose=0
+            )
+            probabilities[split] = class_probabilities(raw, class_count)
+    candidate = Candidate(
+        method=Method.SCRATCH,
+        settings={"image_size": config.image_size, "epochs": config.epochs,
+                  "learning_rate": config.learning_rate},
+        validation=_scores(probabilities.get("validation"), _labels(splits, "validation")),
+        test=_scores(probabilities.get("test"), _labels(splits, "test")),
+        seconds=time.perf_counter() - started,
     )  # fmt: skip
-    if not callback.cancelled and target is not None:
-        outcome.evaluation = _evaluate_pixels(model, splits, target, batch=config.batch_size)
-    return outcome
+    return TrainingOutcome(
+        model=model, method=Method.SCRATCH, evaluation=_evaluation(probabilities, splits),
+        best_epoch=result.best_epoch, candidates=[candidate], reason="scratch was asked for",
+        details={"validation_accuracy": _accuracy(probabilities, splits)},
+    )  # fmt: skip
+
+
+def _labels(splits: SplitSource, split: str) -> np.ndarray | None:
+    return splits.labels(split) if _has(splits, split) else None
+
+
+def _judge_against_chance(outcome: TrainingOutcome, splits: SplitSource) -> None:
+    """No silent junk: a model whose validation accuracy is not clearly above always answering
+    the most common class is flagged (the service saves it but does not activate it)."""
+    accuracy = outcome.details.get("validation_accuracy")
+    labels = _labels(splits, "validation")
+    if accuracy is None or labels is None:
+        return
+    if beats_chance(accuracy, labels, len(splits.classes)):
+        return
+    outcome.beats_chance = False
+    count = len(splits.labels("train"))
+    hint = (
+        "use bottleneck or auto"
+        if outcome.method is Method.SCRATCH
+        else "check the labels, or add images"
+    )
+    outcome.warnings.append(
+        f"{outcome.method.value} on {count} training images stayed at chance (validation "
+        f"accuracy {accuracy:.2f}, the most common class alone gives "
+        f"{np.bincount(labels).max() / len(labels):.2f}): saved but not activated; {hint}"
+    )

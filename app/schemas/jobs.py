@@ -8,16 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.ml.bases import DEFAULT_BASE, BaseName
+from app.ml.config import DEFAULT_METHOD, HEAD_EPOCHS, Augmentation, HeadKind, Method
 from models_store.store import NAME_PATTERN
-
-BaseModelName = Literal["mobilenet_v2", "mobilenet", "vgg16", "resnet50", "efficientnet_b0"]
-
-# Defaults that follow the recipe for each method (epochs, learning rate).
-METHOD_DEFAULTS: dict[str, dict[str, float]] = {
-    "scratch": {"epochs": 30, "learning_rate": 1e-3},
-    "bottleneck": {"epochs": 20, "learning_rate": 1e-3},
-    "finetune": {"epochs": 10, "learning_rate": 1e-5},
-}
 
 
 class AugmentationParams(BaseModel):
@@ -25,33 +18,56 @@ class AugmentationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rotation: float = Field(default=0.1, ge=0, le=0.5, description="fraction of a full turn")
-    width_shift: float = Field(default=0.1, ge=0, le=0.5)
-    height_shift: float = Field(default=0.1, ge=0, le=0.5)
-    shear: float = Field(default=0.1, ge=0, le=0.5)
-    zoom: float = Field(default=0.1, ge=0, le=0.5)
-    horizontal_flip: bool = True
-    vertical_flip: bool = False
-    brightness: float = Field(default=0.0, ge=0, le=0.5)
-    fill_mode: Literal["reflect", "wrap", "constant", "nearest"] = "reflect"
+    rotation: float = Field(
+        default=Augmentation.rotation, ge=0, le=0.5, description="fraction of a full turn"
+    )
+    width_shift: float = Field(default=Augmentation.width_shift, ge=0, le=0.5)
+    height_shift: float = Field(default=Augmentation.height_shift, ge=0, le=0.5)
+    shear: float = Field(default=Augmentation.shear, ge=0, le=0.5)
+    zoom: float = Field(default=Augmentation.zoom, ge=0, le=0.5)
+    horizontal_flip: bool = Augmentation.horizontal_flip
+    vertical_flip: bool = Augmentation.vertical_flip
+    brightness: float = Field(default=Augmentation.brightness, ge=0, le=0.5)
+    fill_mode: Literal["reflect", "wrap", "constant", "nearest"] = Augmentation.fill_mode
 
 
 class JobCreate(BaseModel):
-    """A training request. Omitted fields take the method's defaults."""
+    """A training request. Omitted fields take the method's defaults (app/ml/config.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: uuid.UUID
-    method: Literal["scratch", "bottleneck", "finetune"] = "bottleneck"
-    base_model: BaseModelName = "mobilenet_v2"
-    image_size: int = Field(default=160, ge=32, le=512)
-    epochs: int | None = Field(default=None, ge=1, le=500)
-    batch_size: int = Field(default=32, ge=1, le=512)
-    learning_rate: float | None = Field(default=None, gt=0, le=1)
-    augmentation: AugmentationParams | None = Field(
-        default_factory=AugmentationParams, description="null turns augmentation off"
+    method: Method = Field(
+        default=DEFAULT_METHOD,
+        description="auto (default): bottleneck, then fine-tuning from it (scratch too on "
+        "large data), the best on validation is kept; or one of them explicitly",
     )
-    dropout: float = Field(default=0.5, ge=0, lt=1)
+    base_model: BaseName = DEFAULT_BASE
+    image_size: int | None = Field(
+        default=None, ge=32, le=512,
+        description="default: the base's native size (224 px), 160 px for scratch",
+    )  # fmt: skip
+    epochs: int | None = Field(
+        default=None, ge=0, le=500,
+        description="scratch: training epochs (30); bottleneck: the head's, at most (60); "
+        "finetune and auto: fine-tuning epochs after the head (8; 0 skips fine-tuning)",
+    )  # fmt: skip
+    batch_size: int = Field(default=32, ge=1, le=512)
+    learning_rate: float | None = Field(
+        default=None, gt=0, le=1, description="of those epochs: 1e-3 / 3e-3 / 1e-4 by method"
+    )
+    augmentation: AugmentationParams | None = Field(
+        default_factory=AugmentationParams,
+        description="null turns augmentation off; the pretrained methods use its horizontal "
+        "flip (the mirrored images' features), scratch all of it",
+    )
+    dropout: float = Field(default=0.5, ge=0, lt=1, description="scratch and the dense head")
+    head: HeadKind = Field(
+        default=HeadKind.AUTO,
+        description="auto: chosen on validation among linear (softmax on standardised "
+        "features, L2 strength chosen on validation) and dense (Dense(256), dropout)",
+    )
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="pretrained methods")
     early_stopping_patience: int | None = Field(default=None, ge=1, le=100)
     class_weight: Literal["auto"] | None = Field(
         default=None, description="'auto' weighs classes inversely to their training counts"
@@ -66,8 +82,9 @@ class JobCreate(BaseModel):
         default=None, pattern=NAME_PATTERN.pattern, description="defaults to the dataset's name"
     )
     head_epochs: int = Field(
-        default=10, ge=1, le=500, description="finetune: epochs of the head before unfreezing"
-    )
+        default=HEAD_EPOCHS, ge=1, le=500,
+        description="finetune and auto: the head's epochs before fine-tuning, at most",
+    )  # fmt: skip
 
 
 class JobRead(BaseModel):
@@ -115,3 +132,8 @@ class JobMetrics(BaseModel):
     epochs: list[EpochRead]
     best_epoch: int | None
     evaluation: dict[str, Any] | None
+    # auto: every model trained (method, settings, validation and test metrics, seconds) and
+    # which one was kept and why
+    candidates: list[dict[str, Any]] = Field(default_factory=list)
+    chosen: dict[str, Any] | None = None
+    warnings: list[str] = Field(default_factory=list)

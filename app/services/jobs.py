@@ -11,46 +11,43 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
 from app.core.errors import (
-    AppError,
     ConflictError,
     NotFoundError,
     ServiceUnavailableError,
     TooManyRequestsError,
+    WeightsMissingError,
 )
 from app.core.queue import RUN_TRAINING_JOB, send_task
 from app.db.base import utcnow
+from app.db.locks import lock_key, model_name_key, owner_jobs_key
 from app.db.models import (
     DatasetStatus,
     EpochMetric,
     JobStatus,
-    ModelVersion,
     TrainingJob,
-    TrainingMethod,
 )
-from app.ml.bases import BASES, WeightsNotFoundError, resolve_weights
-from app.schemas.jobs import METHOD_DEFAULTS, JobCreate
+from app.ml.bases import BASES, find_weights, missing_weights_message
+from app.ml.config import METHOD_DEFAULTS, Method
+from app.schemas.jobs import JobCreate
+from app.services import model_versions
 from app.services.auth import Principal, visible
 from app.services.datasets import get_dataset
 from models_store.store import NAME_PATTERN
 
 
-class WeightsMissingError(AppError):
-    status_code = 400
-    code = "weights_not_found"
-
-
 def create_job(
     session: Session,
     *,
-    method: TrainingMethod,
+    method: str,
     dataset_id: uuid.UUID | None,
     parameters: dict[str, Any],
     owner: str | None,
 ) -> TrainingJob:
-    """Add a queued job. The caller commits, then calls `enqueue_job`: a worker must see the row."""
+    """Add a queued job (`method`: a training Method, or WORKER_CHECK). The caller commits,
+    then calls `enqueue_job`: a worker must see the row."""
     job = TrainingJob(
         owner=owner,
-        method=method.value,
+        method=str(method),
         dataset_id=dataset_id,
         parameters=parameters,
         status=JobStatus.QUEUED.value,
@@ -78,7 +75,7 @@ def get_job(session: Session, *, job_id: uuid.UUID, principal: Principal) -> Tra
 def submit_job(
     session: Session,
     *,
-    method: TrainingMethod,
+    method: str,
     dataset_id: uuid.UUID | None,
     parameters: dict[str, Any],
     owner: str | None,
@@ -112,13 +109,16 @@ def training_parameters(request: JobCreate, *, dataset_name: str) -> dict[str, A
     """The request with every default filled in: what the worker will run, stored on the job."""
     parameters = request.model_dump(mode="json", exclude={"dataset_id", "method"})
     defaults = METHOD_DEFAULTS[request.method]
-    parameters["epochs"] = request.epochs or int(defaults["epochs"])
-    parameters["learning_rate"] = request.learning_rate or defaults["learning_rate"]
+    spec = BASES[request.base_model]
+    parameters["epochs"] = request.epochs if request.epochs is not None else defaults.epochs
+    parameters["learning_rate"] = request.learning_rate or defaults.learning_rate
+    parameters["image_size"] = request.image_size or defaults.image_size or spec.native_size
     parameters["model_name"] = request.model_name or model_name_for(dataset_name)
-    if request.method == "scratch":
-        parameters.pop("base_model")  # a scratch model has no pretrained base
-    if request.method != "finetune":
-        parameters.pop("head_epochs")
+    if request.method is Method.SCRATCH:
+        for unused in ("base_model", "head", "head_epochs", "label_smoothing"):
+            parameters.pop(unused)  # a scratch model has no pretrained base or head
+    if request.method in (Method.SCRATCH, Method.BOTTLENECK):
+        parameters.pop("head_epochs", None)
     return parameters
 
 
@@ -126,25 +126,31 @@ def submit_training_job(
     session: Session, *, request: JobCreate, principal: Principal, settings: Settings
 ) -> TrainingJob:
     """Check the dataset, the model name, the caller's running jobs and the base's weights,
-    then create and enqueue a training job owned by the caller."""
+    then create and enqueue a training job owned by the caller.
+
+    The owner's lock comes first: counting the owner's active jobs and adding this one are
+    one step, so concurrent requests cannot all pass a limit that only one of them fits."""
+    lock_key(session, owner_jobs_key(principal.owner))
     dataset = get_dataset(session, dataset_id=request.dataset_id, principal=principal)
     _check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_owner)
     parameters = training_parameters(request, dataset_name=dataset.name)
-    _check_model_name_owner(session, name=parameters["model_name"], principal=principal)
+    # The name is claimed now, so a second owner asking for it before any version exists is
+    # refused here; registration checks it again when the version is saved.
+    lock_key(session, model_name_key(parameters["model_name"]))
+    model_versions.claim_name(session, name=parameters["model_name"], owner=principal.owner)
     if dataset.status != DatasetStatus.READY.value:
         raise ConflictError(f"dataset {dataset.id} is {dataset.status}, not ready")
-    if request.method != "scratch":
-        try:
-            resolve_weights(
-                BASES[request.base_model],
-                weights_dir=settings.pretrained_weights_dir,
-                allow_download=settings.allow_weights_download,
+    if request.method is not Method.SCRATCH and not settings.allow_weights_download:
+        spec = BASES[request.base_model]
+        if find_weights(spec, weights_dir=settings.pretrained_weights_dir) is None:
+            raise WeightsMissingError(
+                missing_weights_message(spec, weights_dir=settings.pretrained_weights_dir)
+                + ", or set SMALLVISION_ALLOW_WEIGHTS_DOWNLOAD=true where this machine has "
+                "internet"
             )
-        except WeightsNotFoundError as exc:
-            raise WeightsMissingError(str(exc)) from exc
     return submit_job(
         session,
-        method=TrainingMethod(request.method),
+        method=request.method,
         dataset_id=dataset.id,
         parameters=parameters,
         owner=principal.owner,
@@ -152,7 +158,8 @@ def submit_training_job(
 
 
 def _check_active_jobs(session: Session, *, principal: Principal, limit: int) -> None:
-    """At most `limit` jobs of one owner queued or running: one user cannot take every GPU."""
+    """At most `limit` jobs of one owner queued or running: one user cannot take every GPU.
+    (Call with owner_jobs_key locked.)"""
     active = session.scalar(
         select(func.count())
         .select_from(TrainingJob)
@@ -167,13 +174,6 @@ def _check_active_jobs(session: Session, *, principal: Principal, limit: int) ->
             "finish or cancel one",
             headers={"Retry-After": "60"},
         )
-
-
-def _check_model_name_owner(session: Session, *, name: str, principal: Principal) -> None:
-    """Model names are global: a name whose versions belong to another key is taken."""
-    owners = set(session.scalars(select(ModelVersion.owner).where(ModelVersion.name == name)))
-    if owners and not all(principal.can_see(owner) for owner in owners):
-        raise ConflictError(f"the model name {name!r} is taken: choose another model_name")
 
 
 def count_jobs_by_status(session: Session) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -13,65 +14,156 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
 from app.db.base import utcnow
-from app.db.models import Dataset, EpochMetric, JobStatus, TrainingJob, TrainingMethod
+from app.db.models import WORKER_CHECK, Dataset, EpochMetric, JobStatus, TrainingJob
 from app.db.session import session_scope
+from app.ml.config import Method
 from app.services import model_versions
 from app.services.datasets import dataset_folder, load_manifest
+from models_store import file_sha256
 
 if TYPE_CHECKING:
     from app.ml.config import TrainConfig
-    from app.ml.train import EpochRecord
+    from app.ml.fitting import EpochRecord, TrainingHooks
+    from app.ml.train import PretrainedSource
 
 logger = logging.getLogger(__name__)
 
-# A method runner takes the job id and returns the job's result document.
-MethodRunner = Callable[[uuid.UUID], dict[str, Any]]
+# A method runner takes the job id and the worker's id and returns the job's result document.
+MethodRunner = Callable[[uuid.UUID, str], dict[str, Any]]
 
 
 class JobCancelledError(Exception):
     """The job was cancelled while it ran."""
 
 
-def _run_worker_check(job_id: uuid.UUID) -> dict[str, Any]:
+class JobTakenOverError(Exception):
+    """Another worker runs this job now (this one was thought dead): stop, record nothing."""
+
+
+def _owned(job_id: uuid.UUID, worker_id: str) -> Any:
+    """The SQL condition "this job is running on this worker"."""
+    return (
+        (TrainingJob.id == job_id)
+        & (TrainingJob.status == JobStatus.RUNNING.value)
+        & (TrainingJob.worker_id == worker_id)
+    )
+
+
+def ensure_still_owned(session: Session, *, job_id: uuid.UUID, worker_id: str) -> None:
+    """JobTakenOverError unless the job still runs on this worker (row-locked on PostgreSQL
+    until the transaction ends, so the answer holds for what the transaction writes)."""
+    owned = session.scalar(
+        select(TrainingJob.id).where(_owned(job_id, worker_id)).with_for_update()
+    )
+    if owned is None:
+        raise JobTakenOverError(f"job {job_id} is no longer running on {worker_id}")
+
+
+def _run_worker_check(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
     from app.ml.runtime import describe_runtime
 
     return describe_runtime(pretrained_weights_dir=get_settings().pretrained_weights_dir)
 
 
 def train_config(method: str, parameters: dict[str, Any]) -> TrainConfig:
-    """The ML layer's config from a job's stored parameters."""
-    from app.ml.config import Augmentation, TrainConfig
+    """The ML layer's config from a job's stored parameters (every default already filled in
+    by app.services.jobs.training_parameters)."""
+    from app.ml.bases import DEFAULT_BASE
+    from app.ml.config import Augmentation, HeadKind, Method, TrainConfig
 
     augmentation = parameters.get("augmentation")
+    optional = {
+        name: parameters[name]
+        for name in ("head_epochs", "label_smoothing")
+        if parameters.get(name) is not None
+    }
     return TrainConfig(
-        method=method,  # type: ignore[arg-type]
+        method=Method(method),
         image_size=parameters["image_size"],
         epochs=parameters["epochs"],
         batch_size=parameters["batch_size"],
         learning_rate=parameters["learning_rate"],
         dropout=parameters["dropout"],
         seed=parameters["seed"],
-        base_model=parameters.get("base_model", "mobilenet_v2"),
+        base_model=parameters.get("base_model", DEFAULT_BASE.value),
         augmentation=Augmentation(**augmentation) if augmentation is not None else None,
         early_stopping_patience=parameters.get("early_stopping_patience"),
         balance_classes=parameters.get("class_weight") == "auto",
         test_time_flip=parameters.get("test_time_flip", False),
-        head_epochs=parameters.get("head_epochs", 10),
+        head=HeadKind(parameters.get("head", HeadKind.AUTO.value)),
+        **optional,
+    )
+
+
+def pretrained_source(
+    base_model: str, *, owner: str | None, fingerprint: str, hooks: TrainingHooks
+) -> PretrainedSource:
+    """The base's weights file (downloaded into the Keras cache when allowed and missing)
+    with its checksum, and the owner's feature cache."""
+    from app.ml.bases import (
+        BASES,
+        BaseName,
+        WeightsNotFoundError,
+        download_weights,
+        find_weights,
+        missing_weights_message,
+        weights_url,
+    )
+    from app.ml.train import PretrainedSource
+
+    settings = get_settings()
+    spec = BASES[BaseName(base_model)]
+    path = find_weights(spec, weights_dir=settings.pretrained_weights_dir)
+    if path is None:
+        if not settings.allow_weights_download:
+            raise WeightsNotFoundError(
+                missing_weights_message(spec, weights_dir=settings.pretrained_weights_dir)
+            )
+        hooks.on_progress({"stage": "downloading weights", "file": spec.weight_files[0]})
+        path = download_weights(
+            spec, url=weights_url(spec, mirror=settings.weights_download_url),
+            timeout=settings.weights_download_timeout_seconds,
+        )  # fmt: skip
+    return PretrainedSource(
+        weights_path=path,
+        weights_sha256=file_sha256(path),
+        feature_cache_dir=owner_feature_cache(settings.feature_cache_dir, owner),
+        dataset_fingerprint=fingerprint,
     )
 
 
 class _JobReporter:
-    """The training hooks of one job: curves, progress and heartbeat in SQL; cancel checks."""
+    """The training hooks of one job: curves, progress and heartbeat in SQL; cancel checks.
+    Every write is conditional on the job still running on this worker: a worker that was
+    taken for dead (and replaced) stops at its next report instead of writing over the new
+    run's curves."""
 
-    def __init__(self, job_id: uuid.UUID, total_epochs: int) -> None:
+    def __init__(self, job_id: uuid.UUID, worker_id: str, total_epochs: int) -> None:
         self.job_id = job_id
+        self.worker_id = worker_id
         self.total_epochs = total_epochs
+
+    def _report(self, session: Session, **values: Any) -> None:
+        updated = session.execute(
+            update(TrainingJob)
+            .where(_owned(self.job_id, self.worker_id))
+            .values(heartbeat_at=utcnow(), **values)
+        )
+        if updated.rowcount != 1:  # type: ignore[attr-defined]
+            raise JobTakenOverError(f"job {self.job_id} is no longer running on {self.worker_id}")
 
     def on_epoch_end(self, record: EpochRecord) -> None:
         with session_scope() as session:
+            self._report(
+                session,
+                progress=min(record.epoch / self.total_epochs, 0.99),
+                progress_detail={"stage": record.stage, "epoch": record.epoch,
+                                 "epochs": self.total_epochs},
+            )  # fmt: skip
             session.add(
                 EpochMetric(
                     job_id=self.job_id, stage=record.stage, epoch=record.epoch,
@@ -80,25 +172,10 @@ class _JobReporter:
                     seconds=record.seconds,
                 )
             )  # fmt: skip
-            session.execute(
-                update(TrainingJob)
-                .where(TrainingJob.id == self.job_id)
-                .values(
-                    progress=min(record.epoch / self.total_epochs, 0.99),
-                    progress_detail={"stage": record.stage, "epoch": record.epoch,
-                                     "epochs": self.total_epochs},
-                    heartbeat_at=utcnow(),
-                )
-            )  # fmt: skip
 
     def on_progress(self, detail: dict[str, Any]) -> None:
         with session_scope() as session:
-            session.execute(
-                update(TrainingJob)
-                .where(TrainingJob.id == self.job_id)
-                .values(progress_detail={**detail, "epochs": self.total_epochs},
-                        heartbeat_at=utcnow())
-            )  # fmt: skip
+            self._report(session, progress_detail={**detail, "epochs": self.total_epochs})
 
     def should_stop(self) -> bool:
         with session_scope() as session:
@@ -109,11 +186,19 @@ class _JobReporter:
             )
 
 
-def _run_training(job_id: uuid.UUID) -> dict[str, Any]:
+def owner_feature_cache(root: Path, owner: str | None) -> Path:
+    """Each owner's own feature cache: a hit on features of another owner's identical images
+    would tell that someone else has them (and their cost would be shared)."""
+    return root / hashlib.sha256(f"owner:{owner}".encode()).hexdigest()[:32]
+
+
+def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
+    from app.ml.config import PRETRAINED_METHODS
     from app.ml.data import ManifestSplits
+    from app.ml.fitting import CancelledError, TrainingHooks
     from app.ml.runtime import configure_devices
     from app.ml.serving import write_model_files
-    from app.ml.train import PretrainedSource, TrainingHooks, train
+    from app.ml.train import train
 
     settings = get_settings()
     with session_scope() as session:
@@ -128,77 +213,87 @@ def _run_training(job_id: uuid.UUID) -> dict[str, Any]:
         fingerprint, dataset_name = dataset.fingerprint or "", dataset.name
     gpus = configure_devices(mixed_precision=settings.mixed_precision)
     config = train_config(method, parameters)
-    total = config.epochs + (config.head_epochs if method == "finetune" else 0)
-    reporter = _JobReporter(job_id, total)
+    reporter = _JobReporter(job_id, worker_id, config.head_epochs + config.epochs)
+    hooks = TrainingHooks(
+        on_epoch_end=reporter.on_epoch_end,
+        on_progress=reporter.on_progress,
+        should_stop=reporter.should_stop,
+    )
     splits = ManifestSplits(
         manifest, dataset_dir=folder, image_size=config.image_size,
-        max_pixels=settings.max_image_pixels,
+        max_pixels=settings.max_image_pixels, on_progress=reporter.on_progress,
     )  # fmt: skip
-    outcome = train(
-        config,
-        splits=splits,
-        hooks=TrainingHooks(
-            on_epoch_end=reporter.on_epoch_end,
-            on_progress=reporter.on_progress,
-            should_stop=reporter.should_stop,
-        ),
-        pretrained=PretrainedSource(
-            weights_dir=settings.pretrained_weights_dir,
-            allow_download=settings.allow_weights_download,
-            feature_cache_dir=settings.feature_cache_dir,
-            dataset_fingerprint=fingerprint,
-        ),
-    )
-    if outcome.cancelled:
-        raise JobCancelledError("cancelled while training")
+    pretrained = None
+    if config.method in PRETRAINED_METHODS:
+        pretrained = pretrained_source(
+            config.base_model, owner=owner, fingerprint=fingerprint, hooks=hooks
+        )
+    try:
+        outcome = train(config, splits=splits, hooks=hooks, pretrained=pretrained)
+    except CancelledError as exc:
+        raise JobCancelledError(str(exc)) from exc
     summary = {
-        "method": method,
+        "method": outcome.method.value,
+        "requested_method": method,
         "best_epoch": outcome.best_epoch,
         "test_accuracy": outcome.evaluation["accuracy"] if outcome.evaluation else None,
         "evaluated_on": outcome.evaluation["split"] if outcome.evaluation else None,
+        "validation_accuracy": outcome.details.get("validation_accuracy"),
+        "warnings": outcome.warnings,
     }
     meta = {
         "job_id": str(job_id),
         "dataset": {"id": str(dataset.id), "name": dataset_name, "fingerprint": fingerprint},
-        "method": method,
+        "method": outcome.method.value,
         "parameters": parameters,
         "classes": manifest["classes"],
         "input": {"pixels": "RGB 0..255, any size; the model resizes and preprocesses",
                   "image_size": config.image_size},
-        "output": "sigmoid (probability of classes[1])" if len(manifest["classes"]) == 2
-        else "softmax",
+        "output": "softmax over classes" if outcome.method is not Method.SCRATCH
+        or len(manifest["classes"]) != 2 else "sigmoid (probability of classes[1])",
         "summary": summary,
         "gpus": gpus,
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="model-", dir=settings.data_dir) as tmp:
         build = Path(tmp)
+        reporter.on_progress({"stage": "saving"})
         write_model_files(build, model=outcome.model, classes=manifest["classes"], metadata=meta)
+        reporter.on_progress({"stage": "registering"})
         version = model_versions.register_version(
             name=parameters["model_name"], job_id=job_id, owner=owner, source_dir=build,
-            metadata=meta, metrics_summary=summary,
+            metadata=meta, metrics_summary=summary, may_activate=outcome.beats_chance,
+            still_valid=lambda session: ensure_still_owned(
+                session, job_id=job_id, worker_id=worker_id
+            ),
         )  # fmt: skip
     return {
+        "method": outcome.method.value,
         "evaluation": outcome.evaluation,
         "best_epoch": outcome.best_epoch,
-        "model": {"name": version.name, "version": version.version, "id": str(version.id)},
+        "model": {"name": version.name, "version": version.version, "id": str(version.id),
+                  "active": version.is_active},
+        "candidates": [candidate.as_dict() for candidate in outcome.candidates],
+        "chosen": {"method": outcome.method.value, "reason": outcome.reason},
+        "warnings": outcome.warnings,
         **outcome.details,
-    }
+    }  # fmt: skip
 
 
 METHOD_RUNNERS: dict[str, MethodRunner] = {
-    TrainingMethod.WORKER_CHECK.value: _run_worker_check,
-    TrainingMethod.SCRATCH.value: _run_training,
-    TrainingMethod.BOTTLENECK.value: _run_training,
-    TrainingMethod.FINETUNE.value: _run_training,
+    WORKER_CHECK: _run_worker_check,
+    **{method.value: _run_training for method in Method},
 }
 
 
 def _process_is_gone(worker_id: str | None) -> bool:
-    """True if worker_id ("<celery hostname>/<pid>") names a process on this host that is dead."""
+    """True if worker_id ("<celery node name>/<pid>", the node name being "<name>@<host>")
+    names a process on this very host that is dead. The host must match exactly: a process
+    of worker-12 is not one of worker-1's."""
     if not worker_id or "/" not in worker_id:
         return False
-    hostname, _, pid = worker_id.rpartition("/")
-    if socket.gethostname() not in hostname or not pid.isdigit():
+    node, _, pid = worker_id.rpartition("/")
+    host = node.rpartition("@")[2]
+    if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -223,10 +318,8 @@ def claim_job(*, job_id: uuid.UUID, worker_id: str) -> str | None:
         job = session.get(TrainingJob, job_id)
         if job is None or job.status not in {JobStatus.QUEUED.value, JobStatus.RUNNING.value}:
             return None
-        previous_worker = job.worker_id
-        if job.status == JobStatus.RUNNING.value and not (
-            _process_is_gone(previous_worker) or _heartbeat_is_stale(job)
-        ):
+        previous_worker, was_running = job.worker_id, job.status == JobStatus.RUNNING.value
+        if was_running and not (_process_is_gone(previous_worker) or _heartbeat_is_stale(job)):
             return None
         claimed = session.execute(
             update(TrainingJob)
@@ -244,7 +337,8 @@ def claim_job(*, job_id: uuid.UUID, worker_id: str) -> str | None:
         )  # fmt: skip
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None
-        if job.status == JobStatus.RUNNING.value:
+        # (not job.status: the UPDATE above has already set the loaded row to running)
+        if was_running:
             logger.warning("job %s: worker %s died; running it again", job_id, previous_worker)
             session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
         return job.method
@@ -253,15 +347,17 @@ def claim_job(*, job_id: uuid.UUID, worker_id: str) -> str | None:
 def finish_job(
     *,
     job_id: uuid.UUID,
+    worker_id: str,
     status: JobStatus,
     result: dict[str, Any] | None = None,
     error: str | None = None,
-) -> None:
-    """Record a running job's final state."""
+) -> bool:
+    """Record a running job's final state, if it still runs on this worker; False if it was
+    taken over (its new run will record the outcome)."""
     with session_scope() as session:
-        session.execute(
+        finished = session.execute(
             update(TrainingJob)
-            .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.RUNNING.value)
+            .where(_owned(job_id, worker_id))
             .values(
                 status=status.value,
                 result=result,
@@ -270,6 +366,7 @@ def finish_job(
                 progress=1.0 if status is JobStatus.SUCCEEDED else TrainingJob.progress,
             )
         )
+        return bool(finished.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def run_job(*, job_id: uuid.UUID, worker_id: str) -> None:
@@ -283,24 +380,31 @@ def run_job(*, job_id: uuid.UUID, worker_id: str) -> None:
     if runner is None:
         finish_job(
             job_id=job_id,
+            worker_id=worker_id,
             status=JobStatus.FAILED,
             error=f"this worker cannot run method {method!r}",
         )
         return
     logger.info("job %s (%s) started on %s", job_id, method, worker_id)
     try:
-        result = runner(job_id)
+        result = runner(job_id, worker_id)
+    except JobTakenOverError:
+        logger.warning("job %s was taken over by another worker; %s stops", job_id, worker_id)
+        return
     except JobCancelledError:
-        finish_job(job_id=job_id, status=JobStatus.CANCELLED, error=None)
+        finish_job(job_id=job_id, worker_id=worker_id, status=JobStatus.CANCELLED)
         logger.info("job %s cancelled", job_id)
         return
     except Exception as exc:
         # Any failure inside a method ends the job, with a message the user can read.
         logger.exception("job %s failed", job_id)
-        finish_job(job_id=job_id, status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        finish_job(
+            job_id=job_id, worker_id=worker_id, status=JobStatus.FAILED,
+            error=f"{type(exc).__name__}: {exc}",
+        )  # fmt: skip
         return
-    finish_job(job_id=job_id, status=JobStatus.SUCCEEDED, result=result)
-    logger.info("job %s succeeded", job_id)
+    if finish_job(job_id=job_id, worker_id=worker_id, status=JobStatus.SUCCEEDED, result=result):
+        logger.info("job %s succeeded", job_id)
 
 
 def orphaned_jobs(*, hostname: str) -> list[uuid.UUID]:

@@ -13,8 +13,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.core.config import get_settings
-from app.db.models import Dataset, TrainingJob, TrainingMethod
+from app.db.models import Dataset, TrainingJob
 from app.db.session import session_scope
+from app.ml.config import Method
 from app.services import jobs
 from app.services.datasets import load_manifest
 from tests.conftest import api_client, migrate
@@ -415,7 +416,7 @@ def test_delete_is_409_while_a_job_uses_the_dataset(client: TestClient) -> None:
     body = created(client, make_zip(class_folders({"a": 3, "b": 3})))
     with session_scope() as session:
         job = jobs.create_job(
-            session, method=TrainingMethod.SCRATCH, dataset_id=uuid.UUID(body["id"]),
+            session, method=Method.SCRATCH, dataset_id=uuid.UUID(body["id"]),
             parameters={}, owner=None,
         )  # fmt: skip
         job_id = job.id

@@ -77,8 +77,8 @@ def test_dataset_image_limit_is_413(configure, sqlite_url: str) -> None:
 
 
 def test_active_jobs_per_owner_is_429(configure, sqlite_url: str) -> None:
-    from app.db.models import TrainingMethod
     from app.db.session import session_scope
+    from app.ml.config import Method
     from app.services import jobs
 
     with _client(configure, sqlite_url, MAX_ACTIVE_JOBS_PER_OWNER="1") as client:
@@ -88,7 +88,7 @@ def test_active_jobs_per_owner_is_429(configure, sqlite_url: str) -> None:
         )
         assert uploaded.status_code == 201, uploaded.text
         with session_scope() as session:  # one queued job of the same owner
-            jobs.create_job(session, method=TrainingMethod.SCRATCH, dataset_id=None,
+            jobs.create_job(session, method=Method.SCRATCH, dataset_id=None,
                             parameters={}, owner="lab")  # fmt: skip
         refused = client.post("/jobs", json={"dataset_id": uploaded.json()["id"]}, headers=headers)
         assert refused.status_code == 429

@@ -30,6 +30,9 @@ def stack(tmp_path_factory, request) -> Iterator[tuple[TestClient, Path]]:
             "DATA_DIR": str(tmp / "data"), "ENVIRONMENT": "test", "DATABASE_URL": postgres_url,
             "BROKER_URL": redis_url, "PRETRAINED_WEIGHTS_DIR": str(SHARED / "weights"),
             "JOB_HEARTBEAT_TIMEOUT_SECONDS": "600",
+            # as on an offline deployment: a base without weights on disk is refused at submit
+            # (downloads are tested in tests/services/test_weights_download.py)
+            "ALLOW_WEIGHTS_DOWNLOAD": "false",
         }.items():  # fmt: skip
             patch.setenv(ENV_PREFIX + key, value)
         reset_caches()
@@ -62,7 +65,7 @@ def _finished(client: TestClient, job_id: str, log: Path, timeout: float = 240) 
     return wait_job_finished(client, job_id, log=log, timeout=timeout)
 
 
-@pytest.mark.parametrize("method", ["scratch", "bottleneck", "finetune"])
+@pytest.mark.parametrize("method", ["scratch", "bottleneck", "finetune", "auto"])
 def test_each_method_trains_evaluates_and_registers_a_version(
     stack, dataset_id: str, method: str
 ) -> None:
@@ -76,11 +79,18 @@ def test_each_method_trains_evaluates_and_registers_a_version(
     assert job["progress"] == 1.0
 
     metrics = client.get(f"/jobs/{job_id}/metrics").json()
-    expected_epochs = 3 if method == "finetune" else 2
-    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, expected_epochs + 1))
-    if method == "finetune":
-        assert [e["stage"] for e in metrics["epochs"]] == ["head", "finetune", "finetune"]
-        assert metrics["epochs"][-1]["learning_rate"] == pytest.approx(1e-5, rel=1e-3)
+    stages = [e["stage"] for e in metrics["epochs"]]
+    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, len(stages) + 1))
+    if method == "scratch":
+        assert stages == ["train", "train"]
+    elif method == "bottleneck":  # the chosen head's epochs: it may stop early
+        assert stages and set(stages) == {"head"} and len(stages) <= 2
+    else:  # one head epoch, then two of fine-tuning at a warm-up then decaying rate
+        assert stages == ["head", "finetune", "finetune"]
+        rates = [e["learning_rate"] for e in metrics["epochs"][1:]]
+        assert rates[0] == pytest.approx(1e-4, rel=1e-3)  # the end of the warm-up
+        assert 0 <= rates[1] < rates[0]  # cosine decay to zero at the end
+    expected_epochs = len(stages)
     for epoch in metrics["epochs"]:
         assert epoch["loss"] is not None and epoch["val_accuracy"] is not None
         assert epoch["seconds"] > 0
@@ -92,14 +102,29 @@ def test_each_method_trains_evaluates_and_registers_a_version(
     assert 1 <= metrics["best_epoch"] <= expected_epochs
 
     assert ("single_view_accuracy" in job["result"]) is flip
-    model = job["result"]["model"]
+    result = job["result"]
+    kept = {"auto": {"bottleneck", "finetune"}}.get(method, {method})
+    assert result["method"] == result["chosen"]["method"] and result["method"] in kept
+    assert result["chosen"]["reason"]
+    tried = {c["method"]: c for c in result["candidates"]}
+    if method == "auto":  # both pretrained candidates, and why scratch was not tried
+        assert tried["bottleneck"]["validation"] and tried["finetune"]["validation"]
+        assert "fewer than" in tried["scratch"]["skipped"]
+    model = result["model"]
     assert model["name"] == f"tiny-{method}"
     assert model["version"] == 1
+    # A model no better than chance on validation is kept but not served by default, and
+    # the job says so in words.
+    assert model["active"] is not bool(result["warnings"])
+    if result["warnings"]:
+        assert "stayed at chance" in result["warnings"][0]
     # The saved model loads and answers (a model saved WITH its augmentation layers would not:
     # Keras 3.15 cannot deserialize RandomShear), on a photo of any size.
     photo = sorted((SHARED / "data" / "cats_vs_dogs_small" / "test" / "dogs").iterdir())[0]
     answer = client.post(
-        "/predict", files={"file": (photo.name, photo.read_bytes())}, data={"model": model["name"]}
+        "/predict",
+        files={"file": (photo.name, photo.read_bytes())},
+        data={"model": model["name"], "version": "1"},
     )
     assert answer.status_code == 200, answer.text
     assert (answer.json()["model"], answer.json()["version"]) == (model["name"], 1)
@@ -121,20 +146,24 @@ def test_saved_model_takes_raw_pixels_of_any_size(stack, dataset_id: str) -> Non
     client, log = stack
     job_id = _start(client, dataset_id=dataset_id, method="bottleneck", epochs=1,
                     model_name="tiny-raw", **TINY)  # fmt: skip
-    assert _finished(client, job_id, log)["status"] == "succeeded"
+    first_job = _finished(client, job_id, log)
+    assert first_job["status"] == "succeeded"
     second = _start(client, dataset_id=dataset_id, method="bottleneck", epochs=1,
                     model_name="tiny-raw", **TINY)  # fmt: skip
     second_job = _finished(client, second, log)
     assert second_job["result"]["model"]["version"] == 2
     with session_scope() as session:
         versions = session.query(ModelVersion).filter_by(name="tiny-raw").order_by("version").all()
-        assert [(v.version, v.is_active) for v in versions] == [(1, True), (2, False)]
+        # a second version never replaces the active one by itself; the first is active
+        # unless it stayed at chance
+        first_active = not first_job["result"]["warnings"]
+        assert [(v.version, v.is_active) for v in versions] == [(1, first_active), (2, False)]
         folder = model_store().verified_path(versions[0].path, expected_sha256=versions[0].sha256)
     model = keras.saving.load_model(folder / "model.keras")
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 57, 91, 3)).astype("float32")
     probabilities = model.predict(pixels, verbose=0)
-    assert probabilities.shape == (2, 1)
-    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    assert probabilities.shape == (2, 2)  # a softmax over the two classes
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_second_bottleneck_job_reuses_cached_features(stack, dataset_id: str) -> None:
@@ -233,14 +262,14 @@ def test_request_errors(stack, dataset_id: str) -> None:
 def test_queued_job_cancel_is_immediate(stack, dataset_id: str) -> None:
     import uuid
 
-    from app.db.models import TrainingMethod
     from app.db.session import session_scope
+    from app.ml.config import Method
     from app.services import jobs, training
 
     client, _ = stack
     with session_scope() as session:  # queued but never sent: no worker can race the cancel
         job = jobs.create_job(
-            session, method=TrainingMethod.SCRATCH, dataset_id=uuid.UUID(dataset_id),
+            session, method=Method.SCRATCH, dataset_id=uuid.UUID(dataset_id),
             parameters={}, owner=None,
         )  # fmt: skip
         job_id = job.id

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.ml import bases, builders
-from app.ml.config import Augmentation, TrainConfig
+from app.ml.config import Augmentation, Method, TrainConfig
 from app.ml.data import InMemorySplits, SplitArrays, resize_pixels
 from app.ml.train import TrainingHooks, train
 
@@ -25,9 +25,10 @@ def test_loader_resizes_exactly_like_the_models_resizing_layer() -> None:
 
 
 def _mobilenet_base() -> tuple[keras.Model, bases.BaseSpec]:
-    spec = bases.BASES["mobilenet"]
-    weights = bases.resolve_weights(spec, weights_dir=WEIGHTS, allow_download=False)
-    return bases.build_base(spec, image_size=32, weights=weights), spec
+    spec = bases.BASES[bases.BaseName.MOBILENET]
+    weights = bases.find_weights(spec, weights_dir=WEIGHTS)
+    assert weights is not None, f"no {spec.key} weights in {WEIGHTS}"
+    return bases.build_base(spec, image_size=32, weights=str(weights)), spec
 
 
 def _batch_norm_stats(model: keras.Model) -> list[np.ndarray]:
@@ -42,7 +43,9 @@ def _batch_norm_stats(model: keras.Model) -> list[np.ndarray]:
 def _finetune_step(freeze: bool) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
     keras.utils.set_random_seed(0)
     base, spec = _mobilenet_base()
-    head = builders.build_head(base.output_shape[-1], class_count=2, dropout=0.0, seed=0)
+    head = keras.Sequential(
+        [keras.Input((base.output_shape[-1],)), keras.layers.Dense(1, activation="sigmoid")]
+    )
     builders.unfreeze_top(base, spec)
     if not freeze:  # negative control: BN layers trainable again, as without our freeze
         for layer in base._flatten_layers():
@@ -89,14 +92,16 @@ def test_same_seed_same_run(method: str, tmp_path: Path) -> None:
     from app.ml.train import PretrainedSource
 
     config = TrainConfig(
-        method=method, image_size=32, epochs=2, batch_size=4, learning_rate=1e-3,
+        method=Method(method), image_size=32, epochs=2, batch_size=4, learning_rate=1e-3,
         dropout=0.3, seed=11, base_model="mobilenet", augmentation=Augmentation(), head_epochs=1,
     )  # fmt: skip
     runs = []
     for attempt in range(2):
         records: list = []
+        weights = bases.find_weights(bases.BASES[bases.BaseName.MOBILENET], weights_dir=WEIGHTS)
+        assert weights is not None
         source = PretrainedSource(
-            weights_dir=WEIGHTS, allow_download=False,
+            weights_path=weights, weights_sha256="tiny-test",
             feature_cache_dir=tmp_path / f"cache{attempt}", dataset_fingerprint="tiny",
         )  # fmt: skip
         outcome = train(config, splits=_tiny_splits(), hooks=TrainingHooks(
@@ -107,7 +112,7 @@ def test_same_seed_same_run(method: str, tmp_path: Path) -> None:
 
 
 TINY_SCRATCH = TrainConfig(
-    method="scratch", image_size=32, epochs=1, batch_size=4, learning_rate=1e-3, dropout=0.0,
+    method=Method.SCRATCH, image_size=32, epochs=1, batch_size=4, learning_rate=1e-3, dropout=0.0,
     seed=3,
 )  # fmt: skip
 
@@ -153,3 +158,107 @@ def test_test_time_flip_saves_the_averaged_model_and_reports_both_accuracies() -
     labels = splits.labels("validation")
     assert outcome.evaluation is not None
     assert outcome.evaluation["accuracy"] == pytest.approx(float((predicted == labels).mean()))
+
+
+def test_loading_images_reports_progress_which_is_the_jobs_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.ml import data
+    from tests.zips import image_bytes
+
+    monkeypatch.setattr(data, "PROGRESS_INTERVAL_SECONDS", 0.0)
+    items = []
+    for index in range(5):
+        file = f"images/{index}.png"
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / file).write_bytes(image_bytes("PNG", seed=index))
+        items.append({"split": "train", "label": "ab"[index % 2], "file": file})
+    reports: list[dict] = []
+    splits = data.ManifestSplits(
+        {"classes": ["a", "b"], "images": items}, dataset_dir=tmp_path, image_size=16,
+        max_pixels=10**6, on_progress=reports.append,
+    )  # fmt: skip
+    assert len(splits.arrays("train")) == 5
+    assert [r["images"] for r in reports] == [0, 1, 2, 3, 4]
+    assert all(r["stage"] == "loading" and r["of"] == 5 for r in reports)
+
+
+def test_feature_extraction_reports_progress_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.ml import fitting
+
+    monkeypatch.setattr(fitting, "HOOK_INTERVAL_SECONDS", 0.0)
+    reports: list[dict] = []
+    hooks = TrainingHooks(on_progress=reports.append)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    callback = fitting.ProgressCallback(hooks, {"stage": "features", "split": "train"})
+    model.predict(np.zeros((10, 4)), batch_size=4, verbose=0, callbacks=[callback])
+    assert [r["batch"] for r in reports] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", list(bases.BaseName))
+def test_every_bases_top_block_starts_at_its_cached_input_and_holds_what_is_unfrozen(
+    name: bases.BaseName,
+) -> None:
+    """Fine-tuning runs the top block alone on cached `top_input` activations: that block
+    must compute exactly the base's output and contain every layer fine-tuning unfreezes."""
+    spec = bases.BASES[name]
+    keras.utils.set_random_seed(0)
+    base = bases.build_base(spec, image_size=64, weights=None)
+    pixels = np.random.default_rng(0).uniform(-1, 1, size=(2, 64, 64, 3)).astype("float32")
+    both = keras.Model(base.inputs, [base.output, base.get_layer(spec.top_input).output])
+    pooled, top_input = both(pixels, training=False)
+    top = bases.top_block(base, spec)
+    np.testing.assert_allclose(top(top_input, training=False), pooled, rtol=1e-4, atol=1e-4)
+    unfrozen = builders.unfreeze_top(base, spec)
+    in_top = {layer.name for layer in top._flatten_layers(include_self=False)}
+    trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
+    assert unfrozen > 0 and trainable and trainable <= in_top
+
+
+def _auto_config(**changes: object) -> TrainConfig:
+    config = TrainConfig(
+        method=Method.AUTO, image_size=32, epochs=1, batch_size=4, learning_rate=1e-4,
+        dropout=0.0, seed=5, base_model="mobilenet", head_epochs=2,
+    )  # fmt: skip
+    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+
+
+def _auto_run(tmp_path: Path, config: TrainConfig) -> tuple[object, list]:
+    from app.ml.train import PretrainedSource
+
+    weights = bases.find_weights(bases.BASES[bases.BaseName.MOBILENET], weights_dir=WEIGHTS)
+    assert weights is not None
+    source = PretrainedSource(
+        weights_path=weights, weights_sha256="tiny-test", feature_cache_dir=tmp_path,
+        dataset_fingerprint="tiny",
+    )  # fmt: skip
+    records: list = []
+    outcome = train(config, splits=_tiny_splits(), hooks=TrainingHooks(
+        on_epoch_end=records.append), pretrained=source)  # fmt: skip
+    return outcome, records
+
+
+def test_auto_tries_bottleneck_then_finetune_and_says_why_scratch_was_not_tried(
+    tmp_path: Path,
+) -> None:
+    outcome, records = _auto_run(tmp_path, _auto_config())
+    tried = {c.method: c for c in outcome.candidates}
+    assert set(tried) == {Method.BOTTLENECK, Method.FINETUNE, Method.SCRATCH}
+    assert "16 training images, fewer than 4000" in tried[Method.SCRATCH].skipped
+    assert outcome.method in {Method.BOTTLENECK, Method.FINETUNE}
+    assert outcome.reason.startswith(f"{outcome.method.value} validates better")
+    for method in (Method.BOTTLENECK, Method.FINETUNE):
+        assert tried[method].validation is not None and tried[method].seconds > 0
+    assert [r.epoch for r in records] == list(range(1, len(records) + 1))
+    assert records[-1].stage == "finetune"
+
+
+def test_auto_trains_scratch_too_where_there_are_enough_images(tmp_path: Path) -> None:
+    outcome, records = _auto_run(tmp_path, _auto_config(scratch_min_images=16))
+    scratch = next(c for c in outcome.candidates if c.method is Method.SCRATCH)
+    assert scratch.skipped is None and scratch.validation is not None
+    assert scratch.settings["epochs"] == 30
+    # its epochs are numbered after the pretrained candidates' on the job's one curve
+    assert [r.epoch for r in records] == list(range(1, len(records) + 1))
+    assert [r.stage for r in records][-30:] == ["train"] * 30
+    assert scratch.method.value in outcome.reason

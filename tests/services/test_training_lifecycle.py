@@ -6,8 +6,9 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from app.db.models import JobStatus, TrainingJob, TrainingMethod
+from app.db.models import WORKER_CHECK, JobStatus, TrainingJob
 from app.db.session import session_scope
 from app.services import jobs, training
 from tests.conftest import migrate
@@ -19,7 +20,7 @@ def database(configure, sqlite_url: str) -> None:
     migrate(sqlite_url)
 
 
-def _queued_job(method: TrainingMethod = TrainingMethod.WORKER_CHECK) -> uuid.UUID:
+def _queued_job(method: str = WORKER_CHECK) -> uuid.UUID:
     with session_scope() as session:
         job = jobs.create_job(
             session, method=method, dataset_id=None, parameters={"a": 1}, owner=None
@@ -39,12 +40,12 @@ def test_success_records_result_timestamps_and_worker(
 ) -> None:
     calls: list[uuid.UUID] = []
 
-    def runner(job_id: uuid.UUID) -> dict[str, Any]:
+    def runner(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         calls.append(job_id)
         assert _job(job_id).status == JobStatus.RUNNING  # the row says running while it runs
         return {"answer": 42}
 
-    monkeypatch.setitem(training.METHOD_RUNNERS, TrainingMethod.WORKER_CHECK.value, runner)
+    monkeypatch.setitem(training.METHOD_RUNNERS, WORKER_CHECK, runner)
     job_id = _queued_job()
     training.run_job(job_id=job_id, worker_id="w1")
 
@@ -65,8 +66,8 @@ def test_a_second_delivery_of_the_same_job_does_nothing(
     calls: list[uuid.UUID] = []
     monkeypatch.setitem(
         training.METHOD_RUNNERS,
-        TrainingMethod.WORKER_CHECK.value,
-        lambda job_id: calls.append(job_id) or {},
+        WORKER_CHECK,
+        lambda job_id, worker_id: calls.append(job_id) or {},
     )
     job_id = _queued_job()
     training.run_job(job_id=job_id, worker_id="w1")
@@ -78,10 +79,10 @@ def test_a_second_delivery_of_the_same_job_does_nothing(
 def test_a_failing_method_ends_the_job_failed_with_a_readable_error(
     database: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def runner(job_id: uuid.UUID) -> dict[str, Any]:
+    def runner(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         raise FileNotFoundError("weights file mobilenet.h5 is missing")
 
-    monkeypatch.setitem(training.METHOD_RUNNERS, TrainingMethod.WORKER_CHECK.value, runner)
+    monkeypatch.setitem(training.METHOD_RUNNERS, WORKER_CHECK, runner)
     job_id = _queued_job()
     training.run_job(job_id=job_id, worker_id="w1")
     job = _job(job_id)
@@ -93,7 +94,7 @@ def test_a_failing_method_ends_the_job_failed_with_a_readable_error(
 def test_a_method_this_worker_cannot_run_fails_the_job(
     database: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delitem(training.METHOD_RUNNERS, TrainingMethod.WORKER_CHECK.value)
+    monkeypatch.delitem(training.METHOD_RUNNERS, WORKER_CHECK)
     job_id = _queued_job()
     training.run_job(job_id=job_id, worker_id="w1")
     job = _job(job_id)
@@ -121,3 +122,74 @@ def test_default_model_names_are_valid_store_names(dataset_name: str, expected: 
     name = jobs.model_name_for(dataset_name)
     assert name == expected
     assert validate_name(name) == name
+
+
+def test_only_a_process_of_this_exact_host_can_be_declared_dead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(training.socket, "gethostname", lambda: "worker-1")
+    gone_pid = "2147483646"  # no such process
+    assert training._process_is_gone(f"celery@worker-1/{gone_pid}")
+    # worker-12's job is not worker-1's to take over, though "worker-1" is in "worker-12"
+    assert not training._process_is_gone(f"celery@worker-12/{gone_pid}")
+    assert not training._process_is_gone(f"celery@a-worker-1/{gone_pid}")
+
+
+def _record(epoch: int) -> Any:
+    from app.ml.fitting import EpochRecord
+
+    return EpochRecord(
+        stage="train", epoch=epoch, loss=1.0, accuracy=0.5, val_loss=1.0, val_accuracy=0.5,
+        learning_rate=1e-3, seconds=1.0,
+    )  # fmt: skip
+
+
+def test_a_worker_whose_job_was_taken_over_stops_and_records_nothing(
+    database: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import update
+
+    from app.db.models import EpochMetric
+
+    def runner(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
+        reporter = training._JobReporter(job_id, worker_id, total_epochs=2)
+        reporter.on_epoch_end(_record(1))
+        with session_scope() as session:  # w1 was thought dead: w2 claimed the job
+            session.execute(
+                update(TrainingJob).where(TrainingJob.id == job_id).values(worker_id="w2")
+            )
+        reporter.on_epoch_end(_record(2))  # raises: the job is not w1's any more
+        return {"never": "recorded"}
+
+    monkeypatch.setitem(training.METHOD_RUNNERS, WORKER_CHECK, runner)
+    job_id = _queued_job()
+    training.run_job(job_id=job_id, worker_id="w1")
+    job = _job(job_id)
+    assert (job.status, job.worker_id, job.result) == (JobStatus.RUNNING, "w2", None)
+    with session_scope() as session:
+        epochs = session.scalars(select(EpochMetric.epoch).where(EpochMetric.job_id == job_id))
+        assert list(epochs) == [1]  # epoch 2 of the stale worker was not written
+    # and its outcome cannot be recorded either, whatever it is
+    assert not training.finish_job(job_id=job_id, worker_id="w1", status=JobStatus.FAILED)
+    assert training.finish_job(job_id=job_id, worker_id="w2", status=JobStatus.SUCCEEDED)
+
+
+def test_feature_caches_are_per_owner_and_keyed_on_the_dtype_policy(tmp_path) -> None:
+    import keras
+
+    from app.ml.features import FeatureRequest, feature_cache_key
+
+    alice = training.owner_feature_cache(tmp_path, "alice")
+    assert alice != training.owner_feature_cache(tmp_path, "bob")
+    assert "alice" not in str(alice)  # the folder name tells nothing of the owner
+    what = {"dataset_fingerprint": "f", "base_model": "mobilenet", "weights_sha256": "w",
+            "image_size": 32,
+            "request": FeatureRequest(views={"train": ("original",)}, top_inputs=True)}  # fmt: skip
+    float32 = feature_cache_key(**what)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        float16 = feature_cache_key(**what)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert float16 != float32
+    assert feature_cache_key(**what) == float32

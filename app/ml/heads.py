@@ -1,0 +1,174 @@
+"""The head stage: a classifier on a frozen base's pooled features, chosen on validation.
+
+With a few hundred images, the head is where small data is won or lost: a softmax layer on
+standardised features with the right L2 strength is a strong default; the tutorial's
+Dense(256)/dropout head is tried beside it. Each trial is scored on the validation features
+(answers averaged over the image and its mirror where both are there) and the best kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from app.ml.config import HeadKind
+from app.ml.evaluate import log_loss
+from app.ml.fitting import EpochRecord, TrainingHooks, fit, recording
+
+# L2 strengths tried for the linear head (penalty on the mean loss; features standardised).
+L2_GRID = (1e-4, 1e-3, 1e-2)
+HEAD_PATIENCE = 8
+HEAD_BATCH = 128
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    kind: HeadKind
+    l2: float = 0.0
+    dropout: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        if self.kind is HeadKind.LINEAR:
+            return {"head": "linear", "l2": self.l2}
+        return {"head": "dense", "units": 256, "dropout": self.dropout}
+
+
+@dataclass
+class HeadData:
+    """Pooled features and labels of one run: train (with its mirrored copy when it trains
+    on both), and validation/test as one or two views whose answers are averaged."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    validation: list[np.ndarray] = field(default_factory=list)  # views
+    validation_y: np.ndarray | None = None
+    test: list[np.ndarray] = field(default_factory=list)
+    test_y: np.ndarray | None = None
+
+
+def build_head(
+    spec: HeadSpec, *, feature_dim: int, class_count: int, train_x: np.ndarray, seed: int
+) -> keras.Model:
+    """Standardisation (statistics of the training features) then the classifier; softmax
+    output in float32 whatever the dtype policy."""
+    inputs = keras.Input(shape=(feature_dim,), name="features")
+    scale = keras.layers.Normalization(name="standardise")
+    scale.adapt(train_x)
+    x = scale(inputs)
+    if spec.kind is HeadKind.DENSE:
+        x = keras.layers.Dense(256, activation="relu", name="hidden")(x)
+        x = keras.layers.Dropout(spec.dropout, seed=seed)(x)
+    outputs = keras.layers.Dense(
+        class_count, activation="softmax", dtype="float32", name="predictions",
+        kernel_regularizer=keras.regularizers.L2(spec.l2) if spec.l2 else None,
+    )(x)  # fmt: skip
+    return keras.Model(inputs, outputs, name="head")
+
+
+def one_hot(labels: np.ndarray, class_count: int) -> np.ndarray:
+    encoded: np.ndarray = np.eye(class_count, dtype=np.float32)[labels]
+    return encoded
+
+
+def averaged(model: keras.Model, views: list[np.ndarray], batch: int = 512) -> np.ndarray:
+    """The model's probabilities averaged over the views of the same images."""
+    outputs = [np.asarray(model.predict(view, batch_size=batch, verbose=0)) for view in views]
+    mean: np.ndarray = np.mean(outputs, axis=0).astype(np.float64)
+    return mean
+
+
+@dataclass
+class HeadTrial:
+    spec: HeadSpec
+    model: keras.Model
+    validation_loss: float
+    validation_accuracy: float
+    best_epoch: int | None
+    epochs: list[EpochRecord]
+
+
+def train_head(
+    spec: HeadSpec,
+    data: HeadData,
+    *,
+    class_count: int,
+    label_smoothing: float,
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    hooks: TrainingHooks,
+    class_weight: dict[int, float] | None = None,
+) -> HeadTrial:
+    """Fit one head (best epoch by validation loss) and score it on validation; its epochs
+    are kept in the trial, not reported."""
+    keras.utils.set_random_seed(seed)
+    model = build_head(
+        spec, feature_dim=data.train_x.shape[1], class_count=class_count,
+        train_x=data.train_x, seed=seed,
+    )  # fmt: skip
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=["accuracy"],
+    )
+    validation = None
+    if data.validation_y is not None and data.validation:
+        validation = (data.validation[0], one_hot(data.validation_y, class_count))
+    records: list[EpochRecord] = []
+    result = fit(
+        model, data.train_x, one_hot(data.train_y, class_count), validation,
+        epochs=epochs, batch_size=min(HEAD_BATCH, len(data.train_x)), stage="head",
+        epoch_offset=0, hooks=recording(hooks, records), patience=HEAD_PATIENCE,
+        class_weight=class_weight,
+    )  # fmt: skip
+    loss, accuracy = math.inf, 0.0
+    if data.validation_y is not None and data.validation:
+        probabilities = averaged(model, data.validation)
+        loss = log_loss(probabilities, data.validation_y)
+        accuracy = float(np.mean(probabilities.argmax(axis=1) == data.validation_y))
+    return HeadTrial(
+        spec=spec, model=model, validation_loss=loss, validation_accuracy=accuracy,
+        best_epoch=result.best_epoch, epochs=records,
+    )  # fmt: skip
+
+
+def head_specs(kind: HeadKind, *, dropout: float) -> list[HeadSpec]:
+    """The heads a job tries: the linear head at each L2 strength and/or the dense head."""
+    linear = [HeadSpec(HeadKind.LINEAR, l2=l2) for l2 in L2_GRID]
+    dense = [HeadSpec(HeadKind.DENSE, dropout=dropout)]
+    return {HeadKind.LINEAR: linear, HeadKind.DENSE: dense}.get(kind, linear + dense)
+
+
+def choose_head(
+    data: HeadData,
+    *,
+    kind: HeadKind,
+    class_count: int,
+    label_smoothing: float,
+    dropout: float,
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    hooks: TrainingHooks,
+    class_weight: dict[int, float] | None = None,
+) -> tuple[HeadTrial, list[HeadTrial]]:
+    """Every head of `kind` trained; the one with the lowest validation loss kept (the first,
+    simplest one on a tie). Its epochs are reported as the job's "head" curve."""
+    trials = []
+    for spec in head_specs(kind, dropout=dropout):
+        trials.append(
+            train_head(
+                spec, data, class_count=class_count, label_smoothing=label_smoothing,
+                epochs=epochs, learning_rate=learning_rate, seed=seed, hooks=hooks,
+                class_weight=class_weight,
+            )
+        )  # fmt: skip
+        hooks.on_progress({"stage": "head", "tried": len(trials)})
+    best = min(trials, key=lambda trial: trial.validation_loss)
+    for record in best.epochs:
+        hooks.on_epoch_end(record)
+    return best, trials
