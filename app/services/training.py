@@ -337,10 +337,11 @@ def claim_job(*, job_id: uuid.UUID, worker_id: str) -> str | None:
         )  # fmt: skip
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None
-        # (not job.status: the UPDATE above has already set the loaded row to running)
-        if was_running:
+        # A run starts its curves afresh: a job taken over from a dead worker, or requeued by
+        # orphaned_jobs (queued again, so was_running is False), has its old epochs removed.
+        stale = session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
+        if was_running or stale.rowcount:  # type: ignore[attr-defined]
             logger.warning("job %s: worker %s died; running it again", job_id, previous_worker)
-            session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
         return job.method
 
 

@@ -193,3 +193,22 @@ def test_feature_caches_are_per_owner_and_keyed_on_the_dtype_policy(tmp_path) ->
         keras.mixed_precision.set_global_policy("float32")
     assert float16 != float32
     assert feature_cache_key(**what) == float32
+
+
+def test_a_requeued_job_starts_its_curves_afresh(database: None) -> None:
+    """orphaned_jobs puts a dead worker's job back to queued; its next run must not find the
+    old run's epochs (they would collide with its own)."""
+    from app.db.models import EpochMetric
+
+    import socket
+
+    host = socket.gethostname()
+    job_id = _queued_job()
+    dead_worker = f"celery@{host}/{2**22 + 7}"  # beyond pid_max: no such process
+    assert training.claim_job(job_id=job_id, worker_id=dead_worker) == WORKER_CHECK
+    with session_scope() as session:
+        session.add(EpochMetric(job_id=job_id, stage="train", epoch=1, loss=1.0, seconds=1.0))
+    assert training.orphaned_jobs(hostname=f"celery@{host}") == [job_id]
+    assert training.claim_job(job_id=job_id, worker_id=f"celery@{host}/1") == WORKER_CHECK
+    with session_scope() as session:
+        assert not list(session.scalars(select(EpochMetric).where(EpochMetric.job_id == job_id)))
