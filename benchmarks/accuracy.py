@@ -149,7 +149,6 @@ def main() -> None:
                 if dataset == args.timing_dataset:
                     rows.append(runner.job(dataset, dataset_id, seed=args.seeds[0],
                                            method="bottleneck"))  # fmt: skip
-                    rows[-1]["run"] = "bottleneck (cold cache)"
                     runner.clear_feature_cache()
                 for seed in args.seeds:
                     rows.append(runner.job(dataset, dataset_id, seed=seed, method=None))
@@ -249,7 +248,7 @@ def render(rows: list[dict]) -> str:
             notes.append(f"feature cache {'hit' if row['cache_hit'] else 'miss'}")
         if row.get("image_size"):
             notes.append(f"{row['image_size']} px")
-        if row.get("active") is False:
+        if row.get("active") is False and row.get("warnings"):
             notes.append("saved, NOT activated")
         notes += [w[:140] for w in row.get("warnings") or []]
         if row.get("error"):
@@ -261,7 +260,8 @@ def render(rows: list[dict]) -> str:
 
 
 def _timing(rows: list[dict]) -> list[str]:
-    cold = [r for r in rows if r["run"] == "bottleneck (cold cache)" and r["status"] == "succeeded"]
+    cold = [r for r in rows if r["run"].startswith("bottleneck") and r.get("cache_hit") is False
+            and r["status"] == "succeeded"]  # fmt: skip
     if not cold:
         return []
     dataset = cold[0]["dataset"]
