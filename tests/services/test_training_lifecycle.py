@@ -198,9 +198,9 @@ def test_feature_caches_are_per_owner_and_keyed_on_the_dtype_policy(tmp_path) ->
 def test_a_requeued_job_starts_its_curves_afresh(database: None) -> None:
     """orphaned_jobs puts a dead worker's job back to queued; its next run must not find the
     old run's epochs (they would collide with its own)."""
-    from app.db.models import EpochMetric
-
     import socket
+
+    from app.db.models import EpochMetric
 
     host = socket.gethostname()
     job_id = _queued_job()
