@@ -146,33 +146,34 @@ def _consider_scratch(
     count = len(splits.labels("train"))
     defaults = METHOD_DEFAULTS[Method.SCRATCH]
     # at the size the images were loaded at for the base: no second pass over the data
-    settings = {"image_size": config.image_size, "epochs": defaults.epochs,
-                "learning_rate": defaults.learning_rate}  # fmt: skip
+    scratch_config = dataclasses.replace(
+        config, method=Method.SCRATCH, epochs=defaults.epochs, learning_rate=defaults.learning_rate
+    )
     if count < config.scratch_min_images:
         outcome.candidates.append(Candidate(
-            method=Method.SCRATCH, settings=settings,
+            method=Method.SCRATCH, settings=_scratch_settings(scratch_config),
             skipped=f"{count} training images, fewer than {config.scratch_min_images}: a "
             "network trained from random weights needs more to match a pretrained base",
         ))  # fmt: skip
         return
-    scratch_config = dataclasses.replace(
-        config, method=Method.SCRATCH,
-        epochs=defaults.epochs, learning_rate=defaults.learning_rate,
-    )  # fmt: skip
-    scratch = _scratch_only(
-        scratch_config,
-        splits=splits, hooks=hooks, epoch_offset=epoch_offset,
-    )  # fmt: skip
+    scratch = _scratch_only(scratch_config, splits=splits, hooks=hooks, epoch_offset=epoch_offset)
     challenger = scratch.candidates[0]
     outcome.candidates.append(challenger)
     incumbent = next(c for c in outcome.candidates if c.method is outcome.method)
-    if challenger.validation is None or not _better(challenger, incumbent):
-        outcome.reason += f"; {_comparison(incumbent, challenger)}" if challenger.validation else ""
+    if challenger.validation is None:
+        return
+    if not _better(challenger, incumbent):
+        outcome.reason += f"; {_comparison(incumbent, challenger)}"
         return
     outcome.model, outcome.method = scratch.model, Method.SCRATCH
     outcome.evaluation, outcome.best_epoch = scratch.evaluation, scratch.best_epoch
     outcome.reason = _comparison(challenger, incumbent)
     outcome.details["validation_accuracy"] = scratch.details["validation_accuracy"]
+
+
+def _scratch_settings(config: TrainConfig) -> dict[str, Any]:
+    return {"image_size": config.image_size, "epochs": config.epochs,
+            "learning_rate": config.learning_rate}  # fmt: skip
 
 
 def _single_view_accuracy(
@@ -450,8 +451,7 @@ def _scratch_only(
             probabilities[split] = class_probabilities(raw, class_count)
     candidate = Candidate(
         method=Method.SCRATCH,
-        settings={"image_size": config.image_size, "epochs": config.epochs,
-                  "learning_rate": config.learning_rate},
+        settings=_scratch_settings(config),
         validation=_scores(probabilities.get("validation"), _labels(splits, "validation")),
         test=_scores(probabilities.get("test"), _labels(splits, "test")),
         seconds=time.perf_counter() - started,
