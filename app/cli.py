@@ -107,6 +107,36 @@ def _keys_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_onnx_command(*, name: str | None, version: int | None) -> int:
+    """Export each stored version without an ONNX file; 1 if any export failed."""
+    from app.ml.export import ExportError
+    from app.services import exports
+
+    if version is not None and name is None:
+        print("error: --version needs --name", file=sys.stderr)
+        return 2
+    failed = 0
+    refs = exports.stored_versions(name=name, version=version)
+    if not refs:
+        print("no stored versions matched", file=sys.stderr)
+        return 1 if name is not None else 0
+    for ref in refs:
+        try:
+            exported = exports.add_onnx_export(ref)
+        except (ExportError, AppError) as exc:
+            failed += 1
+            print(f"{ref.name} v{ref.version}: FAILED: {exc}", file=sys.stderr)
+            continue
+        if exported is None:
+            print(f"{ref.name} v{ref.version}: has an ONNX export already")
+        else:
+            print(
+                f"{ref.name} v{ref.version}: exported in {exported['seconds']} s, "
+                f"max difference from Keras {exported['max_abs_difference']:.1e}"
+            )
+    return 1 if failed else 0
+
+
 def run_all(*, host: str, port: int) -> int:
     """Migrate, then run the API and one Celery worker until Ctrl-C (or until one of them exits)."""
     migrate()
@@ -180,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     keys_sub.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id", type=uuid.UUID)
+    export = sub.add_parser(
+        "export-onnx", help="add an ONNX export to stored versions that have none"
+    )
+    export.add_argument("--name", help="only this model (default: every model)")
+    export.add_argument("--version", type=int, help="only this version of --name")
     args = parser.parse_args(argv)
 
     if args.command == "migrate":
@@ -193,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, AppError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "export-onnx":
+        return _export_onnx_command(name=args.name, version=args.version)
     os.execv(sys.executable, worker_command(concurrency=args.concurrency))  # noqa: S606
     return 0  # pragma: no cover  (execv does not return)
 

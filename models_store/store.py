@@ -125,6 +125,46 @@ class ModelStore:
             relative_path=relative, sha256=file_sha256(final / MANIFEST), size_bytes=size
         )
 
+    def add_files(
+        self,
+        relative_path: str,
+        *,
+        expected_sha256: str,
+        sources: dict[str, Path],
+        metadata: dict[str, Any],
+    ) -> StoredVersion:
+        """Add files made later (an export) to a stored version, whose other files never
+        change: the version is verified first, the new files are copied in under temporary
+        names and renamed, then the manifest (with the new files and `metadata` merged into
+        its metadata) replaces the old one in one rename. The caller records the returned
+        checksum; until it does, the old checksum no longer matches."""
+        folder = self.verified_path(relative_path, expected_sha256=expected_sha256)
+        manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+        for relative_file, source in sorted(sources.items()):
+            if relative_file == MANIFEST or relative_file in manifest["files"]:
+                raise VersionExistsError(f"{relative_path}/{relative_file} already exists")
+            target = self.version_path(f"{relative_path}/{relative_file}")
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+            shutil.copyfile(source, partial)
+            with partial.open("rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(partial, target)
+            manifest["files"][relative_file] = {
+                "sha256": file_sha256(target),
+                "size": target.stat().st_size,
+            }
+        manifest["metadata"] = {**manifest.get("metadata", {}), **metadata}
+        partial_manifest = folder / f".{MANIFEST}.{uuid.uuid4().hex}"
+        partial_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        with partial_manifest.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial_manifest, folder / MANIFEST)
+        _fsync_directory(folder)
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        return StoredVersion(
+            relative_path=relative_path, sha256=file_sha256(folder / MANIFEST), size_bytes=size
+        )
+
     def latest_version(self, name: str) -> int:
         """The highest version number with a folder under `name` (0 if none): folders left by a
         crash that were never registered count too, so their numbers are not handed out."""

@@ -15,8 +15,10 @@ def register_tiny_model(
     image_size: int = 32,
     seed: int = 0,
     owner: str | None = None,
+    onnx: bool = True,
 ) -> ModelVersion:
-    """Build the scratch CNN (random weights, seeded), write it as training does, register it."""
+    """Build the scratch CNN (random weights, seeded), write it as training does (with its
+    ONNX export unless `onnx` is False: a version saved before exports existed), register it."""
     import keras
 
     from app.ml import builders
@@ -32,7 +34,9 @@ def register_tiny_model(
     model = builders.build_scratch_model(config, class_count=len(classes))
     metadata = {"input": {"image_size": image_size}, "classes": list(classes)}
     with tempfile.TemporaryDirectory() as tmp:
-        write_model_files(Path(tmp), model=model, classes=list(classes), metadata=metadata)
+        write_model_files(
+            Path(tmp), model=model, classes=list(classes), metadata=metadata, onnx=onnx
+        )
         return model_versions.register_version(
             name=name, job_id=None, owner=owner, source_dir=Path(tmp), metadata=metadata,
             metrics_summary={"test_accuracy": None},

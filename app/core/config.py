@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(default=4, gt=0)
     predict_max_batch: int = Field(default=32, gt=0)
     model_refresh_seconds: float = Field(default=5.0, gt=0)
+    # What runs predictions: "auto" is ONNX Runtime for versions that have an ONNX export
+    # (measured 2x+ faster than Keras on CPU: docs/BENCHMARKS.md), Keras for the others;
+    # "keras" or "onnxruntime" force one. ONNX Runtime's threads per model: 0 = every core.
+    serving_runtime: Literal["auto", "keras", "onnxruntime"] = "auto"
+    onnx_threads: int = Field(default=0, ge=0)
+    # Export every new model version to ONNX when it is saved (a few seconds per version).
+    export_onnx: bool = True
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -34,6 +34,12 @@ PREDICT_LATENCY = Histogram(
 PREDICT_IMAGES = Counter(
     "smallvision_predict_images_total", "Images classified.", ["model"], registry=REGISTRY
 )
+RUNTIME_IMAGES = Counter(
+    "smallvision_predict_runtime_images_total",
+    "Images classified, by the runtime that ran the forward pass (onnxruntime or keras).",
+    ["runtime"],
+    registry=REGISTRY,
+)
 FORWARD_BATCH = Histogram(
     "smallvision_forward_batch_images",
     "Images per forward pass (micro-batching joins concurrent requests).",

@@ -6,7 +6,9 @@ and when; this module only knows how to turn pixels into class probabilities fas
 
 from __future__ import annotations
 
+import enum
 import json
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -19,7 +21,10 @@ import numpy as np
 
 from app.ml.data import resize_pixels
 from app.ml.evaluate import class_probabilities
+from app.ml.export import INPUT_NAME, ONNX_FILE, ExportError, export_onnx, onnx_session
 from app.ml.images import DecodedImage, image_to_array
+
+logger = logging.getLogger(__name__)
 
 # The files a training job writes into every model version (see app/services/training.py).
 MODEL_FILE = "model.keras"
@@ -28,13 +33,31 @@ META_FILE = "meta.json"
 
 
 def write_model_files(
-    folder: Path, *, model: Any, classes: list[str], metadata: dict[str, Any]
-) -> None:
-    """The files of one model version: the `.keras` model, its labels and its metadata
-    (`metadata["input"]["image_size"]` is the size the model resizes to)."""
+    folder: Path,
+    *,
+    model: Any,
+    classes: list[str],
+    metadata: dict[str, Any],
+    onnx: bool = True,
+) -> dict[str, Any]:
+    """The files of one model version: the `.keras` model, its ONNX export (`onnx`), its labels
+    and its metadata (`metadata["input"]["image_size"]` is the size the model resizes to).
+    Returns what was exported, also written to the metadata as "exports": an export that
+    fails is recorded with its reason, and the version is served by Keras."""
     model.save(folder / MODEL_FILE)
+    exports: dict[str, Any] = {}
+    if onnx:
+        try:
+            exported = export_onnx(
+                model, folder / ONNX_FILE, image_size=int(metadata["input"]["image_size"])
+            )
+            exports["onnx"] = exported.describe()
+        except ExportError as exc:
+            logger.warning("no ONNX export: %s", exc)
+            exports["onnx"] = {"error": str(exc)}
     (folder / LABELS_FILE).write_text(json.dumps(classes))
-    (folder / META_FILE).write_text(json.dumps(metadata, indent=2))
+    (folder / META_FILE).write_text(json.dumps({**metadata, "exports": exports}, indent=2))
+    return exports
 
 
 class ModelUnloadedError(RuntimeError):
@@ -147,6 +170,17 @@ class MicroBatcher:
         self.images += offset
 
 
+class Runtime(enum.StrEnum):
+    """What runs a loaded model's forward pass."""
+
+    KERAS = "keras"
+    ONNXRUNTIME = "onnxruntime"
+
+
+# "auto": ONNX Runtime when the version has an ONNX export, Keras otherwise.
+RUNTIME_CHOICES = ("auto", Runtime.KERAS.value, Runtime.ONNXRUNTIME.value)
+
+
 @dataclass
 class LoadedClassifier:
     """A stored model in memory, ready to answer."""
@@ -156,6 +190,8 @@ class LoadedClassifier:
     metadata: dict[str, Any]
     forward: Callable[[np.ndarray], np.ndarray]  # (n, size, size, 3) pixels -> probabilities
     batcher: MicroBatcher
+    runtime: Runtime
+    device: str  # where the forward pass runs: "cpu", or the ONNX Runtime provider / TF device
 
     def prepare(self, decoded: DecodedImage) -> np.ndarray:
         """Decoded image -> (size, size, 3) float32, resized exactly as the model's own
@@ -166,23 +202,15 @@ class LoadedClassifier:
         self.batcher.close()
 
 
-def load_classifier(
-    folder: Path,
-    *,
-    max_batch: int,
-    name: str,
-    on_batch: Callable[[int], None] = lambda images: None,
-) -> LoadedClassifier:
-    """Load a model version directory (already checksum-verified by the caller) and warm it.
-    `on_batch(images)` is called after every forward pass (for metrics)."""
+RawForward = Callable[[np.ndarray], np.ndarray]
+
+
+def _keras_forward(folder: Path, *, image_size: int) -> tuple[RawForward, str]:
     import keras
     import tensorflow as tf
 
     import app.ml.layers  # noqa: F401  (registers the custom preprocessing layers)
 
-    metadata: dict[str, Any] = json.loads((folder / META_FILE).read_text())
-    classes: list[str] = json.loads((folder / LABELS_FILE).read_text())
-    image_size = int(metadata["input"]["image_size"])
     model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
 
     # One traced graph for every batch size: no retracing when the batch size changes.
@@ -194,14 +222,66 @@ def load_classifier(
         return model(pixels, training=False)
 
     def forward(pixels: np.ndarray) -> np.ndarray:
-        raw = np.asarray(graph(tf.convert_to_tensor(pixels, dtype=tf.float32)))
-        return class_probabilities(raw, len(classes))
+        return np.asarray(graph(tf.convert_to_tensor(pixels, dtype=tf.float32)))
 
-    forward(np.zeros((1, image_size, image_size, 3), dtype=np.float32))  # trace now, not later
+    device = "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    return forward, device
+
+
+def onnx_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it (the GPU extra), then the CPU. Without a
+    GPU the CUDA provider fails to start and ONNX Runtime falls back to the CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def _onnx_forward(path: Path, *, threads: int) -> tuple[RawForward, str]:
+    session = onnx_session(path, threads=threads, providers=onnx_providers())
+
+    def forward(pixels: np.ndarray) -> np.ndarray:
+        outputs: list[np.ndarray] = session.run(None, {INPUT_NAME: pixels})
+        return outputs[0]
+
+    provider = session.get_providers()[0]
+    return forward, "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+
+
+def load_classifier(
+    folder: Path,
+    *,
+    max_batch: int,
+    name: str,
+    runtime: str = "auto",
+    onnx_threads: int = 0,
+    on_batch: Callable[[int], None] = lambda images: None,
+) -> LoadedClassifier:
+    """Load a model version directory (already checksum-verified by the caller) and warm it.
+    `runtime`: "auto" (ONNX Runtime when the version has an ONNX export), "keras" or
+    "onnxruntime". `on_batch(images)` is called after every forward pass (for metrics)."""
+    if runtime not in RUNTIME_CHOICES:
+        raise ValueError(f"unknown runtime {runtime!r}; one of {', '.join(RUNTIME_CHOICES)}")
+    metadata: dict[str, Any] = json.loads((folder / META_FILE).read_text())
+    classes: list[str] = json.loads((folder / LABELS_FILE).read_text())
+    image_size = int(metadata["input"]["image_size"])
+    has_onnx = (folder / ONNX_FILE).is_file()
+    if runtime == Runtime.ONNXRUNTIME and not has_onnx:
+        raise FileNotFoundError(f"{name} has no {ONNX_FILE} (export it first)")
+    chosen = Runtime.ONNXRUNTIME if has_onnx and runtime != Runtime.KERAS else Runtime.KERAS
+    if chosen is Runtime.ONNXRUNTIME:
+        raw, device = _onnx_forward(folder / ONNX_FILE, threads=onnx_threads)
+    else:
+        raw, device = _keras_forward(folder, image_size=image_size)
+
+    def forward(pixels: np.ndarray) -> np.ndarray:
+        return class_probabilities(raw(pixels), len(classes))
+
+    forward(np.zeros((1, image_size, image_size, 3), dtype=np.float32))  # warm it now
     batcher = MicroBatcher(forward, max_batch=max_batch, name=name, on_batch=on_batch)
     return LoadedClassifier(
         classes=classes, image_size=image_size, metadata=metadata, forward=forward,
-        batcher=batcher,
+        batcher=batcher, runtime=chosen, device=device,
     )  # fmt: skip
 
 

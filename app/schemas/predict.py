@@ -52,3 +52,4 @@ class PredictResponse(BaseModel):
     version: int
     predictions: list[ImagePrediction]
     seconds: float = Field(description="time spent in the service: decoding and inference")
+    runtime: str = Field(description="what ran the model: onnxruntime or keras")

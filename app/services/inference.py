@@ -30,7 +30,7 @@ from app.core.errors import (
     ServiceUnavailableError,
     UnsupportedMediaTypeError,
 )
-from app.core.metrics import FORWARD_BATCH, PREDICT_IMAGES, PREDICT_LATENCY
+from app.core.metrics import FORWARD_BATCH, PREDICT_IMAGES, PREDICT_LATENCY, RUNTIME_IMAGES
 from app.db.session import session_scope
 from app.ml.images import (
     CorruptImageError,
@@ -47,6 +47,9 @@ from app.services.model_versions import VersionRef
 
 logger = logging.getLogger(__name__)
 
+# Every prediction response names the runtime that answered in this header.
+RUNTIME_HEADER = "X-Model-Runtime"
+
 
 class ModelCache:
     """Loaded versions of this process, least recently used evicted first, keyed by version id.
@@ -60,6 +63,9 @@ class ModelCache:
         self.capacity = capacity
         self.max_batch = max_batch
         self._loaded: OrderedDict[uuid.UUID, LoadedClassifier] = OrderedDict()
+        # The checksum each loaded version had: a version whose files changed since (an ONNX
+        # export added to it) is loaded again by the next refresh.
+        self._checksums: dict[uuid.UUID, str] = {}
         self._lock = threading.Lock()
         self._loading: dict[uuid.UUID, threading.Lock] = {}
         self.warmed = False
@@ -80,10 +86,13 @@ class ModelCache:
             with self._lock:
                 self.loads += 1
                 self._loaded[ref.id] = classifier
+                self._checksums[ref.id] = ref.sha256
                 self._loading.pop(ref.id, None)
                 evicted = []
                 while len(self._loaded) > self.capacity:
-                    evicted.append(self._loaded.popitem(last=False)[1])
+                    old_id, old_classifier = self._loaded.popitem(last=False)
+                    self._checksums.pop(old_id, None)
+                    evicted.append(old_classifier)
         for old in evicted:
             old.close()
         return classifier
@@ -92,8 +101,10 @@ class ModelCache:
         started = time.perf_counter()
         try:
             folder = model_versions.version_folder(ref)
+            settings = get_settings()
             classifier = load_classifier(
                 folder, max_batch=self.max_batch, name=f"{ref.name}-v{ref.version}",
+                runtime=settings.serving_runtime, onnx_threads=settings.onnx_threads,
                 on_batch=FORWARD_BATCH.observe,
             )  # fmt: skip
         except Exception as exc:
@@ -103,7 +114,10 @@ class ModelCache:
             raise ModelUnavailableError(
                 f"{ref.name} v{ref.version} cannot be loaded: {exc}"
             ) from exc
-        logger.info("loaded %s v%s in %.2f s", ref.name, ref.version, time.perf_counter() - started)
+        logger.info(
+            "loaded %s v%s (%s on %s) in %.2f s", ref.name, ref.version, classifier.runtime,
+            classifier.device, time.perf_counter() - started,
+        )  # fmt: skip
         return classifier
 
     def is_loaded(self, version_id: uuid.UUID) -> bool:
@@ -122,6 +136,7 @@ class ModelCache:
     def evict(self, version_id: uuid.UUID) -> None:
         with self._lock:
             classifier = self._loaded.pop(version_id, None)
+            self._checksums.pop(version_id, None)
         if classifier is not None:
             classifier.close()
 
@@ -141,6 +156,10 @@ class ModelCache:
             if version_id not in known:
                 self.evict(version_id)
         for ref in active[: self.capacity]:
+            with self._lock:
+                changed = self._checksums.get(ref.id, ref.sha256) != ref.sha256
+            if changed:
+                self.evict(ref.id)
             if not self.is_loaded(ref.id):
                 # A broken version is logged; requests for it get the 503 with the reason.
                 with contextlib.suppress(ModelUnavailableError):
@@ -170,6 +189,7 @@ class PredictionResult:
     classes: list[str]
     probabilities: np.ndarray  # (images, classes), in the order of `classes`
     seconds: float
+    runtime: str  # what ran the forward pass: "onnxruntime" or "keras"
 
 
 class MemoryBudget:
@@ -287,9 +307,11 @@ async def predict_images(
     seconds = time.perf_counter() - started
     PREDICT_LATENCY.labels(ref.name).observe(seconds)
     PREDICT_IMAGES.labels(ref.name).inc(len(images))
+    RUNTIME_IMAGES.labels(classifier.runtime.value).inc(len(images))
     return PredictionResult(
-        version=ref, classes=classifier.classes, probabilities=probabilities, seconds=seconds
-    )
+        version=ref, classes=classifier.classes, probabilities=probabilities, seconds=seconds,
+        runtime=classifier.runtime.value,
+    )  # fmt: skip
 
 
 def loaded_or_404(

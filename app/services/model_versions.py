@@ -23,7 +23,6 @@ from app.core.errors import (
 from app.db.locks import lock_key, model_name_key
 from app.db.models import ModelName, ModelVersion
 from app.db.session import session_scope
-from app.ml.serving import MODEL_FILE
 from app.services.auth import Principal, visible
 from models_store import ChecksumMismatchError, ModelStore, StoreError, VersionExistsError
 
@@ -305,9 +304,10 @@ def version_folder(ref: VersionRef) -> Path:
     return model_store().verified_path(ref.path, expected_sha256=ref.sha256)
 
 
-def model_file(ref: VersionRef) -> Path:
-    """The version's verified `.keras` file; a checksum mismatch is an error, never served."""
+def served_folder(ref: VersionRef) -> Path:
+    """The version's verified directory for sending its files; a checksum mismatch is a 503
+    (ModelUnavailableError), never a file served."""
     try:
-        return version_folder(ref) / MODEL_FILE
+        return version_folder(ref)
     except (ChecksumMismatchError, StoreError) as exc:
         raise ModelUnavailableError(f"{ref.name} v{ref.version}: {exc}") from exc

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from app.core.errors import BadRequestError, PayloadTooLargeError
 from app.schemas.open_inference import InferRequest, RequestedOutput
-from app.services.inference import ImagePayload, PredictionResult
+from app.services.inference import RUNTIME_HEADER, ImagePayload, PredictionResult
 from app.services.wire import decode_base64, parse_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -181,15 +181,18 @@ def build_infer_response(
         "model_name": result.version.name,
         "model_version": str(result.version.version),
         "outputs": outputs,
+        "parameters": {"runtime": result.runtime},
     }
     if request.id is not None:
         response["id"] = request.id
     header = json.dumps(response).encode()
+    runtime = {RUNTIME_HEADER: result.runtime}
     if not buffers:
-        return header, {"Content-Type": "application/json"}
+        return header, {"Content-Type": "application/json", **runtime}
     return header + b"".join(buffers), {
         "Content-Type": "application/octet-stream",
         HEADER_LENGTH: str(len(header)),
+        **runtime,
     }
 
 

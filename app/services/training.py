@@ -257,7 +257,10 @@ def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="model-", dir=settings.data_dir) as tmp:
         build = Path(tmp)
         reporter.on_progress({"stage": "saving"})
-        write_model_files(build, model=outcome.model, classes=manifest["classes"], metadata=meta)
+        meta["exports"] = write_model_files(
+            build, model=outcome.model, classes=manifest["classes"], metadata=meta,
+            onnx=settings.export_onnx,
+        )  # fmt: skip
         reporter.on_progress({"stage": "registering"})
         version = model_versions.register_version(
             name=parameters["model_name"], job_id=job_id, owner=owner, source_dir=build,

@@ -15,3 +15,13 @@ def client(configure, sqlite_url: str) -> Iterator[TestClient]:
     migrate(sqlite_url)
     with api_client() as test_client:
         yield test_client
+
+
+@pytest.fixture
+def serving_client(configure, sqlite_url: str) -> Iterator[TestClient]:
+    """The API with its model cache and no background refresh in the test's time: models
+    registered by the test are loaded when first asked for."""
+    configure(database_url=sqlite_url, MODEL_REFRESH_SECONDS="3600")
+    migrate(sqlite_url)
+    with api_client() as test_client:
+        yield test_client

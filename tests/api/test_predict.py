@@ -22,12 +22,8 @@ PHOTOS = sorted((SHARED / "data" / "cats_vs_dogs_small" / "test" / "cats").iterd
 
 
 @pytest.fixture
-def client(configure, sqlite_url: str):
-    """The API with its model cache; models registered by the test are loaded on demand."""
-    configure(database_url=sqlite_url, MODEL_REFRESH_SECONDS="3600")
-    migrate(sqlite_url)
-    with api_client() as test_client:
-        yield test_client
+def client(serving_client):
+    return serving_client
 
 
 def _own_output(client: TestClient, folder: Path, photo: bytes) -> np.ndarray:

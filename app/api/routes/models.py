@@ -10,7 +10,8 @@ from fastapi.responses import FileResponse
 from app.api.deps import ModelCacheDep, RegistryReader, SessionDep, Trainer, VersionNumber
 from app.core.errors import ModelUnavailableError
 from app.schemas.models import ModelRead, ModelVersionRead
-from app.services import model_versions
+from app.services import exports, model_versions
+from app.services.exports import DownloadFormat
 from app.services.model_versions import VersionRef
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -74,16 +75,26 @@ def activate_version(
 @router.get(
     "/{name}/versions/{version}/download",
     response_class=FileResponse,
-    responses={**_NOT_FOUND, 503: {"description": "the stored files fail their checksum"}},
+    responses={
+        **_NOT_FOUND,
+        503: {"description": "the stored files fail their checksum"},
+    },
 )
 def download_version(
-    name: str, version: VersionNumber, session: SessionDep, principal: RegistryReader
+    name: str,
+    version: VersionNumber,
+    session: SessionDep,
+    principal: RegistryReader,
+    format: DownloadFormat = DownloadFormat.KERAS,
 ) -> FileResponse:
-    """The version's `.keras` file (takes raw RGB pixels of any size; see its meta.json)."""
+    """The version as a file: `keras` (the `.keras` model), `onnx` (for ONNX Runtime) or
+    `savedmodel` (a .tar.gz in TF Serving's `<name>/<version>/` layout). All take raw RGB
+    pixels of any size, float32 0..255, shape (batch, height, width, 3)."""
     row = model_versions.get_version(session, name=name, version=version, principal=principal)
-    path = model_versions.model_file(VersionRef.of(row))
+    path, filename = exports.download_path(VersionRef.of(row), format)
+    media_type = "application/gzip" if format is DownloadFormat.SAVEDMODEL else None
     return FileResponse(
-        path, media_type="application/octet-stream", filename=f"{name}-v{version}.keras"
+        path, media_type=media_type or "application/octet-stream", filename=filename
     )
 
 

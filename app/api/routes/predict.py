@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from app.api.bodies import json_body_openapi, receive_files, validate_form
 from app.api.deps import DecodeBudgetDep, ModelCacheDep, PredictJSONBody, Predictor
@@ -56,7 +56,10 @@ _PREDICT_FORM: dict[str, Any] = {
 }
 
 
-def _response(result: PredictionResult, filenames: list[str | None], k: int) -> PredictResponse:
+def _response(
+    result: PredictionResult, filenames: list[str | None], k: int, response: Response
+) -> PredictResponse:
+    response.headers[inference.RUNTIME_HEADER] = result.runtime
     return PredictResponse(
         model=result.version.name,
         version=result.version.version,
@@ -68,6 +71,7 @@ def _response(result: PredictionResult, filenames: list[str | None], k: int) -> 
             for filename, row in zip(filenames, result.probabilities, strict=True)
         ],
         seconds=round(result.seconds, 6),
+        runtime=result.runtime,
     )
 
 
@@ -75,7 +79,11 @@ def _response(result: PredictionResult, filenames: list[str | None], k: int) -> 
     "/predict", response_model=PredictResponse, openapi_extra=_PREDICT_FORM, responses=_ERRORS
 )
 async def predict(
-    request: Request, cache: ModelCacheDep, budget: DecodeBudgetDep, principal: Predictor
+    request: Request,
+    response: Response,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+    principal: Predictor,
 ) -> PredictResponse:
     """Classify one image (`file`) or a batch (`files`, repeated). Form fields `model`,
     `version` and `top_k` are optional: by default the only active model answers."""
@@ -95,7 +103,7 @@ async def predict(
         model=options.model,
         version=options.version,
     )
-    return _response(result, [f.filename for f in files], options.top_k)
+    return _response(result, [f.filename for f in files], options.top_k, response)
 
 
 @router.post(
@@ -105,7 +113,11 @@ async def predict(
     openapi_extra=json_body_openapi(PredictJSONRequest),
 )
 async def predict_json(
-    body: PredictJSONBody, cache: ModelCacheDep, budget: DecodeBudgetDep, principal: Predictor
+    body: PredictJSONBody,
+    response: Response,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+    principal: Predictor,
 ) -> PredictResponse:
     """The same as `POST /predict` for clients that cannot send multipart: images as base64."""
     images = [
@@ -121,4 +133,4 @@ async def predict_json(
         model=body.model,
         version=body.version,
     )
-    return _response(result, [image.filename for image in body.images], body.top_k)
+    return _response(result, [image.filename for image in body.images], body.top_k, response)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import (
@@ -80,6 +80,7 @@ async def _predict(
     name: str,
     version: VersionNumber | None,
     body: Any,
+    response: Response,
 ) -> dict[str, Any]:
     parsed = tfserving.parse_predict_request(body)
     result = await inference.predict_images(
@@ -90,6 +91,7 @@ async def _predict(
         model=name,
         version=version,
     )
+    response.headers[inference.RUNTIME_HEADER] = result.runtime
     return tfserving.predict_response(parsed, result.probabilities)
 
 
@@ -100,9 +102,10 @@ async def predict(
     budget: DecodeBudgetDep,
     principal: Predictor,
     body: PredictJSONValue,
+    response: Response,
 ) -> dict[str, Any]:
     """TF Serving's predict with the model's active version."""
-    return await _predict(cache, budget, principal, name, None, body)
+    return await _predict(cache, budget, principal, name, None, body, response)
 
 
 @router.post("/{name}/versions/{version}:predict", openapi_extra=_PREDICT_BODY)
@@ -113,5 +116,6 @@ async def predict_version(
     budget: DecodeBudgetDep,
     principal: Predictor,
     body: PredictJSONValue,
+    response: Response,
 ) -> dict[str, Any]:
-    return await _predict(cache, budget, principal, name, version, body)
+    return await _predict(cache, budget, principal, name, version, body, response)

@@ -1,0 +1,131 @@
+"""Exporting a trained classifier for runtimes other than Keras: ONNX and TF's SavedModel.
+
+Both take what the `.keras` model takes: a batch of raw RGB pixels (float32, 0..255) of any
+height and width; resizing, preprocessing and a test-time flip are inside the graph. Their
+output is the Keras model's (softmax over the classes, or one sigmoid unit for a two-class
+scratch model).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ONNX_FILE = "model.onnx"
+# Opset 17 is what ONNX Runtime releases of the last years all run, and it has every op the
+# models here convert to (Resize with half-pixel coordinates, depthwise convolutions).
+ONNX_OPSET = 17
+INPUT_NAME = "pixels"
+# The largest difference allowed between ONNX Runtime's and Keras' probabilities: an export
+# outside it is not kept (the version is then served by Keras).
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the export does not answer like the model."""
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    path: Path
+    seconds: float
+    max_abs_difference: float  # against Keras, on the parity check's pixels
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "file": self.path.name,
+            "opset": ONNX_OPSET,
+            "seconds": round(self.seconds, 3),
+            "max_abs_difference": self.max_abs_difference,
+        }
+
+
+def _serving_function(model: Any) -> Any:
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_NAME)]
+
+    @tf.function(input_signature=signature)  # type: ignore[untyped-decorator]
+    def serve(pixels: Any) -> Any:
+        return model(pixels, training=False)
+
+    return serve, signature
+
+
+def parity_pixels(image_size: int, *, seed: int = 0) -> list[np.ndarray]:
+    """Deterministic batches for comparing runtimes: the model's own size, and a smaller and
+    a larger image of other aspect ratios (so the resize inside the graph is compared too)."""
+    rng = np.random.default_rng(seed)
+    shapes = [
+        (image_size, image_size),
+        (max(image_size * 3 // 4, 8), max(image_size * 5 // 4, 8)),
+        (image_size * 2, image_size + 7),
+    ]
+    return [rng.uniform(0.0, 255.0, (2, h, w, 3)).astype(np.float32) for h, w in shapes]
+
+
+def onnx_session(path: Path, *, threads: int = 0, providers: list[str] | None = None) -> Any:
+    """An ONNX Runtime session for `path`; `threads` 0 lets ONNX Runtime use every core."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # one graph at a time: the parallelism is inside the ops
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(
+        str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+    )
+
+
+def export_onnx(model: Any, path: Path, *, image_size: int) -> OnnxExport:
+    """Convert `model` with tf2onnx into `path`, then check that ONNX Runtime answers like
+    Keras on pixels of several sizes; ExportError (and no file) otherwise."""
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    started = time.perf_counter()
+    serve, signature = _serving_function(model)
+    try:
+        tf2onnx.convert.from_function(
+            serve, input_signature=signature, opset=ONNX_OPSET, output_path=str(path)
+        )
+    except Exception as exc:  # tf2onnx raises whatever its handlers raise
+        path.unlink(missing_ok=True)
+        raise ExportError(f"tf2onnx could not convert the model: {exc}") from exc
+    seconds = time.perf_counter() - started
+    try:
+        session = onnx_session(path)
+        difference = 0.0
+        for pixels in parity_pixels(image_size):
+            expected = np.asarray(serve(pixels))
+            answered = session.run(None, {INPUT_NAME: pixels})[0]
+            difference = max(difference, float(np.max(np.abs(expected - answered))))
+    except Exception as exc:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"ONNX Runtime could not run the export: {exc}") from exc
+    if not difference <= PARITY_TOLERANCE:
+        path.unlink(missing_ok=True)
+        raise ExportError(
+            f"the ONNX export differs from the Keras model by {difference:.2e} "
+            f"(more than {PARITY_TOLERANCE:g}); not kept"
+        )
+    return OnnxExport(path=path, seconds=seconds, max_abs_difference=difference)
+
+
+def export_saved_model(model: Any, directory: Path) -> None:
+    """TF's SavedModel (what TF Serving loads) with one signature, `serving_default`, taking
+    `pixels` (batch, height, width, 3) float32 0..255."""
+    import tensorflow as tf
+
+    serve, _ = _serving_function(model)
+    module = tf.Module()
+    module.model = model  # tracks the variables
+    tf.saved_model.save(
+        module, str(directory), signatures={"serving_default": serve.get_concrete_function()}
+    )

@@ -1,0 +1,110 @@
+"""ONNX and SavedModel exports answer like the Keras model, for every kind of model the service
+saves: scratch (one sigmoid unit, or a softmax), the pretrained bases with a head (bottleneck
+and fine-tuned models have that same graph), and test-time-flip models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.ml import bases, builders, export
+from app.ml.config import Method, TrainConfig
+from tests.zips import SHARED
+
+DATA = SHARED / "data"
+# Real photos of several sizes and aspect ratios (landscape, portrait, square, tiny, wide).
+PHOTO_FILES = [
+    DATA / "caltech101_8class" / "test" / "airplanes" / "image_0025.jpg",  # 320 x 137
+    DATA / "car_vs_minibus_tiny" / "test" / "car" / "car704.jpg",  # 100 x 100
+    DATA / "cats_vs_dogs_small" / "test" / "cats" / "cat.4753.jpg",  # 128 x 199
+    DATA / "cats_vs_dogs_small" / "test" / "dogs" / "dog.4553.jpg",  # 239 x 320
+    DATA / "flowers_small" / "test" / "daisy" / "1286274236_1d7ac84efb_n.jpg",  # 320 x 240
+]
+TOLERANCE = 1e-4
+
+
+def _photos() -> list[np.ndarray]:
+    photos = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) for f in PHOTO_FILES]
+    return [*photos, photos[-1][40:100, :, :]]  # and a 60 x 320 strip of the last one
+
+
+def _scratch(classes: int) -> keras.Model:
+    config = TrainConfig(
+        method=Method.SCRATCH, image_size=64, epochs=1, batch_size=8, learning_rate=1e-3,
+        dropout=0.5, seed=3,
+    )  # fmt: skip
+    keras.utils.set_random_seed(3)
+    return builders.build_scratch_model(config, class_count=classes)
+
+
+def _pretrained(base_name: str, classes: int, image_size: int) -> keras.Model:
+    spec = bases.BASES[bases.BaseName(base_name)]
+    weights = bases.find_weights(spec, weights_dir=SHARED / "weights")
+    assert weights is not None
+    base = builders.frozen_base(spec, image_size=image_size, weights=weights)
+    keras.utils.set_random_seed(4)
+    features = keras.Input(shape=base.output_shape[1:])
+    head = keras.Model(features, keras.layers.Dense(classes, activation="softmax")(features))
+    return builders.build_pretrained_model(base, head, spec, image_size=image_size)
+
+
+MODELS: dict[str, tuple[Callable[[], keras.Model], int]] = {
+    "scratch, two classes (sigmoid)": (lambda: _scratch(2), 64),
+    "scratch, three classes, test-time flip": (
+        lambda: builders.with_test_time_flip(_scratch(3)),
+        64,
+    ),
+    "mobilenet_v2 + head": (lambda: _pretrained("mobilenet_v2", 5, 96), 96),
+    "mobilenet + head, test-time flip": (
+        lambda: builders.with_test_time_flip(_pretrained("mobilenet", 3, 128)),
+        128,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_onnx_runtime_answers_like_keras_on_real_photos(kind: str, tmp_path: Path) -> None:
+    build, image_size = MODELS[kind]
+    model = build()
+    exported = export.export_onnx(model, tmp_path / export.ONNX_FILE, image_size=image_size)
+    assert exported.max_abs_difference <= TOLERANCE
+    session = export.onnx_session(exported.path)
+    (input_spec,) = session.get_inputs()
+    assert input_spec.name == export.INPUT_NAME
+    assert input_spec.shape[3] == 3  # batch, height and width are free
+    for photo in _photos():
+        expected = np.asarray(model(photo[None], training=False))
+        answered = session.run(None, {export.INPUT_NAME: photo[None]})[0]
+        assert answered.shape == expected.shape
+        assert np.max(np.abs(answered - expected)) <= TOLERANCE, photo.shape
+
+
+def test_an_export_that_does_not_match_keras_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A MobileNetV2 export differs from Keras by about 1e-6: with no difference allowed at
+    # all, the parity check must refuse it and leave no file behind.
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", 0.0)
+    build, image_size = MODELS["mobilenet_v2 + head"]
+    path = tmp_path / export.ONNX_FILE
+    with pytest.raises(export.ExportError, match="differs from the Keras model"):
+        export.export_onnx(build(), path, image_size=image_size)
+    assert not path.exists()
+
+
+def test_saved_model_answers_like_keras(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    build, _ = MODELS["scratch, three classes, test-time flip"]
+    model = build()
+    export.export_saved_model(model, tmp_path / "1")
+    serving = tf.saved_model.load(str(tmp_path / "1")).signatures["serving_default"]
+    for photo in _photos()[:3]:
+        (answered,) = serving(pixels=tf.constant(photo[None])).values()
+        expected = np.asarray(model(photo[None], training=False))
+        assert np.max(np.abs(answered.numpy() - expected)) <= TOLERANCE
