@@ -1,13 +1,20 @@
-"""Latency and throughput of POST /predict against the raw Keras forward pass of the same model.
+"""Prediction speed and memory, Keras against ONNX Runtime, on one model in one run.
 
     .venv/bin/python -m benchmarks.predict [--requests 300] [--duration 20]
 
-Starts the service (API + one worker, SQLite, embedded broker) on loopback, trains a
-MobileNetV2 bottleneck model (160 px) on part of cats_vs_dogs_small through the API, then:
-  1. raw forward: the downloaded `.keras` model in this process, one pre-resized image, as a
-     traced graph (what the service runs) and with `model.predict_on_batch`;
-  2. service latency: one client, sequential POST /predict of one JPEG photo (p50, p99);
-  3. throughput: 1, 4 and 16 concurrent clients (threads, keep-alive), fixed duration each.
+Starts the service (API + one worker, SQLite, embedded broker) on loopback and trains three
+versions of a MobileNetV2 bottleneck model (160 px) on part of cats_vs_dogs_small through the
+API (each saved with its ONNX export). With the service stopped, in this process:
+  1. raw forward passes of the downloaded `.keras` model (a traced graph: what the Keras path
+     runs) and of its `.onnx` export (ONNX Runtime, CPU): one pre-resized image (median ms)
+     and batches of 32 (images/s);
+  2. the frozen base as a feature extractor (what training runs over every image) in both
+     runtimes, batches of 32 at 224 px (images/s).
+Then the API alone, once with SERVING_RUNTIME=keras and once with onnxruntime:
+  3. single-client latency of POST /predict with one JPEG photo (p50, p99);
+  4. throughput at 1, 4 and 16 concurrent clients (threads, keep-alive), fixed duration each;
+  5. the API's RSS with one and two versions loaded (the cache holds two), then while other
+     versions are loaded and evicted in turn (nine evictions).
 Writes the "predict" section of docs/BENCHMARKS.md.
 """
 
@@ -19,16 +26,21 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 
-from benchmarks.common import SHARED, live_service, machine, write_section
+from benchmarks.common import SHARED, live_service, machine, memory_kb, write_section
 
 IMAGE_SIZE = 160
 CLIENTS = (1, 4, 16)
+VERSIONS = 3
+RUNTIMES = ("keras", "onnxruntime")
+BATCH = 32
 
 
 def small_dataset_zip(target: Path, per_class: int = 60) -> None:
@@ -40,86 +52,146 @@ def small_dataset_zip(target: Path, per_class: int = 60) -> None:
                     archive.write(image, f"{split}/{label}/{image.name}")
 
 
-def train_model(base: str, work: Path, headers: dict[str, str]) -> None:
+def train_versions(base: str, work: Path, headers: dict[str, str]) -> None:
+    """VERSIONS versions of model "bench" (the later jobs reuse the cached features)."""
     archive = work / "bench.zip"
     small_dataset_zip(archive)
     with archive.open("rb") as handle:
         dataset = httpx.post(f"{base}/datasets", files={"file": handle}, data={"name": "bench"},
                              timeout=600, headers=headers).json()  # fmt: skip
-    job = httpx.post(f"{base}/jobs", json={
-        "dataset_id": dataset["id"], "method": "bottleneck", "base_model": "mobilenet_v2",
-        "image_size": IMAGE_SIZE, "epochs": 3, "model_name": "bench",
-    }, timeout=60, headers=headers).json()  # fmt: skip
-    while (state := httpx.get(f"{base}/jobs/{job['id']}", timeout=30,
-                              headers=headers).json())["status"] not in {
-        "succeeded", "failed", "cancelled"
-    }:  # fmt: skip
-        time.sleep(1)
-    if state["status"] != "succeeded":
-        raise RuntimeError(f"training the benchmark model failed: {state['error']}")
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{base}/v2/models/bench/ready", timeout=60,
-                    headers=headers).status_code != 200:  # fmt: skip
-        if time.monotonic() > deadline:
-            raise RuntimeError("the model was not loaded")
-        time.sleep(0.5)
+    for seed in range(VERSIONS):
+        job = httpx.post(f"{base}/jobs", json={
+            "dataset_id": dataset["id"], "method": "bottleneck", "base_model": "mobilenet_v2",
+            "image_size": IMAGE_SIZE, "epochs": 3, "model_name": "bench", "seed": seed,
+        }, timeout=60, headers=headers).json()  # fmt: skip
+        while (state := httpx.get(f"{base}/jobs/{job['id']}", timeout=30,
+                                  headers=headers).json())["status"] not in {
+            "succeeded", "failed", "cancelled"
+        }:  # fmt: skip
+            time.sleep(1)
+        if state["status"] != "succeeded":
+            raise RuntimeError(f"training the benchmark model failed: {state['error']}")
+        if "error" in (exported := state["result"].get("exports", {}).get("onnx", {})):
+            raise RuntimeError(f"the ONNX export failed: {exported['error']}")
 
 
-def raw_forward_ms(
-    base: str, work: Path, photo: bytes, runs: int, headers: dict[str, str]
-) -> dict[str, float]:
-    """Median milliseconds of the forward pass alone, in this process, on one image."""
+def download(base: str, headers: dict[str, str], fmt: str, target: Path) -> Path:
+    response = httpx.get(f"{base}/models/bench/versions/1/download", params={"format": fmt},
+                         timeout=120, headers=headers)  # fmt: skip
+    response.raise_for_status()
+    target.write_bytes(response.content)
+    return target
+
+
+def median_ms(call: Callable[[], Any], runs: int) -> float:
+    for _ in range(20):
+        call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def images_per_second(call: Callable[[], Any], images: int, seconds: float = 10.0) -> float:
+    call()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        call()
+        done += images
+    return done / (time.perf_counter() - started)
+
+
+def raw_forward(keras_file: Path, onnx_file: Path, photo: bytes, runs: int) -> dict[str, Any]:
+    """The forward pass alone, in this process: one image (median ms) and batches (images/s),
+    and the largest difference between the two runtimes' answers."""
     import keras
     import tensorflow as tf
 
     import app.ml.layers  # noqa: F401  (custom layers)
     from app.ml.data import resize_pixels
+    from app.ml.export import INPUT_NAME, onnx_session
     from app.ml.images import decode_image, image_to_array
 
-    path = work / "bench.keras"
-    download = httpx.get(f"{base}/models/bench/versions/1/download", timeout=60, headers=headers)
-    path.write_bytes(download.content)
-    model = keras.saving.load_model(path, compile=False)
+    model = keras.saving.load_model(keras_file, compile=False)
     pixels = resize_pixels(
         image_to_array(decode_image(photo, max_pixels=10**8).image), image_size=IMAGE_SIZE
     )[None]
-    graph = tf.function(lambda x: model(x, training=False))
-    tensor = tf.convert_to_tensor(pixels)
+    batch = np.repeat(pixels, BATCH, axis=0)
+    graph = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)],
+    )
+    session = onnx_session(onnx_file)
 
-    def median_ms(call) -> float:
-        for _ in range(20):
-            call()
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - started)
-        return statistics.median(times) * 1000
+    def keras_run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(graph(tf.convert_to_tensor(x)))
+
+    def onnx_run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {INPUT_NAME: x})[0])
 
     return {
-        "graph": median_ms(lambda: np.asarray(graph(tensor))),
-        "predict_on_batch": median_ms(lambda: model.predict_on_batch(pixels)),
+        "keras_ms": median_ms(lambda: keras_run(pixels), runs),
+        "onnx_ms": median_ms(lambda: onnx_run(pixels), runs),
+        "keras_batch": images_per_second(lambda: keras_run(batch), BATCH),
+        "onnx_batch": images_per_second(lambda: onnx_run(batch), BATCH),
+        "difference": float(np.max(np.abs(keras_run(batch) - onnx_run(batch)))),
     }
 
 
-def post_photo(client: httpx.Client, base: str, photo: bytes) -> int:
-    return client.post(f"{base}/predict", files={"file": ("photo.jpg", photo)}).status_code
+def feature_extraction(work: Path) -> dict[str, float]:
+    """Images/s of the frozen MobileNetV2 feature extractor (pooled features and the top
+    block's inputs, as training computes them) at 224 px, batches of 32, in both runtimes."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from app.ml import bases, builders
+    from app.ml.export import onnx_session
+
+    spec = bases.BASES[bases.BaseName.MOBILENET_V2]
+    weights = bases.find_weights(spec, weights_dir=SHARED / "weights")
+    assert weights is not None
+    base = builders.frozen_base(spec, image_size=224, weights=weights)
+    extractor = builders.feature_extractor(base, spec, image_size=224, with_top_inputs=True)
+    signature = [tf.TensorSpec([None, 224, 224, 3], tf.float32, name="pixels")]
+    serve = tf.function(lambda x: extractor(x, training=False), input_signature=signature)
+    path = work / "extractor.onnx"
+    tf2onnx.convert.from_function(serve, input_signature=signature, opset=17,
+                                  output_path=str(path))  # fmt: skip
+    session = onnx_session(path)
+    batch = np.random.default_rng(0).uniform(0, 255, (BATCH, 224, 224, 3)).astype(np.float32)
+    return {
+        # extractor.predict is what app/ml/features.py runs
+        "keras": images_per_second(
+            lambda: extractor.predict(batch, batch_size=BATCH, verbose=0), BATCH, 20.0
+        ),
+        "onnx": images_per_second(lambda: session.run(None, {"pixels": batch}), BATCH, 20.0),
+    }
 
 
-def latency(base: str, photo: bytes, requests: int, headers: dict[str, str]) -> dict[str, float]:
-    times, errors = [], 0
+def post_photo(client: httpx.Client, base: str, photo: bytes, version: int | None = None) -> str:
+    """The runtime that answered (raises on any status but 200)."""
+    form = {"model": "bench", **({"version": str(version)} if version else {})}
+    response = client.post(f"{base}/predict", files={"file": ("photo.jpg", photo)}, data=form)
+    response.raise_for_status()
+    return str(response.headers["X-Model-Runtime"])
+
+
+def latency(base: str, photo: bytes, requests: int, headers: dict[str, str]) -> dict[str, Any]:
+    times = []
     with httpx.Client(timeout=60, headers=headers) as client:
         for _ in range(20):
-            post_photo(client, base, photo)
+            runtime = post_photo(client, base, photo)
         for _ in range(requests):
             started = time.perf_counter()
-            errors += post_photo(client, base, photo) != 200
+            post_photo(client, base, photo)
             times.append(time.perf_counter() - started)
     times.sort()
     return {
+        "runtime": runtime,
         "p50": times[len(times) // 2] * 1000,
         "p99": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
-        "errors": errors,
         "requests": requests,
     }
 
@@ -135,10 +207,12 @@ def throughput(
             post_photo(client, base, photo)  # connect outside the measured window
             while time.monotonic() < stop:
                 started = time.perf_counter()
-                status = post_photo(client, base, photo)
+                try:
+                    post_photo(client, base, photo)
+                except httpx.HTTPError:
+                    errors[index] += 1
                 times[index].append(time.perf_counter() - started)
                 counts[index] += 1
-                errors[index] += status != 200
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     started = time.monotonic()
@@ -158,6 +232,130 @@ def throughput(
     }
 
 
+def memory(base: str, pid: int, photo: bytes, headers: dict[str, str]) -> dict[str, float]:
+    """API RSS (MiB): the active version loaded (at start-up), then a second one, then nine
+    loads of other versions, each evicting the least recently used (the cache holds two)."""
+
+    def rss() -> float:
+        time.sleep(1.0)  # let freed memory settle
+        return memory_kb(pid, "VmRSS") / 1024
+
+    with httpx.Client(timeout=120, headers=headers) as client:
+        post_photo(client, base, photo)
+        one = rss()
+        post_photo(client, base, photo, version=1)
+        two = rss()
+        for version in [2, 3, 1] * 3:  # each loads a version that is not in the cache
+            post_photo(client, base, photo, version=version)
+        cycled = rss()
+    return {"one": one, "two": two, "per_model": two - one, "after_evictions": cycled}
+
+
+def serve_and_measure(
+    var: Path, runtime: str, photo: bytes, args: argparse.Namespace
+) -> dict[str, Any]:
+    with live_service(var, serving_runtime=runtime, model_cache_size="2",
+                      model_refresh_seconds="3600",
+                      # measure the service, not the per-key rate limit
+                      predict_rate_per_second="1000000", predict_burst="1000000",
+                      ) as live:  # fmt: skip
+        base, headers = live.base, live.headers
+        single = latency(base, photo, args.requests, headers)
+        if single["runtime"] != runtime:
+            raise RuntimeError(f"{single['runtime']} answered, not {runtime}")
+        print(runtime, "latency", single, flush=True)
+        loads = [throughput(base, photo, n, args.duration, headers) for n in CLIENTS]
+        for row in loads:
+            print(runtime, "throughput", row, flush=True)
+        rss = memory(base, live.process.pid, photo, headers)
+        print(runtime, "memory", rss, flush=True)
+    return {"latency": single, "loads": loads, "memory": rss}
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def report(
+    raw: dict[str, Any],
+    features: dict[str, float],
+    served: dict[str, dict[str, Any]],
+    *,
+    photo: str,
+    args: argparse.Namespace,
+) -> str:
+    keras_path, onnx_path = served["keras"], served["onnxruntime"]
+    limit = 1.3 * raw["onnx_ms"] + 3
+    p50 = onnx_path["latency"]["p50"]
+    p50_ratio = keras_path["latency"]["p50"] / p50
+    busy = onnx_path["loads"][-1]["per_second"] / keras_path["loads"][-1]["per_second"]
+    lines = [
+        "## Prediction latency, throughput and memory: Keras and ONNX Runtime",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}, CPU only, with",
+        "`.venv/bin/python -m benchmarks.predict`: one MobileNetV2 bottleneck model at",
+        f"{IMAGE_SIZE} px trained through the API (three versions of it for the memory rows),",
+        f"its `.keras` file and its ONNX export; one JPEG photo ({photo}) per request as",
+        "multipart; clients are threads of the benchmark process (httpx, keep-alive), sharing",
+        "the 2 cores with the API (uvicorn, SQLite, no worker running).",
+        "",
+        "Raw forward passes (in the benchmark process, the service stopped):",
+        "",
+        "| forward pass | Keras (traced graph) | ONNX Runtime (CPU) |",
+        "| --- | --- | --- |",
+        f"| 1 image, median | {raw['keras_ms']:.2f} ms | {raw['onnx_ms']:.2f} ms |",
+        f"| batches of {BATCH} | {raw['keras_batch']:.0f} images/s"
+        f" | {raw['onnx_batch']:.0f} images/s |",
+        f"| feature extraction for training (MobileNetV2, 224 px, batches of {BATCH})"
+        f" | {features['keras']:.0f} images/s | {features['onnx']:.0f} images/s |",
+        "",
+        f"Largest difference between the two runtimes' probabilities: {raw['difference']:.1e}.",
+        "",
+        "The service (`POST /predict`, one photo per request):",
+        "",
+        "| measurement | Keras path | ONNX Runtime path | target |",
+        "| --- | --- | --- | --- |",
+        f"| latency p50, 1 client, {args.requests} requests"
+        f" | {keras_path['latency']['p50']:.1f} ms | {p50:.1f} ms"
+        f" | ONNX <= 1.3 x raw ONNX + 3 ms = {limit:.1f} ms ({_met(p50 <= limit)});"
+        f" Keras / ONNX = {p50_ratio:.2f}x >= 2x ({_met(p50_ratio >= 2)}) |",
+        f"| latency p99, 1 client | {keras_path['latency']['p99']:.1f} ms"
+        f" | {onnx_path['latency']['p99']:.1f} ms | - |",
+    ]
+    for keras_row, onnx_row in zip(keras_path["loads"], onnx_path["loads"], strict=True):
+        clients = keras_row["clients"]
+        target = (
+            f"ONNX / Keras = {busy:.2f}x >= 1.3x ({_met(busy >= 1.3)})" if clients == 16 else "-"
+        )
+        lines.append(
+            f"| throughput, {clients} client(s), {args.duration:.0f} s"
+            f" | {keras_row['per_second']:.1f} images/s (p50 {keras_row['p50']:.0f} ms,"
+            f" p99 {keras_row['p99']:.0f} ms)"
+            f" | {onnx_row['per_second']:.1f} images/s (p50 {onnx_row['p50']:.0f} ms,"
+            f" p99 {onnx_row['p99']:.0f} ms) | {target} |"
+        )
+    errors = {name: sum(row["errors"] for row in path["loads"]) for name, path in served.items()}
+    lines.append(
+        f"| errors (non-200 answers) | {errors['keras']} | {errors['onnxruntime']}"
+        f" | 0 ({_met(not any(errors.values()))}) |"
+    )
+    lines += [
+        "",
+        "API memory (RSS, MiB; the model cache holds two versions):",
+        "",
+        "| runtime | one version loaded | two loaded | per loaded version"
+        " | after 9 more loads, each evicting one |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, path in served.items():
+        rss = path["memory"]
+        lines.append(
+            f"| {name} | {rss['one']:.0f} | {rss['two']:.0f} | {rss['per_model']:.0f}"
+            f" | {rss['after_evictions']:.0f} ({rss['after_evictions'] - rss['two']:+.0f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=300, help="sequential latency requests")
@@ -167,62 +365,23 @@ def main() -> None:
     photo = photo_path.read_bytes()
 
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
-        work = Path(tmp)
-        with live_service(work / "var", with_worker=True,
-                          pretrained_weights_dir=str(SHARED / "weights"),
-                          model_refresh_seconds="1",
-                          # measure the service, not the per-key rate limit
-                          predict_rate_per_second="1000000", predict_burst="1000000",
-                          ) as live:  # fmt: skip
-            base, headers = live.base, live.headers
-            train_model(base, work, headers)
-            raw = raw_forward_ms(base, work, photo, runs=args.requests, headers=headers)
-            print("raw forward ms", raw, flush=True)
-            single = latency(base, photo, args.requests, headers)
-            print("latency", single, flush=True)
-            loads = [throughput(base, photo, n, args.duration, headers) for n in CLIENTS]
-            for row in loads:
-                print("throughput", row, flush=True)
+        work, var = Path(tmp), Path(tmp) / "var"
+        with live_service(var, with_worker=True, pretrained_weights_dir=str(SHARED / "weights"),
+                          model_refresh_seconds="1") as live:  # fmt: skip
+            train_versions(live.base, work, live.headers)
+            keras_file = download(live.base, live.headers, "keras", work / "bench.keras")
+            onnx_file = download(live.base, live.headers, "onnx", work / "bench.onnx")
+        raw = raw_forward(keras_file, onnx_file, photo, runs=args.requests)
+        print("raw forward", raw, flush=True)
+        features = feature_extraction(work)
+        print("feature extraction images/s", features, flush=True)
+        served = {runtime: serve_and_measure(var, runtime, photo, args) for runtime in RUNTIMES}
 
     from PIL import Image
 
     with Image.open(photo_path) as image:
-        photo_size = f"{image.width}x{image.height}"
-    raw_ms = raw["graph"]
-    limit = 1.3 * raw_ms + 10
-    speedup = loads[-1]["per_second"] / loads[0]["per_second"]
-    errors = single["errors"] + sum(row["errors"] for row in loads)
-    lines = [
-        "## Prediction latency and throughput (`POST /predict`)",
-        "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}, CPU only, with",
-        "`.venv/bin/python -m benchmarks.predict`: the service on loopback (uvicorn, SQLite),",
-        f"a MobileNetV2 bottleneck model at {IMAGE_SIZE} px trained through the API, one JPEG",
-        f"photo ({photo_size}, {len(photo)} bytes) per request as multipart; clients are threads",
-        "of the benchmark process (httpx, keep-alive), sharing the 2 cores with the server.",
-        "",
-        "| measurement | value | target |",
-        "| --- | --- | --- |",
-        f"| raw Keras forward, 1 image, traced graph (median) | {raw_ms:.1f} ms | - |",
-        f"| raw Keras forward, `predict_on_batch` (median) | {raw['predict_on_batch']:.1f} ms"
-        " | - |",
-        f"| service latency p50, 1 client, {single['requests']} requests | {single['p50']:.1f} ms"
-        f" | <= 1.3 x raw + 10 ms = {limit:.1f} ms"
-        f" ({'met' if single['p50'] <= limit else '**missed**'}) |",
-        f"| service latency p99, 1 client | {single['p99']:.1f} ms | - |",
-    ]
-    for row in loads:
-        lines.append(
-            f"| throughput, {row['clients']} client(s), {args.duration:.0f} s |"
-            f" {row['per_second']:.1f} images/s (p50 {row['p50']:.0f} ms,"
-            f" p99 {row['p99']:.0f} ms) | - |"
-        )
-    lines += [
-        f"| throughput 16 clients / 1 client | {speedup:.2f}x | >= 1.5x"
-        f" ({'met' if speedup >= 1.5 else '**missed**'}) |",
-        f"| errors (non-200 answers) | {errors} | 0 ({'met' if errors == 0 else '**missed**'}) |",
-    ]
-    body = "\n".join(lines) + "\n"
+        size = f"{image.width}x{image.height}, {len(photo)} bytes"
+    body = report(raw, features, served, photo=size, args=args)
     write_section("predict", body)
     print(body)
 

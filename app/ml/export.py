@@ -21,6 +21,7 @@ ONNX_FILE = "model.onnx"
 # models here convert to (Resize with half-pixel coordinates, depthwise convolutions).
 ONNX_OPSET = 17
 INPUT_NAME = "pixels"
+OUTPUT_NAME = "probabilities"
 # The largest difference allowed between ONNX Runtime's and Keras' probabilities: an export
 # outside it is not kept (the version is then served by Keras).
 PARITY_TOLERANCE = 1e-4
@@ -46,6 +47,7 @@ class OnnxExport:
 
 
 def _serving_function(model: Any) -> Any:
+    """The model as a traced function of (batch, height, width, 3) float32 pixels."""
     import tensorflow as tf
 
     signature = [tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_NAME)]
@@ -54,7 +56,7 @@ def _serving_function(model: Any) -> Any:
     def serve(pixels: Any) -> Any:
         return model(pixels, training=False)
 
-    return serve, signature
+    return serve
 
 
 def parity_pixels(image_size: int, *, seed: int = 0) -> list[np.ndarray]:
@@ -83,6 +85,37 @@ def onnx_session(path: Path, *, threads: int = 0, providers: list[str] | None = 
     )
 
 
+def _frozen_graph(serve: Any) -> tuple[Any, list[str], list[str]]:
+    """The serving function as a GraphDef with every variable and captured tensor inlined as
+    a constant. Converting the function directly leaves tensors it captures (the statistics
+    of an adapted Normalization layer, in the linear head) as extra ONNX inputs."""
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    return (
+        frozen.graph.as_graph_def(),
+        [tensor.name for tensor in frozen.inputs],
+        [tensor.name for tensor in frozen.outputs],
+    )
+
+
+def _rename_io(path: Path, *, inputs: list[str], outputs: list[str]) -> None:
+    """TF tensor names ("pixels:0", "Identity:0") -> the names clients use: "pixels" and
+    "probabilities"."""
+    import onnx
+
+    model = onnx.load(str(path))
+    renames = {inputs[0]: INPUT_NAME, outputs[0]: OUTPUT_NAME}
+    for value in [*model.graph.input, *model.graph.output]:
+        value.name = renames.get(value.name, value.name)
+    for node in model.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    onnx.save(model, str(path))
+
+
 def export_onnx(model: Any, path: Path, *, image_size: int) -> OnnxExport:
     """Convert `model` with tf2onnx into `path`, then check that ONNX Runtime answers like
     Keras on pixels of several sizes; ExportError (and no file) otherwise."""
@@ -90,11 +123,14 @@ def export_onnx(model: Any, path: Path, *, image_size: int) -> OnnxExport:
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     started = time.perf_counter()
-    serve, signature = _serving_function(model)
+    serve = _serving_function(model)
     try:
-        tf2onnx.convert.from_function(
-            serve, input_signature=signature, opset=ONNX_OPSET, output_path=str(path)
-        )
+        graph_def, inputs, outputs = _frozen_graph(serve)
+        tf2onnx.convert.from_graph_def(
+            graph_def, input_names=inputs, output_names=outputs, opset=ONNX_OPSET,
+            output_path=str(path),
+        )  # fmt: skip
+        _rename_io(path, inputs=inputs, outputs=outputs)
     except Exception as exc:  # tf2onnx raises whatever its handlers raise
         path.unlink(missing_ok=True)
         raise ExportError(f"tf2onnx could not convert the model: {exc}") from exc
@@ -123,7 +159,7 @@ def export_saved_model(model: Any, directory: Path) -> None:
     `pixels` (batch, height, width, 3) float32 0..255."""
     import tensorflow as tf
 
-    serve, _ = _serving_function(model)
+    serve = _serving_function(model)
     module = tf.Module()
     module.model = model  # tracks the variables
     tf.saved_model.save(

@@ -278,6 +278,7 @@ def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         "candidates": [candidate.as_dict() for candidate in outcome.candidates],
         "chosen": {"method": outcome.method.value, "reason": outcome.reason},
         "warnings": outcome.warnings,
+        "exports": meta["exports"],
         **outcome.details,
     }  # fmt: skip
 

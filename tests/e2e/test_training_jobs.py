@@ -128,6 +128,11 @@ def test_each_method_trains_evaluates_and_registers_a_version(
     )
     assert answer.status_code == 200, answer.text
     assert (answer.json()["model"], answer.json()["version"]) == (model["name"], 1)
+    # Every method's model (the flip-averaged scratch one too) is exported to ONNX, within
+    # the parity tolerance, and served by ONNX Runtime.
+    assert "error" not in result["exports"]["onnx"], result["exports"]
+    assert result["exports"]["onnx"]["max_abs_difference"] <= 1e-4
+    assert answer.json()["runtime"] == "onnxruntime"
     assert {x["label"] for x in answer.json()["predictions"][0]["labels"]} == {"cats", "dogs"}
     for picture in ("metrics.png", "confusion.png"):
         response = client.get(f"/jobs/{job_id}/{picture}")
