@@ -232,23 +232,57 @@ def throughput(
     }
 
 
-def memory(base: str, pid: int, photo: bytes, headers: dict[str, str]) -> dict[str, float]:
-    """API RSS (MiB): the active version loaded (at start-up), then a second one, then nine
-    loads of other versions, each evicting the least recently used (the cache holds two)."""
+def memory_probe() -> None:
+    """(Run in a fresh process on the benchmark's data directory.) The API's model cache with
+    room for two versions: RSS with nothing loaded, after loading each of the three versions
+    in turn (the third evicts the first), then after six more loads, each evicting one.
+    Prints one JSON line."""
+    import gc
+    import json
+    import os
 
-    def rss() -> float:
-        time.sleep(1.0)  # let freed memory settle
-        return memory_kb(pid, "VmRSS") / 1024
+    import app.main  # noqa: F401  (everything the API process imports)
+    from app.db.models import ModelVersion
+    from app.db.session import session_scope
+    from app.services.inference import ModelCache
+    from app.services.model_versions import VersionRef
 
-    with httpx.Client(timeout=120, headers=headers) as client:
-        post_photo(client, base, photo)
-        one = rss()
-        post_photo(client, base, photo, version=1)
-        two = rss()
-        for version in [2, 3, 1] * 3:  # each loads a version that is not in the cache
-            post_photo(client, base, photo, version=version)
-        cycled = rss()
-    return {"one": one, "two": two, "per_model": two - one, "after_evictions": cycled}
+    with session_scope() as session:
+        refs = [VersionRef.of(row) for row in session.query(ModelVersion).order_by("version")]
+    cache = ModelCache(capacity=2, max_batch=32)
+    pixels = np.zeros((BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+
+    def rss_after(ref: VersionRef | None) -> float:
+        if ref is not None:
+            cache.get(ref).forward(pixels)  # a full batch: runtime buffers are allocated too
+        gc.collect()
+        return memory_kb(os.getpid(), "VmRSS") / 1024
+
+    readings = [rss_after(None)] + [rss_after(ref) for ref in refs]
+    readings += [rss_after(ref) for ref in refs * 2]
+    print(json.dumps({"runtime": cache.get(refs[0]).runtime.value, "rss": readings}))
+
+
+def memory(var: Path, runtime: str) -> dict[str, float]:
+    """memory_probe in a fresh process: MiB with none, one and two versions loaded, per
+    version, and after the loads that evicted (seven evictions in all)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
+    env.update(SMALLVISION_DATA_DIR=str(var), SMALLVISION_SERVING_RUNTIME=runtime)
+    output = subprocess.run(
+        [sys.executable, "-m", "benchmarks.predict", "--memory-probe", runtime],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout.splitlines()[-1]  # fmt: skip
+    probe = json.loads(output)
+    if probe["runtime"] != runtime:
+        raise RuntimeError(f"the probe loaded {probe['runtime']}, not {runtime}")
+    rss = probe["rss"]
+    return {"none": rss[0], "one": rss[1], "two": rss[2], "per_model": (rss[2] - rss[0]) / 2,
+            "evicting": max(rss[3:]), "last": rss[-1]}  # fmt: skip
 
 
 def serve_and_measure(
@@ -267,8 +301,8 @@ def serve_and_measure(
         loads = [throughput(base, photo, n, args.duration, headers) for n in CLIENTS]
         for row in loads:
             print(runtime, "throughput", row, flush=True)
-        rss = memory(base, live.process.pid, photo, headers)
-        print(runtime, "memory", rss, flush=True)
+    rss = memory(var, runtime)
+    print(runtime, "memory", rss, flush=True)
     return {"latency": single, "loads": loads, "memory": rss}
 
 
@@ -341,17 +375,20 @@ def report(
     )
     lines += [
         "",
-        "API memory (RSS, MiB; the model cache holds two versions):",
+        "Memory: the API's model cache (room for two versions) in a fresh process with the",
+        "API's imports, RSS in MiB after each load and a batch of 32 through the model; the",
+        "three versions are loaded in turn three times, so every load after the second evicts",
+        "the least recently used one (seven evictions).",
         "",
-        "| runtime | one version loaded | two loaded | per loaded version"
-        " | after 9 more loads, each evicting one |",
-        "| --- | --- | --- | --- | --- |",
+        "| runtime | nothing loaded | one version | two versions | per loaded version"
+        " | highest while evicting | at the end |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, path in served.items():
         rss = path["memory"]
         lines.append(
-            f"| {name} | {rss['one']:.0f} | {rss['two']:.0f} | {rss['per_model']:.0f}"
-            f" | {rss['after_evictions']:.0f} ({rss['after_evictions'] - rss['two']:+.0f}) |"
+            f"| {name} | {rss['none']:.0f} | {rss['one']:.0f} | {rss['two']:.0f}"
+            f" | {rss['per_model']:.0f} | {rss['evicting']:.0f} | {rss['last']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -360,7 +397,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=300, help="sequential latency requests")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per client count")
+    parser.add_argument("--memory-probe", choices=RUNTIMES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe()
+        return
     photo_path = sorted((SHARED / "data" / "cats_vs_dogs_small" / "test" / "cats").iterdir())[0]
     photo = photo_path.read_bytes()
 
