@@ -31,11 +31,12 @@ function describe(status, code, detail) {
   }
   const hint = {
     401: " Sign in again with a valid API key.",
-    403: " This API key lacks the scope for this; use a key with the train scope (or admin).",
+    403: " Sign in with a key that has it (an admin key has every scope).",
     413: " Make the upload smaller, or raise the server's limit.",
     429: " Wait a moment and try again.",
   }[status];
-  return `${text || `HTTP ${status}`}${hint || ""}`;
+  const said = text || `HTTP ${status}`;
+  return hint ? `${said}${/[.!?]$/.test(said) ? "" : "."}${hint}` : said;
 }
 
 async function errorFrom(response) {

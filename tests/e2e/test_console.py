@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import time
 import zipfile
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", PROJECT_ROOT / "test-artif
 HOSTILE = "<img src=x onerror=alert(1)>"  # a class name, and part of the dataset's name
 DATASET_NAME = f"pets {HOSTILE}"
 EPOCHS = 8
+MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the photo zip is well under it
 CATS = sorted((PHOTOS / "test" / "cats").iterdir())[1:3]
 DOG = sorted((PHOTOS / "test" / "dogs").iterdir())[0]
 
@@ -38,7 +40,8 @@ DOG = sorted((PHOTOS / "test" / "dogs").iterdir())[0]
 @pytest.fixture(scope="module")
 def service(tmp_path_factory) -> Iterator[LiveService]:
     tmp = tmp_path_factory.mktemp("console")
-    with running_service(tmp / "var", tmp / "run.log", settings=weights_settings()) as live:
+    settings = {**weights_settings(), "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}
+    with running_service(tmp / "var", tmp / "run.log", settings=settings) as live:
         yield live
 
 
@@ -134,6 +137,7 @@ def test_the_whole_loop_in_a_browser(service: LiveService, browser: Any, tmp_pat
     page.wait_for_selector("#upload-form")
     walk.shot("datasets-empty")
 
+    _too_large_upload_is_refused(walk, tmp_path / "huge.zip")
     _upload(walk, archive)
     _dataset_report(walk)
     job_id = _train_and_watch(walk, service)
@@ -153,9 +157,21 @@ def test_the_whole_loop_in_a_browser(service: LiveService, browser: Any, tmp_pat
 
     assert not watch.errors, watch.errors
     assert not watch.dialogs, watch.dialogs  # no alert() ran
-    # The only failed load: the wrong key's 401.
-    assert len(watch.failed_loads) == 1 and "401" in watch.failed_loads[0], watch.failed_loads
+    # The only failed loads: the wrong key's 401 and the too large upload's 413.
+    statuses = sorted(re.findall(r"status of (\d+)", " ".join(watch.failed_loads)))
+    assert statuses == ["401", "413"], watch.failed_loads
     context.close()
+
+
+def _too_large_upload_is_refused(walk: Walk, huge: Path) -> None:
+    huge.write_bytes(os.urandom(MAX_UPLOAD_BYTES + 1024 * 1024))
+    walk.page.set_input_files("#upload-form input[type=file]", str(huge))
+    walk.page.click("#upload-button")
+    walk.page.wait_for_selector("#upload-form .error:not([hidden])")
+    message = walk.text("#upload-form .error")
+    assert "larger than the limit" in message and "raise the server's limit" in message
+    walk.shot("upload-too-large")
+    walk.page.fill("#dataset-name", "")  # named after that zip: the next one names itself
 
 
 def _upload(walk: Walk, archive: Path) -> None:
