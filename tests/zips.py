@@ -63,6 +63,7 @@ def class_folders(
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+PHOTOS = SHARED / "data" / "cats_vs_dogs_small"
 
 
 def tiny_photo_zip(
@@ -70,19 +71,17 @@ def tiny_photo_zip(
 ) -> Path:
     """A zip of real cats_vs_dogs photos: 8/4/4 per class in train/validation/test, the
     classes' folders named by `class_names` ({"cats": ..., "dogs": ...}), plus `extra` files."""
-    root = SHARED / "data" / "cats_vs_dogs_small"
     names = class_names or {"cats": "cats", "dogs": "dogs"}
     with zipfile.ZipFile(path, "w") as archive:
         for split, count in (("train", 8), ("validation", 4), ("test", 4)):
             for label in ("cats", "dogs"):
-                for image in sorted((root / split / label).iterdir())[:count]:
+                for image in sorted((PHOTOS / split / label).iterdir())[:count]:
                     archive.write(image, f"{split}/{names[label]}/{image.name}")
         for name, data in extra.items():
             archive.writestr(name, data)
     return path
 
 
-PHOTOS = SHARED / "data" / "cats_vs_dogs_small"
 # tiny_photo_zip puts this photo in test/cats; report_subjects() copies it into train too.
 LEAKED_PHOTO = sorted((PHOTOS / "test" / "cats").iterdir())[0]
 
