@@ -15,14 +15,15 @@ WORKDIR /srv/smallvision
 
 # Dependencies first, so code changes do not reinstall TensorFlow.
 COPY pyproject.toml README.md ./
-RUN mkdir -p app worker models_store \
-    && touch app/__init__.py worker/__init__.py models_store/__init__.py \
+RUN mkdir -p app worker models_store smallvision \
+    && touch app/__init__.py worker/__init__.py models_store/__init__.py smallvision/__init__.py \
     && pip install ".[${TF_FLAVOUR}]" \
     && pip uninstall -y smallvision
 
 COPY app ./app
 COPY worker ./worker
 COPY models_store ./models_store
+COPY smallvision ./smallvision
 COPY alembic ./alembic
 COPY alembic.ini ./
 COPY docker/entrypoint.sh /usr/local/bin/smallvision-entrypoint

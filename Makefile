@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy app worker models_store
+	$(BIN)/mypy app worker models_store smallvision
 
 pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)

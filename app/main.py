@@ -16,6 +16,7 @@ from app.api.bodies import DOCUMENTED_BODIES, request_body_limit
 from app.api.errors import register_error_handlers
 from app.api.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from app.api.routes import (
+    console,
     datasets,
     health,
     jobs,
@@ -95,6 +96,7 @@ def create_app() -> FastAPI:
     app.include_router(predict.router)
     app.include_router(tfserving.router)
     app.include_router(open_inference.router)
+    app.include_router(console.router)
     app.openapi = lambda: _openapi_with_our_errors(app)  # type: ignore[method-assign]
     return app
 

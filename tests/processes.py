@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.cli import api_command, worker_command
-from app.core.config import PROJECT_ROOT
+from app.core.config import ENV_PREFIX, PROJECT_ROOT
 
 
 def free_port() -> int:
@@ -83,27 +86,31 @@ def watch_job_statuses(
     return seen
 
 
+def _answers_ok(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
+    """Whether `url` answers 200 (the process that should serve it must still be running)."""
+    import httpx
+
+    assert process.poll() is None, log.read_text()[-3000:]
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 @contextmanager
 def running_api(log_path: Path, *, port: int) -> Iterator[str]:
     """uvicorn serving the app (current environment's settings) on loopback; yields its URL."""
-    import httpx
-
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             api_command(host="127.0.0.1", port=port), cwd=PROJECT_ROOT, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        assert process.poll() is None, log_path.read_text()[-3000:]
-        try:
-            return httpx.get(f"{base}/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_until(answers, timeout=90, what="the API to answer", log=log_path)
+        wait_until(
+            lambda: _answers_ok(f"{base}/health", process, log_path),
+            timeout=90, what="the API to answer", log=log_path,
+        )  # fmt: skip
         yield base
     finally:
         stop_process_group(process)
@@ -119,3 +126,61 @@ def wait_job_finished(client: Any, job_id: str, *, log: Path, timeout: float) ->
         timeout=timeout, what=f"job {job_id} to finish", log=log,
     )  # fmt: skip
     return dict(client.get(f"/jobs/{job_id}").json())
+
+
+@dataclass(frozen=True)
+class LiveService:
+    """A running `make run`: its address, the admin key it printed, and how it was started."""
+
+    url: str
+    admin_key: str
+    launcher: subprocess.Popen[bytes]
+    env: dict[str, str]  # the launcher's environment: `python -m app.cli keys ...` with it
+    data_dir: Path
+
+
+@contextmanager
+def running_service(
+    data_dir: Path, log: Path, *, settings: Mapping[str, str] = {}
+) -> Iterator[LiveService]:
+    """`make run`'s launcher (`python -m app.cli run`: migrations, then the API and a Celery
+    worker on SQLite and the embedded broker) on a free port, its data under `data_dir` and
+    `SMALLVISION_<name>` = value for each of `settings`; yields once it is ready."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+    env[ENV_PREFIX + "DATA_DIR"] = str(data_dir)
+    env.update({ENV_PREFIX + name: value for name, value in settings.items()})
+    with log.open("wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "run", "--port", str(port)],
+            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: _answers_ok(f"{url}/ready", launcher, log),
+            timeout=90, what="the API to be ready", log=log,
+        )  # fmt: skip
+        # The first start prints an admin key, before it starts the API.
+        match = re.search(r"^\s+(sv_\S+)$", log.read_text(), re.M)
+        assert match, log.read_text()[-3000:]
+        yield LiveService(url, match.group(1), launcher, env, data_dir)
+    finally:
+        stop_process_group(launcher)  # the launcher stops the API and the worker it started
+
+
+# Not among the shared weight files: a job on vgg16 has to download it.
+MISSING_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def weights_settings() -> dict[str, str]:
+    """Settings for running_service: the shared weight files on disk, and a download address
+    that answers nothing, so a job on vgg16 fails within seconds naming MISSING_WEIGHTS_FILE."""
+    from tests.zips import SHARED
+
+    return {
+        "PRETRAINED_WEIGHTS_DIR": str(SHARED / "weights"),
+        "WEIGHTS_DOWNLOAD_URL": f"http://127.0.0.1:{free_port()}/",
+        "WEIGHTS_DOWNLOAD_TIMEOUT_SECONDS": "5",
+    }

@@ -63,14 +63,35 @@ def class_folders(
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+PHOTOS = SHARED / "data" / "cats_vs_dogs_small"
 
 
-def tiny_photo_zip(path: Path) -> Path:
-    """A zip of real cats_vs_dogs photos: 8/4/4 per class in train/validation/test."""
-    root = SHARED / "data" / "cats_vs_dogs_small"
+def tiny_photo_zip(
+    path: Path, *, class_names: Mapping[str, str] | None = None, extra: Mapping[str, bytes] = {}
+) -> Path:
+    """A zip of real cats_vs_dogs photos: 8/4/4 per class in train/validation/test, the
+    classes' folders named by `class_names` ({"cats": ..., "dogs": ...}), plus `extra` files."""
+    names = class_names or {"cats": "cats", "dogs": "dogs"}
     with zipfile.ZipFile(path, "w") as archive:
         for split, count in (("train", 8), ("validation", 4), ("test", 4)):
             for label in ("cats", "dogs"):
-                for image in sorted((root / split / label).iterdir())[:count]:
-                    archive.write(image, f"{split}/{label}/{image.name}")
+                for image in sorted((PHOTOS / split / label).iterdir())[:count]:
+                    archive.write(image, f"{split}/{names[label]}/{image.name}")
+        for name, data in extra.items():
+            archive.writestr(name, data)
     return path
+
+
+# tiny_photo_zip puts this photo in test/cats; report_subjects() copies it into train too.
+LEAKED_PHOTO = sorted((PHOTOS / "test" / "cats").iterdir())[0]
+
+
+def report_subjects() -> dict[str, bytes]:
+    """Files for tiny_photo_zip's `extra` that its ingest report must name: one that is not an
+    image, a copy of a training photo (a duplicate) and a copy of a test photo in train
+    (leakage: the test copy is removed)."""
+    return {
+        "train/cats/notes.txt": b"not an image",
+        "train/cats/again.jpg": sorted((PHOTOS / "train" / "cats").iterdir())[0].read_bytes(),
+        "train/cats/leaked.jpg": LEAKED_PHOTO.read_bytes(),
+    }

@@ -93,3 +93,12 @@ class TrainConfig:
     label_smoothing: float = 0.1
     # scratch only when the training split has at least this many images (auto)
     scratch_min_images: int = 4000
+
+    @property
+    def most_epochs(self) -> int:
+        """The most epochs this run trains, all stages together: what its progress counts.
+        scratch and bottleneck train one stage of `epochs`; finetune and auto a head of at
+        most `head_epochs`, then `epochs` of fine-tuning."""
+        if self.method in (Method.SCRATCH, Method.BOTTLENECK):
+            return self.epochs
+        return self.head_epochs + self.epochs

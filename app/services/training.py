@@ -213,7 +213,7 @@ def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         fingerprint, dataset_name = dataset.fingerprint or "", dataset.name
     gpus = configure_devices(mixed_precision=settings.mixed_precision)
     config = train_config(method, parameters)
-    reporter = _JobReporter(job_id, worker_id, config.head_epochs + config.epochs)
+    reporter = _JobReporter(job_id, worker_id, config.most_epochs)
     hooks = TrainingHooks(
         on_epoch_end=reporter.on_epoch_end,
         on_progress=reporter.on_progress,

@@ -6,14 +6,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from app.core.config import PROJECT_ROOT
-from tests.processes import free_port, stop_process_group, wait_until, watch_job_statuses
+from tests.processes import LiveService, running_service, wait_until, watch_job_statuses
 from tests.zips import SHARED, image_bytes, tiny_photo_zip
 
 README_ADDRESS = "http://127.0.0.1:8000"
@@ -65,67 +64,52 @@ def _processes_with_env(marker: str) -> list[int]:
 
 def test_run_serves_api_and_worker_then_ctrl_c_stops_both(tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SMALLVISION_")}
-    env["SMALLVISION_DATA_DIR"] = str(data_dir)
-    env["SMALLVISION_PRETRAINED_WEIGHTS_DIR"] = str(SHARED / "weights")
     log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "run", "--port", str(port)],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
+    weights = {"PRETRAINED_WEIGHTS_DIR": str(SHARED / "weights")}
+    with running_service(data_dir, log, settings=weights) as service:
+        try:
+            _walk_then_ctrl_c(service, tmp_path, log)
+        finally:
+            for pid in _processes_with_env(str(data_dir)):  # children live in their own sessions
+                os.kill(pid, signal.SIGKILL)
 
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{base}/ready", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
 
-        wait_until(ready, timeout=60, what="the API to be ready", log=log)
-        assert (data_dir / "smallvision.db").exists()
-        assert (data_dir / "broker.db").exists()
+def _walk_then_ctrl_c(service: LiveService, tmp_path: Path, log: Path) -> None:
+    base, data_dir, launcher = service.url, service.data_dir, service.launcher
+    assert (data_dir / "smallvision.db").exists()
+    assert (data_dir / "broker.db").exists()
 
-        # The first start prints an admin key; nothing but health answers without one.
-        assert httpx.post(f"{base}/workers/check", timeout=10).status_code == 401
-        match = re.search(r"^\s+(sv_\S+)$", log.read_text(), re.M)
-        assert match, log.read_text()[-3000:]
-        headers = {"Authorization": f"Bearer {match.group(1)}"}
-        accepted = httpx.post(f"{base}/workers/check", timeout=10, headers=headers)
-        assert accepted.status_code == 202, accepted.text
-        job_url = f"{base}/jobs/{accepted.json()['id']}"
-        statuses = watch_job_statuses(
-            lambda: httpx.get(job_url, timeout=5, headers=headers).json()["status"],
-            first=accepted.json()["status"],
-            timeout=120,
-            log=log,
-        )
-        assert statuses == ["queued", "running", "succeeded"], log.read_text()[-3000:]
+    # The first start prints an admin key; nothing but health answers without one.
+    assert httpx.post(f"{base}/workers/check", timeout=10).status_code == 401
+    headers = {"Authorization": f"Bearer {service.admin_key}"}
+    accepted = httpx.post(f"{base}/workers/check", timeout=10, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    job_url = f"{base}/jobs/{accepted.json()['id']}"
+    statuses = watch_job_statuses(
+        lambda: httpx.get(job_url, timeout=5, headers=headers).json()["status"],
+        first=accepted.json()["status"],
+        timeout=120,
+        log=log,
+    )
+    assert statuses == ["queued", "running", "succeeded"], log.read_text()[-3000:]
 
-        # A new user's walk through README: every curl example, as written, in order.
-        examples = tmp_path / "readme"
-        examples.mkdir()
-        output = run_readme_examples(base, match.group(1), examples)
-        assert '"predictions":[{"filename":"cat.jpg"' in output, output[-2000:]
-        assert (examples / "curves.png").read_bytes().startswith(b"\x89PNG")
+    # A new user's walk through README: every curl example, as written, in order.
+    examples = tmp_path / "readme"
+    examples.mkdir()
+    output = run_readme_examples(base, service.admin_key, examples)
+    assert '"predictions":[{"filename":"cat.jpg"' in output, output[-2000:]
+    assert (examples / "curves.png").read_bytes().startswith(b"\x89PNG")
 
-        assert len(_processes_with_env(str(data_dir))) >= 3  # launcher, API, worker (+ child)
-        # Ctrl-C: SIGINT to the launcher alone, as a terminal sends it to the foreground job.
-        started = time.monotonic()
-        launcher.send_signal(signal.SIGINT)
-        assert launcher.wait(timeout=40) == 0, log.read_text()[-3000:]
-        assert time.monotonic() - started < 40
-        wait_until(
-            lambda: not _processes_with_env(str(data_dir)),
-            timeout=10,
-            what="the API and worker processes to exit",
-            log=log,
-        )
-        assert "Warm shutdown" in log.read_text()
-    finally:
-        stop_process_group(launcher, sig=signal.SIGKILL)
-        for pid in _processes_with_env(str(data_dir)):  # children live in their own sessions
-            os.kill(pid, signal.SIGKILL)
+    assert len(_processes_with_env(str(data_dir))) >= 3  # launcher, API, worker (+ child)
+    # Ctrl-C: SIGINT to the launcher alone, as a terminal sends it to the foreground job.
+    started = time.monotonic()
+    launcher.send_signal(signal.SIGINT)
+    assert launcher.wait(timeout=40) == 0, log.read_text()[-3000:]
+    assert time.monotonic() - started < 40
+    wait_until(
+        lambda: not _processes_with_env(str(data_dir)),
+        timeout=10,
+        what="the API and worker processes to exit",
+        log=log,
+    )
+    assert "Warm shutdown" in log.read_text()

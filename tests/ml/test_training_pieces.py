@@ -262,3 +262,14 @@ def test_auto_trains_scratch_too_where_there_are_enough_images(tmp_path: Path) -
     assert [r.epoch for r in records] == list(range(1, len(records) + 1))
     assert [r.stage for r in records][-30:] == ["train"] * 30
     assert scratch.method.value in outcome.reason
+
+
+@pytest.mark.parametrize(
+    ("method", "most_epochs"),
+    [("scratch", 8), ("bottleneck", 8), ("finetune", 60 + 8), ("auto", 60 + 8)],
+)
+def test_progress_counts_only_the_stages_a_method_trains(method: str, most_epochs: int) -> None:
+    config = TrainConfig(method=Method(method), image_size=32, epochs=8, batch_size=8,
+                         learning_rate=1e-3, dropout=0.5, seed=1)  # fmt: skip
+    assert config.head_epochs == 60  # the default, also where the method has no head stage
+    assert config.most_epochs == most_epochs

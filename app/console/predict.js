@@ -1,0 +1,95 @@
+// Try it: drop or pick images and see the top labels of a model version.
+
+import { api } from "./api.js";
+import { bar, dropZone, el, fill } from "./dom.js";
+
+export async function predictView(container, { query }) {
+  const models = await api("/models");
+  const modelSelect = el(
+    "select",
+    { id: "predict-model" },
+    el("option", { value: "" }, "the only active model"),
+    models.map((m) => el("option", { value: m.name, selected: m.name === query.get("model") }, m.name)),
+  );
+  const versionSelect = el("select", { id: "predict-version" });
+  const topK = el("input", { type: "number", id: "predict-top-k", min: "1", max: "20", value: "3" });
+  const results = el("div", { class: "predictions", id: "predictions" });
+  const message = el("p", { class: "error", role: "alert", id: "predict-error", hidden: true });
+
+  const fillVersions = async (wanted) => {
+    fill(versionSelect, el("option", { value: "" }, "active version"));
+    if (!modelSelect.value) return;
+    const versions = await api(`/models/${encodeURIComponent(modelSelect.value)}/versions`);
+    for (const v of versions) {
+      versionSelect.append(el("option", { value: String(v.version), selected: String(v.version) === wanted }, `v${v.version}${v.is_active ? " (active)" : ""}`));
+    }
+  };
+  modelSelect.addEventListener("change", () => fillVersions(null).catch(showProblem));
+  await fillVersions(query.get("version"));
+
+  function showProblem(error) {
+    fill(message, error.message);
+    message.hidden = false;
+  }
+
+  async function classify(files) {
+    message.hidden = true;
+    const form = new FormData();
+    for (const file of files) form.append("files", file, file.name);
+    if (modelSelect.value) form.append("model", modelSelect.value);
+    if (versionSelect.value) form.append("version", versionSelect.value);
+    form.append("top_k", topK.value || "3");
+    fill(results, el("p", { class: "muted" }, `classifying ${files.length} image(s)…`));
+    try {
+      const answer = await api("/predict", { method: "POST", form });
+      fill(
+        results,
+        el("p", { class: "muted", id: "predict-summary" }, `${answer.model} v${answer.version} · ${(answer.seconds * 1000).toFixed(0)} ms in the service`),
+        answer.predictions.map((prediction, i) => predictionCard(files[i], prediction)),
+      );
+    } catch (error) {
+      fill(results);
+      showProblem(error);
+    }
+  }
+
+  const { zone } = dropZone({
+    accept: "image/*",
+    multiple: true,
+    prompt: "Drop one or more photos here, or click to choose them.",
+    onFiles: classify,
+  });
+  fill(
+    container,
+    el("h1", {}, "Try it"),
+    el(
+      "div",
+      { class: "card" },
+      el("div", { class: "row" },
+        el("label", {}, "Model ", modelSelect),
+        el("label", {}, "Version ", versionSelect),
+        el("label", {}, "Top ", topK, " labels")),
+      zone,
+    ),
+    message,
+    results,
+  );
+}
+
+function predictionCard(file, prediction) {
+  const image = el("img", { alt: prediction.filename ?? "image", class: "thumb" });
+  const url = URL.createObjectURL(file);
+  image.src = url;
+  image.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
+  return el(
+    "figure",
+    { class: "prediction card" },
+    image,
+    el(
+      "figcaption",
+      {},
+      el("div", { class: "filename" }, prediction.filename ?? ""),
+      el("ol", { class: "labels" }, prediction.labels.map((l) => el("li", {}, el("span", { class: "label" }, l.label), bar(l.probability)))),
+    ),
+  );
+}

@@ -1,0 +1,451 @@
+"""A typed Python client of the smallvision HTTP API: what the `smallvision` command is built on.
+
+It speaks only the public API (the same as curl and the web console) and imports nothing of
+the server, so it works against any smallvision service it can reach::
+
+    from smallvision import Client
+
+    with Client("http://127.0.0.1:8000", key="sv_...") as client:
+        with open("pets.zip", "rb") as archive:
+            dataset = client.upload_dataset(archive, name="pets")
+        job = client.start_job(dataset["id"], epochs=2)
+        for job_now, metrics in client.watch_job(job["id"]):
+            print(job_now["status"], len(metrics["epochs"]))
+        print(client.predict([Path("cat.jpg")], top_k=3)["predictions"])
+
+Every method raises `ApiError` (status, code, detail, retry_after) for an error answer and
+`ServiceUnreachableError` when no answer came.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal, NotRequired, Self, TypedDict, cast
+from urllib.parse import quote
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+URL_VARIABLE = "SMALLVISION_URL"
+KEY_VARIABLE = "SMALLVISION_API_KEY"
+FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+# An upload is answered once every image in it has been decoded and checked: minutes for a
+# large zip. Everything else answers within the default timeout.
+UPLOAD_TIMEOUT = httpx.Timeout(60.0, read=3600.0)
+DEFAULT_TIMEOUT = httpx.Timeout(60.0)
+_CHUNK_BYTES = 1024 * 1024
+
+
+class ApiError(Exception):
+    """An error answer of the API: `{"error": code, "detail": ...}` with its HTTP status."""
+
+    def __init__(
+        self, status: int, code: str, detail: Any, *, retry_after: float | None = None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+        super().__init__(f"{status} {code}: {self.message}")
+
+    @property
+    def message(self) -> str:
+        """The detail as one line: validation errors as `field: problem; ...`."""
+        if isinstance(self.detail, list):
+            return "; ".join(
+                f"{'.'.join(str(p) for p in item.get('loc', []) if p != 'body')}: {item.get('msg')}"
+                if isinstance(item, dict)
+                else str(item)
+                for item in self.detail
+            )
+        if isinstance(self.detail, dict):
+            return "; ".join(f"{key}: {value}" for key, value in self.detail.items())
+        return str(self.detail) if self.detail not in (None, "") else self.code
+
+
+class ServiceUnreachableError(ApiError):
+    """No HTTP answer at all: the address is wrong, or the service is not running."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        super().__init__(0, "unreachable", reason)
+
+
+class Dataset(TypedDict):
+    id: str
+    name: str
+    fingerprint: str | None
+    status: str
+    class_names: list[str]
+    split_counts: dict[str, dict[str, int]]
+    stats: dict[str, Any]  # image_count, skipped, duplicates, leakage, warnings, ...
+    created_at: str
+
+
+class JobAccepted(TypedDict):
+    id: str
+    status: str
+
+
+class Job(TypedDict):
+    id: str
+    dataset_id: str | None
+    method: str
+    parameters: dict[str, Any]
+    status: str
+    progress: float
+    progress_detail: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    worker_id: str | None
+    cancel_requested: bool
+    created_at: str
+    started_at: str | None
+    heartbeat_at: str | None
+    finished_at: str | None
+
+
+class Epoch(TypedDict):
+    stage: str
+    epoch: int
+    loss: float | None
+    accuracy: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    learning_rate: float | None
+    seconds: float | None
+
+
+class ClassScores(TypedDict):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Evaluation(TypedDict):
+    accuracy: float
+    samples: int
+    per_class: dict[str, ClassScores]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
+    classes: list[str]
+    split: NotRequired[str]
+
+
+class JobMetrics(TypedDict):
+    job_id: str
+    status: str
+    progress: float
+    epochs: list[Epoch]
+    best_epoch: int | None
+    evaluation: Evaluation | None
+    candidates: list[dict[str, Any]]
+    chosen: dict[str, Any] | None
+    warnings: list[str]
+
+
+class Model(TypedDict):
+    name: str
+    versions: int
+    latest_version: int
+    active_version: int | None
+    updated_at: str
+
+
+class ModelVersion(TypedDict):
+    id: str
+    name: str
+    version: int
+    job_id: str | None
+    is_active: bool
+    sha256: str
+    size_bytes: int
+    metrics_summary: dict[str, Any]  # method, validation_accuracy, test_accuracy, warnings
+    created_at: str
+
+
+class LabelProbability(TypedDict):
+    label: str
+    probability: float
+
+
+class ImagePrediction(TypedDict):
+    filename: str | None
+    labels: list[LabelProbability]  # most likely first
+
+
+class Prediction(TypedDict):
+    model: str
+    version: int
+    predictions: list[ImagePrediction]
+    seconds: float
+
+
+Method = Literal["auto", "scratch", "bottleneck", "finetune"]
+
+
+def _error_from(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):  # a proxy's page, or no body
+        body = {"error": f"http_{response.status_code}", "detail": response.reason_phrase}
+    retry_after = response.headers.get("retry-after")
+    return ApiError(
+        response.status_code,
+        str(body.get("error", f"http_{response.status_code}")),
+        body.get("detail"),
+        retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+    )
+
+
+class Client:
+    """The smallvision API at `base_url`, called with the API key `key`."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        key: str,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_environment(cls, *, url: str | None = None, key: str | None = None) -> Client:
+        """A client for `url` or $SMALLVISION_URL (default http://127.0.0.1:8000) with `key`
+        or $SMALLVISION_API_KEY; a missing key is a ValueError."""
+        key = key or os.environ.get(KEY_VARIABLE)
+        if not key:
+            raise ValueError(f"no API key: set {KEY_VARIABLE} or pass one")
+        return cls(url or os.environ.get(URL_VARIABLE) or DEFAULT_URL, key=key)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **options)
+        except httpx.TransportError as exc:
+            raise ServiceUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
+        if response.is_error:
+            raise _error_from(response)
+        return response
+
+    def _json(self, method: str, path: str, **options: Any) -> Any:
+        return self._request(method, path, **options).json()
+
+    # Datasets
+
+    def upload_dataset(
+        self,
+        archive: IO[bytes],
+        *,
+        name: str,
+        filename: str | None = None,
+        validation_fraction: float | None = None,
+        test_fraction: float | None = None,
+        seed: int | None = None,
+    ) -> Dataset:
+        """Upload a zip of class folders (read from `archive` as it is sent, so a file object
+        that reports its reads can show upload progress); returns the ingest report."""
+        form = {"name": name}
+        for field, value in (
+            ("validation_fraction", validation_fraction),
+            ("test_fraction", test_fraction),
+            ("seed", seed),
+        ):
+            if value is not None:
+                form[field] = str(value)
+        upload_name = filename or Path(str(getattr(archive, "name", "dataset.zip"))).name
+        files = {"file": (upload_name, archive, "application/zip")}
+        return cast(
+            Dataset,
+            self._json("POST", "/datasets", data=form, files=files, timeout=UPLOAD_TIMEOUT),
+        )
+
+    def list_datasets(self, *, limit: int = 500) -> list[Dataset]:
+        """Datasets, newest first."""
+        return cast(list[Dataset], self._json("GET", "/datasets", params={"limit": limit}))
+
+    def get_dataset(self, dataset_id: str) -> Dataset:
+        return cast(Dataset, self._json("GET", f"/datasets/{dataset_id}"))
+
+    def find_dataset(self, name_or_id: str) -> Dataset:
+        """A dataset by id, or the newest one with this name (ApiError 404 when none has)."""
+        if _is_uuid(name_or_id):
+            return self.get_dataset(name_or_id)
+        for dataset in self.list_datasets():
+            if dataset["name"] == name_or_id:
+                return dataset
+        raise ApiError(404, "not_found", f"no dataset named {name_or_id!r}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._request("DELETE", f"/datasets/{dataset_id}")
+
+    def dataset_preview_png(self, dataset_id: str) -> bytes:
+        return self._request("GET", f"/datasets/{dataset_id}/preview.png").content
+
+    # Training jobs
+
+    def start_job(
+        self,
+        dataset_id: str,
+        *,
+        method: Method | None = None,
+        base_model: str | None = None,
+        image_size: int | None = None,
+        epochs: int | None = None,
+        augmentation: bool = True,
+        model_name: str | None = None,
+        **options: Any,
+    ) -> JobAccepted:
+        """Queue a training job. Options left out take the server's defaults; `augmentation`
+        False turns augmentation off; `options` are any other fields of POST /jobs."""
+        chosen = {
+            "method": method,
+            "base_model": base_model,
+            "image_size": image_size,
+            "epochs": epochs,
+            "model_name": model_name,
+            **options,
+        }
+        request: dict[str, Any] = {"dataset_id": dataset_id}
+        request.update({key: value for key, value in chosen.items() if value is not None})
+        if not augmentation:
+            request["augmentation"] = None
+        return cast(JobAccepted, self._json("POST", "/jobs", json=request))
+
+    def list_jobs(self, *, status: str | None = None, limit: int = 100) -> list[Job]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        return cast(list[Job], self._json("GET", "/jobs", params=params))
+
+    def get_job(self, job_id: str) -> Job:
+        return cast(Job, self._json("GET", f"/jobs/{job_id}"))
+
+    def cancel_job(self, job_id: str) -> Job:
+        return cast(Job, self._json("POST", f"/jobs/{job_id}/cancel"))
+
+    def job_metrics(self, job_id: str) -> JobMetrics:
+        return cast(JobMetrics, self._json("GET", f"/jobs/{job_id}/metrics"))
+
+    def job_curves_png(self, job_id: str) -> bytes:
+        return self._request("GET", f"/jobs/{job_id}/metrics.png").content
+
+    def watch_job(
+        self, job_id: str, *, interval: float = 1.0, sleep: Callable[[float], None] = time.sleep
+    ) -> Iterator[tuple[Job, JobMetrics]]:
+        """The job and its curves every `interval` seconds, until (and including) the answer
+        in which it has finished."""
+        while True:
+            job = self.get_job(job_id)
+            yield job, self.job_metrics(job_id)
+            if job["status"] in FINISHED_STATUSES:
+                return
+            sleep(interval)
+
+    # The model registry
+
+    def list_models(self) -> list[Model]:
+        return cast(list[Model], self._json("GET", "/models"))
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """The model's versions, newest first."""
+        return cast(list[ModelVersion], self._json("GET", f"/models/{_path(name)}/versions"))
+
+    def activate_version(self, name: str, version: int) -> ModelVersion:
+        return cast(
+            ModelVersion,
+            self._json("POST", f"/models/{_path(name)}/versions/{version}/activate"),
+        )
+
+    def download_version(
+        self,
+        name: str,
+        version: int,
+        destination: IO[bytes],
+        *,
+        on_progress: Callable[[int, int | None], None] | None = None,
+    ) -> int:
+        """Write the version's .keras file to `destination`; `on_progress(received, total)`
+        after each chunk. Returns the number of bytes written."""
+        path = f"/models/{_path(name)}/versions/{version}/download"
+        try:
+            with self._http.stream("GET", path) as response:
+                if response.is_error:
+                    response.read()
+                    raise _error_from(response)
+                total = (
+                    int(response.headers["content-length"])
+                    if ("content-length" in response.headers)
+                    else None
+                )
+                received = 0
+                for chunk in response.iter_bytes(_CHUNK_BYTES):
+                    destination.write(chunk)
+                    received += len(chunk)
+                    if on_progress:
+                        on_progress(received, total)
+        except httpx.TransportError as exc:
+            raise ServiceUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
+        return received
+
+    # Prediction
+
+    def predict(
+        self,
+        images: Sequence[Path],
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        top_k: int = 5,
+    ) -> Prediction:
+        """Top-k labels of each image from `model` (default: the only active model) at
+        `version` (default: its active version)."""
+        form: dict[str, str] = {"top_k": str(top_k)}
+        if model is not None:
+            form["model"] = model
+        if version is not None:
+            form["version"] = str(version)
+        files = [("files", (path.name, path.read_bytes())) for path in images]
+        return cast(Prediction, self._json("POST", "/predict", data=form, files=files))
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _path(segment: str) -> str:
+    """A name as exactly one path segment, whatever characters it holds."""
+    return quote(segment, safe="")

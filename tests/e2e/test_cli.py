@@ -1,0 +1,203 @@
+"""The `smallvision` command, as installed by pip, against a live `make run` service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from smallvision.cli import ExitCode
+from smallvision.client import Client
+from tests.processes import (
+    MISSING_WEIGHTS_FILE,
+    LiveService,
+    free_port,
+    running_service,
+    wait_until,
+    weights_settings,
+)
+from tests.zips import LEAKED_PHOTO, PHOTOS, report_subjects, tiny_photo_zip
+
+COMMAND = Path(sys.executable).with_name("smallvision")  # the console script pip installed
+CAT, DOG = (sorted((PHOTOS / "test" / label).iterdir())[0] for label in ("cats", "dogs"))
+TINY_TRAINING = ["--method", "scratch", "--image-size", "32", "--epochs", "2"]
+MAX_PREDICT_IMAGES = 3
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory) -> Iterator[LiveService]:
+    tmp = tmp_path_factory.mktemp("cli")
+    settings = {
+        **weights_settings(),
+        "MAX_ACTIVE_JOBS_PER_OWNER": "1",  # a second job at once is a 429
+        "MAX_PREDICT_IMAGES": str(MAX_PREDICT_IMAGES),
+    }
+    with running_service(tmp / "var", tmp / "run.log", settings=settings) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(service: LiveService) -> Iterator[Client]:
+    with Client(service.url, key=service.admin_key) as client:
+        yield client
+
+
+def smallvision(
+    service: LiveService, *args: str, key: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed command as a person would, with the server and key in the environment."""
+    assert COMMAND.exists(), f"{COMMAND} is missing: `pip install -e .` installs the console script"
+    env = {
+        **os.environ, "SMALLVISION_URL": service.url,
+        "SMALLVISION_API_KEY": service.admin_key if key is None else key, "COLUMNS": "200",
+    }  # fmt: skip
+    return subprocess.run(
+        [str(COMMAND), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def _ok(run: subprocess.CompletedProcess[str]) -> str:
+    assert run.returncode == ExitCode.OK, (run.returncode, run.stdout[-3000:], run.stderr[-3000:])
+    return run.stdout
+
+
+@pytest.fixture(scope="module")
+def pets(service: LiveService, tmp_path_factory) -> str:
+    """`smallvision datasets upload pets.zip --name pets`: a dataset with a file that is not an
+    image, a duplicate and a test image also in train, so the ingest report has things to say."""
+    folder = tmp_path_factory.mktemp("upload")
+    tiny_photo_zip(folder / "pets.zip", extra=report_subjects())
+    output = _ok(smallvision(service, "datasets", "upload", "pets.zip", "--name", "pets",
+                             cwd=folder))  # fmt: skip
+    assert "uploading pets.zip" in output  # the upload's progress bar
+    assert "dataset pets" in output and "2 classes" in output
+    assert "train/cats/notes.txt" in output and "not an image file" in output
+    assert "duplicates removed (1)" in output and "train/cats/again.jpg" in output
+    assert "leakage between splits (1)" in output and f"test/cats/{LEAKED_PHOTO.name}" in output
+    assert "cats" in output and "dogs" in output
+    return "pets"
+
+
+def test_upload_train_watch_predict_activate_download(
+    service: LiveService, client: Client, pets: str, tmp_path: Path
+) -> None:
+    assert pets in _ok(smallvision(service, "datasets", "list"))
+
+    run = smallvision(service, "train", pets, *TINY_TRAINING, "--model-name", "pets", "--watch")
+    output = _ok(run)
+    job_id = output.split()[1]
+    assert client.get_job(job_id)["status"] == "succeeded"
+    # a bar per epoch with its loss and validation accuracy, then the evaluation tables
+    assert "epoch 1 train" in output and "epoch 2 train" in output
+    assert output.count("val acc") == 2
+    assert "evaluation on the test split" in output and "precision" in output
+    assert "confusion matrix" in output
+    assert "saved as model pets version 1" in output
+
+    curves = tmp_path / "curves.png"
+    _ok(smallvision(service, "jobs", "curves", job_id, "-o", str(curves)))
+    assert curves.read_bytes().startswith(b"\x89PNG")
+
+    listed = _ok(smallvision(service, "models", "list"))
+    assert "pets" in listed and "scratch" in listed
+
+    table = _ok(smallvision(service, "predict", str(CAT), str(DOG), "--model", "pets",
+                            "--version", "1", "--top-k", "2"))  # fmt: skip
+    assert "pets v1" in table and CAT.name in table and DOG.name in table
+    assert table.count("cats") == 2 and table.count("dogs") == 2  # two labels per image
+
+    _ok(smallvision(service, "models", "activate", "pets", "1"))
+    assert client.list_versions("pets")[0]["is_active"]
+    assert "pets v1" in _ok(smallvision(service, "predict", str(CAT), "--top-k", "1"))
+
+    target = tmp_path / "pets.keras"
+    output = _ok(smallvision(service, "models", "download", "pets", "1", "-o", str(target)))
+    assert "downloading pets.keras" in output
+    assert zipfile.is_zipfile(target)  # a .keras file is a zip
+    assert target.stat().st_size > 0 and not target.with_name("pets.keras.part").exists()
+
+
+def _one_line_error(run: subprocess.CompletedProcess[str], code: ExitCode, *needles: str) -> str:
+    assert run.returncode == code, (run.returncode, run.stdout, run.stderr)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_errors_are_one_line_saying_what_to_do_with_exit_codes(
+    service: LiveService, client: Client, pets: str
+) -> None:
+    _one_line_error(smallvision(service, "models", "list", key="sv_wrong_key"),
+                    ExitCode.KEY_REFUSED, "[HTTP 401]", "SMALLVISION_API_KEY")  # fmt: skip
+    _one_line_error(smallvision(service, "models", "list", key=""), ExitCode.KEY_REFUSED,
+                    "no API key")  # fmt: skip
+    predict_only = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--name", "kiosk", "--scopes",
+         "predict"], env=service.env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    _one_line_error(smallvision(service, "datasets", "list", key=predict_only),
+                    ExitCode.KEY_REFUSED, "[HTTP 403]", "scope")  # fmt: skip
+    _one_line_error(smallvision(service, "train", "no-such-dataset"), ExitCode.NOT_FOUND,
+                    "[HTTP 404]", "no-such-dataset", "datasets list")  # fmt: skip
+    _one_line_error(smallvision(service, "predict", *[str(CAT)] * (MAX_PREDICT_IMAGES + 1)),
+                    ExitCode.REFUSED, "[HTTP 413]", "smaller")  # fmt: skip
+    _one_line_error(smallvision(service, "train", pets, "--epochs", "9999"), ExitCode.REFUSED,
+                    "[HTTP 422]", "epochs")  # fmt: skip
+
+    # One job at a time for this owner: the second is a 429 while the first is queued.
+    first = _ok(smallvision(service, "train", pets, *TINY_TRAINING, "--model-name", "busy"))
+    first_id = first.split()[1]
+    try:
+        _one_line_error(smallvision(service, "train", pets, *TINY_TRAINING), ExitCode.TRY_LATER,
+                        "[HTTP 429]", "Retry")  # fmt: skip
+    finally:
+        _ok(smallvision(service, "jobs", "cancel", first_id))
+    wait_until(lambda: client.get_job(first_id)["status"] == "cancelled", timeout=120,
+               what="the first job to be cancelled")  # fmt: skip
+
+    unreachable = smallvision(service, "models", "list", "--url", f"http://127.0.0.1:{free_port()}")
+    _one_line_error(unreachable, ExitCode.UNREACHABLE, "cannot reach", "make run")
+
+
+def test_a_failed_job_ends_the_watch_with_its_error(service: LiveService, pets: str) -> None:
+    run = smallvision(service, "train", pets, "--base-model", "vgg16", "--image-size", "32",
+                      "--epochs", "1", "--watch")  # fmt: skip
+    line = _one_line_error(run, ExitCode.JOB_FAILED, "failed", MISSING_WEIGHTS_FILE)
+    assert "SMALLVISION_PRETRAINED_WEIGHTS_DIR" in line  # where to put the file
+
+
+def test_ctrl_c_while_watching_asks_whether_to_cancel(
+    service: LiveService, client: Client, pets: str
+) -> None:
+    env = {**os.environ, "SMALLVISION_URL": service.url, "SMALLVISION_API_KEY": service.admin_key}
+    watcher = subprocess.Popen(
+        [str(COMMAND), "train", pets, "--method", "scratch", "--image-size", "32",
+         "--epochs", "200", "--model-name", "long", "--watch"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert watcher.stdout is not None and watcher.stdin is not None
+        started = watcher.stdout.readline()  # "job <id> queued (dataset pets)"
+        job_id = started.split()[1]
+        wait_until(lambda: client.get_job(job_id)["status"] == "running", timeout=120,
+                   what="the job to run")  # fmt: skip
+        time.sleep(1)  # a second of watching, then Ctrl-C as a terminal sends it
+        watcher.send_signal(signal.SIGINT)
+        output, errors = watcher.communicate("y\n", timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == ExitCode.INTERRUPTED, (output, errors)
+    assert f"Cancel job {job_id}?" in output and "cancel requested" in output
+    wait_until(lambda: client.get_job(job_id)["status"] == "cancelled", timeout=120,
+               what="the job to stop")  # fmt: skip

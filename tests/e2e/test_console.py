@@ -1,0 +1,384 @@
+"""The web console in a real browser (Debian's chromium, driven by Playwright) on a live
+`make run` service: the whole loop a person walks, with a screenshot of each page kept in
+test-artifacts/console/. Any JavaScript error on the page fails the test, and a class named
+like an HTML tag must show as text everywhere without running anything."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.core.config import PROJECT_ROOT
+from tests.conftest import service_unavailable
+from tests.processes import MISSING_WEIGHTS_FILE, LiveService, running_service, weights_settings
+from tests.zips import LEAKED_PHOTO, PHOTOS, report_subjects, tiny_photo_zip
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+# Playwright's own browser download does not work here: Debian's chromium, headless.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", PROJECT_ROOT / "test-artifacts")) / "console"
+HOSTILE = "<img src=x onerror=alert(1)>"  # a class name, and part of the dataset's name
+DATASET_NAME = f"pets {HOSTILE}"
+EPOCHS = 8
+MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the photo zip is well under it
+CATS = sorted((PHOTOS / "test" / "cats").iterdir())[1:3]
+DOG = sorted((PHOTOS / "test" / "dogs").iterdir())[0]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory) -> Iterator[LiveService]:
+    tmp = tmp_path_factory.mktemp("console")
+    settings = {**weights_settings(), "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}
+    with running_service(tmp / "var", tmp / "run.log", settings=settings) as live:
+        yield live
+
+
+class PageWatch:
+    """What a page reports that a person would not want: uncaught errors and console errors
+    (a Content-Security-Policy violation is one), dialogs (an alert() that ran), and failed
+    loads (kept apart: some are expected, such as the 401 of a wrong key)."""
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.failed_loads: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+        page.on("console", self._console)
+        page.on("dialog", self._dialog)
+
+    def _console(self, message: Any) -> None:
+        if message.type != "error":
+            return
+        if message.text.startswith("Failed to load resource"):
+            self.failed_loads.append(f"{message.location.get('url')} {message.text}")
+        else:
+            self.errors.append(message.text)
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        service_unavailable(f"chromium at {CHROMIUM}", "apt-get install chromium; .ci/run does")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Walk:
+    """The page, with numbered screenshots and the checks every page gets."""
+
+    def __init__(self, page: Any, base: str) -> None:
+        self.page = page
+        self.base = base
+        self.count = 0
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for old in ARTIFACTS.glob("*.png"):
+            old.unlink()
+
+    def shot(self, name: str) -> Path:
+        """Screenshot the whole page, after checking that no user string became markup."""
+        assert self.page.locator('img[src="x"], img[onerror]').count() == 0
+        self.count += 1
+        path = ARTIFACTS / f"{self.count:02d}-{name}.png"
+        self.page.screenshot(path=path, full_page=True)
+        return path
+
+    def text(self, selector: str) -> str:
+        return str(self.page.locator(selector).inner_text())
+
+    def nav(self, name: str, ready: str) -> None:
+        self.page.click(f"a[data-nav={name}]")
+        self.page.wait_for_selector(ready)
+
+
+def test_the_whole_loop_in_a_browser(service: LiveService, browser: Any, tmp_path: Path) -> None:
+    archive = tiny_photo_zip(
+        tmp_path / "pets.zip", class_names={"cats": "cats", "dogs": HOSTILE},
+        extra=report_subjects(),
+    )  # fmt: skip
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    watch = PageWatch(page)
+    walk = Walk(page, service.url)
+    page.set_default_timeout(30_000)
+
+    # The server's address leads to the console, which asks for a key; a wrong one is refused.
+    page.goto(service.url)
+    page.wait_for_selector("#sign-in")
+    assert page.url == f"{service.url}/ui"
+    page.fill("#api-key", "sv_not_a_key")
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("#sign-in .error:not([hidden])")
+    assert "not accepted" in walk.text("#sign-in .error")
+    walk.shot("sign-in")
+    page.fill("#api-key", service.admin_key)
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("#upload-form")
+    walk.shot("datasets-empty")
+
+    _too_large_upload_is_refused(walk, tmp_path / "huge.zip")
+    _upload(walk, archive)
+    _dataset_report(walk)
+    job_id = _train_and_watch(walk, service)
+    _results(walk)
+    _predict_chosen_version(walk)
+    _activate_and_download(walk)
+    _predict_dropped_photo_with_the_active_model(walk)
+    _failed_job_shows_its_error(walk)
+    _jobs_list_and_delete(walk, job_id)
+
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in")
+    assert page.evaluate("() => sessionStorage.length") == 0  # the key is gone
+    page.reload()
+    page.wait_for_selector("#sign-in")
+    walk.shot("signed-out")
+
+    assert not watch.errors, watch.errors
+    assert not watch.dialogs, watch.dialogs  # no alert() ran
+    # The only failed loads: the wrong key's 401 and the too large upload's 413.
+    statuses = sorted(re.findall(r"status of (\d+)", " ".join(watch.failed_loads)))
+    assert statuses == ["401", "413"], watch.failed_loads
+    context.close()
+
+
+def _too_large_upload_is_refused(walk: Walk, huge: Path) -> None:
+    huge.write_bytes(os.urandom(MAX_UPLOAD_BYTES + 1024 * 1024))
+    walk.page.set_input_files("#upload-form input[type=file]", str(huge))
+    walk.page.click("#upload-button")
+    walk.page.wait_for_selector("#upload-form .error:not([hidden])")
+    message = walk.text("#upload-form .error")
+    assert "larger than the limit" in message and "raise the server's limit" in message
+    walk.shot("upload-too-large")
+    walk.page.fill("#dataset-name", "")  # named after that zip: the next one names itself
+
+
+def _upload(walk: Walk, archive: Path) -> None:
+    page = walk.page
+    # A slow line (256 KB/s up, through Chrome's DevTools protocol), so the bar has time to show.
+    network = page.context.new_cdp_session(page)
+    network.send("Network.enable")
+    network.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 256 * 1024,
+    })  # fmt: skip
+    page.set_input_files("#upload-form input[type=file]", str(archive))
+    assert page.input_value("#dataset-name") == "pets"  # named after the zip until changed
+    page.fill("#dataset-name", DATASET_NAME)
+    page.click("#upload-button")
+    page.wait_for_function(
+        "() => /of/.test(document.querySelector('.upload-progress .bar-label')?.textContent)"
+    )
+    assert " of " in walk.text(".upload-progress .bar-label")  # "200 KB of 640 KB"
+    walk.shot("uploading")
+    network.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1,
+    })  # fmt: skip
+    page.wait_for_selector("#dataset-title", timeout=60_000)
+
+
+def _dataset_report(walk: Walk) -> None:
+    page = walk.page
+    assert walk.text("#dataset-title") == DATASET_NAME  # the tag is text, not an element
+    counts = walk.text("#split-counts")
+    assert HOSTILE in counts and "cats" in counts
+    assert "train/cats/notes.txt" in walk.text("#skipped")
+    assert "not an image file" in walk.text("#skipped")
+    assert "train/cats/again.jpg" in walk.text("#duplicates")
+    assert f"test/cats/{LEAKED_PHOTO.name}" in walk.text("#leakage")
+    assert f"class '{HOSTILE}' has only" in walk.text("#dataset-warnings")
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#preview');"
+        " return i && i.complete && i.naturalWidth > 0; }"
+    )
+    walk.shot("dataset-report")
+
+
+def _train_and_watch(walk: Walk, service: LiveService) -> str:
+    page = walk.page
+    page.click("#train-this")
+    page.wait_for_selector("#train-form")
+    # The methods come from the server's schema, auto (the default) among them.
+    methods = page.locator("#train-method option").all_text_contents()
+    assert methods == ["auto", "scratch", "bottleneck", "finetune"]
+    assert page.input_value("#train-method") == "auto"
+    assert "mobilenet_v2" in page.locator("#train-base option").all_text_contents()
+    page.select_option("#train-method", "scratch")
+    page.fill("#train-image-size", "32")
+    page.fill("#train-epochs", str(EPOCHS))
+    page.uncheck("#train-augmentation")
+    page.fill("#train-model-name", "pets")
+    walk.shot("train-form")
+    page.click("#start-training")
+    page.wait_for_selector("#job-status")
+    job_id = page.url.rsplit("/", 1)[1]
+
+    # The curves grow while the job runs: record what the page shows until it has finished.
+    seen: list[tuple[str, int]] = []
+    shot_while_running = False
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        # read first: the page writes the status before the results, in one go
+        finished = page.locator("#evaluation").count() > 0
+        status = walk.text("#job-status")
+        drawn = int(page.get_attribute("#loss-chart", "data-epochs") or 0)
+        if not seen or seen[-1] != (status, drawn):
+            seen.append((status, drawn))
+        if status == "running" and 0 < drawn < EPOCHS and not shot_while_running:
+            walk.shot("job-running")
+            shot_while_running = True
+        if finished:
+            break
+        time.sleep(0.1)
+    assert ("succeeded", EPOCHS) in seen, seen
+    assert any(s == "running" and 0 < n < EPOCHS for s, n in seen), seen  # drawn while running
+    headers = {"Authorization": f"Bearer {service.admin_key}"}
+    metrics = httpx.get(f"{service.url}/jobs/{job_id}/metrics", headers=headers).json()
+    assert len(metrics["epochs"]) == EPOCHS
+    for chart in ("#loss-chart", "#accuracy-chart"):
+        assert page.get_attribute(chart, "data-epochs") == str(EPOCHS)
+        assert _pixels_in_line_colour(page, chart) > 100, f"{chart} has no lines"
+    return job_id
+
+
+def _pixels_in_line_colour(page: Any, selector: str) -> int:
+    """How many pixels of the canvas are the training line's blue (#2563eb)."""
+    return int(
+        page.eval_on_selector(
+            selector,
+            """canvas => {
+                const { width, height } = canvas;
+                const data = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+                let count = 0;
+                for (let i = 0; i < data.length; i += 4) {
+                    if (Math.abs(data[i] - 37) < 30 && Math.abs(data[i + 1] - 99) < 30
+                        && Math.abs(data[i + 2] - 235) < 30) count += 1;
+                }
+                return count;
+            }""",
+        )
+    )
+
+
+def _results(walk: Walk) -> None:
+    page = walk.page
+    assert walk.text("#job-status") == "succeeded"
+    assert page.locator("#cancel-job").is_hidden()  # nothing to cancel any more
+    confusion = page.locator("#confusion-matrix")
+    assert confusion.locator("thead th").all_text_contents()[1:] == [HOSTILE, "cats"]
+    assert sum(int(cell) for cell in confusion.locator("tbody td").all_text_contents()) == 7
+    per_class = page.locator("#per-class tbody tr")
+    assert per_class.count() == 2
+    assert per_class.first.locator("td").first.text_content() == HOSTILE
+    assert "precision" in walk.text("#per-class thead")
+    # scratch at 32 px on 17 photos stays at chance (the run is seeded): saved, not active
+    assert "pets v1 (not active)" in walk.text("#job-model")
+    assert "stayed at chance" in walk.text("#job-results .warnings")
+    walk.shot("job-results")
+
+
+def _wait_for_predictions(walk: Walk, count: int) -> None:
+    walk.page.wait_for_selector("#predict-summary", timeout=60_000)
+    assert walk.page.locator("figure.prediction").count() == count
+
+
+def _predict_chosen_version(walk: Walk) -> None:
+    page = walk.page
+    page.click("#job-model a:has-text('try it')")
+    page.wait_for_selector("#predict-model")
+    page.wait_for_function("() => document.querySelector('#predict-version').value === '1'")
+    assert page.input_value("#predict-model") == "pets"
+    page.fill("#predict-top-k", "2")
+    page.set_input_files(".drop-zone input[type=file]", [str(path) for path in CATS])
+    _wait_for_predictions(walk, 2)
+    assert walk.text("#predict-summary").startswith("pets v1")
+    for path, card in zip(CATS, page.locator("figure.prediction").all(), strict=True):
+        assert card.locator(".filename").text_content() == path.name
+        assert sorted(card.locator(".label").all_text_contents()) == sorted(["cats", HOSTILE])
+    walk.shot("predict-chosen-version")
+
+
+def _activate_and_download(walk: Walk) -> None:
+    page = walk.page
+    walk.nav("models", "section.model")
+    model = page.locator("section.model[data-model=pets]")
+    assert "active: none" in model.inner_text()
+    model.locator("button.activate[data-version='1']").click()
+    page.wait_for_selector("section.model[data-model=pets] .status.succeeded")
+    assert "active: v1" in page.locator("section.model[data-model=pets]").inner_text()
+    with page.expect_download() as download:
+        page.locator("section.model[data-model=pets] button.download[data-version='1']").click()
+    assert download.value.suggested_filename == "pets-v1.keras"
+    assert zipfile.is_zipfile(download.value.path())  # a .keras file is a zip
+    walk.shot("models")
+
+
+def _predict_dropped_photo_with_the_active_model(walk: Walk) -> None:
+    page = walk.page
+    walk.nav("predict", ".drop-zone")
+    assert page.input_value("#predict-model") == ""  # the only active model
+    dropped = page.evaluate_handle(
+        """([name, encoded]) => {
+            const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+            return transfer;
+        }""",
+        [DOG.name, base64.b64encode(DOG.read_bytes()).decode()],
+    )
+    page.dispatch_event(".drop-zone", "drop", {"dataTransfer": dropped})
+    _wait_for_predictions(walk, 1)
+    assert walk.text("#predict-summary").startswith("pets v1")
+    assert page.locator("figure.prediction .filename").text_content() == DOG.name
+    walk.shot("predict-dropped")
+
+
+def _failed_job_shows_its_error(walk: Walk) -> None:
+    page = walk.page
+    walk.nav("train", "#train-form")
+    page.select_option("#train-base", "vgg16")
+    page.fill("#train-image-size", "32")
+    page.fill("#train-epochs", "1")
+    page.fill("#train-model-name", "pets-vgg")
+    page.click("#start-training")
+    page.wait_for_selector("#job-error:not([hidden])", timeout=120_000)
+    error = walk.text("#job-error")
+    assert MISSING_WEIGHTS_FILE in error and "SMALLVISION_PRETRAINED_WEIGHTS_DIR" in error
+    page.wait_for_function("() => document.querySelector('#job-status').textContent === 'failed'")
+    walk.shot("job-failed")
+
+
+def _jobs_list_and_delete(walk: Walk, job_id: str) -> None:
+    page = walk.page
+    walk.nav("jobs", "#jobs-table")
+    jobs = walk.text("#jobs-table")
+    assert "succeeded" in jobs and "failed" in jobs and DATASET_NAME in jobs
+    assert page.locator(f"#jobs-table a[href='#/jobs/{job_id}']").count() == 1
+    walk.shot("jobs")
+    walk.nav("datasets", "#datasets-table")
+    page.locator("#datasets-table a.dataset-link", has_text=DATASET_NAME).click()
+    page.click("#delete-dataset")
+    page.click("#confirm-delete")
+    page.wait_for_selector("#upload-form")
+    assert page.locator("#datasets-table").count() == 0  # no dataset left
+    walk.shot("dataset-deleted")
