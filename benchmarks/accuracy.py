@@ -118,6 +118,9 @@ def main() -> None:
                         "values)")  # fmt: skip
     parser.add_argument("--timing-dataset", default="cats_vs_dogs_small")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--only-scratch", action="store_true",
+                        help="only the default scratch jobs (on --scratch-datasets), written to "
+                        "the section accuracy-scratch")  # fmt: skip
     parser.add_argument("--keep", type=Path, help="run the service in this directory and keep it")
     parser.add_argument("--from-log", nargs="+", type=Path,
                         help="only write the tables from the JSON rows of earlier runs' output")  # fmt: skip
@@ -130,8 +133,10 @@ def main() -> None:
         return
     datasets = args.datasets or shared_datasets()
     scratch = datasets if args.scratch_datasets is None else args.scratch_datasets
+    if args.only_scratch:
+        datasets = [name for name in datasets if name in scratch]
     rows: list[dict] = []
-    if not args.no_reference:
+    if not (args.no_reference or args.only_scratch):
         for dataset in datasets:
             for row in reference_keras.run(dataset, args.seeds):
                 row.update(status="succeeded", machine=machine(), date=_today())
@@ -146,17 +151,21 @@ def main() -> None:
             runner = Runner(live.base, live.headers, work / "var" / "feature_cache")
             for dataset in datasets:
                 dataset_id = runner.upload(dataset, work)
-                if dataset == args.timing_dataset:
+                if dataset == args.timing_dataset and not args.only_scratch:
                     rows.append(runner.job(dataset, dataset_id, seed=args.seeds[0],
                                            method="bottleneck"))  # fmt: skip
                     runner.clear_feature_cache()
-                for seed in args.seeds:
+                for seed in [] if args.only_scratch else args.seeds:
                     rows.append(runner.job(dataset, dataset_id, seed=seed, method=None))
                 if dataset in scratch:
                     for seed in args.seeds:
                         rows.append(runner.job(dataset, dataset_id, seed=seed, method="scratch"))
-    body = render(rows)
-    write_section("accuracy", body)
+    if args.only_scratch:
+        body = render(rows, title='## Scratch with the default request (`method: "scratch"`)')
+        write_section("accuracy-scratch", body)
+    else:
+        body = render(rows)
+        write_section("accuracy", body)
     print(body)
 
 
@@ -191,7 +200,10 @@ def _series(rows: list[dict]) -> dict[tuple[str, str], list[float]]:
     return series
 
 
-def render(rows: list[dict]) -> str:
+def render(
+    rows: list[dict],
+    title: str = "## Accuracy of the default request (`POST /jobs` with only a dataset)",
+) -> str:
     here, today = machine(), _today()
     dates = sorted({row.get("date") or today for row in rows})
     machines = sorted({row.get("machine") or here for row in rows})
@@ -200,7 +212,7 @@ def render(rows: list[dict]) -> str:
     datasets = sorted({row["dataset"] for row in rows})
     seeds = sorted({row["seed"] for row in rows})
     lines = [
-        "## Accuracy of the default request (`POST /jobs` with only a dataset)",
+        title,
         "",
         f"Measured {when} on {', '.join(machines)}, CPU only, with",
         "`.venv/bin/python -m benchmarks.accuracy`: the service (API + one worker, SQLite,",
