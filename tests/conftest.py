@@ -21,6 +21,7 @@ from alembic import command
 from app.core.config import ENV_PREFIX, PROJECT_ROOT, get_settings
 from app.core.queue import _producer
 from app.db.session import dispose_engines
+from app.services.auth import recently_verified
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -52,6 +53,7 @@ def reset_caches() -> None:
     """Forget cached Settings, engines and producers so a test's environment takes effect."""
     get_settings.cache_clear()
     _producer.cache_clear()
+    recently_verified.clear()
     dispose_engines()
 
 

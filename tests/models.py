@@ -8,6 +8,21 @@ from pathlib import Path
 from app.db.models import ModelVersion
 
 
+def scratch_model(classes: int, *, image_size: int = 64, seed: int = 3):
+    """The scratch CNN with random (seeded) weights."""
+    import keras
+
+    from app.ml import builders
+    from app.ml.config import Method, TrainConfig
+
+    config = TrainConfig(
+        method=Method.SCRATCH, image_size=image_size, epochs=1, batch_size=8,
+        learning_rate=1e-3, dropout=0.5, seed=seed,
+    )  # fmt: skip
+    keras.utils.set_random_seed(seed)
+    return builders.build_scratch_model(config, class_count=classes)
+
+
 def register_tiny_model(
     name: str,
     *,
@@ -19,19 +34,10 @@ def register_tiny_model(
 ) -> ModelVersion:
     """Build the scratch CNN (random weights, seeded), write it as training does (with its
     ONNX export unless `onnx` is False: a version saved before exports existed), register it."""
-    import keras
-
-    from app.ml import builders
-    from app.ml.config import Method, TrainConfig
     from app.ml.serving import write_model_files
     from app.services import model_versions
 
-    config = TrainConfig(
-        method=Method.SCRATCH, image_size=image_size, epochs=1, batch_size=8, learning_rate=1e-3,
-        dropout=0.5, seed=seed,
-    )  # fmt: skip
-    keras.utils.set_random_seed(seed)
-    model = builders.build_scratch_model(config, class_count=len(classes))
+    model = scratch_model(len(classes), image_size=image_size, seed=seed)
     metadata = {"input": {"image_size": image_size}, "classes": list(classes)}
     with tempfile.TemporaryDirectory() as tmp:
         write_model_files(

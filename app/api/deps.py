@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -42,15 +43,26 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def current_principal(
+def _authenticate(key: str | None) -> Principal:
+    # Its own short session: a request-long one would hold a pooled connection through a
+    # whole prediction, and 32 concurrent predictions then exhausted the pool (measured).
+    with session_scope() as session:
+        principal = auth.authenticate(session, key=key)
+    assert key is not None
+    auth.recently_verified.put(key, principal, ttl=get_settings().api_key_cache_seconds)
+    return principal
+
+
+async def current_principal(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_api_key_header)],
 ) -> Principal:
-    """The caller behind the presented API key (401 without a valid one). Its own short
-    session: a request-long one would hold a pooled connection through a whole prediction,
-    and 32 concurrent predictions then exhausted the pool (measured: 30 s waits, then 500s)."""
-    with session_scope() as session:
-        return auth.authenticate(session, key=bearer.credentials if bearer else header_key)
+    """The caller behind the presented API key (401 without a valid one): from the keys this
+    process verified recently, else checked in the database off the event loop."""
+    key = bearer.credentials if bearer else header_key
+    if key and (principal := auth.recently_verified.get(key)) is not None:
+        return principal
+    return await run_in_threadpool(_authenticate, key)
 
 
 def requires(*scopes: Scope) -> Any:

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(default=4, gt=0)
     predict_max_batch: int = Field(default=32, gt=0)
     model_refresh_seconds: float = Field(default=5.0, gt=0)
+    # Within these seconds, an API process answers from what it last read instead of asking
+    # the database again: whether a key is valid (a key revoked by another process keeps
+    # working here that long; at once in the process that revoked it; 0: always ask) and
+    # which version a prediction goes to (an activation by another process is seen that late).
+    api_key_cache_seconds: float = Field(default=5.0, ge=0)
+    version_resolution_cache_seconds: float = Field(default=1.0, ge=0)
     # What runs predictions: "auto" is ONNX Runtime for versions that have an ONNX export
     # (measured 2x+ faster than Keras on CPU: docs/BENCHMARKS.md), Keras for the others;
     # "keras" or "onnxruntime" force one. ONNX Runtime's threads per model: 0 = every core.
@@ -102,6 +108,9 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(default=0, ge=0)
     # Export every new model version to ONNX when it is saved (a few seconds per version).
     export_onnx: bool = True
+    # Grad-CAM overlays (`explain=true`) kept per owner for GET /explanations/{id}.png; the
+    # oldest are removed past this many.
+    max_explanations_per_owner: int = Field(default=500, gt=0)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -202,6 +202,19 @@ class LoadedClassifier:
     device: str  # where the forward pass runs: "cpu", "gpu" or "cuda"
     # (h, w, 3) pixels -> (size, size, 3), as the model's own Resizing layer resizes
     resize: Callable[[np.ndarray], np.ndarray]
+    folder: Path
+    _grad_cam: Any = None
+    _grad_cam_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def grad_cam(self) -> Any:
+        """The model's Grad-CAM (app.ml.explain.GradCam), built on first use: it needs the
+        Keras model, which the ONNX Runtime path does not otherwise load."""
+        with self._grad_cam_lock:
+            if self._grad_cam is None:
+                from app.ml.explain import GradCam
+
+                self._grad_cam = GradCam(load_keras_model(self.folder))
+            return self._grad_cam
 
     def prepare(self, decoded: DecodedImage) -> np.ndarray:
         """Decoded image -> (size, size, 3) float32, resized as the model's own Resizing
@@ -215,13 +228,19 @@ class LoadedClassifier:
 RawForward = Callable[[np.ndarray], np.ndarray]
 
 
-def _keras_forward(folder: Path, *, image_size: int) -> tuple[RawForward, str]:
+def load_keras_model(folder: Path) -> Any:
+    """A version's `.keras` model, for inference (not compiled)."""
     import keras
-    import tensorflow as tf
 
     import app.ml.layers  # noqa: F401  (registers the custom preprocessing layers)
 
-    model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
+    return keras.saving.load_model(folder / MODEL_FILE, compile=False)
+
+
+def _keras_forward(folder: Path, *, image_size: int) -> tuple[RawForward, str]:
+    import tensorflow as tf
+
+    model = load_keras_model(folder)
 
     # One traced graph for every batch size: no retracing when the batch size changes.
     @tf.function(  # type: ignore[untyped-decorator]
@@ -307,7 +326,7 @@ def load_classifier(
     batcher = MicroBatcher(forward, max_batch=max_batch, name=name, on_batch=on_batch)
     return LoadedClassifier(
         classes=classes, image_size=image_size, metadata=metadata, forward=forward,
-        batcher=batcher, runtime=chosen, device=device, resize=resize,
+        batcher=batcher, runtime=chosen, device=device, resize=resize, folder=folder,
     )  # fmt: skip
 
 

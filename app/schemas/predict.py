@@ -22,6 +22,11 @@ class PredictOptions(BaseModel):
         default=None, ge=1, le=MAX_VERSION_NUMBER, description="default: the active version"
     )
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="labels per image")
+    explain: bool = Field(
+        default=False,
+        description="also return a Grad-CAM heatmap of each image for its top label (one more "
+        "forward and backward pass per image)",
+    )
 
 
 class Base64Image(BaseModel):
@@ -40,9 +45,18 @@ class LabelProbability(BaseModel):
     probability: float
 
 
+class Explanation(BaseModel):
+    id: str
+    label: str = Field(description="the label explained: the top one")
+    probability: float
+    url: str = Field(description="the overlay as a PNG image (GET, same key)")
+    png_base64: str = Field(description="the image with the Grad-CAM heatmap over it, PNG")
+
+
 class ImagePrediction(BaseModel):
     filename: str | None
     labels: list[LabelProbability] = Field(description="most likely first")
+    explanation: Explanation | None = Field(default=None, description="with explain=true")
 
 
 class PredictResponse(BaseModel):

@@ -12,6 +12,8 @@ import enum
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -93,12 +95,59 @@ def list_keys(session: Session) -> list[ApiKey]:
 
 
 def revoke_key(session: Session, *, key_id: uuid.UUID) -> ApiKey:
+    """Revoke a key: at once in this process, within `API_KEY_CACHE_SECONDS` in others."""
     row = session.get(ApiKey, key_id)
     if row is None:
         raise NotFoundError(f"API key {key_id} not found")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+    recently_verified.forget(key_id)
     return row
+
+
+class VerifiedKeys:
+    """Keys this process verified in the last `ttl` seconds, so that a request does not pay
+    a database round trip (2.5 ms of a 3.4 ms authenticated request on SQLite, measured) to
+    check the same key again. Only valid keys are kept, by the sha256 of the whole key; the
+    cost is that a key revoked in another process still works here for up to `ttl` seconds."""
+
+    MAX_KEYS = 10_000  # a bound on memory: past it the cache starts over
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    @staticmethod
+    def _digest(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    def get(self, key: str) -> Principal | None:
+        digest = self._digest(key)
+        with self._lock:
+            entry = self._entries.get(digest)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key: str, principal: Principal, *, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.MAX_KEYS:
+                self._entries.clear()
+            self._entries[self._digest(key)] = (principal, time.monotonic() + ttl)
+
+    def forget(self, key_id: uuid.UUID) -> None:
+        with self._lock:
+            for digest in [d for d, (p, _) in self._entries.items() if p.key_id == key_id]:
+                del self._entries[digest]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+recently_verified = VerifiedKeys()
 
 
 def authenticate(session: Session, *, key: str | None) -> Principal:

@@ -20,7 +20,7 @@ from app.db.locks import lock_key, model_name_key
 from app.db.models import ModelVersion
 from app.db.session import session_scope
 from app.ml.export import ONNX_FILE
-from app.ml.serving import META_FILE, MODEL_FILE
+from app.ml.serving import META_FILE, MODEL_FILE, load_keras_model
 from app.services import model_versions
 from app.services.model_versions import VersionRef
 
@@ -33,14 +33,6 @@ class DownloadFormat(enum.StrEnum):
     SAVEDMODEL = "savedmodel"  # a .tar.gz in TF Serving's <name>/<version>/ layout
 
 
-def _load_keras(folder: Path) -> Any:
-    import keras
-
-    import app.ml.layers  # noqa: F401  (registers the custom preprocessing layers)
-
-    return keras.saving.load_model(folder / MODEL_FILE, compile=False)
-
-
 def add_onnx_export(ref: VersionRef) -> dict[str, Any] | None:
     """Export a stored version that has no ONNX file and add it to the version (its manifest
     and recorded checksum change; its other files do not). None if it had one already.
@@ -51,7 +43,7 @@ def add_onnx_export(ref: VersionRef) -> dict[str, Any] | None:
     if (folder / ONNX_FILE).is_file():
         return None
     metadata = json.loads((folder / META_FILE).read_text())
-    model = _load_keras(folder)
+    model = load_keras_model(folder)
     with tempfile.TemporaryDirectory(prefix="export-", dir=get_settings().data_dir) as tmp:
         exported = export_onnx(
             model, Path(tmp) / ONNX_FILE, image_size=int(metadata["input"]["image_size"])
@@ -110,7 +102,7 @@ def _saved_model_archive(ref: VersionRef, folder: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="savedmodel-", dir=cache) as tmp:
         exported = Path(tmp) / str(ref.version)
-        export_saved_model(_load_keras(folder), exported)
+        export_saved_model(load_keras_model(folder), exported)
         partial = cache / f".{archive.name}.{uuid.uuid4().hex}"
         with tarfile.open(partial, "w:gz") as tar:
             tar.add(exported, arcname=f"{ref.name}/{ref.version}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ from app.core.metrics import FORWARD_BATCH, PREDICT_IMAGES, PREDICT_LATENCY, RUN
 from app.db.session import session_scope
 from app.ml.images import (
     CorruptImageError,
+    DecodedImage,
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedImageError,
@@ -43,6 +45,7 @@ from app.ml.images import (
 from app.ml.serving import LoadedClassifier, ModelUnloadedError, load_classifier
 from app.services import model_versions
 from app.services.auth import Principal
+from app.services.explanations import ExplanationResult, explain_images
 from app.services.model_versions import VersionRef
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,9 @@ class ModelCache:
         self._loading: dict[uuid.UUID, threading.Lock] = {}
         self.warmed = False
         self.loads = 0  # versions loaded from disk by this process, ever
+        # (owner, admin?, name, version) -> (the version resolved, when to ask again)
+        self._resolved: dict[tuple[str, bool, str | None, int | None], tuple[VersionRef, float]]
+        self._resolved = {}
 
     def get(self, ref: VersionRef) -> LoadedClassifier:
         """The loaded version, loading it (once, even if many threads ask) if needed."""
@@ -120,6 +126,31 @@ class ModelCache:
         )  # fmt: skip
         return classifier
 
+    def resolve(self, *, name: str | None, version: int | None, principal: Principal) -> VersionRef:
+        """Which version answers a prediction (model_versions.resolve_version), remembered
+        for `VERSION_RESOLUTION_CACHE_SECONDS`: the database round trip was a millisecond of
+        every prediction. Activating or deleting here forgets it at once."""
+        key = (principal.owner, principal.is_admin, name, version)
+        with self._lock:
+            found = self._resolved.get(key)
+        if found is not None and found[1] > time.monotonic():
+            return found[0]
+        with session_scope() as session:
+            ref = model_versions.resolve_version(
+                session, name=name, version=version, principal=principal
+            )
+        ttl = get_settings().version_resolution_cache_seconds
+        if ttl > 0:
+            with self._lock:
+                if len(self._resolved) > 10_000:  # bounded: start over
+                    self._resolved.clear()
+                self._resolved[key] = (ref, time.monotonic() + ttl)
+        return ref
+
+    def forget_resolutions(self) -> None:
+        with self._lock:
+            self._resolved.clear()
+
     def is_loaded(self, version_id: uuid.UUID) -> bool:
         with self._lock:
             return version_id in self._loaded
@@ -135,6 +166,7 @@ class ModelCache:
 
     def evict(self, version_id: uuid.UUID) -> None:
         with self._lock:
+            self._resolved.clear()
             classifier = self._loaded.pop(version_id, None)
             self._checksums.pop(version_id, None)
         if classifier is not None:
@@ -190,6 +222,7 @@ class PredictionResult:
     probabilities: np.ndarray  # (images, classes), in the order of `classes`
     seconds: float
     runtime: str  # what ran the forward pass: "onnxruntime" or "keras"
+    explanations: list[ExplanationResult] | None = None  # with explain=True
 
 
 class MemoryBudget:
@@ -222,10 +255,11 @@ class MemoryBudget:
 
 def _decode_all(
     images: list[ImagePayload], classifier: LoadedClassifier, budget: MemoryBudget
-) -> np.ndarray:
-    """Every image decoded at the model's scale and resized for it, under the memory budget."""
+) -> tuple[np.ndarray, list[DecodedImage]]:
+    """Every image decoded at the model's scale and resized for it, under the memory budget;
+    and the decoded images themselves."""
     settings = get_settings()
-    arrays = []
+    arrays, decoded = [], []
     for index, image in enumerate(images):
         which = f"image {index + 1}" + (f" ({image.filename})" if image.filename else "")
         if len(image.data) > settings.max_image_file_bytes:
@@ -238,14 +272,15 @@ def _decode_all(
                 target_size=classifier.image_size,
             )  # fmt: skip
             with budget.reserve(opened.decode_bytes, timeout=settings.predict_timeout_seconds):
-                arrays.append(classifier.prepare(decode_opened(opened)))
+                decoded.append(decode_opened(opened))
+                arrays.append(classifier.prepare(decoded[-1]))
         except ImageTooLargeError as exc:
             raise PayloadTooLargeError(f"{which}: {exc}") from exc
         except UnsupportedImageError as exc:
             raise UnsupportedMediaTypeError(f"{which}: {exc}") from exc
         except (CorruptImageError, ImageDecodeError) as exc:
             raise BadRequestError(f"{which}: {exc}") from exc
-    return np.stack(arrays)
+    return np.stack(arrays), decoded
 
 
 def _resolve_and_prepare(
@@ -255,13 +290,10 @@ def _resolve_and_prepare(
     name: str | None,
     version: int | None,
     principal: Principal,
-) -> tuple[VersionRef, LoadedClassifier, np.ndarray]:
-    with session_scope() as session:
-        ref = model_versions.resolve_version(
-            session, name=name, version=version, principal=principal
-        )
+) -> tuple[VersionRef, LoadedClassifier, np.ndarray, list[DecodedImage]]:
+    ref = cache.resolve(name=name, version=version, principal=principal)
     classifier = cache.get(ref)
-    return ref, classifier, _decode_all(images, classifier, budget)
+    return ref, classifier, *_decode_all(images, classifier, budget)
 
 
 async def _forward(classifier: LoadedClassifier, pixels: np.ndarray, *, timeout: float) -> Any:
@@ -285,16 +317,18 @@ async def predict_images(
     images: list[ImagePayload],
     model: str | None = None,
     version: int | None = None,
+    explain: bool = False,
 ) -> PredictionResult:
-    """Class probabilities of each image from the chosen version. Database, decoding and the
-    forward pass all run off the event loop."""
+    """Class probabilities of each image from the chosen version, and with `explain` a
+    Grad-CAM of each image for its top label. Database, decoding, the forward pass and the
+    explanations all run off the event loop."""
     started = time.perf_counter()
     settings = get_settings()
     if not images:
         raise BadRequestError("send at least one image")
     if len(images) > settings.max_predict_images:
         raise PayloadTooLargeError(f"at most {settings.max_predict_images} images per request")
-    ref, classifier, pixels = await to_thread.run_sync(
+    ref, classifier, pixels, decoded = await to_thread.run_sync(
         _resolve_and_prepare, cache, budget, images, model, version, principal
     )
     timeout = settings.predict_timeout_seconds
@@ -304,13 +338,20 @@ async def predict_images(
         logger.info("retrying %s v%s after eviction: %s", ref.name, ref.version, exc)
         classifier = await to_thread.run_sync(cache.get, ref)
         probabilities = await _forward(classifier, pixels, timeout=timeout)
+    explanations = None
+    if explain:
+        explain_all = functools.partial(
+            explain_images, classifier=classifier, decoded=decoded, pixels=pixels,
+            principal=principal,
+        )  # fmt: skip
+        explanations = await to_thread.run_sync(explain_all)
     seconds = time.perf_counter() - started
     PREDICT_LATENCY.labels(ref.name).observe(seconds)
     PREDICT_IMAGES.labels(ref.name).inc(len(images))
     RUNTIME_IMAGES.labels(classifier.runtime.value).inc(len(images))
     return PredictionResult(
         version=ref, classes=classifier.classes, probabilities=probabilities, seconds=seconds,
-        runtime=classifier.runtime.value,
+        runtime=classifier.runtime.value, explanations=explanations,
     )  # fmt: skip
 
 

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from app.ml import bases, builders, export
-from app.ml.config import HeadKind, Method, TrainConfig
+from app.ml.config import HeadKind
 from app.ml.heads import HeadSpec, build_head
+from tests.models import scratch_model
 from tests.zips import SHARED
 
 DATA = SHARED / "data"
@@ -35,12 +36,7 @@ def _photos() -> list[np.ndarray]:
 
 
 def _scratch(classes: int) -> keras.Model:
-    config = TrainConfig(
-        method=Method.SCRATCH, image_size=64, epochs=1, batch_size=8, learning_rate=1e-3,
-        dropout=0.5, seed=3,
-    )  # fmt: skip
-    keras.utils.set_random_seed(3)
-    return builders.build_scratch_model(config, class_count=classes)
+    return scratch_model(classes)
 
 
 def _pretrained(base_name: str, classes: int, image_size: int, kind: HeadKind) -> keras.Model:

@@ -67,9 +67,12 @@ def activate_version(
         # vanished while loading mean the version is gone: that is a 404, not a broken model.
         model_versions.version_ref(name=name, version=version, principal=principal)
         raise
-    return ModelVersionRead.model_validate(
+    activated = ModelVersionRead.model_validate(
         model_versions.activate_version(session, name=name, version=version, principal=principal)
     )
+    session.commit()  # before forgetting: a prediction now must read the new active version
+    cache.forget_resolutions()
+    return activated
 
 
 @router.get(

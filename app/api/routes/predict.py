@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse
 
 from app.api.bodies import json_body_openapi, receive_files, validate_form
 from app.api.deps import DecodeBudgetDep, ModelCacheDep, PredictJSONBody, Predictor
 from app.core.config import get_settings
 from app.ml.serving import top_k
 from app.schemas.predict import (
+    Explanation,
     ImagePrediction,
     LabelProbability,
     PredictJSONRequest,
     PredictOptions,
     PredictResponse,
 )
-from app.services import inference
+from app.services import explanations, inference
+from app.services.explanations import ExplanationResult
 from app.services.inference import ImagePayload, PredictionResult
 from app.services.wire import decode_base64
 
@@ -60,6 +64,9 @@ def _response(
     result: PredictionResult, filenames: list[str | None], k: int, response: Response
 ) -> PredictResponse:
     response.headers[inference.RUNTIME_HEADER] = result.runtime
+    explained_images: list[ExplanationResult | None] = (
+        list(result.explanations) if result.explanations else [None] * len(filenames)
+    )
     return PredictResponse(
         model=result.version.name,
         version=result.version.version,
@@ -67,8 +74,11 @@ def _response(
             ImagePrediction(
                 filename=filename,
                 labels=[LabelProbability(**entry) for entry in top_k(row, result.classes, k)],
+                explanation=Explanation(**explained.as_dict()) if explained else None,
             )
-            for filename, row in zip(filenames, result.probabilities, strict=True)
+            for filename, row, explained in zip(
+                filenames, result.probabilities, explained_images, strict=True
+            )
         ],
         seconds=round(result.seconds, 6),
         runtime=result.runtime,
@@ -102,6 +112,7 @@ async def predict(
         images=[ImagePayload(data=f.data, filename=f.filename) for f in files],
         model=options.model,
         version=options.version,
+        explain=options.explain,
     )
     return _response(result, [f.filename for f in files], options.top_k, response)
 
@@ -132,5 +143,19 @@ async def predict_json(
         images=images,
         model=body.model,
         version=body.version,
+        explain=body.explain,
     )
     return _response(result, [image.filename for image in body.images], body.top_k, response)
+
+
+@router.get(
+    "/explanations/{explanation_id}.png",
+    response_class=FileResponse,
+    responses={404: {"description": "no such explanation of yours (or it was removed)"}},
+)
+def explanation_image(explanation_id: uuid.UUID, principal: Predictor) -> FileResponse:
+    """A Grad-CAM overlay made by `explain=true`, for the owner of the key that asked."""
+    return FileResponse(
+        explanations.explanation_png(explanation_id, principal=principal),
+        media_type="image/png",
+    )
