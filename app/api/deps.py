@@ -68,15 +68,17 @@ async def current_principal(
 def requires(*scopes: Scope) -> Any:
     """A dependency that admits keys holding any of `scopes` (admin holds them all)."""
 
-    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    # async: a plain function would run in the thread pool, a hop that cost 0.4 ms of every
+    # request in a profile of /predict, for a check that does no I/O
+    async def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         return auth.require_scope(principal, scopes)
 
     return Depends(dependency)
 
 
-def _rate_limited_predictor(
+async def _rate_limited_predictor(
     request: Request, principal: Annotated[Principal, requires(Scope.PREDICT)]
-) -> Principal:
+) -> Principal:  # async for the same reason: the limiter is a lock and arithmetic
     limiter: RateLimiter = request.app.state.predict_rate_limiter
     limiter.acquire(principal.key_id)
     return principal

@@ -7,6 +7,7 @@ through `predict_images`, so they share decoding, limits, errors and the loaded 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -16,10 +17,9 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 
 from app.core.config import get_settings
 from app.core.errors import (
@@ -50,6 +50,10 @@ from app.services.model_versions import VersionRef
 
 logger = logging.getLogger(__name__)
 
+# Predictions decoding or waiting for their forward pass at once, per API process (beyond it
+# they queue): twice the default largest batch, so one can form while the next decodes.
+PREDICTION_THREADS = 64
+
 # Every prediction response names the runtime that answered in this header.
 RUNTIME_HEADER = "X-Model-Runtime"
 
@@ -73,6 +77,7 @@ class ModelCache:
         self._loading: dict[uuid.UUID, threading.Lock] = {}
         self.warmed = False
         self.loads = 0  # versions loaded from disk by this process, ever
+        self._thread_limiter: CapacityLimiter | None = None
         # (owner, admin?, name, version) -> (the version resolved, when to ask again)
         self._resolved: dict[tuple[str, bool, str | None, int | None], tuple[VersionRef, float]]
         self._resolved = {}
@@ -146,6 +151,14 @@ class ModelCache:
                     self._resolved.clear()
                 self._resolved[key] = (ref, time.monotonic() + ttl)
         return ref
+
+    def thread_limiter(self) -> CapacityLimiter:
+        """The worker threads predictions may hold at once (created in the event loop on first
+        use). Their own, apart from the default pool: a prediction's thread waits for its
+        forward pass, and that must not keep every other route's thread busy."""
+        if self._thread_limiter is None:
+            self._thread_limiter = CapacityLimiter(PREDICTION_THREADS)
+        return self._thread_limiter
 
     def forget_resolutions(self) -> None:
         with self._lock:
@@ -283,30 +296,50 @@ def _decode_all(
     return np.stack(arrays), decoded
 
 
-def _resolve_and_prepare(
+@dataclass(frozen=True)
+class _Answered:
+    ref: VersionRef
+    classifier: LoadedClassifier
+    pixels: np.ndarray
+    decoded: list[DecodedImage]
+    probabilities: np.ndarray
+
+
+def _forward(classifier: LoadedClassifier, pixels: np.ndarray, *, timeout: float) -> np.ndarray:
+    """The classifier's answer for a batch, or 503 if it does not come within `timeout`
+    (a wedged model must not hold requests forever)."""
+    future = classifier.batcher.submit(pixels)
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise ModelUnavailableError(
+            f"the model did not answer within {timeout:g} s; retry shortly"
+        ) from None
+
+
+def _answer(
     cache: ModelCache,
     budget: MemoryBudget,
     images: list[ImagePayload],
     name: str | None,
     version: int | None,
     principal: Principal,
-) -> tuple[VersionRef, LoadedClassifier, np.ndarray, list[DecodedImage]]:
+) -> _Answered:
+    """Resolve the version, decode the images and wait for the batcher's answer, all in the
+    request's one worker thread: a return to the event loop between decoding and the forward
+    pass was one more thread switch per prediction."""
     ref = cache.resolve(name=name, version=version, principal=principal)
     classifier = cache.get(ref)
-    return ref, classifier, *_decode_all(images, classifier, budget)
-
-
-async def _forward(classifier: LoadedClassifier, pixels: np.ndarray, *, timeout: float) -> Any:
-    """The classifier's answer for a batch, or 503 if it does not come within `timeout`
-    (a wedged model must not hold requests forever)."""
-    future = classifier.batcher.submit(pixels)
+    pixels, decoded = _decode_all(images, classifier, budget)
+    timeout = get_settings().predict_timeout_seconds
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-    except TimeoutError:
-        future.cancel()
-        raise ModelUnavailableError(
-            f"the model did not answer within {timeout:g} s; retry shortly"
-        ) from None
+        probabilities = _forward(classifier, pixels, timeout=timeout)
+    except ModelUnloadedError as exc:  # evicted between lookup and submit: load again once
+        logger.info("retrying %s v%s after eviction: %s", ref.name, ref.version, exc)
+        classifier = cache.get(ref)
+        probabilities = _forward(classifier, pixels, timeout=timeout)
+    return _Answered(ref, classifier, pixels, decoded, probabilities)
 
 
 async def predict_images(
@@ -328,20 +361,13 @@ async def predict_images(
         raise BadRequestError("send at least one image")
     if len(images) > settings.max_predict_images:
         raise PayloadTooLargeError(f"at most {settings.max_predict_images} images per request")
-    ref, classifier, pixels, decoded = await to_thread.run_sync(
-        _resolve_and_prepare, cache, budget, images, model, version, principal
-    )
-    timeout = settings.predict_timeout_seconds
-    try:
-        probabilities = await _forward(classifier, pixels, timeout=timeout)
-    except ModelUnloadedError as exc:  # evicted between lookup and submit: load again once
-        logger.info("retrying %s v%s after eviction: %s", ref.name, ref.version, exc)
-        classifier = await to_thread.run_sync(cache.get, ref)
-        probabilities = await _forward(classifier, pixels, timeout=timeout)
+    answered = await to_thread.run_sync(_answer, cache, budget, images, model, version, principal)
+    ref, classifier, probabilities = answered.ref, answered.classifier, answered.probabilities
     explanations = None
     if explain:
         explain_all = functools.partial(
-            explain_images, classifier=classifier, decoded=decoded, pixels=pixels,
+            explain_images, classifier=classifier, decoded=answered.decoded,
+            pixels=answered.pixels,
             principal=principal,
         )  # fmt: skip
         explanations = await to_thread.run_sync(explain_all)
