@@ -109,13 +109,12 @@ def _frozen_graph(serve: Any) -> tuple[Any, list[str], list[str]]:
     )
 
 
-def _rename_io(path: Path, *, inputs: list[str], outputs: list[str]) -> None:
-    """TF tensor names ("pixels:0", "Identity:0") -> the names clients use: "pixels" and
-    "probabilities"."""
+def _rename_io(path: Path, renames: dict[str, str]) -> None:
+    """TF tensor names ("pixels:0", "Identity:0") -> the names clients use ("pixels",
+    "probabilities")."""
     import onnx
 
     model = onnx.load(str(path))
-    renames = {inputs[0]: INPUT_NAME, outputs[0]: OUTPUT_NAME}
     for value in [*model.graph.input, *model.graph.output]:
         value.name = renames.get(value.name, value.name)
     for node in model.graph.node:
@@ -146,21 +145,30 @@ def resize_graph(image_size: int) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def export_onnx(model: Any, path: Path, *, image_size: int) -> OnnxExport:
-    """Convert `model` with tf2onnx into `path`, then check that ONNX Runtime answers like
-    Keras on pixels of several sizes; ExportError (and no file) otherwise."""
+def _convert(serve: Any, path: Path, *, output_name: str | None) -> None:
+    """tf2onnx on the frozen `serve`, written to `path`, its input named "pixels" (and its
+    first output `output_name`)."""
     import tf2onnx
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    graph_def, inputs, outputs = _frozen_graph(serve)
+    tf2onnx.convert.from_graph_def(
+        graph_def, input_names=inputs, output_names=outputs, opset=ONNX_OPSET,
+        output_path=str(path),
+    )  # fmt: skip
+    renames = {inputs[0]: INPUT_NAME}
+    if output_name is not None:
+        renames[outputs[0]] = output_name
+    _rename_io(path, renames)
+
+
+def export_onnx(model: Any, path: Path, *, image_size: int) -> OnnxExport:
+    """Convert `model` with tf2onnx into `path`, then check that ONNX Runtime answers like
+    Keras on pixels of several sizes; ExportError (and no file) otherwise."""
     started = time.perf_counter()
     serve = _serving_function(model)
     try:
-        graph_def, inputs, outputs = _frozen_graph(serve)
-        tf2onnx.convert.from_graph_def(
-            graph_def, input_names=inputs, output_names=outputs, opset=ONNX_OPSET,
-            output_path=str(path),
-        )  # fmt: skip
-        _rename_io(path, inputs=inputs, outputs=outputs)
+        _convert(serve, path, output_name=OUTPUT_NAME)
     except Exception as exc:  # tf2onnx raises whatever its handlers raise
         path.unlink(missing_ok=True)
         raise ExportError(f"tf2onnx could not convert the model: {exc}") from exc
@@ -182,6 +190,34 @@ def export_onnx(model: Any, path: Path, *, image_size: int) -> OnnxExport:
             f"(more than {PARITY_TOLERANCE:g}); not kept"
         )
     return OnnxExport(path=path, seconds=seconds, max_abs_difference=difference)
+
+
+def export_extractor(extractor: Any, path: Path, *, image_size: int) -> None:
+    """The frozen base's feature extractor (builders.feature_extractor: resized pixels ->
+    [pooled features, top-block inputs]) as ONNX, for feature extraction by ONNX Runtime.
+    Checked like a model export, against the largest output, relatively: ExportError (and
+    no file) if any output differs by more than 1e-4 of its own largest magnitude."""
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=INPUT_NAME)]
+    serve = tf.function(lambda pixels: extractor(pixels, training=False), input_signature=signature)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        _convert(serve, partial, output_name=None)
+        pixels = np.random.default_rng(0).uniform(0, 255, (2, image_size, image_size, 3))
+        pixels = pixels.astype(np.float32)
+        expected = [np.asarray(x) for x in tf.nest.flatten(serve(pixels))]
+        session = onnx_session(partial)
+        answered = session.run(None, {INPUT_NAME: pixels})
+    except Exception as exc:
+        partial.unlink(missing_ok=True)
+        raise ExportError(f"the feature extractor could not be exported: {exc}") from exc
+    for want, got in zip(expected, answered, strict=True):
+        scale = float(np.max(np.abs(want))) or 1.0
+        if got.shape != want.shape or float(np.max(np.abs(got - want))) > 1e-4 * scale:
+            partial.unlink(missing_ok=True)
+            raise ExportError("the exported feature extractor differs from Keras'; not kept")
+    partial.replace(path)
 
 
 def export_saved_model(model: Any, directory: Path) -> None:

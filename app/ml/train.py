@@ -9,6 +9,8 @@ cache folder and the hooks that report to the database.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,18 +24,22 @@ from app.ml import bases, builders
 from app.ml.config import METHOD_DEFAULTS, Method, TrainConfig
 from app.ml.data import SplitSource, balanced_class_weights
 from app.ml.evaluate import beats_chance, class_probabilities, evaluate_predictions, log_loss
+from app.ml.export import ExportError
 from app.ml.features import (
     FeatureRequest,
     array_name,
     extract_features,
     feature_cache_key,
     load_or_compute,
+    onnx_extractor,
 )
 from app.ml.finetune import TopData, finetune_top
 from app.ml.fitting import CancelledError, EpochRecord, TrainingHooks, fit
 from app.ml.heads import HeadData, averaged, choose_head
 
 __all__ = ["CancelledError", "PretrainedSource", "TrainingOutcome", "train"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ class PretrainedSource:
     weights_sha256: str
     feature_cache_dir: Path
     dataset_fingerprint: str
+    # Run the frozen base with ONNX Runtime for feature extraction on workers without a GPU
+    # (2.7x Keras' images/s on 2 cores); Keras if the export fails.
+    onnx_extraction: bool = False
 
 
 @dataclass
@@ -231,17 +240,43 @@ def load_features(
     extractor = builders.feature_extractor(
         base, spec, image_size=config.image_size, with_top_inputs=True
     )
+    runtime = ["keras"]
+
+    def compute() -> dict[str, np.ndarray]:
+        chosen: Any = extractor
+        if pretrained.onnx_extraction and not _has_gpu():
+            try:
+                chosen = onnx_extractor(
+                    extractor, cache_dir=pretrained.feature_cache_dir, image_size=config.image_size,
+                    key=extractor_key(spec=spec, pretrained=pretrained, size=config.image_size),
+                )  # fmt: skip
+                runtime[0] = "onnxruntime"
+            except ExportError as exc:
+                logger.warning("feature extraction runs in Keras: %s", exc)
+        return extract_features(chosen, splits, request, hooks=hooks)
+
     started = time.perf_counter()
-    features, hit = load_or_compute(
-        pretrained.feature_cache_dir / f"{key}.npz",
-        lambda: extract_features(extractor, splits, request, hooks=hooks),
-    )
+    features, hit = load_or_compute(pretrained.feature_cache_dir / f"{key}.npz", compute)
     return features, {
         "feature_cache_hit": hit,
         "feature_cache_key": key,
         "feature_seconds": round(time.perf_counter() - started, 3),
+        "feature_runtime": None if hit else runtime[0],
         "weights": pretrained.weights_path.name,
     }
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def extractor_key(*, spec: bases.BaseSpec, pretrained: PretrainedSource, size: int) -> str:
+    """What makes an exported feature extractor: the base, its weights, the input size and
+    the Keras version (the outputs are always the pooled features and the top inputs)."""
+    text = f"{spec.key.value}|{pretrained.weights_sha256}|{size}|keras-{keras.__version__}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _views(features: dict[str, np.ndarray], split: str, output: str) -> list[np.ndarray]:

@@ -133,6 +133,7 @@ def pretrained_source(
         weights_sha256=file_sha256(path),
         feature_cache_dir=owner_feature_cache(settings.feature_cache_dir, owner),
         dataset_fingerprint=fingerprint,
+        onnx_extraction=settings.onnx_feature_extraction,
     )
 
 

@@ -180,6 +180,9 @@ def test_second_bottleneck_job_reuses_cached_features(stack, dataset_id: str) ->
     assert first["result"]["feature_cache_hit"] is False
     assert second["result"]["feature_cache_hit"] is True
     assert second["result"]["feature_cache_key"] == first["result"]["feature_cache_key"]
+    # No GPU here: the frozen base ran in ONNX Runtime; cached features ran in nothing.
+    assert first["result"]["feature_runtime"] == "onnxruntime"
+    assert second["result"]["feature_runtime"] is None
 
 
 def test_cancel_stops_a_running_job_within_a_batch(stack, dataset_id: str) -> None:

@@ -126,3 +126,35 @@ def test_the_onnx_resize_matches_the_models_resizing_layer() -> None:
             assert resized.shape == (size, size, 3)
             # float rounding only: measured at most 0.004 on the 0..255 scale
             assert np.max(np.abs(resized - expected)) < 0.02, (size, photo.shape)
+
+
+def test_feature_extraction_by_onnx_runtime_equals_keras(tmp_path: Path) -> None:
+    from app.ml.data import resize_pixels
+    from app.ml.features import onnx_extractor
+
+    spec = bases.BASES[bases.BaseName.MOBILENET_V2]
+    weights = bases.find_weights(spec, weights_dir=SHARED / "weights")
+    assert weights is not None
+    base = builders.frozen_base(spec, image_size=96, weights=weights)
+    extractor = builders.feature_extractor(base, spec, image_size=96, with_top_inputs=True)
+    pixels = np.stack([resize_pixels(photo, image_size=96) for photo in _photos()])
+    expected = extractor.predict(pixels, batch_size=4, verbose=0)
+
+    class Batches:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def on_predict_batch_end(self, batch: int) -> None:
+            self.seen.append(batch)
+
+    batches = Batches()
+    onnx = onnx_extractor(extractor, cache_dir=tmp_path, key="k", image_size=96)
+    answered = onnx.predict(pixels, batch_size=4, callbacks=[batches])
+    assert batches.seen == [0, 1]  # progress (and the job's heartbeat) per batch, as in Keras
+    for want, got in zip(expected, answered, strict=True):  # pooled features, top inputs
+        assert got.shape == want.shape
+        assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
+    exported = tmp_path / "extractor-k.onnx"
+    modified = exported.stat().st_mtime_ns
+    onnx_extractor(extractor, cache_dir=tmp_path, key="k", image_size=96)
+    assert exported.stat().st_mtime_ns == modified  # exported once, then reused
