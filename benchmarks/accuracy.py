@@ -118,6 +118,11 @@ def main() -> None:
                         "values)")  # fmt: skip
     parser.add_argument("--timing-dataset", default="cats_vs_dogs_small")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument(
+        "--section",
+        default="accuracy",
+        help="the docs/BENCHMARKS.md section to write (a partial run: its own)",
+    )
     parser.add_argument("--only-scratch", action="store_true",
                         help="only the default scratch jobs (on --scratch-datasets), written to "
                         "the section accuracy-scratch")  # fmt: skip
@@ -165,7 +170,7 @@ def main() -> None:
         write_section("accuracy-scratch", body)
     else:
         body = render(rows)
-        write_section("accuracy", body)
+        write_section(args.section, body)
     print(body)
 
 
