@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import PROJECT_ROOT, SHARED, live_service, machine, memory_kb, write_section
-from benchmarks.predict import train_model
+from benchmarks.predict import train_versions
 
 PREDICT_SHARE = 0.7
 
@@ -74,7 +74,7 @@ def main() -> None:
             predict_rate_per_second="1000000", predict_burst="1000000",
         ) as live:  # fmt: skip
             base, admin = live.base, live.headers
-            train_model(base, work, admin)
+            train_versions(base, work, admin, versions=1)
             job_id = httpx.get(f"{base}/jobs", headers=admin, timeout=30).json()[0]["id"]
             pid = api_pid(live.process.pid)
             key = make_key(work / "var")

@@ -52,14 +52,17 @@ def small_dataset_zip(target: Path, per_class: int = 60) -> None:
                     archive.write(image, f"{split}/{label}/{image.name}")
 
 
-def train_versions(base: str, work: Path, headers: dict[str, str]) -> None:
-    """VERSIONS versions of model "bench" (the later jobs reuse the cached features)."""
+def train_versions(
+    base: str, work: Path, headers: dict[str, str], *, versions: int = VERSIONS
+) -> None:
+    """`versions` versions of model "bench" (the later jobs reuse the cached features), and
+    wait until the active one answers."""
     archive = work / "bench.zip"
     small_dataset_zip(archive)
     with archive.open("rb") as handle:
         dataset = httpx.post(f"{base}/datasets", files={"file": handle}, data={"name": "bench"},
                              timeout=600, headers=headers).json()  # fmt: skip
-    for seed in range(VERSIONS):
+    for seed in range(versions):
         job = httpx.post(f"{base}/jobs", json={
             "dataset_id": dataset["id"], "method": "bottleneck", "base_model": "mobilenet_v2",
             "image_size": IMAGE_SIZE, "epochs": 3, "model_name": "bench", "seed": seed,
@@ -73,6 +76,12 @@ def train_versions(base: str, work: Path, headers: dict[str, str]) -> None:
             raise RuntimeError(f"training the benchmark model failed: {state['error']}")
         if "error" in (exported := state["result"].get("exports", {}).get("onnx", {})):
             raise RuntimeError(f"the ONNX export failed: {exported['error']}")
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{base}/v2/models/bench/ready", timeout=60,
+                    headers=headers).status_code != 200:  # fmt: skip
+        if time.monotonic() > deadline:
+            raise RuntimeError("the model was not loaded")
+        time.sleep(0.5)
 
 
 def download(base: str, headers: dict[str, str], fmt: str, target: Path) -> Path:
