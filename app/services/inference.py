@@ -41,7 +41,7 @@ from app.ml.images import (
     open_image,
 )
 from app.ml.serving import LoadedClassifier, ModelUnloadedError, load_classifier
-from app.services import model_versions
+from app.services import model_versions, review
 from app.services.auth import Principal
 from app.services.model_versions import VersionRef
 
@@ -308,6 +308,12 @@ async def predict_images(
     PREDICT_LATENCY.labels(ref.name).observe(seconds)
     PREDICT_IMAGES.labels(ref.name).inc(len(images))
     RUNTIME_IMAGES.labels(classifier.runtime.value).inc(len(images))
+    # Answers below the model's review threshold are kept for people to label (no database
+    # work at all for models without one).
+    await review.keep_uncertain(
+        principal=principal, model_name=ref.name, model_version=ref.version,
+        classes=classifier.classes, probabilities=probabilities, images=images,
+    )  # fmt: skip
     return PredictionResult(
         version=ref, classes=classifier.classes, probabilities=probabilities, seconds=seconds,
         runtime=classifier.runtime.value,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.bodies import (
     MultipartUpload,
+    json_body_openapi,
+    read_json_model,
     receive_multipart,
     validate_form,
 )
@@ -20,8 +22,9 @@ from app.schemas.datasets import (
     DatasetRead,
     DatasetUploadForm,
     DatasetVersionForm,
+    DatasetVersionFromReview,
 )
-from app.services import datasets, previews
+from app.services import datasets, previews, review
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -169,7 +172,7 @@ _VERSION_SCHEMA: dict[str, Any] = {
 _VERSION_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "bad archive, nothing would change, or unknown images to remove"},
     404: {"description": "no such dataset or version (or not yours)"},
-    409: {"description": "another version was added meanwhile"},
+    409: {"description": "another version was added meanwhile, or review items changed"},
     413: {"description": "upload or the new version over a limit"},
     415: {"description": "not a zip / not multipart"},
 }
@@ -221,4 +224,43 @@ async def add_version(
         )
     finally:
         upload.discard()
+    return DatasetRead.model_validate(dataset)
+
+
+async def _from_review_body(request: Request, _: Trainer) -> DatasetVersionFromReview:
+    return await read_json_model(request, DatasetVersionFromReview)
+
+
+@router.post(
+    "/{dataset_id}/versions/from-review",
+    response_model=DatasetRead,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=json_body_openapi(DatasetVersionFromReview),
+    responses=_VERSION_ERRORS,
+)
+def add_version_from_review(
+    dataset_id: uuid.UUID,
+    body: Annotated[DatasetVersionFromReview, Depends(_from_review_body)],
+    session: SessionDep,
+    principal: Trainer,
+) -> DatasetRead:
+    """A new version of the dataset with your labeled review items (of `model`, or the
+    `item_ids`) added under their labels, deduplicated and checked for leakage as an upload
+    is. The items leave the queue in the same transaction."""
+    settings = get_settings()
+    parent = datasets.resolve_dataset_version(
+        session, dataset_id=dataset_id, version=body.parent_version, principal=principal
+    )
+    selection = review.labeled_items(
+        session, owner=parent.owner, model=body.model, item_ids=body.item_ids, settings=settings
+    )
+    options = datasets.VersionOptions(
+        validation_fraction=body.validation_fraction, test_fraction=body.test_fraction,
+        seed=body.seed, remove=frozenset(body.remove), parent_version=body.parent_version,
+    )  # fmt: skip
+    dataset = datasets.add_version(
+        session, dataset_id=dataset_id, principal=principal, options=options, settings=settings,
+        labeled=selection.images,
+        before_commit=lambda s: review.consume(s, selection=selection, settings=settings),
+    )  # fmt: skip
     return DatasetRead.model_validate(dataset)
