@@ -24,6 +24,7 @@ from app.api.routes import (
     models,
     open_inference,
     predict,
+    review,
     tfserving,
 )
 from app.core.config import get_settings
@@ -94,6 +95,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(predict.router)
+    app.include_router(review.router)
     app.include_router(tfserving.router)
     app.include_router(open_inference.router)
     app.include_router(console.router)

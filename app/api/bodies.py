@@ -297,7 +297,8 @@ def validate_form(schema: type[FormT], fields: dict[str, str]) -> FormT:
         ) from exc
 
 
-DATASET_UPLOAD_PATH = re.compile(r"^/datasets/?$")
+# A dataset zip: a new dataset, or images added as a new version of one.
+DATASET_UPLOAD_PATH = re.compile(r"^/datasets(/[^/]+/versions)?/?$")
 
 
 def request_body_limit(method: str, path: str) -> int:

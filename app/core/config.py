@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     datasets_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "datasets")
     models_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "models")
     feature_cache_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "feature_cache")
+    # Images of predictions kept for review, per owner, each stored once by its sha256.
+    review_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "review")
     # Where keras.applications weight files are looked up first (then $KERAS_HOME/models).
     pretrained_weights_dir: Path | None = None
     # On by default, as Keras users expect: a missing weights file is downloaded into
@@ -115,6 +117,12 @@ class Settings(BaseSettings):
     # oldest are removed past this many.
     max_explanations_per_owner: int = Field(default=500, gt=0)
 
+    # The review queue of each owner (predictions below their model's review_threshold): past
+    # either limit its oldest items are dropped, unlabeled ones first. The bytes are those of
+    # the kept image files, so the queue's disk use is at most this per owner.
+    review_max_items_per_owner: int = Field(default=1000, gt=0)
+    review_max_bytes_per_owner: int = Field(default=512 * 1024**2, gt=0)
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         """Stop a production process from starting on settings that only suit one machine."""
@@ -137,7 +145,10 @@ class Settings(BaseSettings):
 
     def ensure_directories(self) -> None:
         """Create the local data folders (and the SQLite files' folders) if they are missing."""
-        for path in (self.data_dir, self.datasets_dir, self.models_dir, self.feature_cache_dir):
+        for path in (
+            self.data_dir, self.datasets_dir, self.models_dir, self.feature_cache_dir,
+            self.review_dir,
+        ):  # fmt: skip
             path.mkdir(parents=True, exist_ok=True)
 
 

@@ -1,8 +1,9 @@
 """Prometheus metrics of the API process, served at `GET /metrics`.
 
 Request counts and latencies are recorded by the request middleware, prediction latency and
-batch sizes by the inference service; jobs by status and the training queue's depth are read
-when Prometheus scrapes (app/services/metrics.py registers that collector here).
+batch sizes by the inference service; jobs by status, the training queue's depth and the
+review queues' sizes are read when Prometheus scrapes (app/services/metrics.py registers that
+collector here).
 """
 
 from __future__ import annotations
@@ -44,5 +45,15 @@ FORWARD_BATCH = Histogram(
     "smallvision_forward_batch_images",
     "Images per forward pass (micro-batching joins concurrent requests).",
     buckets=(1, 2, 4, 8, 16, 32, 64),
+    registry=REGISTRY,
+)
+REVIEW_CAPTURED = Counter(
+    "smallvision_review_captured_total",
+    "Predictions kept for review (top probability below their model's review_threshold).",
+    registry=REGISTRY,
+)
+REVIEW_DROPPED = Counter(
+    "smallvision_review_dropped_total",
+    "Review items dropped, oldest first, because an owner's queue was over its limits.",
     registry=REGISTRY,
 )

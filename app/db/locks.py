@@ -24,6 +24,17 @@ def model_name_key(name: str) -> str:
     return f"model-name:{name}"
 
 
+def dataset_lineage_key(lineage_id: object) -> str:
+    """One dataset's versions: numbering and adding the next one."""
+    return f"dataset-lineage:{lineage_id}"
+
+
+def review_queue_key(owner: str | None) -> str:
+    """One owner's review queue: adding items and dropping the oldest past its limits, and
+    removing image files no item refers to any more."""
+    return f"review-queue:{owner}"
+
+
 def _lock_id(key: str) -> int:
     """A signed 64-bit number for the key (PostgreSQL advisory locks are keyed by bigint)."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)

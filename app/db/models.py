@@ -75,11 +75,28 @@ def _owner_column() -> Mapped[str | None]:
 
 
 class Dataset(Base):
+    """One immutable version of a dataset: its images are fixed once ingested. Adding or
+    removing images makes a new row (the next `version` of the same `lineage_id`) with its own
+    manifest and fingerprint, so every job can say exactly which images it trained on."""
+
     __tablename__ = "datasets"
+    __table_args__ = (
+        # An index rather than a constraint: SQLite adds it without rebuilding the table.
+        Index("uq_datasets_lineage_id_version", "lineage_id", "version", unique=True),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_new_id)
     owner: Mapped[str | None] = _owner_column()
     name: Mapped[str] = mapped_column(String(200))
+    # The id of the lineage's first version (its own id for an upload) and of the version this
+    # one was made from. Not foreign keys: a version keeps its lineage when an earlier version
+    # is deleted (it holds its own copy of every image).
+    lineage_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    parent_id: Mapped[uuid.UUID | None] = mapped_column()
+    # What this version changed from its parent: images added and removed per class (and per
+    # split). NULL for an upload.
+    diff: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     # sha256 over the sorted (split, class, image sha256) triples: same content, same fingerprint.
     fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16), default=DatasetStatus.PROCESSING)
@@ -102,6 +119,8 @@ class TrainingJob(Base):
     dataset_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="RESTRICT"), index=True
     )
+    # The version number of that dataset, kept after the dataset row is deleted.
+    dataset_version: Mapped[int | None] = mapped_column(Integer)
     method: Mapped[str] = mapped_column(String(32))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
@@ -159,6 +178,9 @@ class ModelName(Base):
     # The highest version number ever given out under this name: numbers of deleted versions
     # (and of versions whose job died while saving) are never handed out again.
     last_version: Mapped[int] = mapped_column(Integer, default=0)
+    # Predictions of this model whose top probability is below this go to the review queue of
+    # the owner of the key that asked; NULL: none are kept.
+    review_threshold: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -190,3 +212,37 @@ class ModelVersion(Base):
     metrics_summary: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReviewStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for a person's label
+    LABELED = "labeled"  # labeled, waiting to go into a dataset version
+
+
+class ReviewItem(Base):
+    """A prediction the model was unsure of, kept for a person to label: the image (stored
+    once per owner under the review folder, by its sha256), the scores and which version gave
+    them. Labeled items become images of the next dataset version, and then leave the queue."""
+
+    __tablename__ = "review_items"
+    __table_args__ = (
+        # One item per image and model for an owner: the same image predicted again refreshes it.
+        UniqueConstraint("owner", "model_name", "image_sha256"),
+        Index("ix_review_items_owner_created_at", "owner", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_new_id)
+    owner: Mapped[str | None] = _owner_column()
+    model_name: Mapped[str] = mapped_column(String(200), index=True)
+    model_version: Mapped[int] = mapped_column(Integer)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_bytes: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str | None] = mapped_column(String(255))
+    # Every class's probability, {label: probability}, as the model answered.
+    scores: Mapped[dict[str, float]] = mapped_column(JSONType, default=dict)
+    top_label: Mapped[str] = mapped_column(String(200))
+    top_probability: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default=ReviewStatus.PENDING)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    labeled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -28,11 +28,68 @@ class DatasetUploadForm(BaseModel):
     seed: int = Field(default=1337, ge=0, le=2**31 - 1, description="seed of the split")
 
 
+class _VersionSplitOptions(BaseModel):
+    """How a new version splits the images that come without split folders (review items,
+    a zip of class folders), which of its parent's images it leaves out, and which version it
+    is made from."""
+
+    validation_fraction: float = Field(
+        default=0.2, ge=0.0, le=0.5,
+        description="share of each class's new images held out for validation",
+    )  # fmt: skip
+    test_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=0.5,
+        description="share of each class's new images held out for testing",
+    )
+    seed: int = Field(default=1337, ge=0, le=2**31 - 1, description="seed of the split")
+    parent_version: int | None = Field(
+        default=None, ge=1, le=2_147_483_647,
+        description="the version to build on; default: the latest",
+    )  # fmt: skip
+
+
+class DatasetVersionForm(_VersionSplitOptions):
+    """The text fields of `POST /datasets/{id}/versions` beside the optional zip `file`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    remove: str = Field(
+        default="", max_length=60_000,
+        description="sha256 of images to leave out, separated by commas or spaces",
+    )  # fmt: skip
+
+    def remove_set(self) -> frozenset[str]:
+        return frozenset(part for part in self.remove.replace(",", " ").split() if part)
+
+
+class DatasetVersionFromReview(_VersionSplitOptions):
+    """`POST /datasets/{id}/versions/from-review`: the caller's labeled review items (of one
+    model, or these ids) become images of the dataset's next version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Text | None = Field(default=None, max_length=200, description="only this model's items")
+    item_ids: list[uuid.UUID] | None = Field(
+        default=None, max_length=10_000, description="these items (default: every labeled one)"
+    )
+    remove: list[str] = Field(
+        default_factory=list, max_length=10_000, description="sha256 of images to leave out"
+    )
+
+
 class DatasetRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
     name: str
+    # Versions: the id of the first version, this one's number and the version it was made
+    # from, and what changed (images added and removed per class and split; null for v1).
+    lineage_id: uuid.UUID
+    version: int
+    parent_id: uuid.UUID | None
+    diff: dict[str, Any] | None
     fingerprint: str | None
     status: str
     class_names: list[str]

@@ -37,6 +37,11 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: uuid.UUID
+    dataset_version: int | None = Field(
+        default=None, ge=1, le=2_147_483_647,
+        description="which version of the dataset (any version's id names it) to train on; "
+        "default: its latest",
+    )  # fmt: skip
     method: Method = Field(
         default=DEFAULT_METHOD,
         description="auto (default): bottleneck, then fine-tuning from it (scratch too on "
@@ -92,6 +97,7 @@ class JobRead(BaseModel):
 
     id: uuid.UUID
     dataset_id: uuid.UUID | None
+    dataset_version: int | None
     method: str
     parameters: dict[str, Any]
     status: str

@@ -5,22 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 import statistics
 import uuid
 import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import BadRequestError, ConflictError, NotFoundError, PayloadTooLargeError
-from app.db.locks import lock_key, owner_jobs_key
+from app.db.locks import dataset_lineage_key, lock_key, owner_jobs_key
 from app.db.models import Dataset, DatasetStatus, JobStatus, TrainingJob
 from app.ml.images import ImageDecodeError, decode_image
 from app.services.archive import (
@@ -75,6 +77,8 @@ class _Image:
     width: int
     height: int
     source_format: str
+    # Already in the version a new version is made from: it keeps its split and class.
+    existing: bool = False
 
 
 @dataclass
@@ -86,18 +90,28 @@ class _Report:
     warnings: list[str] = field(default_factory=list)
 
 
-def _plan(members: list[ArchiveMember], report: _Report) -> tuple[list[_Candidate], bool]:
+def _plan(
+    members: list[ArchiveMember],
+    report: _Report,
+    *,
+    known_classes: frozenset[str] = frozenset(),
+) -> tuple[list[_Candidate], bool]:
     """Assign each file a split (or None) and a class from the folder layout.
-    Returns the candidates and whether the zip came with split folders."""
+    Returns the candidates and whether the zip came with split folders.
+
+    `known_classes`: the classes of the dataset a zip adds images to. Such a zip may hold one
+    class only, and need not repeat every class in every split."""
+    adding = bool(known_classes)
     files = [m for m in members if not is_junk(m.parts)]
     if not files:
         raise BadRequestError("the zip holds no files (besides system junk)")
     paths = [m.parts for m in files]
-    # One enclosing folder (e.g. "my_photos/cats/1.jpg") is dropped, unless it is a split folder.
+    # One enclosing folder (e.g. "my_photos/cats/1.jpg") is dropped, unless it is a split
+    # folder or a class the dataset has (a zip adding images of one class).
     tops = {p[0] for p in paths}
     if len(tops) == 1 and all(len(p) > 1 for p in paths):
         (top,) = tops
-        if top.lower() not in SPLIT_FOLDER_NAMES:
+        if top.lower() not in SPLIT_FOLDER_NAMES and top not in known_classes:
             paths = [p[1:] for p in paths]
 
     has_splits = any(p[0].lower() in SPLIT_FOLDER_NAMES and len(p) > 2 for p in paths)
@@ -119,10 +133,13 @@ def _plan(members: list[ArchiveMember], report: _Report) -> tuple[list[_Candidat
                 report.skipped.append({"file": member.path, "reason": "not inside a class folder"})
                 continue
             candidates.append(_Candidate(member=member, split=None, label=parts[0]))
-    if has_splits:
+    if has_splits and not adding:
         _check_split_classes(candidates)
     labels = {c.label for c in candidates}
-    if len(labels) < 2:
+    if adding:
+        if not labels:
+            raise BadRequestError("the zip holds no images inside class folders")
+    elif len(labels) < 2:
         found = ", ".join(sorted(labels)) or "none"
         raise BadRequestError(f"a dataset needs at least 2 class folders; found {found}")
     return candidates, has_splits
@@ -161,7 +178,10 @@ def _decode_and_store(
         source = candidate.member.path
         try:
             data = read_member(archive, candidate.member, max_bytes=settings.max_image_file_bytes)
-            decoded = decode_image(data, max_pixels=settings.max_image_pixels)
+            image = _store_image(
+                data, split=candidate.split, label=candidate.label, source=source,
+                images_dir=images_dir, settings=settings,
+            )  # fmt: skip
         except EntryTooLargeError as exc:
             report.skipped.append({"file": source, "reason": f"file too large: {exc}"})
             continue
@@ -171,28 +191,34 @@ def _decode_and_store(
         except zipfile.BadZipFile as exc:
             report.skipped.append({"file": source, "reason": f"damaged zip entry ({exc})"})
             continue
-        digest = hashlib.sha256(data).hexdigest()
-        target = images_dir / digest[:2] / digest
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        images.append(
-            _Image(
-                sha256=digest,
-                split=candidate.split,
-                label=candidate.label,
-                source=source,
-                width=decoded.width,
-                height=decoded.height,
-                source_format=decoded.source_format,
-            )
-        )
+        images.append(image)
     return images
+
+
+def _store_image(
+    data: bytes, *, split: str | None, label: str, source: str, images_dir: Path,
+    settings: Settings,
+) -> _Image:  # fmt: skip
+    """Decode one image (ImageDecodeError if it does not) and store its file by its sha256."""
+    decoded = decode_image(data, max_pixels=settings.max_image_pixels)
+    digest = hashlib.sha256(data).hexdigest()
+    target = images_dir / digest[:2] / digest
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return _Image(
+        sha256=digest, split=split, label=label, source=source, width=decoded.width,
+        height=decoded.height, source_format=decoded.source_format,
+    )  # fmt: skip
 
 
 def _deduplicate(images: list[_Image], report: _Report) -> list[_Image]:
     """Keep one copy of each file: drop label conflicts, keep cross-split copies in the
-    earliest split (train, then validation, then test) and report them as leakage."""
+    earliest split (train, then validation, then test) and report them as leakage.
+
+    An image already in the dataset (`existing`, when a version is made) always stays where
+    it is, with its class: a new copy of it is a duplicate, or leakage when it came in another
+    split's folder, and a new copy under another class is the conflict that is dropped."""
     by_hash: dict[str, list[_Image]] = defaultdict(list)
     for image in images:
         by_hash[image.sha256].append(image)
@@ -204,12 +230,14 @@ def _deduplicate(images: list[_Image], report: _Report) -> list[_Image]:
             report.conflicts.append(
                 {"sha256": digest, "files": [c.source for c in copies], "labels": labels}
             )
+            kept.extend(c for c in copies if c.existing)
             continue
-        copies.sort(key=lambda c: (rank[c.split], c.source))
+        copies.sort(key=lambda c: (not c.existing, rank[c.split], c.source))
         keeper = copies[0]
         kept.append(keeper)
         for copy in copies[1:]:
-            if copy.split == keeper.split:
+            # A new image without a split folder was never in a split: it is a plain duplicate.
+            if copy.split == keeper.split or copy.split is None:
                 report.duplicates.append({"file": copy.source, "duplicate_of": keeper.source})
             else:
                 report.leakage.append(
@@ -314,23 +342,14 @@ def ingest_zip(
     try:
         incoming.mkdir(parents=True)
         with open_zip(zip_path, max_entries=settings.max_zip_entries) as archive:
-            limits = ArchiveLimits(
-                max_entries=settings.max_zip_entries,
-                max_total_bytes=settings.max_uncompressed_bytes,
-                max_ratio=settings.max_compression_ratio,
-            )
-            candidates, has_splits = _plan(list_members(archive, limits), report)
+            candidates, has_splits = _plan(_members(archive, settings), report)
             class_count = len({c.label for c in candidates})
             if class_count > settings.max_dataset_classes:
                 raise PayloadTooLargeError(
                     f"the zip has {class_count} class folders; a dataset may have at most "
                     f"{settings.max_dataset_classes}"
                 )
-            if len(candidates) > settings.max_dataset_images:
-                raise PayloadTooLargeError(
-                    f"the zip holds {len(candidates)} images; a dataset may have at most "
-                    f"{settings.max_dataset_images}"
-                )
+            _check_image_count(candidates, settings)
             images = _decode_and_store(
                 archive, candidates, images_dir=incoming / "images", settings=settings,
                 report=report,
@@ -357,18 +376,15 @@ def ingest_zip(
                 f"no validation/ folder: {options.validation_fraction:.0%} of train/ per "
                 "class was held out as validation"
             )
-        counted = Counter((i.split, i.label) for i in images)
-        split_counts = {
-            split: {label: counted[(split, label)] for label in classes}
-            for split in SPLITS
-            if any(s == split for s, _ in counted)
-        }
+        split_counts = _split_counts_of(images, classes)
         stats = _statistics(images, classes, report)
         _write_manifest(incoming, images, classes)
         dataset = Dataset(
             id=dataset_id,
             owner=options.owner,
             name=options.name,
+            lineage_id=dataset_id,
+            version=1,
             fingerprint=_fingerprint(images),
             status=DatasetStatus.READY.value,
             class_names=classes,
@@ -377,18 +393,52 @@ def ingest_zip(
         )
         session.add(dataset)
         session.flush()
-        incoming.rename(final)
-        try:
-            # Committed here, before the client hears 201: a dataset it was told exists, does.
-            session.commit()
-        except BaseException:
-            shutil.rmtree(final, ignore_errors=True)
-            raise
+        _publish(session, incoming=incoming, final=final)
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
         raise
     logger.info("dataset %s ingested: %d images, %d classes", dataset_id, len(images), len(classes))
     return dataset
+
+
+def _members(archive: zipfile.ZipFile, settings: Settings) -> list[ArchiveMember]:
+    """The zip's files, every entry checked against the archive limits first."""
+    limits = ArchiveLimits(
+        max_entries=settings.max_zip_entries,
+        max_total_bytes=settings.max_uncompressed_bytes,
+        max_ratio=settings.max_compression_ratio,
+    )
+    return list_members(archive, limits)
+
+
+def _check_image_count(candidates: list[_Candidate], settings: Settings) -> None:
+    if len(candidates) > settings.max_dataset_images:
+        raise PayloadTooLargeError(
+            f"the zip holds {len(candidates)} images; a dataset may have at most "
+            f"{settings.max_dataset_images}"
+        )
+
+
+def _split_counts_of(images: list[_Image], classes: list[str]) -> dict[str, dict[str, int]]:
+    """{split: {class: images}} for every split that has images."""
+    counted = Counter((i.split, i.label) for i in images)
+    return {
+        split: {label: counted[(split, label)] for label in classes}
+        for split in SPLITS
+        if any(s == split for s, _ in counted)
+    }
+
+
+def _publish(session: Session, *, incoming: Path, final: Path) -> None:
+    """Move a new dataset's folder into place, then commit its row (before the client hears
+    201: a dataset it was told exists, does); if the commit fails the folder goes again.
+    (The caller removes `incoming` on any error before this.)"""
+    incoming.rename(final)
+    try:
+        session.commit()
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
 
 
 def _require_images_per_class(images: list[_Image], classes: list[str]) -> None:
@@ -409,6 +459,7 @@ def _write_manifest(folder: Path, images: list[_Image], classes: list[str]) -> N
             "file": f"images/{i.sha256[:2]}/{i.sha256}",
             "width": i.width,
             "height": i.height,
+            "format": i.source_format,
             "source": i.source,
         }
         for i in sorted(images, key=lambda i: (SPLITS.index(str(i.split)), i.label, i.sha256))
@@ -467,3 +518,254 @@ def delete_dataset(session: Session, *, dataset: Dataset, settings: Settings) ->
     session.delete(dataset)
     session.commit()  # the files go only once the rows are gone for good
     shutil.rmtree(dataset_folder(dataset, settings=settings), ignore_errors=True)
+
+
+# --- Versions: a dataset's images are never changed in place; a change makes a new version.
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    """An image file to add to a dataset under a class (a labeled review item)."""
+
+    path: Path
+    label: str
+    source: str
+
+
+@dataclass(frozen=True)
+class VersionOptions:
+    """How the images of a new version are split (those that come without split folders),
+    which images of the parent it leaves out (by sha256), and which version it is made from
+    (default: the latest)."""
+
+    validation_fraction: float
+    test_fraction: float
+    seed: int
+    remove: frozenset[str] = frozenset()
+    parent_version: int | None = None
+
+
+def resolve_dataset_version(
+    session: Session, *, dataset_id: uuid.UUID, version: int | None, principal: Principal | None
+) -> Dataset:
+    """Version `version` of the dataset that `dataset_id` (the id of any of its versions)
+    belongs to; its latest version without one. NotFoundError for others' datasets."""
+    named = get_dataset(session, dataset_id=dataset_id, principal=principal)
+    query = select(Dataset).where(Dataset.lineage_id == named.lineage_id)
+    if version is None:
+        query = query.order_by(Dataset.version.desc()).limit(1)
+    else:
+        query = query.where(Dataset.version == version)
+    found = session.scalar(visible(query, Dataset.owner, principal))
+    if found is None:
+        raise NotFoundError(f"dataset {dataset_id} has no version {version}")
+    return found
+
+
+def list_versions(session: Session, *, dataset: Dataset, principal: Principal) -> list[Dataset]:
+    """Every version of the dataset `dataset` belongs to, oldest first."""
+    query = visible(
+        select(Dataset).where(Dataset.lineage_id == dataset.lineage_id), Dataset.owner, principal
+    )
+    return list(session.scalars(query.order_by(Dataset.version)))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """The new version's copy of an image file: a hard link (no second copy on disk) where the
+    file system allows it."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _existing_images(
+    parent: Dataset, *, remove: frozenset[str], images_dir: Path, settings: Settings
+) -> tuple[list[_Image], list[dict[str, Any]]]:
+    """The parent version's images (linked into the new version's folder) but those in
+    `remove`, and the manifest entries of the removed ones."""
+    manifest = load_manifest(parent, settings=settings)
+    folder = dataset_folder(parent, settings=settings)
+    present = {item["sha256"] for item in manifest["images"]}
+    if unknown := sorted(remove - present):
+        raise BadRequestError(
+            f"cannot remove images the dataset does not have: {', '.join(unknown[:20])}"
+        )
+    kept: list[_Image] = []
+    removed: list[dict[str, Any]] = []
+    for item in manifest["images"]:
+        if item["sha256"] in remove:
+            removed.append(item)
+            continue
+        _link_or_copy(folder / item["file"], images_dir / item["sha256"][:2] / item["sha256"])
+        kept.append(
+            _Image(
+                sha256=item["sha256"], split=item["split"], label=item["label"],
+                source=item.get("source", item["file"]), width=item["width"],
+                height=item["height"], source_format=item.get("format", "unknown"),
+                existing=True,
+            )
+        )  # fmt: skip
+    return kept, removed
+
+
+def _labeled_images(
+    labeled: Sequence[LabeledImage], *, images_dir: Path, settings: Settings, report: _Report
+) -> list[_Image]:
+    images = []
+    for entry in labeled:
+        try:
+            data = entry.path.read_bytes()
+            images.append(
+                _store_image(
+                    data,
+                    split=None,
+                    label=entry.label,
+                    source=entry.source,
+                    images_dir=images_dir,
+                    settings=settings,
+                )
+            )
+        except FileNotFoundError:
+            report.skipped.append({"file": entry.source, "reason": "the image file is gone"})
+        except ImageDecodeError as exc:
+            report.skipped.append({"file": entry.source, "reason": str(exc)})
+    return images
+
+
+def _zip_images(
+    zip_path: Path, *, parent: Dataset, images_dir: Path, settings: Settings, report: _Report
+) -> list[_Image]:
+    with open_zip(zip_path, max_entries=settings.max_zip_entries) as archive:
+        candidates, _ = _plan(
+            _members(archive, settings), report, known_classes=frozenset(parent.class_names)
+        )
+        _check_image_count(candidates, settings)
+        return _decode_and_store(
+            archive, candidates, images_dir=images_dir, settings=settings, report=report
+        )
+
+
+def _count_by_split_and_class(entries: list[tuple[str | None, str]]) -> dict[str, Any]:
+    by_class = Counter(label for _, label in entries)
+    by_split: dict[str, dict[str, int]] = defaultdict(dict)
+    for (split, label), count in sorted(Counter(entries).items(), key=str):
+        by_split[str(split)][label] = count
+    return {"count": len(entries), "per_class": dict(sorted(by_class.items())),
+            "per_split": dict(by_split)}  # fmt: skip
+
+
+def _version_diff(
+    parent: Dataset, images: list[_Image], removed: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What the new version changed: images added and removed, per class and per split."""
+    added = [(i.split, i.label) for i in images if not i.existing]
+    return {
+        "parent_id": str(parent.id),
+        "parent_version": parent.version,
+        "added": _count_by_split_and_class(added),
+        "removed": _count_by_split_and_class([(r["split"], r["label"]) for r in removed]),
+    }
+
+
+def add_version(
+    session: Session,
+    *,
+    dataset_id: uuid.UUID,
+    principal: Principal,
+    options: VersionOptions,
+    settings: Settings,
+    zip_path: Path | None = None,
+    labeled: Sequence[LabeledImage] = (),
+    before_commit: Callable[[Session], None] = lambda session: None,
+) -> Dataset:
+    """A new version of a dataset: its parent's images minus `options.remove`, plus the images
+    of a zip of class folders and/or labeled image files, deduplicated and checked for leakage
+    against the parent's splits as an upload is (images already in the dataset keep their
+    split and class). New images without split folders are split like an upload's. The new
+    version has its own folder, manifest and fingerprint; its parent stays as it was.
+
+    The work is done before any lock is taken; then, under the lineage's lock, the version
+    is numbered (ConflictError if another one was added from the same parent meanwhile),
+    `before_commit(session)` runs (it may refuse), and everything is committed together."""
+    parent = resolve_dataset_version(
+        session, dataset_id=dataset_id, version=options.parent_version, principal=principal
+    )
+    parent_id, lineage_id, parent_number = parent.id, parent.lineage_id, parent.version
+    new_id = uuid.uuid4()
+    incoming = settings.datasets_dir / ".incoming" / str(new_id)
+    final = settings.datasets_dir / str(new_id)
+    images_dir = incoming / "images"
+    report = _Report()
+    try:
+        incoming.mkdir(parents=True)
+        existing, removed = _existing_images(
+            parent, remove=options.remove, images_dir=images_dir, settings=settings
+        )
+        new: list[_Image] = []
+        if zip_path is not None:
+            new += _zip_images(
+                zip_path, parent=parent, images_dir=images_dir, settings=settings, report=report
+            )
+        new += _labeled_images(labeled, images_dir=images_dir, settings=settings, report=report)
+        images = _deduplicate(existing + new, report)
+        classes = sorted({i.label for i in images})
+        if len(classes) > settings.max_dataset_classes:
+            raise PayloadTooLargeError(
+                f"the new version would have {len(classes)} classes; a dataset may have at "
+                f"most {settings.max_dataset_classes}"
+            )
+        if len(images) > settings.max_dataset_images:
+            raise PayloadTooLargeError(
+                f"the new version would hold {len(images)} images; a dataset may have at most "
+                f"{settings.max_dataset_images}"
+            )
+        _require_images_per_class(images, classes)
+        _assign_splits(
+            [i for i in images if i.split is None],
+            validation_fraction=options.validation_fraction,
+            test_fraction=options.test_fraction,
+            seed=options.seed,
+        )
+        diff = _version_diff(parent, images, removed)
+        if not diff["added"]["count"] and not diff["removed"]["count"]:
+            raise BadRequestError(
+                "the new version would equal version "
+                f"{parent_number}: no image was added ({len(report.duplicates)} already in "
+                f"it, {len(report.leakage)} in another split, {len(report.conflicts)} under "
+                f"another class, {len(report.skipped)} skipped) and none removed"
+            )
+        split_counts = _split_counts_of(images, classes)
+        stats = _statistics(images, classes, report)
+        _write_manifest(incoming, images, classes)
+
+        lock_key(session, dataset_lineage_key(lineage_id))
+        latest = session.scalar(
+            select(func.max(Dataset.version)).where(Dataset.lineage_id == lineage_id)
+        )
+        if options.parent_version is None and latest != parent_number:
+            raise ConflictError(
+                f"version {latest} of the dataset was added meanwhile: send the request again "
+                "to build on it"
+            )
+        dataset = Dataset(
+            id=new_id, owner=parent.owner, name=parent.name, lineage_id=lineage_id,
+            version=(latest or 0) + 1, parent_id=parent_id, diff=diff,
+            fingerprint=_fingerprint(images), status=DatasetStatus.READY.value,
+            class_names=classes, split_counts=split_counts, stats=stats,
+        )  # fmt: skip
+        session.add(dataset)
+        session.flush()
+        before_commit(session)
+        _publish(session, incoming=incoming, final=final)
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+    logger.info(
+        "dataset %s v%d made from v%d: %d added, %d removed", lineage_id, dataset.version,
+        parent_number, diff["added"]["count"], diff["removed"]["count"],
+    )  # fmt: skip
+    return dataset

@@ -43,7 +43,7 @@ from app.ml.images import (
     open_image,
 )
 from app.ml.serving import LoadedClassifier, ModelUnloadedError, load_classifier
-from app.services import model_versions
+from app.services import model_versions, review
 from app.services.auth import Principal
 from app.services.explanations import ExplanationResult, explain_images
 from app.services.model_versions import VersionRef
@@ -361,20 +361,27 @@ async def predict_images(
         raise BadRequestError("send at least one image")
     if len(images) > settings.max_predict_images:
         raise PayloadTooLargeError(f"at most {settings.max_predict_images} images per request")
-    answered = await to_thread.run_sync(_answer, cache, budget, images, model, version, principal)
+    answered = await to_thread.run_sync(
+        _answer, cache, budget, images, model, version, principal, limiter=cache.thread_limiter()
+    )
     ref, classifier, probabilities = answered.ref, answered.classifier, answered.probabilities
     explanations = None
     if explain:
         explain_all = functools.partial(
             explain_images, classifier=classifier, decoded=answered.decoded,
-            pixels=answered.pixels,
-            principal=principal,
+            pixels=answered.pixels, principal=principal,
         )  # fmt: skip
         explanations = await to_thread.run_sync(explain_all)
     seconds = time.perf_counter() - started
     PREDICT_LATENCY.labels(ref.name).observe(seconds)
     PREDICT_IMAGES.labels(ref.name).inc(len(images))
     RUNTIME_IMAGES.labels(classifier.runtime.value).inc(len(images))
+    # Answers below the model's review threshold are kept for people to label (no database
+    # work at all for models without one).
+    await review.keep_uncertain(
+        principal=principal, model_name=ref.name, model_version=ref.version,
+        classes=classifier.classes, probabilities=probabilities, images=images,
+    )  # fmt: skip
     return PredictionResult(
         version=ref, classes=classifier.classes, probabilities=probabilities, seconds=seconds,
         runtime=classifier.runtime.value, explanations=explanations,

@@ -31,7 +31,7 @@ from app.ml.config import METHOD_DEFAULTS, Method
 from app.schemas.jobs import JobCreate
 from app.services import model_versions
 from app.services.auth import Principal, visible
-from app.services.datasets import get_dataset
+from app.services.datasets import resolve_dataset_version
 from models_store.store import NAME_PATTERN
 
 
@@ -42,6 +42,7 @@ def create_job(
     dataset_id: uuid.UUID | None,
     parameters: dict[str, Any],
     owner: str | None,
+    dataset_version: int | None = None,
 ) -> TrainingJob:
     """Add a queued job (`method`: a training Method, or WORKER_CHECK). The caller commits,
     then calls `enqueue_job`: a worker must see the row."""
@@ -49,6 +50,7 @@ def create_job(
         owner=owner,
         method=str(method),
         dataset_id=dataset_id,
+        dataset_version=dataset_version,
         parameters=parameters,
         status=JobStatus.QUEUED.value,
         progress=0.0,
@@ -79,6 +81,7 @@ def submit_job(
     dataset_id: uuid.UUID | None,
     parameters: dict[str, Any],
     owner: str | None,
+    dataset_version: int | None = None,
 ) -> TrainingJob:
     """Create a job, commit it, then enqueue it; if the broker refuses, delete the row again.
 
@@ -86,8 +89,9 @@ def submit_job(
     message arrives, and a job the broker never took must not linger as "queued".
     """
     job = create_job(
-        session, method=method, dataset_id=dataset_id, parameters=parameters, owner=owner
-    )
+        session, method=method, dataset_id=dataset_id, parameters=parameters, owner=owner,
+        dataset_version=dataset_version,
+    )  # fmt: skip
     session.commit()
     try:
         enqueue_job(job_id=job.id)
@@ -107,7 +111,9 @@ def model_name_for(dataset_name: str) -> str:
 
 def training_parameters(request: JobCreate, *, dataset_name: str) -> dict[str, Any]:
     """The request with every default filled in: what the worker will run, stored on the job."""
-    parameters = request.model_dump(mode="json", exclude={"dataset_id", "method"})
+    parameters = request.model_dump(
+        mode="json", exclude={"dataset_id", "dataset_version", "method"}
+    )
     defaults = METHOD_DEFAULTS[request.method]
     spec = BASES[request.base_model]
     parameters["epochs"] = request.epochs if request.epochs is not None else defaults.epochs
@@ -131,7 +137,10 @@ def submit_training_job(
     The owner's lock comes first: counting the owner's active jobs and adding this one are
     one step, so concurrent requests cannot all pass a limit that only one of them fits."""
     lock_key(session, owner_jobs_key(principal.owner))
-    dataset = get_dataset(session, dataset_id=request.dataset_id, principal=principal)
+    dataset = resolve_dataset_version(
+        session, dataset_id=request.dataset_id, version=request.dataset_version,
+        principal=principal,
+    )  # fmt: skip
     _check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_owner)
     parameters = training_parameters(request, dataset_name=dataset.name)
     # The name is claimed now, so a second owner asking for it before any version exists is
@@ -152,6 +161,7 @@ def submit_training_job(
         session,
         method=request.method,
         dataset_id=dataset.id,
+        dataset_version=dataset.version,
         parameters=parameters,
         owner=principal.owner,
     )

@@ -212,6 +212,11 @@ def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         manifest = load_manifest(dataset, settings=settings)
         folder = dataset_folder(dataset, settings=settings)
         fingerprint, dataset_name = dataset.fingerprint or "", dataset.name
+        # Which images the model learned from: every version of a dataset stays trainable.
+        dataset_record = {
+            "id": str(dataset.id), "name": dataset_name, "version": dataset.version,
+            "lineage_id": str(dataset.lineage_id), "fingerprint": fingerprint,
+        }  # fmt: skip
     gpus = configure_devices(mixed_precision=settings.mixed_precision)
     config = train_config(method, parameters)
     reporter = _JobReporter(job_id, worker_id, config.most_epochs)
@@ -241,10 +246,11 @@ def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         "evaluated_on": outcome.evaluation["split"] if outcome.evaluation else None,
         "validation_accuracy": outcome.details.get("validation_accuracy"),
         "warnings": outcome.warnings,
+        "dataset": dataset_record,
     }
     meta = {
         "job_id": str(job_id),
-        "dataset": {"id": str(dataset.id), "name": dataset_name, "fingerprint": fingerprint},
+        "dataset": dataset_record,
         "method": outcome.method.value,
         "parameters": parameters,
         "classes": manifest["classes"],
@@ -280,6 +286,7 @@ def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         "chosen": {"method": outcome.method.value, "reason": outcome.reason},
         "warnings": outcome.warnings,
         "exports": meta["exports"],
+        "dataset": dataset_record,
         **outcome.details,
     }  # fmt: skip
 

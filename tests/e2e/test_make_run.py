@@ -33,6 +33,9 @@ def run_readme_examples(base: str, key: str, folder: Path) -> str:
     (folder / "cat.jpg").write_bytes(cats[0].read_bytes())
     (folder / "a.jpg").write_bytes(cats[1].read_bytes())
     (folder / "b.png").write_bytes(image_bytes("PNG", size=(120, 90)))
+    # a cat the zip lacks (it takes the first 8 training photos), for the review queue
+    train_cats = sorted((SHARED / "data" / "cats_vs_dogs_small" / "train" / "cats").iterdir())
+    (folder / "new-cat.jpg").write_bytes(train_cats[20].read_bytes())
     script = readme_curl_examples().replace(README_ADDRESS, base)
     assert "$KEY" in script and "curl" in script
     preamble = 'set -euo pipefail\ncurl() { command curl --fail-with-body --max-time 600 "$@"; }\n'

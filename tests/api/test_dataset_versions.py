@@ -1,0 +1,193 @@
+"""Dataset versions on SQLite and PostgreSQL: adding a zip (or removing images) makes a new,
+immutable version with its lineage and diff, deduplicated and leakage-checked against the
+existing splits; earlier versions stay as they were and trainable; jobs record the version."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.config import get_settings
+from app.main import create_app
+from tests.conftest import api_key, migrate
+from tests.zips import class_folders, image_bytes, make_zip
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def client(request: pytest.FixtureRequest, configure) -> Iterator[TestClient]:
+    url = str(
+        request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    )
+    configure(database_url=url)
+    migrate(url)
+    with TestClient(create_app()) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {api_key('train', owner='alice')}"
+        yield test_client
+
+
+def _manifest(dataset_id: str) -> dict:
+    return json.loads((get_settings().datasets_dir / dataset_id / "manifest.json").read_text())
+
+
+def _image(dataset_id: str, entry: dict) -> bytes:
+    return (get_settings().datasets_dir / dataset_id / entry["file"]).read_bytes()
+
+
+def _add(client: TestClient, dataset_id: str, files: dict[str, bytes] | None = None, **fields):
+    """POST /datasets/{id}/versions as multipart: the zip of `files` (if any) and `fields`."""
+    parts: list[tuple[str, tuple[str | None, bytes | str]]] = [
+        (name, (None, str(value))) for name, value in fields.items()
+    ]
+    if files is not None:
+        parts.append(("file", ("add.zip", make_zip(files))))
+    return client.post(f"/datasets/{dataset_id}/versions", files=parts)
+
+
+def test_versions_add_and_remove_images_and_leave_the_earlier_ones_alone(client) -> None:
+    upload = client.post(
+        "/datasets",
+        files={"file": ("d.zip", make_zip(class_folders({"cats": 10, "dogs": 10})))},
+        data={"name": "pets"},
+    )
+    assert upload.status_code == 201, upload.text
+    first = upload.json()
+    first_manifest = _manifest(first["id"])
+    by_split = {
+        (entry["split"], entry["label"]): entry for entry in first_manifest["images"]
+    }  # one of each
+    validation_cat = by_split[("validation", "cats")]
+    train_dog = by_split[("train", "dogs")]
+    train_cat = by_split[("train", "cats")]
+
+    added = {f"train/cats/new{i}.png": image_bytes("PNG", seed=9000 + i) for i in range(4)}
+    response = _add(
+        client, first["id"],
+        {
+            **added,
+            "train/dogs/again.jpg": _image(first["id"], train_dog),  # a duplicate
+            "train/cats/leak.jpg": _image(first["id"], validation_cat),  # in validation already
+            "train/dogs/conflict.jpg": _image(first["id"], train_cat),  # a cat, as a dog
+        },
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    second = response.json()
+    assert second["version"] == 2
+    assert second["lineage_id"] == first["id"] and second["parent_id"] == first["id"]
+    assert second["name"] == "pets"
+    diff = second["diff"]
+    assert diff["added"] == {
+        "count": 4,
+        "per_class": {"cats": 4},
+        "per_split": {"train": {"cats": 4}},
+    }
+    assert diff["removed"]["count"] == 0
+    assert (diff["parent_id"], diff["parent_version"]) == (first["id"], 1)
+    stats = second["stats"]
+    assert stats["duplicates_removed"] == 1
+    (leak,) = stats["leakage"]
+    assert (leak["kept_in"], leak["removed_from"]) == ("validation", "train")
+    (conflict,) = stats["label_conflicts"]
+    assert conflict["labels"] == ["cats", "dogs"]
+    # the existing images kept their splits and classes: v1's cat is still a training cat
+    second_manifest = _manifest(second["id"])
+    entries = {entry["sha256"]: entry for entry in second_manifest["images"]}
+    assert entries[validation_cat["sha256"]]["split"] == "validation"
+    assert entries[train_cat["sha256"]]["label"] == "cats"
+    assert len(entries) == len(first_manifest["images"]) + 4
+    assert second["split_counts"]["train"]["cats"] == first["split_counts"]["train"]["cats"] + 4
+    assert second["fingerprint"] != first["fingerprint"]
+    # every file of the new version is there and is what its name says
+    for entry in second_manifest["images"]:
+        assert len(_image(second["id"], entry)) > 0
+
+    # v1 is untouched
+    unchanged = client.get(f"/datasets/{first['id']}").json()
+    for key in ("version", "fingerprint", "split_counts", "stats", "diff", "class_names"):
+        assert unchanged[key] == first[key], key
+    assert _manifest(first["id"]) == first_manifest
+
+    # One class alone, without split folders, and a removal: a third version.
+    response = _add(
+        client, second["id"],
+        {f"dogs/extra{i}.png": image_bytes("PNG", seed=9100 + i) for i in range(3)},
+        remove=f"{train_cat['sha256']}, {validation_cat['sha256']}",
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    third = response.json()
+    assert (third["version"], third["parent_id"]) == (3, second["id"])
+    assert third["diff"]["added"]["per_class"] == {"dogs": 3}
+    assert third["diff"]["removed"]["per_split"] == {
+        "train": {"cats": 1},
+        "validation": {"cats": 1},
+    }
+    assert sum(third["diff"]["added"]["per_split"].get(s, {}).get("dogs", 0)
+               for s in ("train", "validation", "test")) == 3  # fmt: skip
+    assert train_cat["sha256"] not in {e["sha256"] for e in _manifest(third["id"])["images"]}
+
+    # Removal only; from an older version (a branch); nothing at all; unknown images.
+    removal = _add(client, first["id"], remove=train_dog["sha256"])
+    assert removal.status_code == 201, removal.text
+    assert (removal.json()["version"], removal.json()["parent_id"]) == (4, third["id"])
+    branch = _add(
+        client, first["id"], {"cats/b.png": image_bytes("PNG", seed=9200)}, parent_version=1
+    )
+    assert branch.status_code == 201, branch.text
+    assert (branch.json()["version"], branch.json()["parent_id"]) == (5, first["id"])
+    nothing = _add(client, first["id"], {"cats/same.png": _image(first["id"], train_cat)})
+    assert nothing.status_code == 400
+    assert "would equal version 5" in nothing.json()["detail"]
+    unknown = _add(client, first["id"], remove="0" * 64)
+    assert unknown.status_code == 400 and "0" * 64 in unknown.json()["detail"]
+    assert _add(client, first["id"], parent_version=99, remove="x").status_code == 404
+
+    versions = client.get(f"/datasets/{third['id']}/versions").json()
+    assert [v["version"] for v in versions] == [1, 2, 3, 4, 5]
+    assert {v["lineage_id"] for v in versions} == {first["id"]}
+
+    # Jobs: the latest version by default, any version on request; the job records which.
+    latest = client.post("/jobs", json={"dataset_id": first["id"], "method": "scratch"})
+    assert latest.status_code == 202, latest.text
+    job = client.get(f"/jobs/{latest.json()['id']}").json()
+    assert (job["dataset_id"], job["dataset_version"]) == (branch.json()["id"], 5)
+    older = client.post(
+        "/jobs", json={"dataset_id": third["id"], "dataset_version": 2, "method": "scratch"}
+    )
+    assert older.status_code == 202, older.text
+    job = client.get(f"/jobs/{older.json()['id']}").json()
+    assert (job["dataset_id"], job["dataset_version"]) == (second["id"], 2)
+    assert "dataset_version" not in job["parameters"]
+    missing = client.post("/jobs", json={"dataset_id": first["id"], "dataset_version": 9})
+    assert missing.status_code == 404
+
+    # Deleting v1 leaves the later versions whole, lineage and all.
+    for job_id in (latest.json()["id"], older.json()["id"]):
+        client.post(f"/jobs/{job_id}/cancel")
+    assert client.delete(f"/datasets/{first['id']}").status_code == 204
+    assert client.get(f"/datasets/{second['id']}").json()["lineage_id"] == first["id"]
+    assert [v["version"] for v in client.get(f"/datasets/{second['id']}/versions").json()] == [
+        2, 3, 4, 5
+    ]  # fmt: skip
+    for entry in _manifest(second["id"])["images"]:
+        assert len(_image(second["id"], entry)) > 0
+
+
+def test_another_owners_dataset_versions_are_404(client) -> None:
+    upload = client.post(
+        "/datasets",
+        files={"file": ("d.zip", make_zip(class_folders({"cats": 4, "dogs": 4})))},
+        data={"name": "pets"},
+    )
+    dataset_id = upload.json()["id"]
+    bob = {"Authorization": f"Bearer {api_key('train', owner='bob')}"}
+    assert client.get(f"/datasets/{dataset_id}/versions", headers=bob).status_code == 404
+    add = client.post(
+        f"/datasets/{dataset_id}/versions",
+        files={"file": ("a.zip", make_zip({"cats/x.png": image_bytes("PNG", seed=77)}))},
+        headers=bob,
+    )
+    assert add.status_code == 404
+    job = client.post("/jobs", json={"dataset_id": dataset_id, "dataset_version": 1}, headers=bob)
+    assert job.status_code == 404
