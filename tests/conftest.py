@@ -167,3 +167,28 @@ def api_client(*scopes: str) -> Iterator[TestClient]:
 
     with TestClient(create_app(), headers=auth_headers(*scopes)) as client:
         yield client
+
+
+@contextmanager
+def worker_stack(
+    tmp: Path, *, postgres_url: str, redis_url: str, **settings: str
+) -> Iterator[tuple[TestClient, Path]]:
+    """The API in a TestClient and one real Celery worker, on PostgreSQL and Redis, with the
+    offline weights and downloads off (as on an offline deployment), plus `settings`; yields
+    the client and the worker's log file."""
+    from tests.processes import running_worker
+    from tests.zips import SHARED
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {
+            "DATA_DIR": str(tmp / "data"), "ENVIRONMENT": "test", "DATABASE_URL": postgres_url,
+            "BROKER_URL": redis_url, "PRETRAINED_WEIGHTS_DIR": str(SHARED / "weights"),
+            "ALLOW_WEIGHTS_DOWNLOAD": "false", **settings,
+        }.items():  # fmt: skip
+            patch.setenv(ENV_PREFIX + key, value)
+        reset_caches()
+        migrate(postgres_url)
+        log = tmp / "worker.log"
+        with running_worker(log), api_client() as client:
+            yield client, log
+    reset_caches()

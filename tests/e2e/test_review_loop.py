@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.config import ENV_PREFIX
-from tests.conftest import api_client, migrate, reset_caches
-from tests.processes import running_worker, wait_job_finished
-from tests.zips import PHOTOS, SHARED, tiny_photo_zip
+from tests.conftest import worker_stack
+from tests.processes import wait_job_finished
+from tests.zips import PHOTOS, tiny_photo_zip
 
 TINY = {"image_size": 32, "batch_size": 8, "base_model": "mobilenet", "seed": 3}
 # Photos tiny_photo_zip does not use (it takes the first 8 training photos of each class).
@@ -26,22 +25,12 @@ NEW_PHOTOS = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, request) -> Iterator[tuple[TestClient, Path]]:
-    postgres_url = request.getfixturevalue("module_postgres_url")
-    redis_url = request.getfixturevalue("module_redis_url")
-    tmp = tmp_path_factory.mktemp("review")
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in {
-            "DATA_DIR": str(tmp / "data"), "ENVIRONMENT": "test", "DATABASE_URL": postgres_url,
-            "BROKER_URL": redis_url, "PRETRAINED_WEIGHTS_DIR": str(SHARED / "weights"),
-            "ALLOW_WEIGHTS_DOWNLOAD": "false", "EXPORT_ONNX": "false",
-        }.items():  # fmt: skip
-            patch.setenv(ENV_PREFIX + key, value)
-        reset_caches()
-        migrate(postgres_url)
-        log = tmp / "worker.log"
-        with running_worker(log), api_client() as client:
-            yield client, log
-    reset_caches()
+    with worker_stack(
+        tmp_path_factory.mktemp("review"),
+        postgres_url=request.getfixturevalue("module_postgres_url"),
+        redis_url=request.getfixturevalue("module_redis_url"), EXPORT_ONNX="false",
+    ) as stack:  # fmt: skip
+        yield stack
 
 
 def _train(client: TestClient, log: Path, **request: object) -> dict:

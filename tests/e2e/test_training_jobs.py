@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.config import ENV_PREFIX
-from tests.conftest import api_client, migrate, reset_caches
-from tests.processes import running_worker, wait_job_finished, wait_until
+from tests.conftest import worker_stack
+from tests.processes import wait_job_finished, wait_until
 from tests.zips import SHARED, tiny_photo_zip
 
 TINY = {"image_size": 32, "batch_size": 8, "base_model": "mobilenet", "seed": 3}
@@ -22,25 +21,15 @@ TINY = {"image_size": 32, "batch_size": 8, "base_model": "mobilenet", "seed": 3}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, request) -> Iterator[tuple[TestClient, Path]]:
     """API client + one real worker on PostgreSQL and Redis, shared by this module's tests."""
-    postgres_url = request.getfixturevalue("module_postgres_url")
-    redis_url = request.getfixturevalue("module_redis_url")
-    tmp = tmp_path_factory.mktemp("training")
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in {
-            "DATA_DIR": str(tmp / "data"), "ENVIRONMENT": "test", "DATABASE_URL": postgres_url,
-            "BROKER_URL": redis_url, "PRETRAINED_WEIGHTS_DIR": str(SHARED / "weights"),
-            "JOB_HEARTBEAT_TIMEOUT_SECONDS": "600",
-            # as on an offline deployment: a base without weights on disk is refused at submit
-            # (downloads are tested in tests/services/test_weights_download.py)
-            "ALLOW_WEIGHTS_DOWNLOAD": "false",
-        }.items():  # fmt: skip
-            patch.setenv(ENV_PREFIX + key, value)
-        reset_caches()
-        migrate(postgres_url)
-        log = tmp / "worker.log"
-        with running_worker(log), api_client() as client:
-            yield client, log
-    reset_caches()
+    with worker_stack(
+        tmp_path_factory.mktemp("training"),
+        postgres_url=request.getfixturevalue("module_postgres_url"),
+        redis_url=request.getfixturevalue("module_redis_url"),
+        JOB_HEARTBEAT_TIMEOUT_SECONDS="600",
+    ) as stack:  # fmt: skip
+        # Weights downloads are off, as on an offline deployment: a base without weights on
+        # disk is refused at submit (downloads: tests/services/test_weights_download.py).
+        yield stack
 
 
 @pytest.fixture(scope="module")
