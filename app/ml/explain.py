@@ -87,46 +87,32 @@ class GradCam:
             classifier = nested[0]
         self._to_map, self._from_map = _split(classifier)
 
-    def _map_and_grads(
-        self, pixels: np.ndarray, class_index: int | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """The feature map, the gradient of the class score over it, the model's output and
-        the class explained (`class_index`, or the top one)."""
+    def explain(self, pixels: np.ndarray) -> Explanation:
+        """`pixels`: one image, (1, h, w, 3) float32 0..255 (any size: the model resizes).
+        One forward and one backward pass per view: the image, and for a flip-averaged
+        model its mirror image, whose map is mirrored back onto the image."""
         import tensorflow as tf
 
-        feature_map = self._to_map(tf.convert_to_tensor(pixels, dtype=tf.float32))
+        views = [pixels, pixels[:, :, ::-1, :]] if self.flip_averaged else [pixels]
+        maps = [self._to_map(tf.convert_to_tensor(view, dtype=tf.float32)) for view in views]
         with tf.GradientTape() as tape:
-            tape.watch(feature_map)
-            output = self._from_map(feature_map)[0]
-            index = class_index
-            if index is None:
-                index = int(np.argmax(_as_class_scores(output.numpy())))
+            for feature_map in maps:
+                tape.watch(feature_map)
+            output = tf.add_n([self._from_map(m)[0] for m in maps]) / len(maps)
+            index = int(np.argmax(_as_class_scores(output.numpy())))
             if output.shape[0] > 1:
                 score = output[index]
             else:  # one sigmoid unit: the second class's probability, or the first's
                 score = output[0] if index == 1 else 1.0 - output[0]
-        gradients = tape.gradient(score, feature_map)
-        return feature_map[0].numpy(), gradients[0].numpy(), output.numpy(), index
-
-    def explain(self, pixels: np.ndarray) -> Explanation:
-        """`pixels`: one image, (1, h, w, 3) float32 0..255 (any size: the model resizes)."""
-        if not self.flip_averaged:
-            feature_map, gradients, probabilities, index = self._map_and_grads(pixels, None)
-            heatmap = _cam(feature_map, gradients)
-        else:
-            # The class of the averaged answer, explained in both views; the mirror's map is
-            # mirrored back onto the image.
-            mirrored = pixels[:, :, ::-1, :]
-            _, _, original_output, _ = self._map_and_grads(pixels, 0)
-            _, _, mirrored_output, _ = self._map_and_grads(mirrored, 0)
-            probabilities = (original_output + mirrored_output) / 2
-            index = int(np.argmax(_as_class_scores(probabilities)))
-            heatmaps = [_cam(*self._map_and_grads(view, index)[:2]) for view in (pixels, mirrored)]
-            heatmap = (heatmaps[0] + heatmaps[1][:, ::-1]) / 2
+        gradients = tape.gradient(score, maps)
+        heatmaps = [_cam(m[0].numpy(), g[0].numpy()) for m, g in zip(maps, gradients, strict=True)]
+        if self.flip_averaged:
+            heatmaps[1] = heatmaps[1][:, ::-1]
+        heatmap: np.ndarray = np.mean(heatmaps, axis=0)
         peak = float(heatmap.max())
         return Explanation(
             class_index=index,
-            probabilities=probabilities,
+            probabilities=output.numpy(),
             heatmap=heatmap / peak if peak > 0 else heatmap,
         )
 
