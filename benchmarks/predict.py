@@ -283,7 +283,7 @@ def memory(var: Path, runtime: str) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
     env.update(SMALLVISION_DATA_DIR=str(var), SMALLVISION_SERVING_RUNTIME=runtime)
     output = subprocess.run(
-        [sys.executable, "-m", "benchmarks.predict", "--memory-probe", runtime],
+        [sys.executable, "-m", "benchmarks.predict", "--memory-probe"],
         env=env, check=True, capture_output=True, text=True,
     ).stdout.splitlines()[-1]  # fmt: skip
     probe = json.loads(output)
@@ -409,7 +409,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=300, help="sequential latency requests")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per client count")
-    parser.add_argument("--memory-probe", choices=RUNTIMES, help=argparse.SUPPRESS)
+    # the runtime comes from SMALLVISION_SERVING_RUNTIME, as in the API
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
         memory_probe()
