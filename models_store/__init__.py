@@ -1,6 +1,17 @@
-"""Versioned model files on disk: atomic writes, checksums, manifests."""
+"""Where the service's files live (a local folder or an S3-compatible bucket) and the
+versioned model files in it: atomic writes, checksums, manifests."""
 
+from models_store.objects import (
+    LocalObjectStore,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectStore,
+    ObjectStoreError,
+    S3Location,
+    S3ObjectStore,
+)
 from models_store.store import (
+    MANIFEST,
     ChecksumMismatchError,
     InvalidModelNameError,
     ModelStore,
@@ -12,9 +23,17 @@ from models_store.store import (
 )
 
 __all__ = [
+    "MANIFEST",
     "ChecksumMismatchError",
     "InvalidModelNameError",
+    "LocalObjectStore",
     "ModelStore",
+    "ObjectExistsError",
+    "ObjectNotFoundError",
+    "ObjectStore",
+    "ObjectStoreError",
+    "S3Location",
+    "S3ObjectStore",
     "StoreError",
     "StoredVersion",
     "VersionExistsError",

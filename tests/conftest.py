@@ -146,6 +146,63 @@ def module_redis_url() -> str:
     return _emptied_redis()
 
 
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "smallvision-test",
+    "AWS_SECRET_ACCESS_KEY": "smallvision-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 HTTP API on loopback: moto's standalone server, started for the session."""
+    import subprocess
+    import sys
+
+    from tests.processes import free_port, stop_process_group, wait_until
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(
+            lambda: _tcp_answers(f"http://127.0.0.1:{port}", port) is None,
+            timeout=30, what="the S3 server (moto)", log=log,
+        )  # fmt: skip
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process_group(server)
+
+
+@pytest.fixture
+def s3_settings(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Settings (without the prefix) for a new empty bucket on the S3 server, with its
+    credentials in the environment (child processes inherit them)."""
+    import boto3
+
+    for key, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"smallvision-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return {
+        "STORAGE_BACKEND": "s3", "S3_BUCKET": bucket, "S3_ENDPOINT_URL": s3_endpoint,
+        "S3_REGION": "us-east-1", "S3_PREFIX": "tenant-a",
+    }  # fmt: skip
+
+
+def bucket_keys(settings: dict[str, str]) -> list[str]:
+    """Every key in the bucket of `s3_settings`."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=settings["S3_ENDPOINT_URL"])
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=settings["S3_BUCKET"])
+    return sorted(entry["Key"] for page in pages for entry in page.get("Contents", []))
+
+
 def api_key(*scopes: str, owner: str = "tester") -> str:
     """A new API key of `owner` with these scopes (default admin), in the configured database."""
     from app.db.session import session_scope

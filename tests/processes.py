@@ -49,12 +49,16 @@ def stop_process_group(process: subprocess.Popen[bytes], *, sig: int = signal.SI
 
 
 @contextmanager
-def running_worker(log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real Celery worker process using the current environment's settings, ready to consume."""
+def running_worker(
+    log_path: Path, *, env: Mapping[str, str] | None = None, node_name: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker process, ready to consume, using the current environment's
+    settings or `env` (a whole environment), named `node_name` if given."""
+    command = worker_command() + (["--hostname", node_name] if node_name else [])
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            worker_command(), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env,
         )  # fmt: skip
     try:
         wait_until(
@@ -98,12 +102,15 @@ def _answers_ok(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
 
 
 @contextmanager
-def running_api(log_path: Path, *, port: int) -> Iterator[str]:
-    """uvicorn serving the app (current environment's settings) on loopback; yields its URL."""
+def running_api(
+    log_path: Path, *, port: int, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """uvicorn serving the app on loopback, with the current environment's settings or `env`
+    (a whole environment); yields its URL."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             api_command(host="127.0.0.1", port=port), cwd=PROJECT_ROOT, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

@@ -39,6 +39,19 @@ class Settings(BaseSettings):
     feature_cache_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "feature_cache")
     # Images of predictions kept for review, per owner, each stored once by its sha256.
     review_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "review")
+    # Where datasets, model versions, the feature cache, review images and explanations are
+    # kept: "local" (the folders above) or "s3", an S3-compatible bucket (AWS S3, MinIO, Ceph,
+    # R2...) under `s3_prefix`, so that API replicas and workers on other machines share
+    # nothing but the database, the broker and the bucket. Credentials come from boto3's
+    # standard chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or a role).
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None  # None: AWS itself
+    s3_region: str | None = None
+    # This machine's own copies of what it read from the bucket: dataset images by content
+    # hash, model versions by manifest checksum, features, staging folders for uploads.
+    cache_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "cache")
     # Where keras.applications weight files are looked up first (then $KERAS_HOME/models).
     pretrained_weights_dir: Path | None = None
     # On by default, as Keras users expect: a missing weights file is downloaded into
@@ -131,6 +144,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}BROKER_URL must name a real broker (e.g. redis://) in production"
             )
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError(f"{ENV_PREFIX}STORAGE_BACKEND=s3 needs {ENV_PREFIX}S3_BUCKET")
         return self
 
     @property
@@ -147,7 +162,7 @@ class Settings(BaseSettings):
         """Create the local data folders (and the SQLite files' folders) if they are missing."""
         for path in (
             self.data_dir, self.datasets_dir, self.models_dir, self.feature_cache_dir,
-            self.review_dir,
+            self.review_dir, self.cache_dir,
         ):  # fmt: skip
             path.mkdir(parents=True, exist_ok=True)
 

@@ -46,10 +46,15 @@ def resize_pixels(pixels: np.ndarray, *, image_size: int) -> np.ndarray:
 PROGRESS_INTERVAL_SECONDS = 1.0
 
 
+# Where a dataset's image files are: given manifest entries, a local folder in which each
+# entry's `file` is found (the caller may have to fetch them there first: from a bucket).
+ImageFiles = Callable[[list[dict[str, Any]]], Path]
+
+
 def load_split(
     manifest: dict[str, Any],
     *,
-    dataset_dir: Path,
+    files: ImageFiles,
     split: str,
     image_size: int,
     max_pixels: int,
@@ -59,6 +64,8 @@ def load_split(
     `on_progress` hears how far it got about once a second."""
     classes: list[str] = manifest["classes"]
     items = [item for item in manifest["images"] if item["split"] == split]
+    on_progress({"stage": "loading", "split": split, "images": 0, "of": len(items)})
+    dataset_dir = files(items)
     images = np.zeros((len(items), image_size, image_size, 3), dtype=np.float32)
     labels = np.zeros((len(items),), dtype=np.int32)
     reported = time.monotonic()
@@ -93,14 +100,14 @@ class ManifestSplits:
         self,
         manifest: dict[str, Any],
         *,
-        dataset_dir: Path,
+        files: ImageFiles,
         image_size: int,
         max_pixels: int,
         on_progress: Callable[[dict[str, Any]], None] = lambda detail: None,
     ) -> None:
         self.manifest = manifest
         self.classes: list[str] = manifest["classes"]
-        self.dataset_dir = dataset_dir
+        self.files = files
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.on_progress = on_progress
@@ -121,7 +128,7 @@ class ManifestSplits:
     def arrays(self, split: str) -> SplitArrays:
         if split not in self._arrays:
             self._arrays[split] = load_split(
-                self.manifest, dataset_dir=self.dataset_dir, split=split,
+                self.manifest, files=self.files, split=split,
                 image_size=self.image_size, max_pixels=self.max_pixels,
                 on_progress=self.on_progress,
             )  # fmt: skip

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -72,11 +72,27 @@ def feature_cache_key(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class CacheMirror(Protocol):
+    """A copy of a cache folder that other machines share (a bucket): what one worker
+    computed, a worker elsewhere downloads instead of computing it again."""
+
+    def pull(self, name: str, target: Path) -> bool:
+        """Download `name` into `target` if the mirror has it; False if it does not."""
+
+    def push(self, name: str, source: Path) -> None: ...
+
+
+def _cached(path: Path, mirror: CacheMirror | None) -> bool:
+    """Whether `path` is here now (from this machine's cache, or pulled from the mirror)."""
+    return path.is_file() or (mirror is not None and mirror.pull(path.name, path))
+
+
 def load_or_compute(
-    path: Path, compute: Callable[[], dict[str, np.ndarray]]
+    path: Path, compute: Callable[[], dict[str, np.ndarray]], *, mirror: CacheMirror | None = None
 ) -> tuple[dict[str, np.ndarray], bool]:
-    """The cached arrays at `path` (hit=True), or compute, store atomically and return them."""
-    if path.is_file():
+    """The cached arrays at `path` or in the mirror (hit=True), or compute, store atomically
+    (and in the mirror) and return them."""
+    if _cached(path, mirror):
         with np.load(path) as cached:
             return {name: cached[name] for name in cached.files}, True
     arrays = compute()
@@ -88,6 +104,8 @@ def load_or_compute(
         os.replace(partial, path)  # concurrent jobs: the last complete file wins, never a torn one
     finally:
         partial.unlink(missing_ok=True)
+    if mirror is not None:
+        mirror.push(path.name, path)
     return arrays, False
 
 
@@ -120,16 +138,21 @@ class OnnxExtractor:
         return arrays if self._outputs > 1 else arrays[0]
 
 
-def onnx_extractor(extractor: Any, *, cache_dir: Path, key: str, image_size: int) -> OnnxExtractor:
-    """`extractor` as an OnnxExtractor, exported once into `cache_dir` under `key` (everything
-    that changes it: the base, its weights, the size, the outputs, the Keras version) and
-    reused by later jobs; ExportError if it cannot be exported faithfully."""
+def onnx_extractor(
+    extractor: Any, *, cache_dir: Path, key: str, image_size: int,
+    mirror: CacheMirror | None = None,
+) -> OnnxExtractor:  # fmt: skip
+    """`extractor` as an OnnxExtractor, exported once into `cache_dir` (and the mirror) under
+    `key` (everything that changes it: the base, its weights, the size, the outputs, the Keras
+    version) and reused by later jobs; ExportError if it cannot be exported faithfully."""
     from app.ml.export import export_extractor
 
     path = cache_dir / f"extractor-{key}.onnx"
-    if not path.is_file():
+    if not _cached(path, mirror):
         cache_dir.mkdir(parents=True, exist_ok=True)
         export_extractor(extractor, path, image_size=image_size)
+        if mirror is not None:
+            mirror.push(path.name, path)
     return OnnxExtractor(path)
 
 

@@ -26,6 +26,7 @@ from app.ml.data import SplitSource, balanced_class_weights
 from app.ml.evaluate import beats_chance, class_probabilities, evaluate_predictions, log_loss
 from app.ml.export import ExportError
 from app.ml.features import (
+    CacheMirror,
     FeatureRequest,
     array_name,
     extract_features,
@@ -51,6 +52,8 @@ class PretrainedSource:
     weights_sha256: str
     feature_cache_dir: Path
     dataset_fingerprint: str
+    # Shared with workers on other machines (a bucket): features one computed, others reuse.
+    feature_mirror: CacheMirror | None = None
     # Run the frozen base with ONNX Runtime for feature extraction on workers without a GPU
     # (2.7x Keras' images/s on 2 cores); Keras if the export fails.
     onnx_extraction: bool = False
@@ -249,6 +252,7 @@ def load_features(
                 chosen = onnx_extractor(
                     extractor, cache_dir=pretrained.feature_cache_dir, image_size=config.image_size,
                     key=extractor_key(spec=spec, pretrained=pretrained, size=config.image_size),
+                    mirror=pretrained.feature_mirror,
                 )  # fmt: skip
                 runtime[0] = "onnxruntime"
             except ExportError as exc:
@@ -256,7 +260,9 @@ def load_features(
         return extract_features(chosen, splits, request, hooks=hooks)
 
     started = time.perf_counter()
-    features, hit = load_or_compute(pretrained.feature_cache_dir / f"{key}.npz", compute)
+    features, hit = load_or_compute(
+        pretrained.feature_cache_dir / f"{key}.npz", compute, mirror=pretrained.feature_mirror
+    )
     return features, {
         "feature_cache_hit": hit,
         "feature_cache_key": key,

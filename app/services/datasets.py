@@ -35,6 +35,8 @@ from app.services.archive import (
     read_member,
 )
 from app.services.auth import Principal, visible
+from app.services.storage import get_storage
+from models_store import ObjectNotFoundError, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -336,11 +338,9 @@ def ingest_zip(
     """Validate, decode, deduplicate and split the images of an uploaded zip into a new Dataset.
     Everything is written under a temporary folder first; on any error nothing remains."""
     dataset_id = uuid.uuid4()
-    incoming = settings.datasets_dir / ".incoming" / str(dataset_id)
-    final = settings.datasets_dir / str(dataset_id)
+    incoming = get_storage().datasets.staging_folder()
     report = _Report()
     try:
-        incoming.mkdir(parents=True)
         with open_zip(zip_path, max_entries=settings.max_zip_entries) as archive:
             candidates, has_splits = _plan(_members(archive, settings), report)
             class_count = len({c.label for c in candidates})
@@ -393,7 +393,7 @@ def ingest_zip(
         )
         session.add(dataset)
         session.flush()
-        _publish(session, incoming=incoming, final=final)
+        _publish(session, incoming=incoming, dataset_id=dataset_id)
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
         raise
@@ -429,16 +429,24 @@ def _split_counts_of(images: list[_Image], classes: list[str]) -> dict[str, dict
     }
 
 
-def _publish(session: Session, *, incoming: Path, final: Path) -> None:
-    """Move a new dataset's folder into place, then commit its row (before the client hears
-    201: a dataset it was told exists, does); if the commit fails the folder goes again.
-    (The caller removes `incoming` on any error before this.)"""
-    incoming.rename(final)
+def _publish(session: Session, *, incoming: Path, dataset_id: uuid.UUID) -> None:
+    """Publish a new dataset's folder (its images, then its manifest: a dataset without a
+    manifest does not exist), then commit its row (before the client hears 201: a dataset it
+    was told exists, does); if the commit fails the files go again. (The caller removes
+    `incoming` on any error before this.)"""
+    store = get_storage().datasets
+    store.publish_folder(incoming, str(dataset_id), commit_file=MANIFEST_NAME)
     try:
         session.commit()
     except BaseException:
-        shutil.rmtree(final, ignore_errors=True)
+        _remove_files(dataset_id)
         raise
+
+
+def _remove_files(dataset_id: uuid.UUID) -> None:
+    store = get_storage().datasets
+    store.delete(f"{dataset_id}/{MANIFEST_NAME}")  # first: the dataset stops existing at once
+    store.delete_prefix(f"{dataset_id}/")
 
 
 def _require_images_per_class(images: list[_Image], classes: list[str]) -> None:
@@ -467,17 +475,43 @@ def _write_manifest(folder: Path, images: list[_Image], classes: list[str]) -> N
     (folder / MANIFEST_NAME).write_text(json.dumps({"classes": classes, "images": items}))
 
 
-def dataset_folder(dataset: Dataset, *, settings: Settings) -> Path:
-    """Where a dataset's manifest and images live."""
-    return settings.datasets_dir / str(dataset.id)
-
-
 def load_manifest(dataset: Dataset, *, settings: Settings) -> dict[str, Any]:
     """The dataset's manifest: classes and every image's split, label, file and size."""
     manifest: dict[str, Any] = json.loads(
-        (dataset_folder(dataset, settings=settings) / MANIFEST_NAME).read_text()
+        get_storage().datasets.get_bytes(f"{dataset.id}/{MANIFEST_NAME}")
     )
     return manifest
+
+
+def read_image(dataset: Dataset, item: dict[str, Any]) -> bytes:
+    """The file of one image of the dataset (an entry of its manifest)."""
+    return get_storage().datasets.get_bytes(f"{dataset.id}/{item['file']}")
+
+
+def local_images(dataset_id: uuid.UUID, items: Sequence[dict[str, Any]]) -> Path:
+    """A folder on this machine in which every item's `file` (`images/<aa>/<sha256>`) is
+    found: the dataset's own folder in local storage; with a bucket, this machine's image
+    cache, into which missing images are downloaded (in parallel) and checked against their
+    sha256 (a file that does not match is removed, and the load fails)."""
+    storage = get_storage()
+    own = storage.datasets.local_path(f"{dataset_id}/{MANIFEST_NAME}")
+    if own is not None:
+        return own.parent
+    cache = storage.image_cache
+    missing = {
+        item["file"]: item["sha256"] for item in items if not (cache / item["file"]).is_file()
+    }
+    partial = {name: cache / f"{name}.{uuid.uuid4().hex}.partial" for name in missing}
+    try:
+        storage.datasets.download_many((f"{dataset_id}/{name}", partial[name]) for name in missing)
+        for name, digest in missing.items():
+            if file_sha256(partial[name]) != digest:
+                raise ConflictError(f"image {digest} of dataset {dataset_id} is damaged in storage")
+            os.replace(partial[name], cache / name)
+    finally:
+        for path in partial.values():
+            path.unlink(missing_ok=True)
+    return cache
 
 
 def get_dataset(session: Session, *, dataset_id: uuid.UUID, principal: Principal | None) -> Dataset:
@@ -517,7 +551,7 @@ def delete_dataset(session: Session, *, dataset: Dataset, settings: Settings) ->
     )
     session.delete(dataset)
     session.commit()  # the files go only once the rows are gone for good
-    shutil.rmtree(dataset_folder(dataset, settings=settings), ignore_errors=True)
+    _remove_files(dataset.id)
 
 
 # --- Versions: a dataset's images are never changed in place; a change makes a new version.
@@ -525,9 +559,9 @@ def delete_dataset(session: Session, *, dataset: Dataset, settings: Settings) ->
 
 @dataclass(frozen=True)
 class LabeledImage:
-    """An image file to add to a dataset under a class (a labeled review item)."""
+    """An image to add to a dataset under a class (a labeled review item)."""
 
-    path: Path
+    read: Callable[[], bytes]
     label: str
     source: str
 
@@ -588,7 +622,8 @@ def _existing_images(
     """The parent version's images (linked into the new version's folder) but those in
     `remove`, and the manifest entries of the removed ones."""
     manifest = load_manifest(parent, settings=settings)
-    folder = dataset_folder(parent, settings=settings)
+    kept_items = [item for item in manifest["images"] if item["sha256"] not in remove]
+    folder = local_images(parent.id, kept_items)
     present = {item["sha256"] for item in manifest["images"]}
     if unknown := sorted(remove - present):
         raise BadRequestError(
@@ -618,7 +653,7 @@ def _labeled_images(
     images = []
     for entry in labeled:
         try:
-            data = entry.path.read_bytes()
+            data = entry.read()
             images.append(
                 _store_image(
                     data,
@@ -629,7 +664,7 @@ def _labeled_images(
                     settings=settings,
                 )
             )
-        except FileNotFoundError:
+        except ObjectNotFoundError:
             report.skipped.append({"file": entry.source, "reason": "the image file is gone"})
         except ImageDecodeError as exc:
             report.skipped.append({"file": entry.source, "reason": str(exc)})
@@ -696,12 +731,10 @@ def add_version(
     )
     parent_id, lineage_id, parent_number = parent.id, parent.lineage_id, parent.version
     new_id = uuid.uuid4()
-    incoming = settings.datasets_dir / ".incoming" / str(new_id)
-    final = settings.datasets_dir / str(new_id)
+    incoming = get_storage().datasets.staging_folder()
     images_dir = incoming / "images"
     report = _Report()
     try:
-        incoming.mkdir(parents=True)
         existing, removed = _existing_images(
             parent, remove=options.remove, images_dir=images_dir, settings=settings
         )
@@ -760,7 +793,7 @@ def add_version(
         session.add(dataset)
         session.flush()
         before_commit(session)
-        _publish(session, incoming=incoming, final=final)
+        _publish(session, incoming=incoming, dataset_id=new_id)
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
         raise

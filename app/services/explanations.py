@@ -5,11 +5,10 @@ files per owner so that `GET /explanations/{id}.png` can show them, at most
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
+import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +17,8 @@ from app.core.errors import NotFoundError
 from app.ml.images import DecodedImage
 from app.ml.serving import LoadedClassifier
 from app.services.auth import Principal
+from app.services.storage import get_storage, owner_key
+from models_store import ObjectNotFoundError
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,6 @@ class ExplanationResult:
             "url": f"/explanations/{self.id}.png",
             "png_base64": base64.b64encode(self.png).decode(),
         }
-
-
-def _owner_folder(owner: str) -> Path:
-    # The owner's name is not a path: a digest keeps it out of the file system's grammar.
-    digest = hashlib.sha256(f"owner:{owner}".encode()).hexdigest()[:32]
-    return get_settings().data_dir / "explanations" / digest
 
 
 def explain_images(
@@ -63,7 +58,7 @@ def explain_images(
             scores = np.array([1.0 - scores[0], scores[0]])
         png = overlay_png(image.image, explanation.heatmap)
         result = ExplanationResult(
-            id=uuid.uuid4(),
+            id=time_ordered_id(),
             label=classifier.classes[explanation.class_index],
             probability=float(scores[explanation.class_index]),
             png=png,
@@ -73,21 +68,34 @@ def explain_images(
     return results
 
 
+def _key(owner: str, explanation_id: uuid.UUID) -> str:
+    return f"{owner_key(owner)}/{explanation_id}.png"
+
+
+def time_ordered_id() -> uuid.UUID:
+    """A UUID version 7: milliseconds since the epoch, then random bits, so that the names of
+    an owner's explanations sort by age in a folder listing (a bucket's too)."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 4122 variant
+    return uuid.UUID(int=value)
+
+
 def _store(owner: str, result: ExplanationResult) -> None:
-    folder = _owner_folder(owner)
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{result.id}.partial"
-    partial.write_bytes(result.png)
-    os.replace(partial, folder / f"{result.id}.png")
-    kept = sorted(folder.glob("*.png"), key=lambda path: path.stat().st_mtime_ns)
+    """Keep the PNG, then drop the owner's oldest past the limit (names sort by age)."""
+    store = get_storage().explanations
+    store.put_bytes(_key(owner, result.id), result.png)
+    kept = sorted(key for key, _ in store.keys(f"{owner_key(owner)}/"))
     for old in kept[: max(len(kept) - get_settings().max_explanations_per_owner, 0)]:
-        old.unlink(missing_ok=True)
+        store.delete(old)
 
 
-def explanation_png(explanation_id: uuid.UUID, *, principal: Principal) -> Path:
+def explanation_png(explanation_id: uuid.UUID, *, principal: Principal) -> bytes:
     """The stored PNG of one of the owner's explanations; 404 for anyone else's (an admin
     key sees only its own owner's: explanations carry the images people sent)."""
-    path = _owner_folder(principal.owner) / f"{explanation_id}.png"
-    if not path.is_file():
-        raise NotFoundError(f"no explanation {explanation_id} (they are kept for a while only)")
-    return path
+    try:
+        return get_storage().explanations.get_bytes(_key(principal.owner, explanation_id))
+    except ObjectNotFoundError:
+        raise NotFoundError(
+            f"no explanation {explanation_id} (they are kept for a while only)"
+        ) from None

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.core.config import get_settings
 from app.core.errors import (
     BadRequestError,
     ConflictError,
@@ -24,13 +23,14 @@ from app.db.locks import lock_key, model_name_key
 from app.db.models import ModelName, ModelVersion
 from app.db.session import session_scope
 from app.services.auth import Principal, visible
+from app.services.storage import get_storage
 from models_store import ChecksumMismatchError, ModelStore, StoreError, VersionExistsError
 
 MAX_VERSION_ATTEMPTS = 5
 
 
 def model_store() -> ModelStore:
-    return ModelStore(get_settings().models_dir)
+    return get_storage().model_store()
 
 
 def claim_name(session: Session, *, name: str, owner: str | None) -> ModelName:

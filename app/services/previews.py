@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from app.core.config import Settings
 from app.db.models import Dataset
 from app.ml.images import decode_image
-from app.services.datasets import dataset_folder, load_manifest
+from app.services.datasets import load_manifest, read_image
 
 THUMB = 112
 PAD = 6
@@ -25,15 +26,14 @@ def dataset_preview_png(dataset: Dataset, *, settings: Settings, per_class: int)
     """PNG: one row per class (the first MAX_PREVIEW_CLASSES; a last line says how many are
     left out), its first `per_class` training images as thumbnails."""
     manifest = load_manifest(dataset, settings=settings)
-    folder = dataset_folder(dataset, settings=settings)
     all_classes: list[str] = manifest["classes"]
     classes = all_classes[:MAX_PREVIEW_CLASSES]
     shown = set(classes)
-    by_label: dict[str, list[str]] = defaultdict(list)
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in manifest["images"]:
         label = item["label"]
         if item["split"] == "train" and label in shown and len(by_label[label]) < per_class:
-            by_label[label].append(item["file"])
+            by_label[label].append(item)
     left_out = len(all_classes) - len(classes)
     width = LABEL_WIDTH + per_class * (THUMB + PAD) + PAD
     height = len(classes) * (THUMB + PAD) + PAD + (NOTE_HEIGHT if left_out else 0)
@@ -45,8 +45,8 @@ def dataset_preview_png(dataset: Dataset, *, settings: Settings, per_class: int)
         count = dataset.split_counts.get("train", {}).get(label, 0)
         draw.text((PAD, top + THUMB // 2 - 18), label[:18], fill="black", font=font)
         draw.text((PAD, top + THUMB // 2 + 2), f"{count} train", fill="gray", font=font)
-        for column, relative in enumerate(by_label[label]):
-            data = (folder / relative).read_bytes()
+        for column, item in enumerate(by_label[label]):
+            data = read_image(dataset, item)
             thumb = decode_image(
                 data, max_pixels=settings.max_image_pixels, target_size=THUMB // 2
             ).image

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -36,6 +34,7 @@ from app.db.models import ModelName, ReviewItem, ReviewStatus
 from app.db.session import session_scope
 from app.services.auth import Principal, visible
 from app.services.datasets import LabeledImage
+from app.services.storage import get_storage
 
 logger = logging.getLogger(__name__)
 
@@ -113,25 +112,26 @@ def get_model_name(session: Session, *, name: str, principal: Principal) -> Mode
     return row
 
 
-def owner_folder(owner: str | None, *, settings: Settings) -> Path:
-    """The owner's review images. Named by a hash: an owner name is any text."""
-    return settings.review_dir / hashlib.sha256(str(owner).encode()).hexdigest()[:32]
+def _owner_prefix(owner: str | None) -> str:
+    """The owner's folder of review images. Named by a hash: an owner name is any text."""
+    return hashlib.sha256(str(owner).encode()).hexdigest()[:32]
 
 
-def image_path(item: ReviewItem, *, settings: Settings) -> Path:
-    digest = item.image_sha256
-    return owner_folder(item.owner, settings=settings) / digest[:2] / digest
+def _image_key(owner: str | None, digest: str) -> str:
+    return f"{_owner_prefix(owner)}/{digest[:2]}/{digest}"
 
 
-def _store_image(data: bytes, digest: str, *, folder: Path) -> None:
-    """Write the file once, atomically: a reader never sees half an image."""
-    target = folder / digest[:2] / digest
-    if target.exists():
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as handle:
-        handle.write(data)
-    os.replace(handle.name, target)
+def read_image(item: ReviewItem) -> bytes:
+    """The item's image as it was sent (ObjectNotFoundError if it is gone)."""
+    return get_storage().review.get_bytes(_image_key(item.owner, item.image_sha256))
+
+
+def _store_image(data: bytes, digest: str, *, owner: str | None) -> None:
+    """Store the file once (atomically: a reader never sees half an image)."""
+    store = get_storage().review
+    key = _image_key(owner, digest)
+    if not store.exists(key):
+        store.put_bytes(key, data)
 
 
 def _clean_filename(filename: str | None) -> str | None:
@@ -164,14 +164,13 @@ def capture_uncertain(
         return 0
     settings = get_settings()
     owner = principal.owner
-    folder = owner_folder(owner, settings=settings)
     with session_scope() as session:
         # The owner's lock first: storing files and rows, and dropping the oldest with the
         # files no other item uses, are one step for each owner.
         lock_key(session, review_queue_key(owner))
         for image, row in uncertain:
             digest = hashlib.sha256(image.data).hexdigest()
-            _store_image(image.data, digest, folder=folder)
+            _store_image(image.data, digest, owner=owner)
             top = int(np.argmax(row))
             answer = {
                 "model_version": model_version,
@@ -287,9 +286,9 @@ def _delete_items(
             )
         )
     )
-    folder = owner_folder(owner, settings=settings)
+    store = get_storage().review
     for digest in digests - still_used:
-        (folder / digest[:2] / digest).unlink(missing_ok=True)
+        store.delete(_image_key(owner, digest))
     return int(deleted)
 
 
@@ -426,7 +425,7 @@ def labeled_items(
         raise BadRequestError("no labeled review items: label some first")
     images = [
         LabeledImage(
-            path=image_path(item, settings=settings),
+            read=partial(read_image, item),
             label=str(item.label),
             source=f"review/{item.id}" + (f" ({item.filename})" if item.filename else ""),
         )

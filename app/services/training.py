@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -22,7 +21,8 @@ from app.db.models import WORKER_CHECK, Dataset, EpochMetric, JobStatus, Trainin
 from app.db.session import session_scope
 from app.ml.config import Method
 from app.services import model_versions
-from app.services.datasets import dataset_folder, load_manifest
+from app.services.datasets import load_manifest, local_images
+from app.services.storage import ObjectMirror, get_storage, owner_key
 from models_store import file_sha256
 
 if TYPE_CHECKING:
@@ -128,10 +128,17 @@ def pretrained_source(
             spec, url=weights_url(spec, mirror=settings.weights_download_url),
             timeout=settings.weights_download_timeout_seconds,
         )  # fmt: skip
+    storage = get_storage()
+    # Each owner has a feature cache of their own: a hit on features of another owner's
+    # identical images would tell that someone else has them.
+    folder = owner_key(owner)
     return PretrainedSource(
         weights_path=path,
         weights_sha256=file_sha256(path),
-        feature_cache_dir=owner_feature_cache(settings.feature_cache_dir, owner),
+        feature_cache_dir=settings.feature_cache_dir / folder
+        if storage.is_local
+        else storage.cache_dir / "features" / folder,
+        feature_mirror=None if storage.is_local else ObjectMirror(storage.features, folder),
         dataset_fingerprint=fingerprint,
         onnx_extraction=settings.onnx_feature_extraction,
     )
@@ -187,12 +194,6 @@ class _JobReporter:
             )
 
 
-def owner_feature_cache(root: Path, owner: str | None) -> Path:
-    """Each owner's own feature cache: a hit on features of another owner's identical images
-    would tell that someone else has them (and their cost would be shared)."""
-    return root / hashlib.sha256(f"owner:{owner}".encode()).hexdigest()[:32]
-
-
 def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
     from app.ml.config import PRETRAINED_METHODS
     from app.ml.data import ManifestSplits
@@ -210,7 +211,7 @@ def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
             raise LookupError("the job's dataset was deleted")
         method, parameters, owner = job.method, dict(job.parameters), job.owner
         manifest = load_manifest(dataset, settings=settings)
-        folder = dataset_folder(dataset, settings=settings)
+        dataset_id = dataset.id
         fingerprint, dataset_name = dataset.fingerprint or "", dataset.name
         # Which images the model learned from: every version of a dataset stays trainable.
         dataset_record = {
@@ -226,8 +227,9 @@ def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         should_stop=reporter.should_stop,
     )
     splits = ManifestSplits(
-        manifest, dataset_dir=folder, image_size=config.image_size,
-        max_pixels=settings.max_image_pixels, on_progress=reporter.on_progress,
+        manifest, files=lambda items: local_images(dataset_id, items),
+        image_size=config.image_size, max_pixels=settings.max_image_pixels,
+        on_progress=reporter.on_progress,
     )  # fmt: skip
     pretrained = None
     if config.method in PRETRAINED_METHODS:

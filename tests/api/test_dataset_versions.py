@@ -10,18 +10,19 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.config import get_settings
 from app.main import create_app
+from app.services.storage import get_storage
 from tests.conftest import api_key, migrate
 from tests.zips import class_folders, image_bytes, make_zip
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "sqlite+s3"])
 def client(request: pytest.FixtureRequest, configure) -> Iterator[TestClient]:
     url = str(
-        request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+        request.getfixturevalue("postgres_url" if request.param == "postgresql" else "sqlite_url")
     )
-    configure(database_url=url)
+    bucket = request.getfixturevalue("s3_settings") if request.param.endswith("+s3") else {}
+    configure(database_url=url, **bucket)
     migrate(url)
     with TestClient(create_app()) as test_client:
         test_client.headers["Authorization"] = f"Bearer {api_key('train', owner='alice')}"
@@ -29,11 +30,11 @@ def client(request: pytest.FixtureRequest, configure) -> Iterator[TestClient]:
 
 
 def _manifest(dataset_id: str) -> dict:
-    return json.loads((get_settings().datasets_dir / dataset_id / "manifest.json").read_text())
+    return json.loads(get_storage().datasets.get_bytes(f"{dataset_id}/manifest.json"))
 
 
 def _image(dataset_id: str, entry: dict) -> bytes:
-    return (get_settings().datasets_dir / dataset_id / entry["file"]).read_bytes()
+    return get_storage().datasets.get_bytes(f"{dataset_id}/{entry['file']}")
 
 
 def _add(client: TestClient, dataset_id: str, files: dict[str, bytes] | None = None, **fields):

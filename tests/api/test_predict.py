@@ -234,7 +234,7 @@ def test_registry_lists_activates_downloads_and_deletes(client) -> None:
     assert client.delete("/models/pets/versions/2").status_code == 409  # active
     assert client.delete("/models/pets/versions/1").status_code == 204
     assert client.get("/models/pets/versions/1").status_code == 404
-    assert not (model_store().root / "pets" / "v1").exists()
+    assert list(model_store().objects.keys("pets/v1/")) == []
     assert client.delete("/models/pets/versions/1").status_code == 404
 
 
@@ -243,7 +243,8 @@ def test_a_tampered_version_is_never_loaded_or_activated(client) -> None:
 
     register_tiny_model("pets")
     register_tiny_model("pets", seed=1)
-    model_file = model_store().root / "pets" / "v2" / "model.keras"
+    model_file = model_store().objects.local_path("pets/v2/model.keras")
+    assert model_file is not None
     model_file.write_bytes(model_file.read_bytes() + b"tampered")
 
     refused = client.post("/models/pets/versions/2/activate")

@@ -89,7 +89,7 @@ def trained_model(tmp_path_factory) -> keras.Model:
         learning_rate=3e-3, dropout=0.5, seed=1,
     )  # fmt: skip
     splits = ManifestSplits(
-        {"classes": ["cats", "dogs"], "images": images}, dataset_dir=CATS_DOGS,
+        {"classes": ["cats", "dogs"], "images": images}, files=lambda _: CATS_DOGS,
         image_size=SIZE, max_pixels=10**8,
     )  # fmt: skip
     weights = bases.find_weights(SPEC, weights_dir=SHARED / "weights")

@@ -175,7 +175,7 @@ def test_loading_images_reports_progress_which_is_the_jobs_heartbeat(
         items.append({"split": "train", "label": "ab"[index % 2], "file": file})
     reports: list[dict] = []
     splits = data.ManifestSplits(
-        {"classes": ["a", "b"], "images": items}, dataset_dir=tmp_path, image_size=16,
+        {"classes": ["a", "b"], "images": items}, files=lambda _: tmp_path, image_size=16,
         max_pixels=10**6, on_progress=reports.append,
     )  # fmt: skip
     assert len(splits.arrays("train")) == 5

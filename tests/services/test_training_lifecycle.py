@@ -178,10 +178,11 @@ def test_feature_caches_are_per_owner_and_keyed_on_the_dtype_policy(tmp_path) ->
     import keras
 
     from app.ml.features import FeatureRequest, feature_cache_key
+    from app.services.storage import owner_key
 
-    alice = training.owner_feature_cache(tmp_path, "alice")
-    assert alice != training.owner_feature_cache(tmp_path, "bob")
-    assert "alice" not in str(alice)  # the folder name tells nothing of the owner
+    alice = owner_key("alice")
+    assert alice != owner_key("bob")
+    assert "alice" not in alice  # the folder name tells nothing of the owner
     what = {"dataset_fingerprint": "f", "base_model": "mobilenet", "weights_sha256": "w",
             "image_size": 32,
             "request": FeatureRequest(views={"train": ("original",)}, top_inputs=True)}  # fmt: skip

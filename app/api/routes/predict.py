@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api.bodies import json_body_openapi, receive_files, validate_form
 from app.api.deps import DecodeBudgetDep, ModelCacheDep, PredictJSONBody, Predictor
@@ -140,12 +140,15 @@ async def predict_json(
 
 @router.get(
     "/explanations/{explanation_id}.png",
-    response_class=FileResponse,
-    responses={404: {"description": "no such explanation of yours (or it was removed)"}},
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}},
+        404: {"description": "no such explanation of yours (or it was removed)"},
+    },
 )
-def explanation_image(explanation_id: uuid.UUID, principal: Predictor) -> FileResponse:
+def explanation_image(explanation_id: uuid.UUID, principal: Predictor) -> Response:
     """A Grad-CAM overlay made by `explain=true`, for the owner of the key that asked."""
-    return FileResponse(
+    return Response(
         explanations.explanation_png(explanation_id, principal=principal),
         media_type="image/png",
     )

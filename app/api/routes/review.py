@@ -21,6 +21,7 @@ from app.schemas.review import (
     ReviewThresholdRead,
 )
 from app.services import review
+from models_store import ObjectNotFoundError
 from models_store.store import NAME_PATTERN
 
 router = APIRouter(tags=["review"])
@@ -112,8 +113,8 @@ def item_image(item: ValidItem) -> Response:
     """The image as it was sent. Served as an image (never as a page: no sniffing, no
     scripts), or as plain bytes if its type is not a known image's."""
     try:
-        data = review.image_path(item, settings=get_settings()).read_bytes()
-    except FileNotFoundError:
+        data = review.read_image(item)
+    except ObjectNotFoundError:
         raise NotFoundError(f"the image of review item {item.id} is gone") from None
     return Response(
         content=data,
