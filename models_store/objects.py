@@ -101,6 +101,9 @@ class ObjectStore(Protocol):
     def download_many(self, items: Iterable[tuple[str, Path]]) -> None:
         """Several objects into their target files (in parallel where that helps)."""
 
+    def check(self) -> None:
+        """Raise if the store cannot be used right now (readiness probes)."""
+
 
 class LocalObjectStore:
     """Objects as files under one folder: `root/<key>`."""
@@ -212,6 +215,10 @@ class LocalObjectStore:
     def download_many(self, items: Iterable[tuple[str, Path]]) -> None:
         for key, target in items:
             self.download(key, target)
+
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ObjectStoreError(f"{self.root} is not a writable folder")
 
 
 @dataclass(frozen=True)
@@ -356,6 +363,9 @@ class S3ObjectStore:
                 Delete={"Objects": [{"Key": key} for key in keys[start : start + 1000]],
                         "Quiet": True},
             )  # fmt: skip
+
+    def check(self) -> None:
+        self.client.head_bucket(Bucket=self.location.bucket)
 
     def download_many(self, items: Iterable[tuple[str, Path]]) -> None:
         """Several objects into their target files at once."""

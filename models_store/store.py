@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import uuid
@@ -165,6 +166,7 @@ class ModelStore:
             raise StoreError("a models store in a bucket needs a local cache folder")
         cached = self.cache_dir / expected_sha256
         if cached.is_dir():
+            os.utime(cached)  # used now: a cache trim removes the least recently used
             return _verified(cached, relative_path, expected_sha256=expected_sha256)
         return self._download(relative_path, cached, expected_sha256=expected_sha256)
 

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # This machine's own copies of what it read from the bucket: dataset images by content
     # hash, model versions by manifest checksum, features, staging folders for uploads.
     cache_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "cache")
+    # Past this size the least recently used copies are removed (after each download).
+    cache_max_bytes: int = Field(default=50 * 1024**3, gt=0)
     # Where keras.applications weight files are looked up first (then $KERAS_HOME/models).
     pretrained_weights_dir: Path | None = None
     # On by default, as Keras users expect: a missing weights file is downloaded into

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.core.config import Settings
+from app.core.config import Settings, get_settings
 from app.core.errors import BadRequestError, ConflictError, NotFoundError, PayloadTooLargeError
 from app.db.locks import dataset_lineage_key, lock_key, owner_jobs_key
 from app.db.models import Dataset, DatasetStatus, JobStatus, TrainingJob
@@ -35,7 +35,7 @@ from app.services.archive import (
     read_member,
 )
 from app.services.auth import Principal, visible
-from app.services.storage import get_storage
+from app.services.storage import get_storage, trim_cache
 from models_store import ObjectNotFoundError, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -498,9 +498,12 @@ def local_images(dataset_id: uuid.UUID, items: Sequence[dict[str, Any]]) -> Path
     if own is not None:
         return own.parent
     cache = storage.image_cache
-    missing = {
-        item["file"]: item["sha256"] for item in items if not (cache / item["file"]).is_file()
-    }
+    missing: dict[str, str] = {}
+    for item in items:
+        try:
+            os.utime(cache / item["file"])  # used now: the cache trims the least recently used
+        except FileNotFoundError:
+            missing[item["file"]] = item["sha256"]
     partial = {name: cache / f"{name}.{uuid.uuid4().hex}.partial" for name in missing}
     try:
         storage.datasets.download_many((f"{dataset_id}/{name}", partial[name]) for name in missing)
@@ -511,6 +514,8 @@ def local_images(dataset_id: uuid.UUID, items: Sequence[dict[str, Any]]) -> Path
     finally:
         for path in partial.values():
             path.unlink(missing_ok=True)
+    if missing:
+        trim_cache(storage, max_bytes=get_settings().cache_max_bytes)
     return cache
 
 

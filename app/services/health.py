@@ -1,4 +1,4 @@
-"""Readiness checks: can this process reach its database and its broker right now?"""
+"""Readiness checks: can this process reach its database, its broker and its storage now?"""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from app.core.config import get_settings
 from app.db.session import engine_for, get_engine
+from app.services.storage import get_storage
 
 # Shared by all readiness probes; a hung check occupies a thread only until its own timeout.
 _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readiness")
@@ -59,9 +60,17 @@ def database_status() -> str:
     return _outcome(check_database, get_settings().readiness_timeout_seconds)
 
 
+def check_storage() -> None:
+    """The datasets' store answers: the folder is writable, or the bucket exists and these
+    credentials may use it (the other areas are folders or prefixes beside it)."""
+    get_storage().datasets.check()
+
+
 def readiness() -> dict[str, str]:
-    """{"database": "ok" | reason, "broker": "ok" | reason}, each check bounded in time."""
+    """{"database", "broker", "storage"}: "ok" or why not, each check bounded in time."""
+    timeout = get_settings().readiness_timeout_seconds
     return {
         "database": database_status(),
-        "broker": _outcome(check_broker, get_settings().readiness_timeout_seconds),
+        "broker": _outcome(check_broker, timeout),
+        "storage": _outcome(check_storage, timeout),
     }

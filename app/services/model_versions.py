@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.core.config import get_settings
 from app.core.errors import (
     BadRequestError,
     ConflictError,
@@ -23,7 +24,7 @@ from app.db.locks import lock_key, model_name_key
 from app.db.models import ModelName, ModelVersion
 from app.db.session import session_scope
 from app.services.auth import Principal, visible
-from app.services.storage import get_storage
+from app.services.storage import get_storage, trim_cache
 from models_store import ChecksumMismatchError, ModelStore, StoreError, VersionExistsError
 
 MAX_VERSION_ATTEMPTS = 5
@@ -300,8 +301,12 @@ def delete_version(
 
 
 def version_folder(ref: VersionRef) -> Path:
-    """The version's directory, every file checked against its recorded sha256."""
-    return model_store().verified_path(ref.path, expected_sha256=ref.sha256)
+    """The version's directory, every file checked against its recorded sha256 (with a
+    bucket: this machine's copy, downloaded if it had none; older copies may be trimmed)."""
+    storage = get_storage()
+    folder = storage.model_store().verified_path(ref.path, expected_sha256=ref.sha256)
+    trim_cache(storage, max_bytes=get_settings().cache_max_bytes)
+    return folder
 
 
 def served_folder(ref: VersionRef) -> Path:

@@ -4,7 +4,9 @@ the configured backend: local folders, or prefixes of one S3-compatible bucket."
 from __future__ import annotations
 
 import hashlib
+import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,3 +116,49 @@ class ObjectMirror:
 
     def push(self, name: str, source: Path) -> None:
         self.objects.put_file(f"{self.folder}/{name}", source)
+
+
+# Cached copies used this recently stay whatever the cache's size: a job or a model load on
+# this machine may be reading them right now.
+TRIM_GRACE_SECONDS = 900.0
+
+
+def _cached_entries(storage: Storage) -> list[tuple[float, int, Path]]:
+    """(last used, bytes, path) of every cached copy: image files, model version folders
+    (touched when used) and feature files."""
+    entries: list[tuple[float, int, Path]] = []
+    files = [
+        *(storage.image_cache / "images").glob("*/*"),
+        *(storage.cache_dir / "features").glob("*/*"),
+    ]
+    for path in files:
+        if path.is_file() and not path.name.startswith("."):
+            stat = path.stat()
+            entries.append((stat.st_mtime, stat.st_size, path))
+    models = storage.cache_dir / "models"
+    for folder in models.iterdir() if models.is_dir() else ():
+        if folder.is_dir() and not folder.name.startswith("."):
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            entries.append((folder.stat().st_mtime, size, folder))
+    return entries
+
+
+def trim_cache(storage: Storage, *, max_bytes: int, now: float | None = None) -> int:
+    """Remove this machine's least recently used copies of bucket objects until the cache
+    holds at most `max_bytes` (sparing those used within TRIM_GRACE_SECONDS); returns the
+    bytes freed. Nothing to do for local storage, which keeps no copies."""
+    if storage.is_local:
+        return 0
+    entries = sorted(_cached_entries(storage))
+    total = sum(size for _, size, _ in entries)
+    now = time.time() if now is None else now
+    freed = 0
+    for used, size, path in entries:
+        if total - freed <= max_bytes or now - used < TRIM_GRACE_SECONDS:
+            break
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        freed += size
+    return freed

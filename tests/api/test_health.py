@@ -18,7 +18,10 @@ def test_health_answers_without_dependencies(client: TestClient) -> None:
 def test_ready_when_database_and_broker_answer(client: TestClient) -> None:
     response = client.get("/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "broker": "ok", "storage": "ok"},
+    }
 
 
 def test_ready_on_postgres_and_redis(configure, postgres_url: str, redis_url: str) -> None:
@@ -27,7 +30,7 @@ def test_ready_on_postgres_and_redis(configure, postgres_url: str, redis_url: st
     with TestClient(create_app()) as client:
         response = client.get("/ready")
     assert response.status_code == 200, response.text
-    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
 
 
 def test_not_ready_names_the_unreachable_broker(configure, sqlite_url: str) -> None:
@@ -51,6 +54,18 @@ def test_not_ready_names_the_unreachable_database(configure) -> None:
     detail = response.json()["detail"]
     assert detail["broker"] == "ok"
     assert "OperationalError" in detail["database"]
+
+
+def test_readiness_checks_the_bucket(configure, sqlite_url: str, s3_settings) -> None:
+    configure(database_url=sqlite_url, **s3_settings)
+    migrate(sqlite_url)
+    with TestClient(create_app()) as client:
+        assert client.get("/ready").json()["checks"]["storage"] == "ok"
+    configure(database_url=sqlite_url, **{**s3_settings, "S3_BUCKET": "no-such-bucket"})
+    with TestClient(create_app()) as client:
+        response = client.get("/ready")
+    assert response.status_code == 503
+    assert "404" in response.json()["detail"]["storage"]
 
 
 def test_openapi_and_docs_are_served(client: TestClient) -> None:
