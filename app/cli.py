@@ -1,4 +1,5 @@
-"""Command line: `python -m app.cli migrate | run | worker | keys create|list|revoke`."""
+"""Command line: `python -m app.cli migrate | run | worker | keys create|list|revoke |
+export-onnx | storage-orphans`."""
 
 from __future__ import annotations
 
@@ -186,6 +187,19 @@ def run_all(*, host: str, port: int) -> int:
     return exit_code
 
 
+def _orphans_command(*, delete: bool, grace_seconds: float) -> int:
+    from app.services.orphans import find_orphans, remove_orphans
+
+    found = find_orphans(grace_seconds=grace_seconds)
+    for orphan in found:
+        print(f"{orphan.area}/{orphan.prefix}\t{orphan.objects} objects\t{orphan.size_bytes} bytes")
+    if delete:
+        remove_orphans(found)
+    verb = "removed" if delete else "found"
+    print(f"{len(found)} orphaned folders or files {verb}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__)
@@ -215,6 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument("--name", help="only this model (default: every model)")
     export.add_argument("--version", type=int, help="only this version of --name")
+    orphans = sub.add_parser(
+        "storage-orphans",
+        help="list stored files no database row accounts for (left by a crash); --delete "
+        "removes them",
+    )
+    orphans.add_argument("--delete", action="store_true", help="remove what is listed")
+    orphans.add_argument(
+        "--grace-seconds", type=float, default=3600.0,
+        help="leave files changed more recently than this (an upload may be publishing them)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     if args.command == "migrate":
@@ -230,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "export-onnx":
         return _export_onnx_command(name=args.name, version=args.version)
+    if args.command == "storage-orphans":
+        return _orphans_command(delete=args.delete, grace_seconds=args.grace_seconds)
     os.execv(sys.executable, worker_command(concurrency=args.concurrency))  # noqa: S606
     return 0  # pragma: no cover  (execv does not return)
 

@@ -9,6 +9,7 @@ from models_store.objects import (
     ObjectStoreError,
     S3Location,
     S3ObjectStore,
+    StoredObject,
 )
 from models_store.store import (
     MANIFEST,
@@ -35,6 +36,7 @@ __all__ = [
     "S3Location",
     "S3ObjectStore",
     "StoreError",
+    "StoredObject",
     "StoredVersion",
     "VersionExistsError",
     "file_sha256",

@@ -19,13 +19,24 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 # Parallel transfers when a folder of many small files (a dataset's images) goes to a bucket
 # or comes back: one request at a time would spend nearly all its time on round trips.
 TRANSFER_THREADS = 16
+# Larger files go up in parts (boto3's managed transfer); smaller ones in one PUT, and every
+# file comes down in one streamed GET: for the many small files of a dataset, boto3's managed
+# transfers cost 1.3x (upload) and 2.5x (download) the time of plain requests (measured on
+# 400 photos against moto's server, 16 threads).
+MULTIPART_BYTES = 64 * 1024 * 1024
 _STAGING = ".staging"
 _TRASH = ".trash"
+
+
+class StoredObject(NamedTuple):
+    key: str
+    size: int
+    modified: float  # seconds since the epoch
 
 
 class ObjectStoreError(Exception):
@@ -89,8 +100,8 @@ class ObjectStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
-    def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """Every (key, size) under `prefix` ('' for all)."""
+    def keys(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object under `prefix` ('' for all)."""
 
     def delete(self, key: str) -> None:
         """Remove one object (nothing if it is missing)."""
@@ -188,7 +199,7 @@ class LocalObjectStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def keys(self, prefix: str) -> Iterator[StoredObject]:
         start = self.root / prefix if prefix else self.root
         if not start.is_dir():
             return
@@ -197,7 +208,8 @@ class LocalObjectStore:
             # Staging, trash and partial files being written all start with a dot.
             if any(part.startswith(".") for part in relative.parts) or not path.is_file():
                 continue
-            yield relative.as_posix(), path.stat().st_size
+            stat = path.stat()
+            yield StoredObject(relative.as_posix(), stat.st_size, stat.st_mtime)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -303,7 +315,11 @@ class S3ObjectStore:
                 future.result()
 
     def put_file(self, key: str, source: Path) -> None:
-        self.client.upload_file(str(source), self.location.bucket, self._key(key))
+        if source.stat().st_size > MULTIPART_BYTES:
+            self.client.upload_file(str(source), self.location.bucket, self._key(key))
+            return
+        with source.open("rb") as body:
+            self.client.put_object(Bucket=self.location.bucket, Key=self._key(key), Body=body)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.location.bucket, Key=self._key(key), Body=data)
@@ -323,7 +339,10 @@ class S3ObjectStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
         try:
-            self.client.download_file(self.location.bucket, self._key(key), str(partial))
+            answer = self.client.get_object(Bucket=self.location.bucket, Key=self._key(key))
+            with partial.open("wb") as out:
+                for chunk in answer["Body"].iter_chunks(1024 * 1024):
+                    out.write(chunk)
             os.replace(partial, target)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey"}:
@@ -343,20 +362,22 @@ class S3ObjectStore:
             raise
         return True
 
-    def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def keys(self, prefix: str) -> Iterator[StoredObject]:
         paginator = self.client.get_paginator("list_objects_v2")
         start = len(self.location.prefix)
         for page in paginator.paginate(
             Bucket=self.location.bucket, Prefix=self.location.prefix + prefix
         ):
             for entry in page.get("Contents", []):
-                yield entry["Key"][start:], int(entry["Size"])
+                yield StoredObject(
+                    entry["Key"][start:], int(entry["Size"]), entry["LastModified"].timestamp()
+                )
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.location.bucket, Key=self._key(key))
 
     def delete_prefix(self, prefix: str) -> None:
-        keys = [self.location.prefix + key for key, _ in self.keys(prefix)]
+        keys = [self.location.prefix + found.key for found in self.keys(prefix)]
         for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys at most
             self.client.delete_objects(
                 Bucket=self.location.bucket,

@@ -148,8 +148,8 @@ class ModelStore:
         half made by a crash, never registered, count too, so their numbers are not reused."""
         numbers = {
             int(match.group(1))
-            for key, _ in self.objects.keys(f"{validate_name(name)}/")
-            if (match := _VERSION_FOLDER.fullmatch(key.split("/")[1]))
+            for found in self.objects.keys(f"{validate_name(name)}/")
+            if (match := _VERSION_FOLDER.fullmatch(found.key.split("/")[1]))
         }
         return max(numbers, default=0)
 

@@ -85,7 +85,7 @@ def _store(owner: str, result: ExplanationResult) -> None:
     """Keep the PNG, then drop the owner's oldest past the limit (names sort by age)."""
     store = get_storage().explanations
     store.put_bytes(_key(owner, result.id), result.png)
-    kept = sorted(key for key, _ in store.keys(f"{owner_key(owner)}/"))
+    kept = sorted(found.key for found in store.keys(f"{owner_key(owner)}/"))
     for old in kept[: max(len(kept) - get_settings().max_explanations_per_owner, 0)]:
         store.delete(old)
 

@@ -117,19 +117,19 @@ def _owner_prefix(owner: str | None) -> str:
     return hashlib.sha256(str(owner).encode()).hexdigest()[:32]
 
 
-def _image_key(owner: str | None, digest: str) -> str:
+def image_key(owner: str | None, digest: str) -> str:
     return f"{_owner_prefix(owner)}/{digest[:2]}/{digest}"
 
 
 def read_image(item: ReviewItem) -> bytes:
     """The item's image as it was sent (ObjectNotFoundError if it is gone)."""
-    return get_storage().review.get_bytes(_image_key(item.owner, item.image_sha256))
+    return get_storage().review.get_bytes(image_key(item.owner, item.image_sha256))
 
 
 def _store_image(data: bytes, digest: str, *, owner: str | None) -> None:
     """Store the file once (atomically: a reader never sees half an image)."""
     store = get_storage().review
-    key = _image_key(owner, digest)
+    key = image_key(owner, digest)
     if not store.exists(key):
         store.put_bytes(key, data)
 
@@ -288,7 +288,7 @@ def _delete_items(
     )
     store = get_storage().review
     for digest in digests - still_used:
-        store.delete(_image_key(owner, digest))
+        store.delete(image_key(owner, digest))
     return int(deleted)
 
 

@@ -63,7 +63,7 @@ def test_write_then_verify_round_trip(store: ModelStore, source: Path) -> None:
     assert set(manifest["files"]) == {"model.keras", "labels.json", "assets/extra.txt"}
     assert manifest["metadata"] == {"a": 1}
     assert stored.size_bytes > 700
-    assert sorted(key for key, _ in store.objects.keys("")) == [
+    assert sorted(found.key for found in store.objects.keys("")) == [
         "pets/v1/MANIFEST.json", "pets/v1/assets/extra.txt", "pets/v1/labels.json",
         "pets/v1/model.keras",
     ]  # fmt: skip
