@@ -19,6 +19,9 @@ from collections import OrderedDict
 from typing import Protocol
 
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from app.core.errors import TooManyRequestsError
@@ -158,6 +161,9 @@ class RedisRateLimiter:
             url,
             socket_timeout=REDIS_TIMEOUT_SECONDS,
             socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            # One immediate retry, on a broken connection only (a pooled one that a Redis
+            # restart closed); never redis-py's default backoff of up to seconds per request.
+            retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
         )
         return cls(client=client, rate_per_second=rate_per_second, burst=burst)
 

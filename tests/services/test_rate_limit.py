@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +17,8 @@ import redis
 
 from app.core.errors import TooManyRequestsError
 from app.core.metrics import RATE_LIMIT_LOCAL_CHECKS
-from app.services.rate_limit import KEY_PREFIX, RedisRateLimiter
-from tests.processes import free_port
+from app.services.rate_limit import KEY_PREFIX, REDIS_TIMEOUT_SECONDS, RedisRateLimiter
+from tests.processes import free_port, start_redis_server, stop_process_group
 
 
 def _with_limiters(
@@ -157,3 +160,43 @@ def test_without_redis_each_process_applies_its_own_bucket(
     # Redis was tried once, then left alone for REDIS_RETRY_SECONDS: one warning, not three
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "Redis did not answer" in warnings[0]
+
+
+def test_a_redis_that_does_not_answer_costs_one_timeout_per_interval() -> None:
+    key = uuid.uuid4()
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+
+        async def body(limiter: RedisRateLimiter) -> tuple[list[bool], float]:
+            started = time.monotonic()
+            admitted = [await _admitted(limiter, key) for _ in range(3)]
+            return admitted, time.monotonic() - started
+
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        admitted, seconds = _with_limiters(url, rate=0.001, burst=5)(body)
+    assert admitted == [True] * 3
+    assert REDIS_TIMEOUT_SECONDS <= seconds < 2 * REDIS_TIMEOUT_SECONDS  # the first one waited
+
+
+def test_a_restarted_redis_is_used_again_at_once(tmp_path: Path) -> None:
+    """A pooled connection that the restart closed is replaced within the same request."""
+    key, port, log = uuid.uuid4(), free_port(), tmp_path / "redis.log"
+    server = start_redis_server(port, log)
+
+    async def body(limiter: RedisRateLimiter) -> tuple[list[bool], float]:
+        nonlocal server
+        assert await _admitted(limiter, key)
+        stop_process_group(server)
+        server = start_redis_server(port, log)  # empty: no bucket, no script
+        before = RATE_LIMIT_LOCAL_CHECKS._value.get()
+        admitted = [await _admitted(limiter, key) for _ in range(3)]
+        return admitted, RATE_LIMIT_LOCAL_CHECKS._value.get() - before
+
+    try:
+        run = _with_limiters(f"redis://127.0.0.1:{port}/0", rate=0.001, burst=2)
+        admitted, local_checks = run(body)
+    finally:
+        stop_process_group(server)
+    assert local_checks == 0
+    assert admitted == [True, True, False]  # the new server's bucket, full again
