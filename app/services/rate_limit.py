@@ -34,6 +34,8 @@ MAX_TRACKED_KEYS = 10_000
 
 
 class PredictRateLimiter(Protocol):
+    """What the prediction endpoints ask before they run: one of the limiters below."""
+
     async def acquire(self, key_id: uuid.UUID) -> None:
         """Take one token for this key, or raise TooManyRequestsError with Retry-After."""
 
