@@ -30,11 +30,12 @@ COPY docker/entrypoint.sh /usr/local/bin/smallvision-entrypoint
 RUN pip install --no-deps . \
     && chmod 0755 /usr/local/bin/smallvision-entrypoint \
     && useradd --system --uid 10001 --home-dir /srv/smallvision smallvision \
-    && mkdir -p /data /weights \
-    && chown -R smallvision:smallvision /data
+    && mkdir -p /data /cache /weights \
+    && chown -R smallvision:smallvision /data /cache
 
 USER smallvision
-VOLUME ["/data"]
+# Node-local: scratch space and the cache of objects downloaded from the bucket.
+VOLUME ["/data", "/cache"]
 EXPOSE 8000
 
 # Liveness of the API; compose overrides it for workers (which serve no HTTP).

@@ -31,7 +31,7 @@ from app.core.config import get_settings
 from app.core.logging import configure_logging
 from app.schemas.errors import COMMON_RESPONSES, ErrorBody
 from app.services.inference import MemoryBudget, ModelCache, keep_warm
-from app.services.rate_limit import RateLimiter
+from app.services.rate_limit import predict_rate_limiter
 
 
 def _return_large_frees_to_the_system() -> None:
@@ -59,9 +59,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     cache = ModelCache(capacity=settings.model_cache_size, max_batch=settings.predict_max_batch)
     app.state.model_cache = cache
     app.state.decode_budget = MemoryBudget(settings.decode_memory_budget_bytes)
-    app.state.predict_rate_limiter = RateLimiter(
-        rate_per_second=settings.predict_rate_per_second, burst=settings.predict_burst
+    # Shared by every replica through Redis when SMALLVISION_REDIS_URL is set (see rate_limit).
+    limiter = predict_rate_limiter(
+        redis_url=settings.redis_url,
+        rate_per_second=settings.predict_rate_per_second,
+        burst=settings.predict_burst,
     )
+    app.state.predict_rate_limiter = limiter
     refresher = asyncio.create_task(keep_warm(cache, interval=settings.model_refresh_seconds))
     try:
         yield
@@ -70,6 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
         cache.close()
+        await limiter.close()
 
 
 def create_app() -> FastAPI:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from app.cli import api_command, worker_command
 from app.core.config import ENV_PREFIX, PROJECT_ROOT
@@ -121,6 +124,30 @@ def running_api(
         yield base
     finally:
         stop_process_group(process)
+
+
+def start_redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A redis-server of its own on loopback `port` (no persistence), once it accepts
+    connections; skips the test where redis-server is not installed."""
+    redis_binary = shutil.which("redis-server")
+    if redis_binary is None:
+        pytest.skip("redis-server is not installed")
+    with log.open("ab") as out:
+        server = subprocess.Popen(
+            [redis_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                return True
+        except OSError:
+            return False
+
+    wait_until(answers, timeout=20, what="redis-server to listen", log=log)
+    return server
 
 
 FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})

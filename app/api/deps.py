@@ -22,7 +22,7 @@ from app.schemas.predict import PredictJSONRequest
 from app.services import auth, datasets, jobs
 from app.services.auth import Principal, Scope
 from app.services.inference import MemoryBudget, ModelCache
-from app.services.rate_limit import RateLimiter
+from app.services.rate_limit import PredictRateLimiter
 
 
 def get_session() -> Iterator[Session]:
@@ -78,9 +78,9 @@ def requires(*scopes: Scope) -> Any:
 
 async def _rate_limited_predictor(
     request: Request, principal: Annotated[Principal, requires(Scope.PREDICT)]
-) -> Principal:  # async for the same reason: the limiter is a lock and arithmetic
-    limiter: RateLimiter = request.app.state.predict_rate_limiter
-    limiter.acquire(principal.key_id)
+) -> Principal:  # async: the in-memory limiter is a lock and arithmetic, Redis' is asyncio
+    limiter: PredictRateLimiter = request.app.state.predict_rate_limiter
+    await limiter.acquire(principal.key_id)
     return principal
 
 

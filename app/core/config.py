@@ -98,12 +98,16 @@ class Settings(BaseSettings):
     predict_timeout_seconds: float = Field(default=60.0, gt=0)
 
     # Per-owner limits: images in one dataset, jobs queued or running at once, and each API
-    # key's prediction requests (a token bucket per key and API process: `predict_rate_per_second`
-    # sustained, bursts up to `predict_burst`; over it, 429 with Retry-After).
+    # key's prediction requests (a token bucket per key: `predict_rate_per_second` sustained,
+    # bursts up to `predict_burst`; over it, 429 with Retry-After).
     max_dataset_images: int = Field(default=100_000, gt=0)
     max_active_jobs_per_owner: int = Field(default=4, gt=0)
     predict_rate_per_second: float = Field(default=50.0, gt=0)
     predict_burst: int = Field(default=100, gt=0)
+    # Where the prediction token buckets live: a Redis every API replica reaches, so the rate
+    # holds for the deployment; unset, each API process keeps its own (N replicas admit N
+    # times the rate). The job limit needs nothing here: it is a database lock.
+    redis_url: str | None = None
 
     # Serving: images per predict request, how many versions stay loaded per API process,
     # the largest batch one forward pass takes, and how often active versions are re-checked

@@ -57,3 +57,9 @@ REVIEW_DROPPED = Counter(
     "Review items dropped, oldest first, because an owner's queue was over its limits.",
     registry=REGISTRY,
 )
+RATE_LIMIT_LOCAL_CHECKS = Counter(
+    "smallvision_rate_limit_local_checks_total",
+    "Prediction requests whose key's rate was checked in this process's own buckets because "
+    "the shared limiter's Redis did not answer.",
+    registry=REGISTRY,
+)

@@ -21,14 +21,14 @@ def test_token_bucket_allows_bursts_then_refills() -> None:
 
     limiter, key, other = RateLimiter(rate_per_second=2, burst=3), uuid.uuid4(), uuid.uuid4()
     for _ in range(3):
-        limiter.acquire(key, now=100.0)
+        limiter.take(key, now=100.0)
     with pytest.raises(TooManyRequestsError) as refused:
-        limiter.acquire(key, now=100.0)
+        limiter.take(key, now=100.0)
     assert refused.value.headers == {"Retry-After": "1"}
-    limiter.acquire(other, now=100.0)  # another key has its own bucket
-    limiter.acquire(key, now=100.5)  # half a second at 2/s: one token back
+    limiter.take(other, now=100.0)  # another key has its own bucket
+    limiter.take(key, now=100.5)  # half a second at 2/s: one token back
     with pytest.raises(TooManyRequestsError):
-        limiter.acquire(key, now=100.5)
+        limiter.take(key, now=100.5)
 
 
 def _client(configure, sqlite_url: str, **limits: str) -> TestClient:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from tests.models import register_tiny_model
 from tests.processes import (
     free_port,
     running_worker,
+    start_redis_server,
     stop_process_group,
     wait_job_finished,
     wait_until,
@@ -72,40 +72,20 @@ def test_a_killed_worker_leaves_no_job_running_once_a_worker_restarts(stack: Pat
         assert epochs == list(range(1, 31))  # re-run from the start, curves not duplicated
 
 
-def _redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
-    redis_binary = shutil.which("redis-server")
-    if redis_binary is None:
-        pytest.skip("redis-server is not installed")
-    with log.open("ab") as out:
-        server = subprocess.Popen(
-            [redis_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-    def answers() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                return True
-        except OSError:
-            return False
-
-    wait_until(answers, timeout=20, what="redis-server to listen", log=log)
-    return server
-
-
 def test_redis_down_gives_503_and_no_orphan_job_then_jobs_run_again(
     configure, postgres_url: str, tmp_path: Path
 ) -> None:
+    from app.core.metrics import RATE_LIMIT_LOCAL_CHECKS
     from app.db.models import TrainingJob
     from app.db.session import session_scope
     from tests.zips import image_bytes
 
     port = free_port()
     redis_log = tmp_path / "redis.log"
-    redis_server = _redis_server(port, redis_log)
+    redis_server = start_redis_server(port, redis_log)
     try:
         configure(database_url=postgres_url, broker_url=f"redis://127.0.0.1:{port}/0",
+                  REDIS_URL=f"redis://127.0.0.1:{port}/1",
                   READINESS_TIMEOUT_SECONDS="2")  # fmt: skip
         migrate(postgres_url)
         register_tiny_model("pets")
@@ -118,10 +98,14 @@ def test_redis_down_gives_503_and_no_orphan_job_then_jobs_run_again(
             with session_scope() as session:
                 assert session.query(TrainingJob).count() == 0  # no orphan row
             assert client.get("/ready").json()["detail"]["broker"] != "ok"
+            local_checks = RATE_LIMIT_LOCAL_CHECKS._value.get()
             predicted = client.post("/predict", files={"file": ("x.png", image_bytes("PNG"))})
-            assert predicted.status_code == 200  # serving does not need the broker
+            # serving needs neither the broker nor the rate limits' Redis: this process
+            # checks the key's rate in its own buckets meanwhile
+            assert predicted.status_code == 200
+            assert RATE_LIMIT_LOCAL_CHECKS._value.get() == local_checks + 1
 
-            redis_server = _redis_server(port, redis_log)  # Redis is back, same address
+            redis_server = start_redis_server(port, redis_log)  # Redis is back, same address
             accepted = client.post("/workers/check")
             assert accepted.status_code == 202, accepted.text
             job = _wait_finished(client, accepted.json()["id"], log, timeout=120)
