@@ -147,7 +147,7 @@ Measured {today} on {machine()}, with `.venv/bin/python -m benchmarks.storage
 --repeats {args.repeats} --image-size {args.image_size}`: the zip of `cats_vs_dogs_small`
 ({images} JPEG photos) uploaded to a live API (uvicorn, SQLite), then the first stage of a
 training job run as a worker runs it, with an empty cache. Medians of {args.repeats} runs
-(range in brackets). The bucket is moto's S3 server on loopback (an in-memory S3 API in
+(range in parentheses). The bucket is moto's S3 server on loopback (an in-memory S3 API in
 Python), so this is the service's own cost of the S3 API, not a network's or a real store's.
 
 | storage | upload s | images/s | job: images to local disk s | job: decode + resize s | job: data loading s |
@@ -157,8 +157,8 @@ Python), so this is the service's own cost of the S3 API, not a network's or a r
 With local storage the worker reads the dataset's folder in place (nothing to fetch). With a
 bucket, the upload publishes every image and then the manifest (16 PUTs at a time), and the
 worker downloads the images it lacks into its cache by content hash (16 at a time), checking
-each against its sha256; a later job on the same node (or on a dataset sharing images) finds
-them there.""",
+each against its sha256; a later job on the same node finds them there (then only the decode
+column remains; not measured here).""",
     )
 
 
