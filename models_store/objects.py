@@ -76,6 +76,9 @@ def _files_of(folder: Path) -> list[tuple[str, Path]]:
 class ObjectStore(Protocol):
     """Keys to bytes, in a local folder or a bucket."""
 
+    def describe(self) -> str:
+        """Where the objects are, for messages: a folder, or s3://bucket/prefix."""
+
     def local_path(self, key: str) -> Path | None:
         """The key's file on this machine's disk when the store is a local folder (read it in
         place), else None (download it)."""
@@ -182,12 +185,12 @@ class LocalObjectStore:
         try:
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-            raise ObjectNotFoundError(key) from exc
+            raise ObjectNotFoundError(f"{key} is not in {self.describe()}") from exc
 
     def download(self, key: str, target: Path) -> None:
         source = self._path(key)
         if not source.is_file():
-            raise ObjectNotFoundError(key)
+            raise ObjectNotFoundError(f"{key} is not in {self.describe()}")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
         try:
@@ -329,7 +332,7 @@ class S3ObjectStore:
         try:
             answer = client.get_object(Bucket=self.location.bucket, Key=self._key(key))
         except client.exceptions.NoSuchKey as exc:
-            raise ObjectNotFoundError(key) from exc
+            raise ObjectNotFoundError(f"{key} is not in {self.describe()}") from exc
         body: bytes = answer["Body"].read()
         return body
 
@@ -346,7 +349,7 @@ class S3ObjectStore:
             os.replace(partial, target)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey"}:
-                raise ObjectNotFoundError(key) from exc
+                raise ObjectNotFoundError(f"{key} is not in {self.describe()}") from exc
             raise
         finally:
             partial.unlink(missing_ok=True)

@@ -192,7 +192,7 @@ class ModelStore:
                 if not cached.is_dir():  # not another download of the same version winning
                     raise
         except ObjectNotFoundError as exc:
-            raise ChecksumMismatchError(f"{relative_path}: {exc} is missing") from exc
+            raise ChecksumMismatchError(f"{relative_path}: {exc}") from exc
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         return cached

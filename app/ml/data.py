@@ -70,7 +70,7 @@ def load_split(
     labels = np.zeros((len(items),), dtype=np.int32)
     reported = time.monotonic()
     for index, item in enumerate(items):
-        if time.monotonic() - reported >= PROGRESS_INTERVAL_SECONDS:
+        if index and time.monotonic() - reported >= PROGRESS_INTERVAL_SECONDS:
             reported = time.monotonic()
             on_progress({"stage": "loading", "split": split, "images": index, "of": len(items)})
         decoded = decode_image(

@@ -227,8 +227,8 @@ def test_a_job_whose_data_is_broken_fails_with_a_readable_error(stack, dataset_i
     job = _finished(client, _start(client, dataset_id=created["id"], method="scratch",
                                    epochs=1, **TINY), log)  # fmt: skip
     assert job["status"] == "failed"
-    assert job["error"].startswith("FileNotFoundError")
-    assert "manifest.json" in job["error"]
+    assert job["error"].startswith("ObjectNotFoundError")
+    assert f"{created['id']}/manifest.json is not in {get_settings().datasets_dir}" in job["error"]
 
 
 def test_request_errors(stack, dataset_id: str) -> None:
