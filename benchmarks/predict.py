@@ -205,6 +205,52 @@ def latency(base: str, photo: bytes, requests: int, headers: dict[str, str]) -> 
     }
 
 
+def lean_latency(base: str, photo: bytes, requests: int, headers: dict[str, str]) -> dict[str, Any]:
+    """The same request as `latency`, its multipart body encoded once beforehand and sent
+    with http.client on one keep-alive connection: what remains is the service's time (and
+    the loopback's), not the client library's, as a load tool like wrk measures it."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    boundary = "smallvision-benchmark-boundary"
+    body = b"".join([
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nbench\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="photo.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n".encode(),
+        photo,
+        f"\r\n--{boundary}--\r\n".encode(),
+    ])  # fmt: skip
+    request_headers = {**headers, "Content-Type": f"multipart/form-data; boundary={boundary}",
+                       "Content-Length": str(len(body))}  # fmt: skip
+    address = urlsplit(base)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=60)
+
+    def post() -> bytes:
+        connection.request("POST", "/predict", body=body, headers=request_headers)
+        response = connection.getresponse()
+        answer = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{response.status}: {answer[:300]!r}")
+        return answer
+
+    for _ in range(20):
+        runtime = json.loads(post())["runtime"]
+    times = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        post()
+        times.append(time.perf_counter() - started)
+    connection.close()
+    times.sort()
+    return {
+        "runtime": runtime,
+        "p50": times[len(times) // 2] * 1000,
+        "p99": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
+        "requests": requests,
+    }
+
+
 def throughput(
     base: str, photo: bytes, clients: int, duration: float, headers: dict[str, str]
 ) -> dict[str, float]:
@@ -306,15 +352,17 @@ def serve_and_measure(
                       ) as live:  # fmt: skip
         base, headers = live.base, live.headers
         single = latency(base, photo, args.requests, headers)
-        if single["runtime"] != runtime:
-            raise RuntimeError(f"{single['runtime']} answered, not {runtime}")
-        print(runtime, "latency", single, flush=True)
+        lean = lean_latency(base, photo, args.requests, headers)
+        for measured in (single, lean):
+            if measured["runtime"] != runtime:
+                raise RuntimeError(f"{measured['runtime']} answered, not {runtime}")
+        print(runtime, "latency", single, "lean client", lean, flush=True)
         loads = [throughput(base, photo, n, args.duration, headers) for n in CLIENTS]
         for row in loads:
             print(runtime, "throughput", row, flush=True)
     rss = memory(var, runtime)
     print(runtime, "memory", rss, flush=True)
-    return {"latency": single, "loads": loads, "memory": rss}
+    return {"latency": single, "lean": lean, "loads": loads, "memory": rss}
 
 
 def _met(ok: bool) -> str:
@@ -331,8 +379,9 @@ def report(
 ) -> str:
     keras_path, onnx_path = served["keras"], served["onnxruntime"]
     limit = 1.3 * raw["onnx_ms"] + 3
-    p50 = onnx_path["latency"]["p50"]
-    p50_ratio = keras_path["latency"]["p50"] / p50
+    # The targets are judged on the service's own latency: the lean client's (see `lean_latency`).
+    p50 = onnx_path["lean"]["p50"]
+    p50_ratio = keras_path["lean"]["p50"] / p50
     busy = onnx_path["loads"][-1]["per_second"] / keras_path["loads"][-1]["per_second"]
     lines = [
         "## Prediction latency, throughput and memory: Keras and ONNX Runtime",
@@ -342,7 +391,11 @@ def report(
         f"{IMAGE_SIZE} px trained through the API (three versions of it for the memory rows),",
         f"its `.keras` file and its ONNX export; one JPEG photo ({photo}) per request as",
         "multipart; clients are threads of the benchmark process (httpx, keep-alive), sharing",
-        "the 2 cores with the API (uvicorn, SQLite, no worker running).",
+        "the 2 cores with the API (uvicorn, SQLite, no worker running). Single-client latency",
+        "is measured twice: with httpx (which encodes the multipart body on every request), and",
+        "with a lean client (the body encoded once, sent by http.client on one keep-alive",
+        "connection, as a load tool such as wrk does), whose time is the service's and the",
+        "loopback's only. The latency targets are judged on the lean client's numbers.",
         "",
         "Raw forward passes (in the benchmark process, the service stopped):",
         "",
@@ -360,11 +413,15 @@ def report(
         "",
         "| measurement | Keras path | ONNX Runtime path | target |",
         "| --- | --- | --- | --- |",
-        f"| latency p50, 1 client, {args.requests} requests"
-        f" | {keras_path['latency']['p50']:.1f} ms | {p50:.1f} ms"
+        f"| latency p50, 1 lean client, {args.requests} requests"
+        f" | {keras_path['lean']['p50']:.1f} ms | {p50:.1f} ms"
         f" | ONNX <= 1.3 x raw ONNX + 3 ms = {limit:.1f} ms ({_met(p50 <= limit)});"
         f" Keras / ONNX = {p50_ratio:.2f}x >= 2x ({_met(p50_ratio >= 2)}) |",
-        f"| latency p99, 1 client | {keras_path['latency']['p99']:.1f} ms"
+        f"| latency p99, 1 lean client | {keras_path['lean']['p99']:.1f} ms"
+        f" | {onnx_path['lean']['p99']:.1f} ms | - |",
+        f"| latency p50, 1 httpx client, {args.requests} requests"
+        f" | {keras_path['latency']['p50']:.1f} ms | {onnx_path['latency']['p50']:.1f} ms | - |",
+        f"| latency p99, 1 httpx client | {keras_path['latency']['p99']:.1f} ms"
         f" | {onnx_path['latency']['p99']:.1f} ms | - |",
     ]
     for keras_row, onnx_row in zip(keras_path["loads"], onnx_path["loads"], strict=True):

@@ -139,31 +139,32 @@ def test_two_apis_and_two_workers_share_only_the_database_broker_and_bucket(clus
     assert again["status"] == "succeeded", again["error"]
     assert again["result"]["feature_cache_hit"] is True
 
-    # Predict through API A, which never had any model file: loaded from the bucket.
+    # Predict through API B, not the one the dataset was uploaded to; no API ever had a
+    # model file: B loads the version from the bucket into its own cache.
     photo = next((PHOTOS / "test" / "cats").iterdir()).read_bytes()
     # (A two-epoch model on 32 px images need not beat chance, so it need not be active.)
     chosen = {"model": "pets", "version": str(again["result"]["model"]["version"])}
-    answer = api_a.post("/predict", files={"files": ("cat.jpg", photo)},
+    answer = api_b.post("/predict", files={"files": ("cat.jpg", photo)},
                         data={**chosen, "explain": "true"})  # fmt: skip
     assert answer.status_code == 200, answer.text
     assert answer.json()["runtime"] == "onnxruntime"
-    assert list((tmp / "api-a" / "cache" / "models").glob("*/model.onnx"))
-    # The explanation made by API A is served by API B.
+    assert list((tmp / "api-b" / "cache" / "models").glob("*/model.onnx"))
+    # The explanation made by API B is served by API A.
     explanation = answer.json()["predictions"][0]["explanation"]
-    overlay = api_b.get(explanation["url"])
+    overlay = api_a.get(explanation["url"])
     assert overlay.status_code == 200
     assert overlay.content.startswith(b"\x89PNG")
 
-    # The review queue: kept by API A, its image served by API B, then discarded.
-    assert api_b.put("/models/pets/review", json={"threshold": 1.0}).status_code == 200
-    time.sleep(1.0)  # API A reads thresholds again every MODEL_REFRESH_SECONDS (0.5 here)
-    unsure = api_a.post("/predict", files={"files": ("cat.jpg", photo)}, data=chosen)
+    # The review queue: the threshold set through A, the image kept by B, served by A.
+    assert api_a.put("/models/pets/review", json={"threshold": 1.0}).status_code == 200
+    time.sleep(1.0)  # API B reads thresholds again every MODEL_REFRESH_SECONDS (0.5 here)
+    unsure = api_b.post("/predict", files={"files": ("cat.jpg", photo)}, data=chosen)
     assert unsure.status_code == 200
-    items = api_b.get("/review/items", params={"model": "pets"}).json()
+    items = api_a.get("/review/items", params={"model": "pets"}).json()
     assert len(items) == 1
-    assert api_b.get(f"/review/items/{items[0]['id']}/image").content == photo
+    assert api_a.get(f"/review/items/{items[0]['id']}/image").content == photo
     assert any(key.startswith("tenant-a/review/") for key in bucket_keys(s3))
-    assert api_a.delete(f"/review/items/{items[0]['id']}").status_code == 204
+    assert api_b.delete(f"/review/items/{items[0]['id']}").status_code == 204
 
     # Delete: a model version through API B, the dataset through API A.
     versions = api_b.get("/models/pets/versions").json()
