@@ -187,15 +187,16 @@ def post_photo(client: httpx.Client, base: str, photo: bytes, version: int | Non
     return str(response.headers["X-Model-Runtime"])
 
 
-def latency(base: str, photo: bytes, requests: int, headers: dict[str, str]) -> dict[str, Any]:
+def timed(send: Callable[[], str], requests: int) -> dict[str, Any]:
+    """p50 and p99 (ms) of `requests` sequential calls of `send` (which returns the runtime
+    that answered), after 20 unmeasured ones."""
+    for _ in range(20):
+        runtime = send()
     times = []
-    with httpx.Client(timeout=60, headers=headers) as client:
-        for _ in range(20):
-            runtime = post_photo(client, base, photo)
-        for _ in range(requests):
-            started = time.perf_counter()
-            post_photo(client, base, photo)
-            times.append(time.perf_counter() - started)
+    for _ in range(requests):
+        started = time.perf_counter()
+        send()
+        times.append(time.perf_counter() - started)
     times.sort()
     return {
         "runtime": runtime,
@@ -205,12 +206,16 @@ def latency(base: str, photo: bytes, requests: int, headers: dict[str, str]) -> 
     }
 
 
+def latency(base: str, photo: bytes, requests: int, headers: dict[str, str]) -> dict[str, Any]:
+    with httpx.Client(timeout=60, headers=headers) as client:
+        return timed(lambda: post_photo(client, base, photo), requests)
+
+
 def lean_latency(base: str, photo: bytes, requests: int, headers: dict[str, str]) -> dict[str, Any]:
     """The same request as `latency`, its multipart body encoded once beforehand and sent
     with http.client on one keep-alive connection: what remains is the service's time (and
     the loopback's), not the client library's, as a load tool like wrk measures it."""
     import http.client
-    import json
     from urllib.parse import urlsplit
 
     boundary = "smallvision-benchmark-boundary"
@@ -226,29 +231,18 @@ def lean_latency(base: str, photo: bytes, requests: int, headers: dict[str, str]
     address = urlsplit(base)
     connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=60)
 
-    def post() -> bytes:
+    def post() -> str:
         connection.request("POST", "/predict", body=body, headers=request_headers)
         response = connection.getresponse()
         answer = response.read()
         if response.status != 200:
             raise RuntimeError(f"{response.status}: {answer[:300]!r}")
-        return answer
+        return str(response.getheader("X-Model-Runtime"))
 
-    for _ in range(20):
-        runtime = json.loads(post())["runtime"]
-    times = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        post()
-        times.append(time.perf_counter() - started)
-    connection.close()
-    times.sort()
-    return {
-        "runtime": runtime,
-        "p50": times[len(times) // 2] * 1000,
-        "p99": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
-        "requests": requests,
-    }
+    try:
+        return timed(post, requests)
+    finally:
+        connection.close()
 
 
 def throughput(
