@@ -381,5 +381,24 @@ def json_body_openapi(schema: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+def multipart_body_openapi(
+    files: dict[str, dict[str, Any]], form: type[BaseModel], *, required: list[str] | None = None
+) -> dict[str, Any]:
+    """The OpenAPI requestBody of a multipart route that parses its parts itself (FastAPI
+    cannot see them): the file parts `files` and the text fields of `form`."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {**files, **form.model_json_schema()["properties"]},
+    }
+    if required:
+        schema["required"] = required
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": schema}},
+        }
+    }
+
+
 # Models documented by json_body_openapi, for the OpenAPI components.
 DOCUMENTED_BODIES: set[type[BaseModel]] = set()

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.api.bodies import (
     MultipartUpload,
     json_body_openapi,
+    multipart_body_openapi,
     read_json_model,
     receive_multipart,
     validate_form,
@@ -28,28 +29,18 @@ from app.services import datasets, previews, review
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
-_UPLOAD_SCHEMA: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "name"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "zip of class folders, or of train/ validation/ "
-                            "(val/) [test/] folders each holding class folders",
-                        },
-                        **DatasetUploadForm.model_json_schema()["properties"],
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_SCHEMA = multipart_body_openapi(
+    {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "zip of class folders, or of train/ validation/ "
+            "(val/) [test/] folders each holding class folders",
+        }
+    },
+    DatasetUploadForm,
+    required=["file", "name"],
+)
 
 
 async def _receive_zip(request: Request) -> MultipartUpload:
@@ -147,27 +138,17 @@ def preview_dataset(
     return Response(content=png, media_type="image/png")
 
 
-_VERSION_SCHEMA: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "optional zip of class folders (or of split folders "
-                            "holding them) with the images to add",
-                        },
-                        **DatasetVersionForm.model_json_schema()["properties"],
-                    },
-                }
-            }
-        },
-    }
-}
+_VERSION_SCHEMA = multipart_body_openapi(
+    {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "optional zip of class folders (or of split folders "
+            "holding them) with the images to add",
+        }
+    },
+    DatasetVersionForm,
+)
 
 _VERSION_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "bad archive, nothing would change, or unknown images to remove"},

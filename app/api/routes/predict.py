@@ -8,7 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.api.bodies import json_body_openapi, receive_files, validate_form
+from app.api.bodies import (
+    json_body_openapi,
+    multipart_body_openapi,
+    receive_files,
+    validate_form,
+)
 from app.api.deps import DecodeBudgetDep, ModelCacheDep, PredictJSONBody, Predictor
 from app.core.config import get_settings
 from app.ml.serving import top_k
@@ -34,27 +39,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"description": "not an image / not multipart"},
 }
 
-_PREDICT_FORM: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "several images for one batch",
-                        },
-                        **PredictOptions.model_json_schema()["properties"],
-                    },
-                }
-            }
+_PREDICT_FORM = multipart_body_openapi(
+    {
+        "file": {"type": "string", "format": "binary"},
+        "files": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "several images for one batch",
         },
-    }
-}
+    },
+    PredictOptions,
+)
 
 
 def _response(result: PredictionResult, filenames: list[str | None], k: int) -> JSONResponse:
