@@ -84,10 +84,7 @@ def load_as_a_worker(
     os.environ.update({f"SMALLVISION_{k.upper()}": v for k, v in settings.items()})
     get_settings.cache_clear()
 
-    class _Ref:
-        id = uuid.UUID(dataset_id)
-
-    manifest = load_manifest(_Ref(), settings=get_settings())  # type: ignore[arg-type]
+    manifest = load_manifest(uuid.UUID(dataset_id))
     started = time.perf_counter()
     folder = local_images(uuid.UUID(dataset_id), manifest["images"])
     fetched = time.perf_counter() - started

@@ -236,6 +236,12 @@ class LocalObjectStore:
             raise ObjectStoreError(f"{self.root} is not a writable folder")
 
 
+def _missing(error: Any) -> bool:
+    """Whether a botocore ClientError says the object is not there (GET says NoSuchKey, HEAD
+    only its status)."""
+    return error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey"}
+
+
 @dataclass(frozen=True)
 class S3Location:
     bucket: str
@@ -328,11 +334,14 @@ class S3ObjectStore:
         self.client.put_object(Bucket=self.location.bucket, Key=self._key(key), Body=data)
 
     def get_bytes(self, key: str) -> bytes:
-        client = self.client
+        from botocore.exceptions import ClientError
+
         try:
-            answer = client.get_object(Bucket=self.location.bucket, Key=self._key(key))
-        except client.exceptions.NoSuchKey as exc:
-            raise ObjectNotFoundError(f"{key} is not in {self.describe()}") from exc
+            answer = self.client.get_object(Bucket=self.location.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _missing(exc):
+                raise ObjectNotFoundError(f"{key} is not in {self.describe()}") from exc
+            raise
         body: bytes = answer["Body"].read()
         return body
 
@@ -348,7 +357,7 @@ class S3ObjectStore:
                     out.write(chunk)
             os.replace(partial, target)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey"}:
+            if _missing(exc):
                 raise ObjectNotFoundError(f"{key} is not in {self.describe()}") from exc
             raise
         finally:
@@ -360,7 +369,7 @@ class S3ObjectStore:
         try:
             self.client.head_object(Bucket=self.location.bucket, Key=self._key(key))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey"}:
+            if _missing(exc):
                 return False
             raise
         return True

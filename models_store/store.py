@@ -81,8 +81,6 @@ class ModelStore:
         the files are assembled in a staging folder and published with the manifest last."""
         validate_name(name)
         relative = f"{name}/v{version}"
-        if next(self.objects.keys(f"{relative}/"), None) is not None:
-            raise VersionExistsError(f"{relative} already exists in the models store")
         staging = self.objects.staging_folder()
         try:
             files: dict[str, dict[str, Any]] = {}

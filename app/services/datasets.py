@@ -475,10 +475,10 @@ def _write_manifest(folder: Path, images: list[_Image], classes: list[str]) -> N
     (folder / MANIFEST_NAME).write_text(json.dumps({"classes": classes, "images": items}))
 
 
-def load_manifest(dataset: Dataset, *, settings: Settings) -> dict[str, Any]:
+def load_manifest(dataset_id: uuid.UUID) -> dict[str, Any]:
     """The dataset's manifest: classes and every image's split, label, file and size."""
     manifest: dict[str, Any] = json.loads(
-        get_storage().datasets.get_bytes(f"{dataset.id}/{MANIFEST_NAME}")
+        get_storage().datasets.get_bytes(f"{dataset_id}/{MANIFEST_NAME}")
     )
     return manifest
 
@@ -626,7 +626,7 @@ def _existing_images(
 ) -> tuple[list[_Image], list[dict[str, Any]]]:
     """The parent version's images (linked into the new version's folder) but those in
     `remove`, and the manifest entries of the removed ones."""
-    manifest = load_manifest(parent, settings=settings)
+    manifest = load_manifest(parent.id)
     kept_items = [item for item in manifest["images"] if item["sha256"] not in remove]
     folder = local_images(parent.id, kept_items)
     present = {item["sha256"] for item in manifest["images"]}

@@ -303,9 +303,8 @@ def delete_version(
 def version_folder(ref: VersionRef) -> Path:
     """The version's directory, every file checked against its recorded sha256 (with a
     bucket: this machine's copy, downloaded if it had none; older copies may be trimmed)."""
-    storage = get_storage()
-    folder = storage.model_store().verified_path(ref.path, expected_sha256=ref.sha256)
-    trim_cache(storage, max_bytes=get_settings().cache_max_bytes)
+    folder = model_store().verified_path(ref.path, expected_sha256=ref.sha256)
+    trim_cache(get_storage(), max_bytes=get_settings().cache_max_bytes)
     return folder
 
 

@@ -25,7 +25,7 @@ NOTE_HEIGHT = 30
 def dataset_preview_png(dataset: Dataset, *, settings: Settings, per_class: int) -> bytes:
     """PNG: one row per class (the first MAX_PREVIEW_CLASSES; a last line says how many are
     left out), its first `per_class` training images as thumbnails."""
-    manifest = load_manifest(dataset, settings=settings)
+    manifest = load_manifest(dataset.id)
     all_classes: list[str] = manifest["classes"]
     classes = all_classes[:MAX_PREVIEW_CLASSES]
     shown = set(classes)

@@ -210,7 +210,7 @@ def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         if dataset is None:
             raise LookupError("the job's dataset was deleted")
         method, parameters, owner = job.method, dict(job.parameters), job.owner
-        manifest = load_manifest(dataset, settings=settings)
+        manifest = load_manifest(dataset.id)
         dataset_id = dataset.id
         fingerprint, dataset_name = dataset.fingerprint or "", dataset.name
         # Which images the model learned from: every version of a dataset stays trainable.

@@ -49,7 +49,7 @@ def manifest_of(dataset_id: str) -> dict:
     with session_scope() as session:
         dataset = session.get(Dataset, uuid.UUID(dataset_id))
         assert dataset is not None
-        return load_manifest(dataset, settings=get_settings())
+        return load_manifest(dataset.id)
 
 
 # --- layouts -------------------------------------------------------------------------------
