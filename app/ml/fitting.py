@@ -134,8 +134,8 @@ class FitResult:
 
 def fit(
     model: keras.Model,
-    x: np.ndarray,
-    y: np.ndarray,
+    x: Any,  # arrays, or a tf.data pipeline of (x, y) batches (then y is None)
+    y: np.ndarray | None,
     validation: tuple[np.ndarray, np.ndarray] | None,
     *,
     epochs: int,
@@ -157,7 +157,8 @@ def fit(
         )
         callbacks.append(keeper)
     history = model.fit(
-        x, y, batch_size=batch_size, epochs=epochs, validation_data=validation,
+        x, y, batch_size=None if y is None else batch_size, epochs=epochs,
+        validation_data=validation,
         class_weight=class_weight, callbacks=callbacks, shuffle=True, verbose=0,
     )  # fmt: skip
     if callback.cancelled:

@@ -21,11 +21,12 @@ import keras
 import numpy as np
 
 from app.ml import bases, builders
-from app.ml.config import METHOD_DEFAULTS, Method, TrainConfig
+from app.ml.config import METHOD_DEFAULTS, Method, TrainConfig, finetune_learning_rates
 from app.ml.data import SplitSource, balanced_class_weights
 from app.ml.evaluate import beats_chance, class_probabilities, evaluate_predictions, log_loss
 from app.ml.export import ExportError
 from app.ml.features import (
+    VIEWS,
     CacheMirror,
     FeatureRequest,
     array_name,
@@ -34,8 +35,8 @@ from app.ml.features import (
     load_or_compute,
     onnx_extractor,
 )
-from app.ml.finetune import TopData, finetune_top
-from app.ml.fitting import CancelledError, EpochRecord, TrainingHooks, fit
+from app.ml.finetune import FinetuneResult, TopData, finetune_top
+from app.ml.fitting import CancelledError, EpochRecord, TrainingHooks, fit, recording
 from app.ml.heads import HeadData, averaged, choose_head
 
 __all__ = ["CancelledError", "PretrainedSource", "TrainingOutcome", "train"]
@@ -287,19 +288,14 @@ def extractor_key(*, spec: bases.BaseSpec, pretrained: PretrainedSource, size: i
 
 def _views(features: dict[str, np.ndarray], split: str, output: str) -> list[np.ndarray]:
     return [
-        features[name]
-        for view in ("original", "mirrored")
-        if (name := array_name(split, view, output)) in features
+        features[name] for view in VIEWS if (name := array_name(split, view, output)) in features
     ]
 
 
-def _stage_arrays(features: dict[str, np.ndarray], splits: SplitSource, output: str) -> Any:
-    """One stage's inputs (`output`: "pooled" for the head, "top" for fine-tuning): train
-    with its mirrored copy when there is one, validation and test as lists of views."""
-    train_views = _views(features, "train", output)
+def _evaluation_views(features: dict[str, np.ndarray], splits: SplitSource, output: str) -> Any:
+    """Validation and test as lists of views (`output`: "pooled" for the head, "top" for
+    fine-tuning), with their labels."""
     return {
-        "train_x": np.concatenate(train_views),
-        "train_y": np.concatenate([splits.labels("train")] * len(train_views)),
         "validation": _views(features, "validation", output),
         "validation_y": splits.labels("validation") if _has(splits, "validation") else None,
         "test": _views(features, "test", output),
@@ -308,11 +304,20 @@ def _stage_arrays(features: dict[str, np.ndarray], splits: SplitSource, output: 
 
 
 def _head_data(features: dict[str, np.ndarray], splits: SplitSource) -> HeadData:
-    return HeadData(**_stage_arrays(features, splits, "pooled"))
+    """The head trains on every view of every training image in each epoch (cheap)."""
+    train_views = _views(features, "train", "pooled")
+    return HeadData(
+        train_x=np.concatenate(train_views),
+        train_y=np.concatenate([splits.labels("train")] * len(train_views)),
+        **_evaluation_views(features, splits, "pooled"),
+    )
 
 
 def _top_data(features: dict[str, np.ndarray], splits: SplitSource) -> TopData:
-    return TopData(**_stage_arrays(features, splits, "top"))
+    return TopData(
+        train=_views(features, "train", "top"), train_y=splits.labels("train"),
+        **_evaluation_views(features, splits, "top"),
+    )  # fmt: skip
 
 
 def _scores(probabilities: np.ndarray | None, labels: np.ndarray | None) -> dict[str, float] | None:
@@ -360,7 +365,7 @@ def _pretrained(
         data, kind=config.head, class_count=class_count, label_smoothing=config.label_smoothing,
         dropout=config.dropout, seed=config.seed, hooks=hooks, class_weight=weights,
         epochs=config.epochs if only_head else config.head_epochs,
-        learning_rate=config.learning_rate if only_head else config.head_learning_rate,
+        learning_rate=(config.learning_rate if only_head else None) or config.head_learning_rate,
     )  # fmt: skip
     head = head_trial.model
     bottleneck_validation = averaged(head, data.validation)
@@ -386,17 +391,16 @@ def _pretrained(
         started = time.perf_counter()
         frozen_top = [w.copy() for w in base.get_weights()]
         frozen_head = [w.copy() for w in head.get_weights()]
-        tuned = finetune_top(
-            base, spec, head, _top_data(features, splits), class_count=class_count,
-            epochs=config.epochs, learning_rate=config.learning_rate,
-            batch_size=config.batch_size, label_smoothing=config.label_smoothing,
-            seed=config.seed, hooks=hooks, epoch_offset=len(head_trial.epochs),
-            class_weight=weights,
+        rate, tuned, rates_tried = _finetune(
+            config, base, spec, head, _top_data(features, splits), class_count=class_count,
+            hooks=hooks, epoch_offset=len(head_trial.epochs), class_weight=weights,
+            start=(frozen_top, frozen_head),
         )  # fmt: skip
         finetune = Candidate(
             method=Method.FINETUNE,
             settings={"from": bottleneck.settings["head"], "unfrozen_from": spec.finetune_from,
-                      "epochs": config.epochs, "learning_rate": config.learning_rate,
+                      "epochs": config.epochs, "learning_rate": rate,
+                      "learning_rates_tried": rates_tried,
                       "label_smoothing": config.label_smoothing,
                       "improved_on_its_start": tuned.improved},
             validation=_scores(tuned.validation_probabilities, data.validation_y),
@@ -425,6 +429,54 @@ def _pretrained(
         best_epoch=best_epoch, candidates=candidates, reason=reason,
         details={**details, "validation_accuracy": _accuracy(probabilities, splits)},
     )  # fmt: skip
+
+
+def _finetune(
+    config: TrainConfig,
+    base: keras.Model,
+    spec: bases.BaseSpec,
+    head: keras.Model,
+    data: TopData,
+    *,
+    class_count: int,
+    hooks: TrainingHooks,
+    epoch_offset: int,
+    class_weight: dict[int, float] | None,
+    start: tuple[list[np.ndarray], list[np.ndarray]],
+) -> tuple[float, FinetuneResult, list[dict[str, float]]]:
+    """Stage: fine-tune at each learning rate the job tries, each from the same start (the
+    frozen base's and the head's weights in `start`), keeping the one that validates best
+    (accuracy, then loss): its weights are left in `base` and `head`, its epochs reported."""
+    rates = finetune_learning_rates(
+        config.learning_rate, images=len(data.train_y), epochs=config.epochs
+    )
+    best: tuple[float, FinetuneResult, list[np.ndarray], list[np.ndarray]] | None = None
+    best_records: list[EpochRecord] = []
+    tried = []
+    for rate in rates:
+        base.set_weights(start[0])
+        head.set_weights(start[1])
+        records: list[EpochRecord] = []
+        tuned = finetune_top(
+            base, spec, head, data, class_count=class_count, epochs=config.epochs,
+            learning_rate=rate, batch_size=config.batch_size,
+            label_smoothing=config.label_smoothing, seed=config.seed,
+            hooks=recording(hooks, records), epoch_offset=epoch_offset,
+            class_weight=class_weight,
+        )  # fmt: skip
+        tried.append({"learning_rate": rate, "validation_accuracy": tuned.validation_accuracy,
+                      "validation_loss": round(tuned.validation_loss, 4)})  # fmt: skip
+        score = (tuned.validation_accuracy, -tuned.validation_loss)
+        if best is None or score > (best[1].validation_accuracy, -best[1].validation_loss):
+            best = (rate, tuned, base.get_weights(), head.get_weights())
+            best_records = records
+    assert best is not None
+    rate, tuned, base_weights, head_weights = best
+    base.set_weights(base_weights)
+    head.set_weights(head_weights)
+    for record in best_records:
+        hooks.on_epoch_end(record)
+    return rate, tuned, tried
 
 
 def _accuracy(probabilities: dict[str, np.ndarray | None], splits: SplitSource) -> float | None:

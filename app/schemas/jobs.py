@@ -59,7 +59,11 @@ class JobCreate(BaseModel):
     )  # fmt: skip
     batch_size: int = Field(default=32, ge=1, le=512)
     learning_rate: float | None = Field(
-        default=None, gt=0, le=1, description="of those epochs: 1e-3 / 3e-3 / 1e-4 by method"
+        default=None,
+        gt=0,
+        le=1,
+        description="of those epochs: scratch 1e-3, bottleneck 3e-3; finetune and auto: "
+        "1e-4, and 3e-4 too where the data is small enough, the better on validation kept",
     )
     augmentation: AugmentationParams | None = Field(
         default_factory=AugmentationParams,

@@ -77,7 +77,12 @@ def test_each_method_trains_evaluates_and_registers_a_version(
     else:  # one head epoch, then two of fine-tuning at a warm-up then decaying rate
         assert stages == ["head", "finetune", "finetune"]
         rates = [e["learning_rate"] for e in metrics["epochs"][1:]]
-        assert rates[0] == pytest.approx(1e-4, rel=1e-3)  # the end of the warm-up
+        finetune = next(c for c in job["result"]["candidates"] if c["method"] == "finetune")
+        chosen_rate = finetune["settings"]["learning_rate"]  # tiny data: 1e-4 and 3e-4 tried
+        assert [r["learning_rate"] for r in finetune["settings"]["learning_rates_tried"]] == [
+            1e-4, 3e-4
+        ]  # fmt: skip
+        assert rates[0] == pytest.approx(chosen_rate, rel=1e-3)  # the end of the warm-up
         assert 0 <= rates[1] < rates[0]  # cosine decay to zero at the end
     expected_epochs = len(stages)
     for epoch in metrics["epochs"]:

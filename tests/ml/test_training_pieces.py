@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from app.ml import bases, builders
-from app.ml.config import Augmentation, Method, TrainConfig
+from app.ml.config import Augmentation, Method, TrainConfig, finetune_learning_rates
 from app.ml.data import InMemorySplits, SplitArrays, resize_pixels
+from app.ml.finetune import sampled_views
 from app.ml.train import TrainingHooks, train
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "weights"
@@ -73,6 +74,28 @@ def test_finetuning_trains_the_top_block_but_not_batchnorm_statistics() -> None:
 def test_without_the_freeze_batchnorm_statistics_would_drift() -> None:
     before, after, _ = _finetune_step(freeze=False)
     assert any(not np.allclose(old, new) for old, new in zip(before, after, strict=True))
+
+
+def test_fine_tuning_sees_each_image_once_per_epoch_in_one_of_its_views() -> None:
+    count = 10
+    numbers = np.arange(1, count + 1, dtype=np.float32)[:, None]
+    views = [numbers, -numbers]  # an image's view: its number, or minus its number
+
+    seen_views = set()
+    first_epochs = []
+    batches = sampled_views(views, numbers, batch_size=4, seed=3)
+    for _ in range(4):
+        pairs = [(x.numpy()[:, 0], y.numpy()[:, 0]) for x, y in batches]
+        assert len(pairs) == 3
+        x, y = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+        assert sorted(y) == list(range(1, count + 1))  # every image once
+        np.testing.assert_array_equal(np.abs(x), y)  # in one of its own views
+        seen_views |= set(np.sign(x))
+        first_epochs.append(x)
+    assert seen_views == {-1.0, 1.0}
+    assert any(not np.array_equal(first_epochs[0], other) for other in first_epochs[1:])
+    again = [x.numpy()[:, 0] for x, _ in sampled_views(views, numbers, batch_size=4, seed=3)]
+    np.testing.assert_array_equal(np.concatenate(again), first_epochs[0])  # seeded
 
 
 def _tiny_splits() -> InMemorySplits:
@@ -217,7 +240,7 @@ def test_every_bases_top_block_starts_at_its_cached_input_and_holds_what_is_unfr
 
 def _auto_config(**changes: object) -> TrainConfig:
     config = TrainConfig(
-        method=Method.AUTO, image_size=32, epochs=1, batch_size=4, learning_rate=1e-4,
+        method=Method.AUTO, image_size=32, epochs=1, batch_size=4, learning_rate=None,
         dropout=0.0, seed=5, base_model="mobilenet", head_epochs=2,
     )  # fmt: skip
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
@@ -251,6 +274,21 @@ def test_auto_tries_bottleneck_then_finetune_and_says_why_scratch_was_not_tried(
         assert tried[method].validation is not None and tried[method].seconds > 0
     assert [r.epoch for r in records] == list(range(1, len(records) + 1))
     assert records[-1].stage == "finetune"
+    # 16 images: both learning rates tried, the one kept validated best, only its curve shown
+    settings = tried[Method.FINETUNE].settings
+    rates = settings["learning_rates_tried"]
+    assert [r["learning_rate"] for r in rates] == [1e-4, 3e-4]
+    best = max(rates, key=lambda r: (r["validation_accuracy"], -r["validation_loss"]))
+    assert settings["learning_rate"] == best["learning_rate"]
+    finetune_epochs = [r for r in records if r.stage == "finetune"]
+    assert len(finetune_epochs) == _auto_config().epochs
+
+
+def test_fine_tuning_tries_a_second_learning_rate_only_where_the_budget_pays_for_it() -> None:
+    assert finetune_learning_rates(None, images=2000, epochs=8) == [1e-4]  # cats_vs_dogs_small
+    assert finetune_learning_rates(None, images=600, epochs=8) == [1e-4, 3e-4]
+    assert finetune_learning_rates(None, images=600, epochs=0) == [1e-4, 3e-4]
+    assert finetune_learning_rates(5e-4, images=10, epochs=8) == [5e-4]  # the user's choice
 
 
 def test_auto_trains_scratch_too_where_there_are_enough_images(tmp_path: Path) -> None:
