@@ -35,8 +35,8 @@ class HeadKind(enum.StrEnum):
 @dataclass(frozen=True)
 class MethodDefaults:
     # scratch: training epochs; bottleneck: the head's (at most: it stops early);
-    # finetune and auto: fine-tuning epochs, after the head
-    epochs: int
+    # finetune and auto: fine-tuning epochs, after the head (None: finetune_epochs below)
+    epochs: int | None
     learning_rate: float | None  # of those epochs; None: chosen on validation (below)
     image_size: int | None  # None: the base's native input size
 
@@ -50,17 +50,34 @@ METHOD_DEFAULTS: dict[Method, MethodDefaults] = {
     Method.BOTTLENECK: MethodDefaults(
         epochs=HEAD_EPOCHS, learning_rate=HEAD_LEARNING_RATE, image_size=None
     ),
-    Method.FINETUNE: MethodDefaults(epochs=8, learning_rate=None, image_size=None),
-    Method.AUTO: MethodDefaults(epochs=8, learning_rate=None, image_size=None),
+    Method.FINETUNE: MethodDefaults(epochs=None, learning_rate=None, image_size=None),
+    Method.AUTO: MethodDefaults(epochs=None, learning_rate=None, image_size=None),
 }
 
+# Fine-tuning's cost is bounded, whatever the size of the data: one try at a learning rate
+# spends about FINETUNE_TRY_BUDGET image passes (training images x epochs), within
+# FINETUNE_MIN_EPOCHS..FINETUNE_MAX_EPOCHS epochs, so a larger set trains fewer epochs of more
+# steps each (2000 images: 6 epochs; 1500 or fewer: 8).
+FINETUNE_MAX_EPOCHS = 8
+FINETUNE_MIN_EPOCHS = 3
+FINETUNE_TRY_BUDGET = 12_000
+
+
+def finetune_epochs(requested: int | None, *, images: int) -> int:
+    """The requested fine-tuning epochs, else as many as one try's budget pays for."""
+    if requested is not None:
+        return requested
+    return max(FINETUNE_MIN_EPOCHS, min(FINETUNE_MAX_EPOCHS, FINETUNE_TRY_BUDGET // max(images, 1)))
+
+
 # Fine-tuning without a learning rate in the request tries these in turn, as many as
-# FINETUNE_BUDGET allows, and keeps the one that validates best. Measured (docs/BENCHMARKS.md):
-# 3e-4 gained a point on 600 flower photos, where 1e-4 left fine-tuning close to its start,
-# while on 2000 cats and dogs 3e-4 fell below the bottleneck model and 1e-4 did not.
+# FINETUNE_BUDGET allows, and keeps the one that validates best. Measured (docs/BENCHMARKS.md,
+# "Fine-tuning choices"): on 600 flower photos 3e-4 gained 1.5 points over 1e-4, while on
+# 2000 cats and dogs it fell below the bottleneck model and 1e-4 did not. A third try at 6e-4
+# validated best more often but did not test better (validation sets of 120-200 images).
 FINETUNE_LEARNING_RATES = (1e-4, 3e-4)
-# Image passes (training images x epochs) that fine-tuning may spend on trying learning
-# rates: 2000 images x 8 epochs get one try, a few hundred images all of them.
+# Image passes (training images x epochs) that fine-tuning may spend on all its tries
+# together: 2000 images x 6 epochs get one try, 600 images x 8 epochs both.
 FINETUNE_BUDGET = 16_000
 
 
@@ -93,7 +110,7 @@ class Augmentation:
 class TrainConfig:
     method: Method
     image_size: int
-    epochs: int
+    epochs: int | None  # finetune and auto: None lets the data size decide (finetune_epochs)
     batch_size: int
     learning_rate: float | None  # finetune and auto: None tries FINETUNE_LEARNING_RATES
     dropout: float
@@ -118,5 +135,5 @@ class TrainConfig:
         scratch and bottleneck train one stage of `epochs`; finetune and auto a head of at
         most `head_epochs`, then `epochs` of fine-tuning."""
         if self.method in (Method.SCRATCH, Method.BOTTLENECK):
-            return self.epochs
-        return self.head_epochs + self.epochs
+            return self.epochs or 0
+        return self.head_epochs + (FINETUNE_MAX_EPOCHS if self.epochs is None else self.epochs)

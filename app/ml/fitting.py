@@ -159,7 +159,8 @@ def fit(
     history = model.fit(
         x, y, batch_size=None if y is None else batch_size, epochs=epochs,
         validation_data=validation,
-        class_weight=class_weight, callbacks=callbacks, shuffle=True, verbose=0,
+        class_weight=class_weight, callbacks=callbacks, verbose=0,
+        shuffle=y is not None,  # a tf.data pipeline shuffles itself
     )  # fmt: skip
     if callback.cancelled:
         raise CancelledError(f"cancelled during {stage}")

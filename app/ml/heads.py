@@ -75,8 +75,17 @@ def one_hot(labels: np.ndarray, class_count: int) -> np.ndarray:
 
 
 def averaged(model: keras.Model, views: list[np.ndarray], batch: int = 512) -> np.ndarray:
-    """The model's probabilities averaged over the views of the same images."""
-    outputs = [np.asarray(model.predict(view, batch_size=batch, verbose=0)) for view in views]
+    """The model's probabilities averaged over the views of the same images. The model is
+    called on chunks directly: `model.predict` builds a new function for every model it is
+    given (a head's 1000 validation images: 70-130 ms that way, 13-21 ms this way; a fine-tuned
+    top block's: 1.4 against 1.2 s), and a job scores about a dozen models."""
+    outputs = [
+        np.concatenate([
+            keras.ops.convert_to_numpy(model(view[start : start + batch], training=False))
+            for start in range(0, len(view), batch)
+        ])
+        for view in views
+    ]  # fmt: skip
     mean: np.ndarray = np.mean(outputs, axis=0).astype(np.float64)
     return mean
 

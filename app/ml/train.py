@@ -21,7 +21,13 @@ import keras
 import numpy as np
 
 from app.ml import bases, builders
-from app.ml.config import METHOD_DEFAULTS, Method, TrainConfig, finetune_learning_rates
+from app.ml.config import (
+    METHOD_DEFAULTS,
+    Method,
+    TrainConfig,
+    finetune_epochs,
+    finetune_learning_rates,
+)
 from app.ml.data import SplitSource, balanced_class_weights
 from app.ml.evaluate import beats_chance, class_probabilities, evaluate_predictions, log_loss
 from app.ml.export import ExportError
@@ -364,7 +370,7 @@ def _pretrained(
     head_trial, trials = choose_head(
         data, kind=config.head, class_count=class_count, label_smoothing=config.label_smoothing,
         dropout=config.dropout, seed=config.seed, hooks=hooks, class_weight=weights,
-        epochs=config.epochs if only_head else config.head_epochs,
+        epochs=config.head_epochs if not only_head or config.epochs is None else config.epochs,
         learning_rate=(config.learning_rate if only_head else None) or config.head_learning_rate,
     )  # fmt: skip
     head = head_trial.model
@@ -385,13 +391,13 @@ def _pretrained(
     best_epoch = head_trial.best_epoch
     kept, reason = Method.BOTTLENECK, "bottleneck was asked for"
 
-    if not only_head and config.epochs > 0:
+    if not only_head and config.epochs != 0:
         # Stage: fine-tune the base's top block from that head. The head is copied first:
         # if the bottleneck model is kept, it must be the head as it was.
         started = time.perf_counter()
         frozen_top = [w.copy() for w in base.get_weights()]
         frozen_head = [w.copy() for w in head.get_weights()]
-        rate, tuned, rates_tried = _finetune(
+        rate, epochs, tuned, rates_tried = _finetune(
             config, base, spec, head, _top_data(features, splits), class_count=class_count,
             hooks=hooks, epoch_offset=len(head_trial.epochs), class_weight=weights,
             start=(frozen_top, frozen_head),
@@ -399,7 +405,7 @@ def _pretrained(
         finetune = Candidate(
             method=Method.FINETUNE,
             settings={"from": bottleneck.settings["head"], "unfrozen_from": spec.finetune_from,
-                      "epochs": config.epochs, "learning_rate": rate,
+                      "epochs": epochs, "learning_rate": rate,
                       "learning_rates_tried": rates_tried,
                       "label_smoothing": config.label_smoothing,
                       "improved_on_its_start": tuned.improved},
@@ -443,13 +449,13 @@ def _finetune(
     epoch_offset: int,
     class_weight: dict[int, float] | None,
     start: tuple[list[np.ndarray], list[np.ndarray]],
-) -> tuple[float, FinetuneResult, list[dict[str, float]]]:
+) -> tuple[float, int, FinetuneResult, list[dict[str, float]]]:
     """Stage: fine-tune at each learning rate the job tries, each from the same start (the
     frozen base's and the head's weights in `start`), keeping the one that validates best
-    (accuracy, then loss): its weights are left in `base` and `head`, its epochs reported."""
-    rates = finetune_learning_rates(
-        config.learning_rate, images=len(data.train_y), epochs=config.epochs
-    )
+    (accuracy, then loss): its weights are left in `base` and `head`, its epochs reported.
+    Returns the learning rate and epochs kept, the result and every try's scores."""
+    epochs = finetune_epochs(config.epochs, images=len(data.train_y))
+    rates = finetune_learning_rates(config.learning_rate, images=len(data.train_y), epochs=epochs)
     best: tuple[float, FinetuneResult, list[np.ndarray], list[np.ndarray]] | None = None
     best_records: list[EpochRecord] = []
     tried = []
@@ -458,7 +464,7 @@ def _finetune(
         head.set_weights(start[1])
         records: list[EpochRecord] = []
         tuned = finetune_top(
-            base, spec, head, data, class_count=class_count, epochs=config.epochs,
+            base, spec, head, data, class_count=class_count, epochs=epochs,
             learning_rate=rate, batch_size=config.batch_size,
             label_smoothing=config.label_smoothing, seed=config.seed,
             hooks=recording(hooks, records), epoch_offset=epoch_offset,
@@ -476,7 +482,7 @@ def _finetune(
     head.set_weights(head_weights)
     for record in best_records:
         hooks.on_epoch_end(record)
-    return rate, tuned, tried
+    return rate, epochs, tuned, tried
 
 
 def _accuracy(probabilities: dict[str, np.ndarray | None], splits: SplitSource) -> float | None:
@@ -515,7 +521,8 @@ def _scratch_only(
     train_split = splits.arrays("train")
     # Cosine decay to zero over the run: large steps early, fine ones at the end, which
     # settles the noisy validation curve of a small network on a small dataset.
-    steps = config.epochs * math.ceil(len(train_split) / config.batch_size)
+    epochs = config.epochs or 0  # always set for scratch (its default: 30)
+    steps = epochs * math.ceil(len(train_split) / config.batch_size)
     trainer.compile(
         optimizer=keras.optimizers.Adam(
             keras.optimizers.schedules.CosineDecay(config.learning_rate, max(steps, 1))
@@ -529,7 +536,7 @@ def _scratch_only(
         validation = (arrays.images, arrays.labels)
     result = fit(
         trainer, train_split.images, train_split.labels, validation,
-        epochs=config.epochs, batch_size=config.batch_size, stage="train",
+        epochs=epochs, batch_size=config.batch_size, stage="train",
         epoch_offset=epoch_offset, hooks=hooks, patience=config.early_stopping_patience,
         class_weight=_class_weights(config, splits),
     )  # fmt: skip

@@ -55,7 +55,8 @@ class JobCreate(BaseModel):
     epochs: int | None = Field(
         default=None, ge=0, le=500,
         description="scratch: training epochs (30); bottleneck: the head's, at most (60); "
-        "finetune and auto: fine-tuning epochs after the head (8; 0 skips fine-tuning)",
+        "finetune and auto: fine-tuning epochs after the head (default: 12000 / training "
+        "images, 3 to 8; 0 skips fine-tuning)",
     )  # fmt: skip
     batch_size: int = Field(default=32, ge=1, le=512)
     learning_rate: float | None = Field(

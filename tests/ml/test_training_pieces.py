@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from app.ml import bases, builders
-from app.ml.config import Augmentation, Method, TrainConfig, finetune_learning_rates
+from app.ml.config import (
+    Augmentation,
+    Method,
+    TrainConfig,
+    finetune_epochs,
+    finetune_learning_rates,
+)
 from app.ml.data import InMemorySplits, SplitArrays, resize_pixels
 from app.ml.finetune import sampled_views
 from app.ml.train import TrainingHooks, train
@@ -274,7 +280,7 @@ def test_auto_tries_bottleneck_then_finetune_and_says_why_scratch_was_not_tried(
         assert tried[method].validation is not None and tried[method].seconds > 0
     assert [r.epoch for r in records] == list(range(1, len(records) + 1))
     assert records[-1].stage == "finetune"
-    # 16 images: both learning rates tried, the one kept validated best, only its curve shown
+    # 16 images: every learning rate tried, the one kept validated best, only its curve shown
     settings = tried[Method.FINETUNE].settings
     rates = settings["learning_rates_tried"]
     assert [r["learning_rate"] for r in rates] == [1e-4, 3e-4]
@@ -284,30 +290,30 @@ def test_auto_tries_bottleneck_then_finetune_and_says_why_scratch_was_not_tried(
     assert len(finetune_epochs) == _auto_config().epochs
 
 
-def test_fine_tuning_tries_a_second_learning_rate_only_where_the_budget_pays_for_it() -> None:
-    assert finetune_learning_rates(None, images=2000, epochs=8) == [1e-4]  # cats_vs_dogs_small
+def test_fine_tuning_cost_is_bounded_whatever_the_size_of_the_data() -> None:
+    # epochs: as many as one try's budget pays for, 3 to 8
+    assert finetune_epochs(None, images=600) == 8
+    assert finetune_epochs(None, images=2000) == 6
+    assert finetune_epochs(None, images=100_000) == 3
+    assert finetune_epochs(20, images=2000) == 20  # the user's choice
+    # learning rates: as many tries as the budget pays for, at least one
+    assert finetune_learning_rates(None, images=2000, epochs=6) == [1e-4]  # cats_vs_dogs_small
     assert finetune_learning_rates(None, images=600, epochs=8) == [1e-4, 3e-4]
-    assert finetune_learning_rates(None, images=600, epochs=0) == [1e-4, 3e-4]
+    assert finetune_learning_rates(None, images=1500, epochs=8) == [1e-4]
     assert finetune_learning_rates(5e-4, images=10, epochs=8) == [5e-4]  # the user's choice
-
-
-def test_auto_trains_scratch_too_where_there_are_enough_images(tmp_path: Path) -> None:
-    outcome, records = _auto_run(tmp_path, _auto_config(scratch_min_images=16))
-    scratch = next(c for c in outcome.candidates if c.method is Method.SCRATCH)
-    assert scratch.skipped is None and scratch.validation is not None
-    assert scratch.settings["epochs"] == 30
-    # its epochs are numbered after the pretrained candidates' on the job's one curve
-    assert [r.epoch for r in records] == list(range(1, len(records) + 1))
-    assert [r.stage for r in records][-30:] == ["train"] * 30
-    assert scratch.method.value in outcome.reason
 
 
 @pytest.mark.parametrize(
     ("method", "most_epochs"),
-    [("scratch", 8), ("bottleneck", 8), ("finetune", 60 + 8), ("auto", 60 + 8)],
+    [("scratch", 7), ("bottleneck", 7), ("finetune", 60 + 7), ("auto", 60 + 7)],
 )
 def test_progress_counts_only_the_stages_a_method_trains(method: str, most_epochs: int) -> None:
-    config = TrainConfig(method=Method(method), image_size=32, epochs=8, batch_size=8,
+    config = TrainConfig(method=Method(method), image_size=32, epochs=7, batch_size=8,
                          learning_rate=1e-3, dropout=0.5, seed=1)  # fmt: skip
     assert config.head_epochs == 60  # the default, also where the method has no head stage
     assert config.most_epochs == most_epochs
+    # fine-tuning epochs left to the data size: progress counts the most it can train
+    assert dataclasses.replace(config, epochs=None).most_epochs == {
+        "scratch": 0,
+        "bottleneck": 0,
+    }.get(method, 60 + 8)
