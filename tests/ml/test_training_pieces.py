@@ -303,6 +303,17 @@ def test_fine_tuning_cost_is_bounded_whatever_the_size_of_the_data() -> None:
     assert finetune_learning_rates(5e-4, images=10, epochs=8) == [5e-4]  # the user's choice
 
 
+def test_auto_trains_scratch_too_where_there_are_enough_images(tmp_path: Path) -> None:
+    outcome, records = _auto_run(tmp_path, _auto_config(scratch_min_images=16))
+    scratch = next(c for c in outcome.candidates if c.method is Method.SCRATCH)
+    assert scratch.skipped is None and scratch.validation is not None
+    assert scratch.settings["epochs"] == 30
+    # its epochs are numbered after the pretrained candidates' on the job's one curve
+    assert [r.epoch for r in records] == list(range(1, len(records) + 1))
+    assert [r.stage for r in records][-30:] == ["train"] * 30
+    assert scratch.method.value in outcome.reason
+
+
 @pytest.mark.parametrize(
     ("method", "most_epochs"),
     [("scratch", 7), ("bottleneck", 7), ("finetune", 60 + 7), ("auto", 60 + 7)],
