@@ -175,6 +175,13 @@ def test_a_failed_job_ends_the_watch_with_its_error(service: LiveService, pets: 
     assert "SMALLVISION_PRETRAINED_WEIGHTS_DIR" in line  # where to put the file
 
 
+def _interruptible() -> None:
+    """Ctrl-C reaches the command as it does in a terminal's foreground. A shell without job
+    control starts background commands (CI under `cmd &`, nohup) with SIGINT ignored, children
+    inherit that, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_watching_asks_whether_to_cancel(
     service: LiveService, client: Client, pets: str
 ) -> None:
@@ -183,7 +190,7 @@ def test_ctrl_c_while_watching_asks_whether_to_cancel(
         [str(COMMAND), "train", pets, "--method", "scratch", "--image-size", "32",
          "--epochs", "200", "--model-name", "long", "--watch"],
         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=_interruptible,
     )  # fmt: skip
     try:
         assert watcher.stdout is not None and watcher.stdin is not None
