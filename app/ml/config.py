@@ -134,6 +134,8 @@ class TrainConfig:
         """The most epochs this run trains, all stages together: what its progress counts.
         scratch and bottleneck train one stage of `epochs`; finetune and auto a head of at
         most `head_epochs`, then `epochs` of fine-tuning."""
-        if self.method in (Method.SCRATCH, Method.BOTTLENECK):
+        if self.method is Method.SCRATCH:
             return self.epochs or 0
+        if self.method is Method.BOTTLENECK:  # without epochs, the head trains head_epochs
+            return self.head_epochs if self.epochs is None else self.epochs
         return self.head_epochs + (FINETUNE_MAX_EPOCHS if self.epochs is None else self.epochs)

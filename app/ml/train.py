@@ -472,8 +472,8 @@ def _finetune(
         )  # fmt: skip
         tried.append({"learning_rate": rate, "validation_accuracy": tuned.validation_accuracy,
                       "validation_loss": round(tuned.validation_loss, 4)})  # fmt: skip
-        score = (tuned.validation_accuracy, -tuned.validation_loss)
-        if best is None or score > (best[1].validation_accuracy, -best[1].validation_loss):
+        score = _rank(tuned.validation_accuracy, tuned.validation_loss)
+        if best is None or score > _rank(best[1].validation_accuracy, best[1].validation_loss):
             best = (rate, tuned, base.get_weights(), head.get_weights())
             best_records = records
     assert best is not None
@@ -492,11 +492,16 @@ def _accuracy(probabilities: dict[str, np.ndarray | None], splits: SplitSource) 
     return float(np.mean(chosen.argmax(axis=1) == splits.labels("validation")))
 
 
+def _rank(accuracy: float, loss: float) -> tuple[float, float]:
+    """How models are compared on validation, candidates and fine-tuning tries alike: higher
+    accuracy wins; on equal accuracy, lower loss."""
+    return accuracy, -loss
+
+
 def _better(challenger: Candidate, incumbent: Candidate) -> bool:
-    """Higher validation accuracy wins; on equal accuracy, lower validation loss."""
     assert challenger.validation is not None and incumbent.validation is not None
     a, b = challenger.validation, incumbent.validation
-    return (a["accuracy"], -a["loss"]) > (b["accuracy"], -b["loss"])
+    return _rank(a["accuracy"], a["loss"]) > _rank(b["accuracy"], b["loss"])
 
 
 def _comparison(kept: Candidate, other: Candidate) -> str:

@@ -323,8 +323,8 @@ def test_progress_counts_only_the_stages_a_method_trains(method: str, most_epoch
                          learning_rate=1e-3, dropout=0.5, seed=1)  # fmt: skip
     assert config.head_epochs == 60  # the default, also where the method has no head stage
     assert config.most_epochs == most_epochs
-    # fine-tuning epochs left to the data size: progress counts the most it can train
+    # epochs left unset: progress counts the most the run can train (train.py's fallbacks)
     assert dataclasses.replace(config, epochs=None).most_epochs == {
         "scratch": 0,
-        "bottleneck": 0,
+        "bottleneck": 60,
     }.get(method, 60 + 8)
