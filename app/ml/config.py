@@ -90,6 +90,20 @@ def finetune_learning_rates(requested: float | None, *, images: int, epochs: int
     return list(FINETUNE_LEARNING_RATES[: max(1, affordable)])
 
 
+# Once validation has chosen a fine-tuned model, it is trained again on the training and
+# validation images together (refit_on_validation), where a test split remains to judge it.
+# That costs (training + validation images) x epochs image passes and runs where that is at
+# most REFIT_BUDGET: flowers_small's 800 x 8, not cats_vs_dogs_small's 3000 x 6, which would
+# double its fine-tuning. The runs behind this: docs/BENCHMARKS.md, "Fine-tuning choices".
+REFIT_BUDGET = FINETUNE_TRY_BUDGET  # a refit costs at most one learning-rate try
+
+
+def refit_affordable(*, images: int, epochs: int) -> bool:
+    """Whether a fine-tuned model trained on `images` (training + validation) for `epochs`
+    may be trained again on them all."""
+    return images * epochs <= REFIT_BUDGET
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """On-the-fly augmentation, the options of Keras' ImageDataGenerator in the seed tutorials.
@@ -126,6 +140,8 @@ class TrainConfig:
     head_learning_rate: float = HEAD_LEARNING_RATE
     # label smoothing of the cross-entropy (pretrained methods)
     label_smoothing: float = 0.1
+    # finetune and auto: a fine-tuned model kept is trained again on train + validation
+    refit_on_validation: bool = True
     # scratch only when the training split has at least this many images (auto)
     scratch_min_images: int = 4000
 

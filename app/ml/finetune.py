@@ -86,43 +86,92 @@ def _schedule(learning_rate: float, *, epochs: int, steps_per_epoch: int) -> obj
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class TopTraining:
+    """How the top block trains: fine-tuning and its refit alike."""
+
+    class_count: int
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    label_smoothing: float
+    seed: int
+    class_weight: dict[int, float] | None = None
+
+
+def _trainer(
+    base: keras.Model,
+    spec: bases.BaseSpec,
+    head: keras.Model,
+    train: list[np.ndarray],
+    train_y: np.ndarray,
+    training: TopTraining,
+) -> tuple[keras.Model, Any]:
+    """The top block (unfrozen) and `head` behind a random shift of the feature maps, compiled
+    with the warm-up and cosine schedule; and its training batches."""
+    keras.utils.set_random_seed(training.seed)
+    top = bases.top_block(base, spec)
+    builders.unfreeze_top(base, spec)
+    inputs = keras.Input(shape=train[0].shape[1:], name="top_inputs")
+    shifted = keras.layers.RandomTranslation(
+        FEATURE_MAP_SHIFT, FEATURE_MAP_SHIFT, fill_mode="reflect", interpolation="nearest",
+        seed=training.seed,
+    )(inputs)  # fmt: skip
+    model = keras.Model(inputs, head(top(shifted)), name="finetune")
+    batches = sampled_views(
+        train, one_hot(train_y, training.class_count), batch_size=training.batch_size,
+        seed=training.seed,
+    )  # fmt: skip
+    steps = math.ceil(len(train_y) / training.batch_size)
+    model.compile(  # compiled after the trainable flags changed: they take effect now
+        optimizer=keras.optimizers.Adam(
+            _schedule(training.learning_rate, epochs=training.epochs, steps_per_epoch=steps)
+        ),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=training.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return model, batches
+
+
+def refit_top(
+    base: keras.Model,
+    spec: bases.BaseSpec,
+    head: keras.Model,
+    data: TopData,
+    training: TopTraining,
+    *,
+    hooks: TrainingHooks,
+) -> np.ndarray | None:
+    """Fine-tune again, from the weights `base` and `head` hold, on the training and the
+    validation images together, with the learning rate and epochs that validation chose: all
+    `epochs` are trained (nothing is left to stop early on). Returns the test probabilities."""
+    # Validation images have one view (unless the model flips at test time): it stands in
+    # for each training view, so every image is seen once per epoch as before.
+    train = [np.concatenate([view, data.validation[index % len(data.validation)]])
+             for index, view in enumerate(data.train)]  # fmt: skip
+    train_y = np.concatenate([data.train_y, data.validation_y])
+    model, batches = _trainer(base, spec, head, train, train_y, training)
+    fit(
+        model, batches, None, None, epochs=training.epochs, batch_size=training.batch_size,
+        stage="refit", epoch_offset=0, hooks=hooks, class_weight=training.class_weight,
+    )  # fmt: skip
+    if not data.test:
+        return None
+    return averaged(model, [view.astype(np.float32) for view in data.test])
+
+
 def finetune_top(
     base: keras.Model,
     spec: bases.BaseSpec,
     head: keras.Model,
     data: TopData,
+    training: TopTraining,
     *,
-    class_count: int,
-    epochs: int,
-    learning_rate: float,
-    batch_size: int,
-    label_smoothing: float,
-    seed: int,
     hooks: TrainingHooks,
     epoch_offset: int,
-    class_weight: dict[int, float] | None = None,
 ) -> FinetuneResult:
     """Fine-tune `base`'s top block with `head` (both changed in place)."""
-    keras.utils.set_random_seed(seed)
-    top = bases.top_block(base, spec)
-    builders.unfreeze_top(base, spec)
-    inputs = keras.Input(shape=data.train[0].shape[1:], name="top_inputs")
-    shifted = keras.layers.RandomTranslation(
-        FEATURE_MAP_SHIFT, FEATURE_MAP_SHIFT, fill_mode="reflect", interpolation="nearest",
-        seed=seed,
-    )(inputs)  # fmt: skip
-    model = keras.Model(inputs, head(top(shifted)), name="finetune")
-    batches = sampled_views(
-        data.train, one_hot(data.train_y, class_count), batch_size=batch_size, seed=seed
-    )
-    steps = math.ceil(len(data.train_y) / batch_size)
-    model.compile(  # compiled after the trainable flags changed: they take effect now
-        optimizer=keras.optimizers.Adam(
-            _schedule(learning_rate, epochs=epochs, steps_per_epoch=steps)
-        ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=["accuracy"],
-    )
+    model, batches = _trainer(base, spec, head, data.train, data.train_y, training)
     validation_views = [view.astype(np.float32) for view in data.validation]
 
     def score() -> tuple[float, float, np.ndarray]:
@@ -137,9 +186,9 @@ def finetune_top(
     start_weights = [w.copy() for w in model.get_weights()]
     result = fit(
         model, batches, None,
-        (validation_views[0], one_hot(data.validation_y, class_count)),
-        epochs=epochs, batch_size=batch_size, stage="finetune", epoch_offset=epoch_offset,
-        hooks=hooks, class_weight=class_weight,
+        (validation_views[0], one_hot(data.validation_y, training.class_count)),
+        epochs=training.epochs, batch_size=training.batch_size, stage="finetune",
+        epoch_offset=epoch_offset, hooks=hooks, class_weight=training.class_weight,
     )  # fmt: skip
     loss, accuracy, probabilities = score()
     improved = loss < start_loss

@@ -27,6 +27,7 @@ from app.ml.config import (
     TrainConfig,
     finetune_epochs,
     finetune_learning_rates,
+    refit_affordable,
 )
 from app.ml.data import SplitSource, balanced_class_weights
 from app.ml.evaluate import beats_chance, class_probabilities, evaluate_predictions, log_loss
@@ -41,7 +42,7 @@ from app.ml.features import (
     load_or_compute,
     onnx_extractor,
 )
-from app.ml.finetune import FinetuneResult, TopData, finetune_top
+from app.ml.finetune import FinetuneResult, TopData, TopTraining, finetune_top, refit_top
 from app.ml.fitting import CancelledError, EpochRecord, TrainingHooks, fit, recording
 from app.ml.heads import HeadData, averaged, choose_head
 
@@ -391,12 +392,14 @@ def _pretrained(
     best_epoch = head_trial.best_epoch
     kept, reason = Method.BOTTLENECK, "bottleneck was asked for"
 
+    # The starting point of fine-tuning (and of its refit), copied: if the bottleneck model is
+    # kept, it must be the head as it was.
+    frozen_top = [w.copy() for w in base.get_weights()]
+    frozen_head = [w.copy() for w in head.get_weights()]
+    finetuned: tuple[float, int] | None = None  # the learning rate and epochs kept
     if not only_head and config.epochs != 0:
-        # Stage: fine-tune the base's top block from that head. The head is copied first:
-        # if the bottleneck model is kept, it must be the head as it was.
+        # Stage: fine-tune the base's top block from that head.
         started = time.perf_counter()
-        frozen_top = [w.copy() for w in base.get_weights()]
-        frozen_head = [w.copy() for w in head.get_weights()]
         rate, epochs, tuned, rates_tried = _finetune(
             config, base, spec, head, _top_data(features, splits), class_count=class_count,
             hooks=hooks, epoch_offset=len(head_trial.epochs), class_weight=weights,
@@ -421,6 +424,7 @@ def _pretrained(
                 "test": tuned.test_probabilities,
             }
             best_epoch = tuned.best_epoch or best_epoch
+            finetuned = (rate, epochs)
             reason = (
                 "finetune was asked for" if config.method is Method.FINETUNE
                 else _comparison(finetune, bottleneck)
@@ -429,12 +433,86 @@ def _pretrained(
             base.set_weights(frozen_top)
             head.set_weights(frozen_head)
             reason = _comparison(bottleneck, finetune)
+    if finetuned is not None and config.refit_on_validation and _has(splits, "test"):
+        # Stage: validation has chosen the fine-tuned model; now it learns from the validation
+        # images too. Its test score is the evaluation; the candidates keep the scores of the
+        # models as validated. A bottleneck model is kept as validated (a refit head tested
+        # no better: docs/BENCHMARKS.md, "Fine-tuning choices").
+        validated = (base.get_weights(), head.get_weights())
+        base.set_weights(frozen_top)
+        head.set_weights(frozen_head)
+        refit = _refit(
+            config, base, spec, head, features, splits, learning_rate=finetuned[0],
+            epochs=finetuned[1], class_count=class_count, hooks=hooks, class_weight=weights,
+        )  # fmt: skip
+        if refit is None:  # over its budget: the model as validated
+            base.set_weights(validated[0])
+            head.set_weights(validated[1])
+        else:
+            probabilities["test"], summary = refit
+            candidates[-1].settings["refit"] = summary
+            reason += (
+                "; then trained again on the training and validation images together "
+                f"({summary['images']} images, {summary['epochs']} epochs)"
+            )
     model = builders.build_pretrained_model(base, head, spec, image_size=config.image_size)
     return TrainingOutcome(
         model=model, method=kept, evaluation=_evaluation(probabilities, splits),
         best_epoch=best_epoch, candidates=candidates, reason=reason,
         details={**details, "validation_accuracy": _accuracy(probabilities, splits)},
     )  # fmt: skip
+
+
+def _top_training(
+    config: TrainConfig,
+    *,
+    class_count: int,
+    epochs: int,
+    learning_rate: float,
+    class_weight: dict[int, float] | None,
+) -> TopTraining:
+    return TopTraining(
+        class_count=class_count, epochs=epochs, learning_rate=learning_rate,
+        batch_size=config.batch_size, label_smoothing=config.label_smoothing, seed=config.seed,
+        class_weight=class_weight,
+    )  # fmt: skip
+
+
+def _refit(
+    config: TrainConfig,
+    base: keras.Model,
+    spec: bases.BaseSpec,
+    head: keras.Model,
+    features: dict[str, np.ndarray],
+    splits: SplitSource,
+    *,
+    learning_rate: float,
+    epochs: int,
+    class_count: int,
+    hooks: TrainingHooks,
+    class_weight: dict[int, float] | None,
+) -> tuple[np.ndarray | None, dict[str, Any]] | None:
+    """Stage: the fine-tuned model trained again, from the frozen base and head in `base` and
+    `head`, on the training and validation images together, at the learning rate and for the
+    epochs validation chose; None where that is over REFIT_BUDGET. Returns the test
+    probabilities and a summary for the job's result."""
+    started = time.perf_counter()
+    images = len(splits.labels("train")) + len(splits.labels("validation"))
+    if not refit_affordable(images=images, epochs=epochs):
+        return None
+    training = _top_training(
+        config, class_count=class_count, epochs=epochs, learning_rate=learning_rate,
+        class_weight=class_weight,
+    )  # fmt: skip
+    # no validation curve to show: its epochs stay out of the job's curve
+    test = refit_top(base, spec, head, _top_data(features, splits), training,
+                     hooks=recording(hooks, []))  # fmt: skip
+    summary = {
+        "images": images, "epochs": epochs, "learning_rate": learning_rate,
+        "seconds": round(time.perf_counter() - started, 2),
+        "test": _scores(test, _labels(splits, "test")),
+    }  # fmt: skip
+    return test, summary
 
 
 def _finetune(
@@ -463,12 +541,13 @@ def _finetune(
         base.set_weights(start[0])
         head.set_weights(start[1])
         records: list[EpochRecord] = []
-        tuned = finetune_top(
-            base, spec, head, data, class_count=class_count, epochs=epochs,
-            learning_rate=rate, batch_size=config.batch_size,
-            label_smoothing=config.label_smoothing, seed=config.seed,
-            hooks=recording(hooks, records), epoch_offset=epoch_offset,
+        training = _top_training(
+            config, class_count=class_count, epochs=epochs, learning_rate=rate,
             class_weight=class_weight,
+        )  # fmt: skip
+        tuned = finetune_top(
+            base, spec, head, data, training, hooks=recording(hooks, records),
+            epoch_offset=epoch_offset,
         )  # fmt: skip
         tried.append({"learning_rate": rate, "validation_accuracy": tuned.validation_accuracy,
                       "validation_loss": round(tuned.validation_loss, 4)})  # fmt: skip

@@ -87,6 +87,13 @@ class JobCreate(BaseModel):
         description="the model answers with the mean of its predictions on the image and on "
         "its mirror image: sometimes a little more accurate (not always), twice the inference cost",
     )
+    refit_on_validation: bool = Field(
+        default=True,
+        description="finetune and auto: once validation has chosen a fine-tuned model, train "
+        "it again on the training and validation images together (where the dataset has a test "
+        "split to judge the result, and the data is small enough: training + validation images "
+        "x epochs <= 12000)",
+    )
     seed: int = Field(default=1337, ge=0, le=2**31 - 1)
     model_name: str | None = Field(
         default=None, pattern=NAME_PATTERN.pattern, description="defaults to the dataset's name"

@@ -125,6 +125,7 @@ def training_parameters(request: JobCreate, *, dataset_name: str) -> dict[str, A
             parameters.pop(unused)  # a scratch model has no pretrained base or head
     if request.method in (Method.SCRATCH, Method.BOTTLENECK):
         parameters.pop("head_epochs", None)
+        parameters.pop("refit_on_validation")  # nothing is fine-tuned
     return parameters
 
 

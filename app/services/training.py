@@ -94,6 +94,8 @@ def train_config(method: str, parameters: dict[str, Any]) -> TrainConfig:
         early_stopping_patience=parameters.get("early_stopping_patience"),
         balance_classes=parameters.get("class_weight") == "auto",
         test_time_flip=parameters.get("test_time_flip", False),
+        # jobs stored before the field existed run as they were asked
+        refit_on_validation=parameters.get("refit_on_validation", False),
         head=HeadKind(parameters.get("head", HeadKind.AUTO.value)),
         **optional,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -16,6 +17,7 @@ from app.ml.config import (
     TrainConfig,
     finetune_epochs,
     finetune_learning_rates,
+    refit_affordable,
 )
 from app.ml.data import InMemorySplits, SplitArrays, resize_pixels
 from app.ml.finetune import sampled_views
@@ -104,7 +106,7 @@ def test_fine_tuning_sees_each_image_once_per_epoch_in_one_of_its_views() -> Non
     np.testing.assert_array_equal(np.concatenate(again), first_epochs[0])  # seeded
 
 
-def _tiny_splits() -> InMemorySplits:
+def _tiny_splits(*, test: int = 0) -> InMemorySplits:
     rng = np.random.default_rng(5)
 
     def split(n: int) -> SplitArrays:
@@ -113,7 +115,10 @@ def _tiny_splits() -> InMemorySplits:
         images[labels == 1, :, :, 0] = 255.0  # a red channel the model can learn
         return SplitArrays(images=images, labels=labels)
 
-    return InMemorySplits({"train": split(16), "validation": split(8)}, ["a", "b"])
+    splits = {"train": split(16), "validation": split(8)}
+    if test:
+        splits["test"] = split(test)
+    return InMemorySplits(splits, ["a", "b"])
 
 
 @pytest.mark.parametrize("method", ["scratch", "finetune"])
@@ -252,7 +257,9 @@ def _auto_config(**changes: object) -> TrainConfig:
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
 
 
-def _auto_run(tmp_path: Path, config: TrainConfig) -> tuple[object, list]:
+def _auto_run(
+    tmp_path: Path, config: TrainConfig, *, splits: InMemorySplits | None = None
+) -> tuple[Any, list]:
     from app.ml.train import PretrainedSource
 
     weights = bases.find_weights(bases.BASES[bases.BaseName.MOBILENET], weights_dir=WEIGHTS)
@@ -262,7 +269,7 @@ def _auto_run(tmp_path: Path, config: TrainConfig) -> tuple[object, list]:
         dataset_fingerprint="tiny",
     )  # fmt: skip
     records: list = []
-    outcome = train(config, splits=_tiny_splits(), hooks=TrainingHooks(
+    outcome = train(config, splits=splits or _tiny_splits(), hooks=TrainingHooks(
         on_epoch_end=records.append), pretrained=source)  # fmt: skip
     return outcome, records
 
@@ -301,6 +308,42 @@ def test_fine_tuning_cost_is_bounded_whatever_the_size_of_the_data() -> None:
     assert finetune_learning_rates(None, images=600, epochs=8) == [1e-4, 3e-4]
     assert finetune_learning_rates(None, images=1500, epochs=8) == [1e-4]
     assert finetune_learning_rates(5e-4, images=10, epochs=8) == [5e-4]  # the user's choice
+
+
+def test_a_fine_tuned_model_kept_is_trained_again_with_the_validation_images(
+    tmp_path: Path,
+) -> None:
+    splits = _tiny_splits(test=8)
+    config = _auto_config(method=Method.FINETUNE, epochs=2)
+    outcome, records = _auto_run(tmp_path / "refit", config, splits=splits)
+    finetune = outcome.candidates[-1]
+    refit = finetune.settings["refit"]
+    assert refit["images"] == 16 + 8 and refit["epochs"] == 2
+    assert refit["learning_rate"] == finetune.settings["learning_rate"]
+    assert "trained again on the training and validation images together" in outcome.reason
+    # the evaluation is the refit model's; the candidate keeps the validated model's scores
+    assert outcome.evaluation["split"] == "test"
+    assert outcome.evaluation["accuracy"] == refit["test"]["accuracy"]
+    # ...and the refit model is the one saved: it answers the test images as evaluated
+    saved = keras.ops.convert_to_numpy(
+        outcome.model(splits.arrays("test").images, training=False)
+    ).argmax(axis=1)
+    assert np.mean(saved == splits.labels("test")) == outcome.evaluation["accuracy"]
+    # the refit has no validation curve: the job's curve holds the validated epochs only
+    assert [r.stage for r in records] == ["head"] * (len(records) - 2) + ["finetune"] * 2
+
+    asked_not_to, _ = _auto_run(
+        tmp_path / "asked", dataclasses.replace(config, refit_on_validation=False), splits=splits
+    )
+    assert "refit" not in asked_not_to.candidates[-1].settings
+    without_test, _ = _auto_run(tmp_path / "no-test", config)  # validation is all it is judged on
+    assert "refit" not in without_test.candidates[-1].settings
+
+
+def test_a_refit_costs_at_most_one_learning_rate_try() -> None:
+    assert refit_affordable(images=600 + 200, epochs=8)  # flowers_small
+    assert refit_affordable(images=1500, epochs=8)
+    assert not refit_affordable(images=2000 + 1000, epochs=6)  # cats_vs_dogs_small
 
 
 def test_auto_trains_scratch_too_where_there_are_enough_images(tmp_path: Path) -> None:
