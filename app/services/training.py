@@ -317,7 +317,21 @@ def _process_is_gone(worker_id: str | None) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process that nobody has reaped yet still answers kill(pid, 0): a killed
+    worker's pool child is left to init, which may take its time (or, in a container without
+    an init, never come)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:  # gone since kill answered, unless there is no /proc at all
+        return Path("/proc/self").exists()
+    except OSError:
+        return False
+    # "pid (command) state ...": the command may hold spaces and parentheses
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def _heartbeat_is_stale(job: TrainingJob) -> bool:

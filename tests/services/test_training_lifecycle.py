@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from app.db.models import WORKER_CHECK, JobStatus, TrainingJob
 from app.db.session import session_scope
 from app.services import jobs, training
 from tests.conftest import migrate
+from tests.processes import wait_until
 
 
 @pytest.fixture
@@ -133,6 +137,27 @@ def test_only_a_process_of_this_exact_host_can_be_declared_dead(
     # worker-12's job is not worker-1's to take over, though "worker-1" is in "worker-12"
     assert not training._process_is_gone(f"celery@worker-12/{gone_pid}")
     assert not training._process_is_gone(f"celery@a-worker-1/{gone_pid}")
+    assert not training._process_is_gone(f"celery@worker-1/{os.getpid()}")  # alive
+
+
+def test_a_killed_process_nobody_has_reaped_yet_is_dead(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A killed worker's pool child is reaped by init, maybe later (a container may have no
+    # init at all): until then kill(pid, 0) still finds it, a zombie.
+    monkeypatch.setattr(training.socket, "gethostname", lambda: "worker-1")
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert not training._process_is_gone(f"celery@worker-1/{child.pid}")
+        child.kill()
+        wait_until(lambda: _state(child.pid) == "Z", timeout=10, what="the zombie")
+        os.kill(child.pid, 0)  # still there for kill...
+        assert training._process_is_gone(f"celery@worker-1/{child.pid}")  # ...but dead
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
 
 
 def _record(epoch: int) -> Any:
