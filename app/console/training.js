@@ -182,12 +182,19 @@ function jobResults(job, metrics) {
     parts.push(
       table(
         ["method", "validation accuracy", "validation loss", "test accuracy", "seconds", "note"],
-        metrics.candidates.map((c) => [c.method, percent(c.validation?.accuracy), number(c.validation?.loss), percent(c.test?.accuracy), c.seconds, c.skipped || ""]),
+        metrics.candidates.map((c) => [c.method, percent(c.validation?.accuracy), number(c.validation?.loss), percent(c.test?.accuracy), c.seconds, c.skipped || refitNote(c.settings?.refit)]),
         { id: "candidates" },
       ),
     );
   }
   return parts;
+}
+
+// The scores in a candidate's row are of the model as validated; a fine-tuned model kept is
+// then trained again with the validation images, and saved as that.
+function refitNote(refit) {
+  if (!refit) return "";
+  return `then trained again with the validation images (${refit.images} images, ${refit.epochs} epoch${refit.epochs === 1 ? "" : "s"}): test accuracy ${percent(refit.test?.accuracy)}`;
 }
 
 /** Accuracy, the confusion matrix (rows: true class, columns: predicted) and per-class scores. */

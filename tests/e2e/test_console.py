@@ -146,6 +146,7 @@ def test_the_whole_loop_in_a_browser(service: LiveService, browser: Any, tmp_pat
     _activate_and_download(walk)
     _predict_dropped_photo_with_the_active_model(walk)
     _failed_job_shows_its_error(walk)
+    _fine_tuned_model_shows_its_refit(walk)
     _jobs_list_and_delete(walk, job_id)
 
     page.click("#sign-out")
@@ -368,6 +369,23 @@ def _failed_job_shows_its_error(walk: Walk) -> None:
     assert MISSING_WEIGHTS_FILE in error and "SMALLVISION_PRETRAINED_WEIGHTS_DIR" in error
     page.wait_for_function("() => document.querySelector('#job-status').textContent === 'failed'")
     walk.shot("job-failed")
+
+
+def _fine_tuned_model_shows_its_refit(walk: Walk) -> None:
+    page = walk.page
+    walk.nav("train", "#train-form")
+    page.select_option("#train-method", "finetune")
+    page.select_option("#train-base", "mobilenet")
+    page.fill("#train-image-size", "32")
+    page.fill("#train-epochs", "1")
+    page.fill("#train-model-name", "pets-finetuned")
+    page.click("#start-training")
+    page.wait_for_selector("#evaluation", timeout=180_000)
+    assert "trained again on the training and validation images" in walk.text("#job-results")
+    row = page.locator("#candidates tbody tr", has_text="finetune")
+    assert "then trained again with the validation images" in row.text_content()
+    assert "1 epoch): test accuracy" in row.text_content()
+    walk.shot("job-refit")
 
 
 def _jobs_list_and_delete(walk: Walk, job_id: str) -> None:

@@ -104,6 +104,14 @@ def test_each_method_trains_evaluates_and_registers_a_version(
     if method == "auto":  # both pretrained candidates, and why scratch was not tried
         assert tried["bottleneck"]["validation"] and tried["finetune"]["validation"]
         assert "fewer than" in tried["scratch"]["skipped"]
+    # A fine-tuned model kept learns from the validation images too; what is evaluated (on
+    # the test split) and saved is that model, while its candidate keeps the validated scores.
+    refit = tried.get("finetune", {}).get("settings", {}).get("refit")
+    assert (refit is not None) is (result["method"] == "finetune")
+    if refit is not None:
+        assert refit["epochs"] == 2 and refit["images"] > 8
+        assert refit["test"]["accuracy"] == evaluation["accuracy"]
+        assert "trained again on the training and validation images" in result["chosen"]["reason"]
     model = result["model"]
     assert model["name"] == f"tiny-{method}"
     assert model["version"] == 1
