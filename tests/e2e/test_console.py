@@ -356,14 +356,21 @@ def _predict_dropped_photo_with_the_active_model(walk: Walk) -> None:
     walk.shot("predict-dropped")
 
 
-def _failed_job_shows_its_error(walk: Walk) -> None:
+def _start_one_epoch_job(walk: Walk, *, method: str, base: str, model_name: str) -> None:
+    """From the train page: a job of one epoch on 32 px images."""
     page = walk.page
     walk.nav("train", "#train-form")
-    page.select_option("#train-base", "vgg16")
+    page.select_option("#train-method", method)
+    page.select_option("#train-base", base)
     page.fill("#train-image-size", "32")
     page.fill("#train-epochs", "1")
-    page.fill("#train-model-name", "pets-vgg")
+    page.fill("#train-model-name", model_name)
     page.click("#start-training")
+
+
+def _failed_job_shows_its_error(walk: Walk) -> None:
+    page = walk.page
+    _start_one_epoch_job(walk, method="auto", base="vgg16", model_name="pets-vgg")
     page.wait_for_selector("#job-error:not([hidden])", timeout=120_000)
     error = walk.text("#job-error")
     assert MISSING_WEIGHTS_FILE in error and "SMALLVISION_PRETRAINED_WEIGHTS_DIR" in error
@@ -373,13 +380,7 @@ def _failed_job_shows_its_error(walk: Walk) -> None:
 
 def _fine_tuned_model_shows_its_refit(walk: Walk) -> None:
     page = walk.page
-    walk.nav("train", "#train-form")
-    page.select_option("#train-method", "finetune")
-    page.select_option("#train-base", "mobilenet")
-    page.fill("#train-image-size", "32")
-    page.fill("#train-epochs", "1")
-    page.fill("#train-model-name", "pets-finetuned")
-    page.click("#start-training")
+    _start_one_epoch_job(walk, method="finetune", base="mobilenet", model_name="pets-finetuned")
     page.wait_for_selector("#evaluation", timeout=180_000)
     assert "trained again on the training and validation images" in walk.text("#job-results")
     row = page.locator("#candidates tbody tr", has_text="finetune")
