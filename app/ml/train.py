@@ -397,11 +397,12 @@ def _pretrained(
     frozen_top = [w.copy() for w in base.get_weights()]
     frozen_head = [w.copy() for w in head.get_weights()]
     finetuned: tuple[float, int] | None = None  # the learning rate and epochs kept
+    top_data = _top_data(features, splits)
     if not only_head and config.epochs != 0:
         # Stage: fine-tune the base's top block from that head.
         started = time.perf_counter()
         rate, epochs, tuned, rates_tried = _finetune(
-            config, base, spec, head, _top_data(features, splits), class_count=class_count,
+            config, base, spec, head, top_data, class_count=class_count,
             hooks=hooks, epoch_offset=len(head_trial.epochs), class_weight=weights,
             start=(frozen_top, frozen_head),
         )  # fmt: skip
@@ -433,28 +434,28 @@ def _pretrained(
             base.set_weights(frozen_top)
             head.set_weights(frozen_head)
             reason = _comparison(bottleneck, finetune)
-    if finetuned is not None and config.refit_on_validation and _has(splits, "test"):
+    images = len(splits.labels("train")) + len(splits.labels("validation"))
+    if (
+        finetuned is not None
+        and config.refit_on_validation
+        and _has(splits, "test")
+        and refit_affordable(images=images, epochs=finetuned[1])
+    ):
         # Stage: validation has chosen the fine-tuned model; now it learns from the validation
-        # images too. Its test score is the evaluation; the candidates keep the scores of the
-        # models as validated. A bottleneck model is kept as validated (a refit head tested
-        # no better: docs/BENCHMARKS.md, "Fine-tuning choices").
-        validated = (base.get_weights(), head.get_weights())
+        # images too, from the same start. Its test score is the evaluation; the candidates
+        # keep the scores of the models as validated. A bottleneck model is kept as validated
+        # (a refit head tested no better: docs/BENCHMARKS.md, "Fine-tuning choices").
         base.set_weights(frozen_top)
         head.set_weights(frozen_head)
-        refit = _refit(
-            config, base, spec, head, features, splits, learning_rate=finetuned[0],
+        probabilities["test"], summary = _refit(
+            config, base, spec, head, top_data, splits, learning_rate=finetuned[0],
             epochs=finetuned[1], class_count=class_count, hooks=hooks, class_weight=weights,
         )  # fmt: skip
-        if refit is None:  # over its budget: the model as validated
-            base.set_weights(validated[0])
-            head.set_weights(validated[1])
-        else:
-            probabilities["test"], summary = refit
-            candidates[-1].settings["refit"] = summary
-            reason += (
-                "; then trained again on the training and validation images together "
-                f"({summary['images']} images, {summary['epochs']} epochs)"
-            )
+        candidates[-1].settings["refit"] = summary
+        reason += (
+            "; then trained again on the training and validation images together "
+            f"({summary['images']} images, {summary['epochs']} epochs)"
+        )
     model = builders.build_pretrained_model(base, head, spec, image_size=config.image_size)
     return TrainingOutcome(
         model=model, method=kept, evaluation=_evaluation(probabilities, splits),
@@ -483,7 +484,7 @@ def _refit(
     base: keras.Model,
     spec: bases.BaseSpec,
     head: keras.Model,
-    features: dict[str, np.ndarray],
+    data: TopData,
     splits: SplitSource,
     *,
     learning_rate: float,
@@ -491,25 +492,21 @@ def _refit(
     class_count: int,
     hooks: TrainingHooks,
     class_weight: dict[int, float] | None,
-) -> tuple[np.ndarray | None, dict[str, Any]] | None:
+) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Stage: the fine-tuned model trained again, from the frozen base and head in `base` and
     `head`, on the training and validation images together, at the learning rate and for the
-    epochs validation chose; None where that is over REFIT_BUDGET. Returns the test
-    probabilities and a summary for the job's result."""
+    epochs validation chose. Returns the test probabilities and a summary for the job's
+    result."""
     started = time.perf_counter()
-    images = len(splits.labels("train")) + len(splits.labels("validation"))
-    if not refit_affordable(images=images, epochs=epochs):
-        return None
     training = _top_training(
         config, class_count=class_count, epochs=epochs, learning_rate=learning_rate,
         class_weight=class_weight,
     )  # fmt: skip
     # no validation curve to show: its epochs stay out of the job's curve
-    test = refit_top(base, spec, head, _top_data(features, splits), training,
-                     hooks=recording(hooks, []))  # fmt: skip
+    test = refit_top(base, spec, head, data, training, hooks=recording(hooks, []))
     summary = {
-        "images": images, "epochs": epochs, "learning_rate": learning_rate,
-        "seconds": round(time.perf_counter() - started, 2),
+        "images": len(data.train_y) + len(data.validation_y), "epochs": epochs,
+        "learning_rate": learning_rate, "seconds": round(time.perf_counter() - started, 2),
         "test": _scores(test, _labels(splits, "test")),
     }  # fmt: skip
     return test, summary
