@@ -454,7 +454,8 @@ def _pretrained(
         candidates[-1].settings["refit"] = summary
         reason += (
             "; then trained again on the training and validation images together "
-            f"({summary['images']} images, {summary['epochs']} epochs)"
+            f"({summary['images']} images, {summary['epochs']} epoch"
+            f"{'' if summary['epochs'] == 1 else 's'})"
         )
     model = builders.build_pretrained_model(base, head, spec, image_size=config.image_size)
     return TrainingOutcome(

@@ -258,6 +258,9 @@ def test_request_errors(stack, dataset_id: str) -> None:
     bad_flip = client.post("/jobs", json={"dataset_id": dataset_id, "test_time_flip": "maybe"})
     assert bad_flip.status_code == 422
     assert bad_flip.json()["detail"][0]["loc"] == ["body", "test_time_flip"]
+    bad_refit = client.post("/jobs", json={"dataset_id": dataset_id, "refit_on_validation": []})
+    assert bad_refit.status_code == 422
+    assert bad_refit.json()["detail"][0]["loc"] == ["body", "refit_on_validation"]
     no_weights = client.post(
         "/jobs", json={"dataset_id": dataset_id, "method": "finetune", "base_model": "resnet50"}
     )
