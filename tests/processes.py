@@ -110,6 +110,15 @@ def running_api(
 ) -> Iterator[str]:
     """uvicorn serving the app on loopback, with the current environment's settings or `env`
     (a whole environment); yields its URL."""
+    with running_api_process(log_path, port=port, env=env) as (base, _):
+        yield base
+
+
+@contextmanager
+def running_api_process(
+    log_path: Path, *, port: int, env: Mapping[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """running_api, yielding the process too (to read its memory)."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             api_command(host="127.0.0.1", port=port), cwd=PROJECT_ROOT, stdout=log,
@@ -121,7 +130,7 @@ def running_api(
             lambda: _answers_ok(f"{base}/health", process, log_path),
             timeout=90, what="the API to answer", log=log_path,
         )  # fmt: skip
-        yield base
+        yield base, process
     finally:
         stop_process_group(process)
 

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(default=32 * 1024**2, gt=0)
     # A client that stops sending its request headers or body for this long is cut off (408).
     header_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A request line and headers larger than this are refused (431) and the connection closed.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     body_read_timeout_seconds: float = Field(default=30.0, gt=0)
     # Memory that images being decoded for predictions may hold at once, per API process:
     # a request waits for its share (a decompression bomb cannot take more than this).
@@ -104,6 +106,10 @@ class Settings(BaseSettings):
     max_active_jobs_per_owner: int = Field(default=4, gt=0)
     predict_rate_per_second: float = Field(default=50.0, gt=0)
     predict_burst: int = Field(default=100, gt=0)
+    # Keys that are not valid, per client address and API process: past the burst, a client
+    # address is refused (429) before its keys are looked up, until its bucket refills.
+    failed_keys_per_second: float = Field(default=5.0, gt=0)
+    failed_key_burst: int = Field(default=50, gt=0)
     # Where the prediction token buckets live: a Redis every API replica reaches, so the rate
     # holds for the deployment; unset, each API process keeps its own (N replicas admit N
     # times the rate). The job limit needs nothing here: it is a database lock.
@@ -133,8 +139,11 @@ class Settings(BaseSettings):
     # base, weights and size, about 20 s; then 2.7x Keras' images/s on 2 cores).
     onnx_feature_extraction: bool = True
     # Grad-CAM overlays (`explain=true`) kept per owner for GET /explanations/{id}.png; the
-    # oldest are removed past this many.
+    # oldest are removed past either limit. An overlay is at most 512 px on its longer side
+    # (at most ~0.8 MB), and a request may ask for at most `max_explained_images` of them.
     max_explanations_per_owner: int = Field(default=500, gt=0)
+    max_explanation_bytes_per_owner: int = Field(default=128 * 1024**2, gt=0)
+    max_explained_images: int = Field(default=16, gt=0)
 
     # The review queue of each owner (predictions below their model's review_threshold): past
     # either limit its oldest items are dropped, unlabeled ones first. The bytes are those of

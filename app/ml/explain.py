@@ -130,6 +130,20 @@ def _cam(feature_map: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     return cam
 
 
+# An overlay is for a person to look at: drawn at most this many pixels on its longer side
+# (a 28000x890 image was drawn at full size: +2.3 GB), so one is at most ~0.8 MB of PNG.
+OVERLAY_MAX_SIDE = 512
+
+
+def overlay_base(image: Image.Image, *, upright_size: tuple[int, int]) -> Image.Image:
+    """The image an overlay is drawn on: a decoded image (maybe reduced more along one side
+    than the other) at its file's own aspect ratio and size, shrunk to fit OVERLAY_MAX_SIDE."""
+    width, height = upright_size
+    scale = min(1.0, OVERLAY_MAX_SIDE / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
+
+
 def upsampled(heatmap: np.ndarray, *, width: int, height: int) -> np.ndarray:
     """The heatmap at an image's size (bilinear), 0..1."""
     image = Image.fromarray(heatmap.astype(np.float32), mode="F")
@@ -137,9 +151,12 @@ def upsampled(heatmap: np.ndarray, *, width: int, height: int) -> np.ndarray:
 
 
 def overlay_png(image: Image.Image, heatmap: np.ndarray, *, alpha: float = 0.45) -> bytes:
-    """The image with the heatmap over it (matplotlib's "jet": blue cold, red hot), PNG."""
+    """The image (from overlay_base) with the heatmap over it (matplotlib's "jet": blue cold,
+    red hot), PNG; never larger than OVERLAY_MAX_SIDE."""
     from matplotlib import colormaps
 
+    if max(image.size) > OVERLAY_MAX_SIDE:
+        image = overlay_base(image, upright_size=image.size)
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     heat = upsampled(heatmap, width=image.width, height=image.height)
     colours = colormaps["jet"](np.clip(heat, 0.0, 1.0))[..., :3] * 255.0

@@ -34,8 +34,11 @@ class ImageTooLargeError(ImageDecodeError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image  # RGB, EXIF orientation applied
+    image: Image.Image  # RGB, EXIF orientation applied; maybe reduced (reduction_factors)
     source_format: str
+    # The file's own width and height, upright: what `image` shows, before any reduction
+    # (which may shrink one side more than the other).
+    upright_size: tuple[int, int]
 
     @property
     def width(self) -> int:
@@ -47,11 +50,13 @@ class DecodedImage:
 
 
 # Bumped whenever decoding gives other pixels for the same file (caches key on it).
-DECODER_VERSION = 2
+# 3: each side is reduced on its own (a long thin image was reduced by its short side only).
+DECODER_VERSION = 3
 
-# Decoding for a model keeps at least this many times its input size on the shorter side,
-# then the model's bilinear resize takes over: a 4000x3000 photo for a 160 px model becomes
-# 444x333 by averaging boxes of 9x9 pixels, never a 36 million-value float32 array.
+# Decoding for a model keeps each side at least this many times its input size, then the
+# model's bilinear resize (to a square: it does not keep the aspect ratio) takes over: a
+# 4000x3000 photo for a 160 px model becomes 333x333 by averaging boxes of 12x9 pixels,
+# never a 36 million-value float32 array, and a 55000x890 strip becomes 322x445.
 KEEP_TIMES_INPUT_SIZE = 2
 
 # Pillow can average pixel boxes (Image.reduce) in these modes; others are converted first.
@@ -67,6 +72,7 @@ _UPRIGHT = {
     8: Image.Transpose.ROTATE_90,
 }
 _EXIF_ORIENTATION = 0x0112
+_SWAPS_SIDES = frozenset({5, 6, 7, 8})  # the orientations that turn the image a quarter
 
 
 @dataclass
@@ -78,15 +84,18 @@ class OpenedImage:
     # Bytes its decoding may hold at its peak (decoded buffer and one converted copy).
     decode_bytes: int
     target_size: int | None
+    size: tuple[int, int]  # as stored in the file (before a JPEG draft or any orientation)
 
 
-def reduction_factor(width: int, height: int, target_size: int | None) -> int:
-    """By how much an image may be shrunk (box average) before a model of `target_size` px
-    sees it: 1 (not at all) unless its shorter side is at least twice KEEP_TIMES_INPUT_SIZE x
-    target_size."""
+def reduction_factors(width: int, height: int, target_size: int | None) -> tuple[int, int]:
+    """By how much each side of an image may be shrunk (box average) before a model of
+    `target_size` px sees it: 1 (not at all) for a side shorter than twice
+    KEEP_TIMES_INPUT_SIZE x target_size. Each side on its own, since the model resizes both
+    to target_size: a long thin image is shrunk along its length, not kept at full size."""
     if target_size is None:
-        return 1
-    return max(1, min(width, height) // (KEEP_TIMES_INPUT_SIZE * target_size))
+        return 1, 1
+    keep = KEEP_TIMES_INPUT_SIZE * target_size
+    return max(1, width // keep), max(1, height // keep)
 
 
 def open_image(data: bytes, *, max_pixels: int, target_size: int | None = None) -> OpenedImage:
@@ -104,9 +113,10 @@ def open_image(data: bytes, *, max_pixels: int, target_size: int | None = None) 
                 f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels}"
             )
         image.seek(0)  # first frame of a GIF/WebP animation or multi-page TIFF
-        factor = reduction_factor(width, height, target_size)
-        if factor > 1 and source_format in {"JPEG", "MPO"}:
-            image.draft(image.mode, (width // factor, height // factor))
+        across, down = reduction_factors(width, height, target_size)
+        if max(across, down) > 1 and source_format in {"JPEG", "MPO"}:
+            # libjpeg scales both sides alike, by at most the smaller factor
+            image.draft(image.mode, (width // across, height // down))
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
@@ -118,7 +128,7 @@ def open_image(data: bytes, *, max_pixels: int, target_size: int | None = None) 
     decode_bytes = decoded_width * decoded_height * max(bands, 3) * 2
     return OpenedImage(
         image=image, source_format=source_format, decode_bytes=decode_bytes,
-        target_size=target_size,
+        target_size=target_size, size=(width, height),
     )  # fmt: skip
 
 
@@ -130,11 +140,11 @@ def decode_opened(opened: OpenedImage) -> DecodedImage:
     try:
         image.load()
         orientation = image.getexif().get(_EXIF_ORIENTATION)
-        factor = reduction_factor(image.width, image.height, opened.target_size)
-        if factor > 1:
+        factors = reduction_factors(image.width, image.height, opened.target_size)
+        if max(factors) > 1:
             if image.mode not in _REDUCIBLE_MODES:
                 image = image.convert("L") if image.mode == "1" else _to_rgb(image)
-            image = image.reduce(factor)
+            image = image.reduce(factors)
             if orientation in _UPRIGHT:
                 image = image.transpose(_UPRIGHT[orientation])
             upright = image
@@ -146,7 +156,9 @@ def decode_opened(opened: OpenedImage) -> DecodedImage:
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         # Truncated or corrupt data surfaces as any of these from Pillow's decoders.
         raise CorruptImageError(f"corrupt image data ({exc})") from exc
-    return DecodedImage(image=rgb, source_format=opened.source_format)
+    width, height = opened.size
+    upright_size = (height, width) if orientation in _SWAPS_SIDES else (width, height)
+    return DecodedImage(image=rgb, source_format=opened.source_format, upright_size=upright_size)
 
 
 def decode_image(data: bytes, *, max_pixels: int, target_size: int | None = None) -> DecodedImage:

@@ -1,6 +1,8 @@
 """Grad-CAM explanations of predictions: computed on request (`explain=true`), kept as PNG
 files per owner so that `GET /explanations/{id}.png` can show them, at most
-`MAX_EXPLANATIONS_PER_OWNER` each (the oldest are removed)."""
+`MAX_EXPLANATIONS_PER_OWNER` files and `MAX_EXPLANATION_BYTES_PER_OWNER` bytes each (the
+oldest are removed). Each overlay is drawn at most app.ml.explain.OVERLAY_MAX_SIDE pixels on
+its longer side, so one is at most ~0.8 MB."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from app.core.config import get_settings
 from app.core.errors import NotFoundError
-from app.ml.images import DecodedImage
 from app.ml.serving import LoadedClassifier
 from app.services.auth import Principal
 from app.services.storage import get_storage, owner_key
@@ -41,22 +43,23 @@ class ExplanationResult:
 def explain_images(
     *,
     classifier: LoadedClassifier,
-    decoded: list[DecodedImage],
+    images: list[Image.Image],
     pixels: np.ndarray,
     principal: Principal,
 ) -> list[ExplanationResult]:
     """Grad-CAM of each image for its top label (one forward and one backward pass each, two
-    of each for a test-time-flip model), stored for the principal's owner."""
+    of each for a test-time-flip model), drawn over `images` (the decoded images, shrunk by
+    overlay_base) and stored for the principal's owner."""
     from app.ml.explain import overlay_png
 
     grad_cam = classifier.grad_cam()
     results = []
-    for image, resized in zip(decoded, pixels, strict=True):
+    for image, resized in zip(images, pixels, strict=True):
         explanation = grad_cam.explain(resized[None])
         scores = explanation.probabilities
         if scores.shape[-1] == 1:  # one sigmoid unit: the probability of the second class
             scores = np.array([1.0 - scores[0], scores[0]])
-        png = overlay_png(image.image, explanation.heatmap)
+        png = overlay_png(image, explanation.heatmap)
         result = ExplanationResult(
             id=time_ordered_id(),
             label=classifier.classes[explanation.class_index],
@@ -82,12 +85,19 @@ def time_ordered_id() -> uuid.UUID:
 
 
 def _store(owner: str, result: ExplanationResult) -> None:
-    """Keep the PNG, then drop the owner's oldest past the limit (names sort by age)."""
+    """Keep the PNG, then drop the owner's oldest past either limit (names sort by age)."""
+    settings = get_settings()
     store = get_storage().explanations
     store.put_bytes(_key(owner, result.id), result.png)
-    kept = sorted(found.key for found in store.keys(f"{owner_key(owner)}/"))
-    for old in kept[: max(len(kept) - get_settings().max_explanations_per_owner, 0)]:
-        store.delete(old)
+    newest_first = sorted(store.keys(f"{owner_key(owner)}/"), key=lambda f: f.key, reverse=True)
+    kept_bytes = 0
+    for kept_files, found in enumerate(newest_first, start=1):
+        kept_bytes += found.size
+        if (
+            kept_files > settings.max_explanations_per_owner
+            or kept_bytes > settings.max_explanation_bytes_per_owner
+        ):
+            store.delete(found.key)
 
 
 def explanation_png(explanation_id: uuid.UUID, *, principal: Principal) -> bytes:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from anyio import CapacityLimiter, to_thread
+from PIL import Image
 
 from app.core.config import get_settings
 from app.core.errors import (
@@ -35,7 +36,6 @@ from app.core.metrics import FORWARD_BATCH, PREDICT_IMAGES, PREDICT_LATENCY, RUN
 from app.db.session import session_scope
 from app.ml.images import (
     CorruptImageError,
-    DecodedImage,
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedImageError,
@@ -267,12 +267,18 @@ class MemoryBudget:
 
 
 def _decode_all(
-    images: list[ImagePayload], classifier: LoadedClassifier, budget: MemoryBudget
-) -> tuple[np.ndarray, list[DecodedImage]]:
-    """Every image decoded at the model's scale and resized for it, under the memory budget;
-    and the decoded images themselves."""
+    images: list[ImagePayload],
+    classifier: LoadedClassifier,
+    budget: MemoryBudget,
+    *,
+    keep_for_overlays: bool,
+) -> tuple[np.ndarray, list[Image.Image]]:
+    """Every image decoded at the model's scale and resized for it, one at a time under the
+    memory budget; with `keep_for_overlays`, each decoded image shrunk to the size an
+    explanation is drawn at (nothing else of a decoded image outlives its turn)."""
     settings = get_settings()
-    arrays, decoded = [], []
+    arrays: list[np.ndarray] = []
+    kept: list[Image.Image] = []
     for index, image in enumerate(images):
         which = f"image {index + 1}" + (f" ({image.filename})" if image.filename else "")
         if len(image.data) > settings.max_image_file_bytes:
@@ -285,15 +291,20 @@ def _decode_all(
                 target_size=classifier.image_size,
             )  # fmt: skip
             with budget.reserve(opened.decode_bytes, timeout=settings.predict_timeout_seconds):
-                decoded.append(decode_opened(opened))
-                arrays.append(classifier.prepare(decoded[-1]))
+                decoded = decode_opened(opened)
+                arrays.append(classifier.prepare(decoded))
+                if keep_for_overlays:
+                    from app.ml.explain import overlay_base
+
+                    kept.append(overlay_base(decoded.image, upright_size=decoded.upright_size))
+                del decoded
         except ImageTooLargeError as exc:
             raise PayloadTooLargeError(f"{which}: {exc}") from exc
         except UnsupportedImageError as exc:
             raise UnsupportedMediaTypeError(f"{which}: {exc}") from exc
         except (CorruptImageError, ImageDecodeError) as exc:
             raise BadRequestError(f"{which}: {exc}") from exc
-    return np.stack(arrays), decoded
+    return np.stack(arrays), kept
 
 
 @dataclass(frozen=True)
@@ -301,7 +312,7 @@ class _Answered:
     ref: VersionRef
     classifier: LoadedClassifier
     pixels: np.ndarray
-    decoded: list[DecodedImage]
+    overlay_images: list[Image.Image]  # empty unless explanations were asked for
     probabilities: np.ndarray
 
 
@@ -325,13 +336,14 @@ def _answer(
     name: str | None,
     version: int | None,
     principal: Principal,
+    explain: bool,
 ) -> _Answered:
     """Resolve the version, decode the images and wait for the batcher's answer, all in the
     request's one worker thread: a return to the event loop between decoding and the forward
     pass was one more thread switch per prediction."""
     ref = cache.resolve(name=name, version=version, principal=principal)
     classifier = cache.get(ref)
-    pixels, decoded = _decode_all(images, classifier, budget)
+    pixels, overlay_images = _decode_all(images, classifier, budget, keep_for_overlays=explain)
     timeout = get_settings().predict_timeout_seconds
     try:
         probabilities = _forward(classifier, pixels, timeout=timeout)
@@ -339,7 +351,7 @@ def _answer(
         logger.info("retrying %s v%s after eviction: %s", ref.name, ref.version, exc)
         classifier = cache.get(ref)
         probabilities = _forward(classifier, pixels, timeout=timeout)
-    return _Answered(ref, classifier, pixels, decoded, probabilities)
+    return _Answered(ref, classifier, pixels, overlay_images, probabilities)
 
 
 async def predict_images(
@@ -361,14 +373,20 @@ async def predict_images(
         raise BadRequestError("send at least one image")
     if len(images) > settings.max_predict_images:
         raise PayloadTooLargeError(f"at most {settings.max_predict_images} images per request")
+    if explain and len(images) > settings.max_explained_images:
+        raise PayloadTooLargeError(
+            f"explain=true takes at most {settings.max_explained_images} images per request "
+            f"(this one has {len(images)}); send the others without it, or in more requests"
+        )
     answered = await to_thread.run_sync(
-        _answer, cache, budget, images, model, version, principal, limiter=cache.thread_limiter()
-    )
+        _answer, cache, budget, images, model, version, principal, explain,
+        limiter=cache.thread_limiter(),
+    )  # fmt: skip
     ref, classifier, probabilities = answered.ref, answered.classifier, answered.probabilities
     explanations = None
     if explain:
         explain_all = functools.partial(
-            explain_images, classifier=classifier, decoded=answered.decoded,
+            explain_images, classifier=classifier, images=answered.overlay_images,
             pixels=answered.pixels, principal=principal,
         )  # fmt: skip
         explanations = await to_thread.run_sync(explain_all)
