@@ -72,6 +72,27 @@ def feature_cache_key(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def features_prefix(dataset_fingerprint: str) -> str:
+    """What the names of a dataset's cached feature files start with: they are found (and
+    removed with the dataset) by it alone."""
+    return f"{dataset_fingerprint}-"
+
+
+def feature_file_name(*, dataset_fingerprint: str, key: str) -> str:
+    """The cached features' file name: features_prefix, then everything else they depend on."""
+    return f"{features_prefix(dataset_fingerprint)}{key}.npz"
+
+
+def fingerprint_of_feature_file(name: str) -> str | None:
+    """The dataset fingerprint a feature file belongs to; None for a file of no dataset (a
+    base's exported extractor) and "" for a file in no naming this code makes (from an
+    earlier version of it: nothing reads it any more)."""
+    if name.startswith("extractor-"):
+        return None
+    fingerprint, dash, _ = name.partition("-")
+    return fingerprint if dash and len(fingerprint) == 64 else ""
+
+
 class CacheMirror(Protocol):
     """A copy of a cache folder that other machines share (a bucket): what one worker
     computed, a worker elsewhere downloads instead of computing it again."""

@@ -39,6 +39,7 @@ from app.ml.features import (
     array_name,
     extract_features,
     feature_cache_key,
+    feature_file_name,
     load_or_compute,
     onnx_extractor,
 )
@@ -268,8 +269,9 @@ def load_features(
         return extract_features(chosen, splits, request, hooks=hooks)
 
     started = time.perf_counter()
+    name = feature_file_name(dataset_fingerprint=pretrained.dataset_fingerprint, key=key)
     features, hit = load_or_compute(
-        pretrained.feature_cache_dir / f"{key}.npz", compute, mirror=pretrained.feature_mirror
+        pretrained.feature_cache_dir / name, compute, mirror=pretrained.feature_mirror
     )
     return features, {
         "feature_cache_hit": hit,

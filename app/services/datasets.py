@@ -12,7 +12,7 @@ import statistics
 import uuid
 import zipfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from app.services.archive import (
     read_member,
 )
 from app.services.auth import Principal, visible
-from app.services.storage import get_storage, trim_cache
+from app.services.storage import get_storage, owner_key, trim_cache
 from models_store import ObjectNotFoundError, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ SPLIT_FOLDER_NAMES = {
 }
 MANIFEST_NAME = "manifest.json"
 MIN_IMAGES_PER_CLASS = 10
+# A class name is stored in columns this wide (a review item's label and top label).
+MAX_CLASS_NAME_CHARS = 200
 MAX_IMBALANCE = 3.0
 TINY_IMAGE_SIDE = 32
 MAX_LISTED = 500  # skipped/duplicate lists in a response are cut to this many entries
@@ -138,13 +140,32 @@ def _plan(
     if has_splits and not adding:
         _check_split_classes(candidates)
     labels = {c.label for c in candidates}
+    if too_long := sorted(label for label in labels if len(label) > MAX_CLASS_NAME_CHARS):
+        raise BadRequestError(
+            f"class folder names are at most {MAX_CLASS_NAME_CHARS} characters; "
+            f"{len(too_long)} are longer, e.g. {too_long[0][:60]!r}... ({len(too_long[0])})"
+        )
     if adding:
         if not labels:
             raise BadRequestError("the zip holds no images inside class folders")
-    elif len(labels) < 2:
-        found = ", ".join(sorted(labels)) or "none"
-        raise BadRequestError(f"a dataset needs at least 2 class folders; found {found}")
+    else:
+        require_two_classes(labels, what="the zip")
     return candidates, has_splits
+
+
+MIN_CLASSES = 2
+
+
+def require_two_classes(classes: Collection[str], *, what: str) -> None:
+    """The one rule for uploads and new versions alike: a classifier needs images of at least
+    two classes (a version that removes every image of all classes but one is refused as an
+    upload of one class folder is)."""
+    if len(classes) < MIN_CLASSES:
+        found = f" ({', '.join(sorted(classes))})" if classes else ""
+        raise BadRequestError(
+            f"a dataset needs images of at least {MIN_CLASSES} classes; {what} has "
+            f"{len(classes)}{found}"
+        )
 
 
 def _check_split_classes(candidates: list[_Candidate]) -> None:
@@ -541,8 +562,13 @@ def delete_dataset(session: Session, *, dataset: Dataset, settings: Settings) ->
     queued or running. Finished jobs stay, detached from the dataset, so their history and
     models survive."""
     # Under the owner's jobs lock: a job submitted at the same moment either exists (and this
-    # is a 409) or waits and then finds the dataset gone (404).
+    # is a 409) or waits and then finds the dataset gone (404). Under the lineage's lock: a
+    # version being made from this one either commits first (it has its own copy of every
+    # image) or finds its parent gone (404).
     lock_key(session, owner_jobs_key(dataset.owner))
+    lock_key(session, dataset_lineage_key(dataset.lineage_id))
+    if session.scalar(select(Dataset.id).where(Dataset.id == dataset.id)) is None:
+        raise NotFoundError(f"dataset {dataset.id} not found")  # deleted meanwhile
     active = session.scalar(
         select(TrainingJob.id).where(
             TrainingJob.dataset_id == dataset.id,
@@ -554,9 +580,39 @@ def delete_dataset(session: Session, *, dataset: Dataset, settings: Settings) ->
     session.execute(
         update(TrainingJob).where(TrainingJob.dataset_id == dataset.id).values(dataset_id=None)
     )
+    # Its cached features go too, unless another dataset of the owner has the same images
+    # (the cache is per owner and keyed by content).
+    shares_features = session.scalar(
+        select(Dataset.id).where(
+            Dataset.owner == dataset.owner,
+            Dataset.fingerprint == dataset.fingerprint,
+            Dataset.id != dataset.id,
+        )
+    )
     session.delete(dataset)
     session.commit()  # the files go only once the rows are gone for good
     _remove_files(dataset.id)
+    if dataset.fingerprint and shares_features is None:
+        remove_features(owner=dataset.owner, fingerprint=dataset.fingerprint)
+
+
+def remove_features(*, owner: str | None, fingerprint: str) -> int:
+    """Remove the owner's cached features of the images with this fingerprint: in the
+    storage (a folder, or the bucket every worker shares) and this machine's copies of bucket
+    objects. Returns how many stored files went."""
+    from app.ml.features import features_prefix  # (app.ml.features loads Keras)
+
+    storage = get_storage()
+    folder = owner_key(owner)
+    prefix = features_prefix(fingerprint)
+    removed = 0
+    for found in list(storage.features.keys(f"{folder}/")):
+        if found.key.rpartition("/")[2].startswith(prefix):
+            storage.features.delete(found.key)
+            removed += 1
+    for copy in (storage.cache_dir / "features" / folder).glob(f"{prefix}*"):
+        copy.unlink(missing_ok=True)
+    return removed
 
 
 # --- Versions: a dataset's images are never changed in place; a change makes a new version.
@@ -711,6 +767,12 @@ def _version_diff(
     }
 
 
+def _parent_deleted(version: int) -> NotFoundError:
+    return NotFoundError(
+        f"version {version} of the dataset was deleted while the new version was being made"
+    )
+
+
 def add_version(
     session: Session,
     *,
@@ -740,9 +802,13 @@ def add_version(
     images_dir = incoming / "images"
     report = _Report()
     try:
-        existing, removed = _existing_images(
-            parent, remove=options.remove, images_dir=images_dir, settings=settings
-        )
+        try:
+            existing, removed = _existing_images(
+                parent, remove=options.remove, images_dir=images_dir, settings=settings
+            )
+        except (FileNotFoundError, ObjectNotFoundError):
+            # Its files went while they were being linked: deleted at this very moment.
+            raise _parent_deleted(parent_number) from None
         new: list[_Image] = []
         if zip_path is not None:
             new += _zip_images(
@@ -751,6 +817,7 @@ def add_version(
         new += _labeled_images(labeled, images_dir=images_dir, settings=settings, report=report)
         images = _deduplicate(existing + new, report)
         classes = sorted({i.label for i in images})
+        require_two_classes(classes, what="the new version")
         if len(classes) > settings.max_dataset_classes:
             raise PayloadTooLargeError(
                 f"the new version would have {len(classes)} classes; a dataset may have at "
@@ -781,6 +848,8 @@ def add_version(
         _write_manifest(incoming, images, classes)
 
         lock_key(session, dataset_lineage_key(lineage_id))
+        if session.scalar(select(Dataset.id).where(Dataset.id == parent_id)) is None:
+            raise _parent_deleted(parent_number)
         latest = session.scalar(
             select(func.max(Dataset.version)).where(Dataset.lineage_id == lineage_id)
         )

@@ -5,7 +5,10 @@ existing splits; earlier versions stay as they were and trainable; jobs record t
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -192,3 +195,81 @@ def test_another_owners_dataset_versions_are_404(client) -> None:
     assert add.status_code == 404
     job = client.post("/jobs", json={"dataset_id": dataset_id, "dataset_version": 1}, headers=bob)
     assert job.status_code == 404
+
+
+def _upload_pets(client: TestClient, cats: int = 6, dogs: int = 6) -> dict:
+    upload = client.post(
+        "/datasets",
+        files={"file": ("d.zip", make_zip(class_folders({"cats": cats, "dogs": dogs})))},
+        data={"name": "pets"},
+    )
+    assert upload.status_code == 201, upload.text
+    return dict(upload.json())
+
+
+def test_a_version_needs_two_classes_as_an_upload_does(client) -> None:
+    first = _upload_pets(client)
+    images = _manifest(first["id"])["images"]
+    every_image = " ".join(entry["sha256"] for entry in images)
+    emptied = _add(client, first["id"], remove=every_image)
+    assert emptied.status_code == 400, emptied.text
+    assert emptied.json()["detail"] == (
+        "a dataset needs images of at least 2 classes; the new version has 0"
+    )
+    cats = " ".join(entry["sha256"] for entry in images if entry["label"] == "cats")
+    one_class = _add(client, first["id"], remove=cats)
+    assert one_class.status_code == 400, one_class.text
+    assert one_class.json()["detail"] == (
+        "a dataset needs images of at least 2 classes; the new version has 1 (dogs)"
+    )
+    assert [v["version"] for v in client.get(f"/datasets/{first['id']}/versions").json()] == [1]
+
+
+def test_a_version_racing_the_delete_of_its_parent_is_404(client, monkeypatch) -> None:
+    """The version's images are linked slowly, so that the DELETE of its parent runs in the
+    middle of it (it was a 500: FileNotFoundError)."""
+    from app.services import datasets
+
+    first = _upload_pets(client, cats=12, dogs=12)
+    linking = threading.Event()
+    link = datasets._link_or_copy
+
+    def slow_link(source, target) -> None:
+        linking.set()
+        time.sleep(0.02)
+        link(source, target)
+
+    monkeypatch.setattr(datasets, "_link_or_copy", slow_link)
+
+    def add():
+        return _add(client, first["id"], {"cats/new.png": image_bytes("PNG", seed=4242)})
+
+    def delete():
+        assert linking.wait(10)
+        return client.delete(f"/datasets/{first['id']}")
+
+    with ThreadPoolExecutor(2) as pool:
+        added, deleted = pool.submit(add), pool.submit(delete)
+        added_response, deleted_response = added.result(), deleted.result()
+    assert deleted_response.status_code == 204, deleted_response.text
+    assert added_response.status_code == 404, added_response.text
+    assert "was deleted while the new version was being made" in added_response.json()["detail"]
+    assert client.get(f"/datasets/{first['id']}").status_code == 404
+
+
+def test_a_version_whose_parent_row_went_before_its_lock_is_404(client, monkeypatch) -> None:
+    """The parent's row deleted after its images were linked (the links survive): the new
+    version is refused under the lineage's lock instead of being numbered as a v1."""
+    from app.services import datasets
+
+    first = _upload_pets(client)
+    numbered = datasets._version_diff
+
+    def delete_then_diff(*args, **kwargs):
+        assert client.delete(f"/datasets/{first['id']}").status_code == 204
+        return numbered(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "_version_diff", delete_then_diff)
+    response = _add(client, first["id"], {"cats/new.png": image_bytes("PNG", seed=4343)})
+    assert response.status_code == 404, response.text
+    assert "version 1 of the dataset was deleted" in response.json()["detail"]
