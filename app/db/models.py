@@ -47,6 +47,11 @@ class JobStatus(enum.StrEnum):
         return self in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
 
 
+# A running job's progress reaches 1.0 in the very transaction that registers its model
+# version (training reports at most 0.99): from then on it can no longer be cancelled.
+REGISTERED_PROGRESS = 1.0
+
+
 def _new_id() -> uuid.UUID:
     return uuid.uuid4()
 
@@ -125,6 +130,7 @@ class TrainingJob(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     # Fraction done in [0, 1]; progress_detail says where ({"epoch": 3, "epochs": 10, ...}).
+    # REGISTERED_PROGRESS (1.0) once the job's model version is registered.
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     progress_detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # What the job produced: evaluation for training methods, a report for worker_check.
@@ -212,6 +218,40 @@ class ModelVersion(Base):
     metrics_summary: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ExportStatus(enum.StrEnum):
+    QUEUED = "queued"  # asked for; a worker will build it
+    RUNNING = "running"
+    READY = "ready"  # stored, downloadable
+    FAILED = "failed"  # `error` says why
+
+
+class ModelExport(Base):
+    """A version in another format (a TF Serving SavedModel archive), built once per version
+    by a worker when it is first asked for, and kept beside the version's files (under its
+    folder, outside its manifest: loading the version never reads it) until the version goes."""
+
+    __tablename__ = "model_exports"
+    __table_args__ = (UniqueConstraint("version_id", "format"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_new_id)
+    version_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    format: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=ExportStatus.QUEUED)
+    # The archive's key in the models area, its sha256 and size, once it is ready.
+    key: Mapped[str | None] = mapped_column(String(1024))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    # When its task was last sent to the workers (sent again if nobody took it for long).
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ReviewStatus(enum.StrEnum):

@@ -21,6 +21,7 @@ from app.core.queue import RUN_TRAINING_JOB, send_task
 from app.db.base import utcnow
 from app.db.locks import lock_key, model_name_key, owner_jobs_key
 from app.db.models import (
+    REGISTERED_PROGRESS,
     DatasetStatus,
     EpochMetric,
     JobStatus,
@@ -97,6 +98,9 @@ def submit_job(
         enqueue_job(job_id=job.id)
     except ServiceUnavailableError:
         session.delete(job)
+        session.flush()
+        if (name := parameters.get("model_name")) is not None:
+            model_versions.release_unused_name(session, name=name, owner=owner)
         session.commit()
         raise
     return job
@@ -215,7 +219,9 @@ def list_jobs(
 
 
 def cancel_job(session: Session, *, job: TrainingJob) -> TrainingJob:
-    """Cancel a queued job at once; ask a running one to stop (its worker does within a batch)."""
+    """Cancel a queued job at once; ask a running one to stop (its worker does within a batch,
+    or when it is about to register its model version). Once the version is registered
+    (the job's progress is 1.0) it is too late: ConflictError, and the job succeeds."""
     if job.status == JobStatus.QUEUED.value:
         cancelled = session.execute(
             update(TrainingJob)
@@ -224,12 +230,30 @@ def cancel_job(session: Session, *, job: TrainingJob) -> TrainingJob:
         )
         if cancelled.rowcount == 1:  # type: ignore[attr-defined]
             session.refresh(job)
+            if (name := job.parameters.get("model_name")) is not None:
+                model_versions.release_unused_name(session, name=name, owner=job.owner)
             return job
         session.refresh(job)  # a worker claimed it meanwhile: cancel it as a running job
     if job.status == JobStatus.RUNNING.value:
-        job.cancel_requested = True
-        session.flush()
-        return job
+        # One statement: a registration committing at this moment either comes first (and
+        # this matches nothing) or sees the request (and refuses to register).
+        requested = session.execute(
+            update(TrainingJob)
+            .where(
+                TrainingJob.id == job.id,
+                TrainingJob.status == JobStatus.RUNNING.value,
+                TrainingJob.progress < REGISTERED_PROGRESS,
+            )
+            .values(cancel_requested=True)
+        )
+        session.refresh(job)
+        if requested.rowcount == 1:  # type: ignore[attr-defined]
+            return job
+        if job.status == JobStatus.RUNNING.value:
+            raise ConflictError(
+                f"too late to cancel job {job.id}: its model version is registered and the "
+                "job is finishing"
+            )
     raise ConflictError(f"job {job.id} is already {job.status}")
 
 

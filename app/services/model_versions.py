@@ -21,7 +21,7 @@ from app.core.errors import (
     NotFoundError,
 )
 from app.db.locks import lock_key, model_name_key
-from app.db.models import ModelName, ModelVersion
+from app.db.models import JobStatus, ModelExport, ModelName, ModelVersion, TrainingJob
 from app.db.session import session_scope
 from app.services.auth import Principal, visible
 from app.services.storage import get_storage, trim_cache
@@ -43,8 +43,34 @@ def claim_name(session: Session, *, name: str, owner: str | None) -> ModelName:
         session.add(row)
         session.flush()
     elif row.owner != owner:
-        raise ConflictError(f"the model name {name!r} is taken: choose another model_name")
+        # Names are global; whose it is, and what it holds, is not said.
+        raise ConflictError(f"model_name {name!r} is not available: choose another")
     return row
+
+
+def release_unused_name(session: Session, *, name: str, owner: str | None) -> bool:
+    """Give back a name that a job claimed and that holds nothing: no version was ever
+    numbered under it, it has no review threshold, and none of the owner's queued or running
+    jobs asks for it. Called in the transaction that ends a job without a version (failed,
+    cancelled, or never enqueued), so a name is not claimed for good by a job that made
+    nothing. True if it was released."""
+    lock_key(session, model_name_key(name))
+    row = session.get(ModelName, name, populate_existing=True)
+    if row is None or row.owner != owner or row.last_version or row.review_threshold is not None:
+        return False
+    if session.scalar(select(ModelVersion.id).where(ModelVersion.name == name).limit(1)):
+        return False
+    waiting = session.scalars(
+        select(TrainingJob.parameters).where(
+            TrainingJob.owner == owner,
+            TrainingJob.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+        )
+    )
+    if any(parameters.get("model_name") == name for parameters in waiting):
+        return False
+    session.delete(row)
+    session.flush()
+    return True
 
 
 def _next_version(*, name: str, owner: str | None, store: ModelStore) -> int:
@@ -294,9 +320,15 @@ def delete_version(
             f"{name} v{version} is the active version: activate another one before deleting it"
         )
     ref = VersionRef.of(row)
+    # Its exports are files under its folder (removed with it) and rows that cascade; this
+    # machine's copies of them (read from a bucket) go too.
+    digests = session.scalars(select(ModelExport.sha256).where(ModelExport.version_id == row.id))
+    export_copies = [get_storage().cache_dir / "exports" / d for d in digests if d is not None]
     session.delete(row)
     session.commit()
     model_store().delete_version(ref.path)
+    for copy in export_copies:
+        copy.unlink(missing_ok=True)
     return ref
 
 

@@ -17,7 +17,14 @@ from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
 from app.db.base import utcnow
-from app.db.models import WORKER_CHECK, Dataset, EpochMetric, JobStatus, TrainingJob
+from app.db.models import (
+    REGISTERED_PROGRESS,
+    WORKER_CHECK,
+    Dataset,
+    EpochMetric,
+    JobStatus,
+    TrainingJob,
+)
 from app.db.session import session_scope
 from app.ml.config import Method
 from app.services import model_versions
@@ -61,6 +68,25 @@ def ensure_still_owned(session: Session, *, job_id: uuid.UUID, worker_id: str) -
     )
     if owned is None:
         raise JobTakenOverError(f"job {job_id} is no longer running on {worker_id}")
+
+
+def allow_registration(session: Session, *, job_id: uuid.UUID, worker_id: str) -> None:
+    """In the transaction that registers the job's model version: the job must still run on
+    this worker (JobTakenOverError) and nobody may have asked to cancel it
+    (JobCancelledError: the version is not registered). Marks it registered (progress 1.0),
+    after which a cancel is refused: the two are decided by one row, in one order."""
+    marked = session.execute(
+        update(TrainingJob)
+        .where(_owned(job_id, worker_id), TrainingJob.cancel_requested.is_(False))
+        .values(
+            progress=REGISTERED_PROGRESS, progress_detail={"stage": "registered"},
+            heartbeat_at=utcnow(),
+        )
+    )  # fmt: skip
+    if marked.rowcount == 1:  # type: ignore[attr-defined]
+        return
+    ensure_still_owned(session, job_id=job_id, worker_id=worker_id)
+    raise JobCancelledError("cancelled before its model version was registered")
 
 
 def _run_worker_check(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
@@ -276,7 +302,7 @@ def _run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         version = model_versions.register_version(
             name=parameters["model_name"], job_id=job_id, owner=owner, source_dir=build,
             metadata=meta, metrics_summary=summary, may_activate=outcome.beats_chance,
-            still_valid=lambda session: ensure_still_owned(
+            still_valid=lambda session: allow_registration(
                 session, job_id=job_id, worker_id=worker_id
             ),
         )  # fmt: skip
@@ -384,7 +410,8 @@ def finish_job(
     error: str | None = None,
 ) -> bool:
     """Record a running job's final state, if it still runs on this worker; False if it was
-    taken over (its new run will record the outcome)."""
+    taken over (its new run will record the outcome). A job that ends without a version
+    gives back the model name it claimed, if nothing else holds it."""
     with session_scope() as session:
         finished = session.execute(
             update(TrainingJob)
@@ -397,7 +424,13 @@ def finish_job(
                 progress=1.0 if status is JobStatus.SUCCEEDED else TrainingJob.progress,
             )
         )
-        return bool(finished.rowcount == 1)  # type: ignore[attr-defined]
+        if finished.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if status is not JobStatus.SUCCEEDED:
+            job = session.get(TrainingJob, job_id)
+            if job is not None and (name := job.parameters.get("model_name")) is not None:
+                model_versions.release_unused_name(session, name=name, owner=job.owner)
+        return True
 
 
 def run_job(*, job_id: uuid.UUID, worker_id: str) -> None:

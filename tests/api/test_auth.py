@@ -96,6 +96,40 @@ def test_invalid_revoked_and_x_api_key_header(app_client: TestClient) -> None:
     assert app_client.get("/datasets", headers=_bearer(key)).status_code == 401
 
 
+def test_an_address_sending_invalid_keys_is_refused_before_they_are_looked_up(
+    configure, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import auth
+
+    configure(database_url=sqlite_url, FAILED_KEY_BURST="20", FAILED_KEYS_PER_SECOND="0.5")
+    migrate(sqlite_url)
+    good = api_key("train")
+    lookups = []
+    authenticate = auth.authenticate
+
+    def counted(session, *, key):
+        lookups.append(key)
+        return authenticate(session, key=key)
+
+    monkeypatch.setattr(auth, "authenticate", counted)
+    with TestClient(create_app()) as client:
+        assert client.get("/datasets", headers=_bearer(good)).status_code == 200  # remembered
+        statuses = [
+            client.get("/datasets", headers=_bearer(f"sv_{i:012x}_{'x' * 43}")).status_code
+            for i in range(30)
+        ]
+        assert statuses == [401] * 20 + [429] * 10
+        assert len(lookups) == 1 + 20  # the refused ten were never looked up
+        refused = client.get("/datasets", headers=_bearer("sv_000000000000_" + "y" * 43))
+        assert refused.json()["detail"].startswith(
+            "this address sent over 0.5 invalid API keys per second (bursts of 20); retry in"
+        )
+        assert int(refused.headers["Retry-After"]) >= 1
+        # A key it verified before still works from there; an anonymous request is a 401.
+        assert client.get("/datasets", headers=_bearer(good)).status_code == 200
+        assert client.get("/datasets").status_code == 401
+
+
 def test_scopes(app_client: TestClient) -> None:
     register_tiny_model("pets")
     trainer, predictor = _bearer(api_key("train")), _bearer(api_key("predict"))
@@ -116,9 +150,20 @@ def test_scopes(app_client: TestClient) -> None:
     }
     assert app_client.get("/metrics", headers=trainer).status_code == 403
     assert app_client.post("/workers/check", headers=trainer).status_code == 403
-    # Registry reads are open to both; changes need train.
+    # Registry reads are open to both; changes and the model files themselves need train.
     assert app_client.get("/models", headers=predictor).status_code == 200
     assert app_client.post("/models/pets/versions/1/activate", headers=predictor).status_code == 403
+    for fmt in ("keras", "onnx", "savedmodel"):
+        download = app_client.get(
+            "/models/pets/versions/1/download", params={"format": fmt}, headers=predictor
+        )
+        assert download.status_code == 403, (fmt, download.text)
+        assert download.json()["detail"] == "this API key lacks the train scope"
+    # (a train key of another owner than the model's: 404, not 403)
+    assert app_client.get("/models/pets/versions/1/download", headers=trainer).status_code == 404
+    for method, path in (("GET", "exports"), ("POST", "exports/savedmodel")):
+        url = f"/models/pets/versions/1/{path}"
+        assert app_client.request(method, url, headers=predictor).status_code == 403
     assert app_client.get("/v2/models/pets/ready", headers=trainer).status_code == 403
     # admin holds every scope
     admin = _bearer(api_key("admin"))
@@ -194,7 +239,7 @@ def test_one_keys_data_is_invisible_to_another(app_client: TestClient) -> None:
         "/jobs", json={"dataset_id": bobs.json()["id"], "model_name": "alice-model"}, headers=bob
     )
     assert taken.status_code == 409
-    assert "taken" in taken.json()["detail"]
+    assert taken.json()["detail"] == "model_name 'alice-model' is not available: choose another"
 
 
 def test_cli_creates_lists_and_revokes_keys(app_client: TestClient) -> None:

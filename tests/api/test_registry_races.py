@@ -87,7 +87,7 @@ def test_a_second_owner_cannot_take_a_name_before_its_first_version(client, tmp_
         "/jobs", json={**request, "dataset_id": _dataset(client, tmp_path, bob)}, headers=bob
     )
     assert second.status_code == 409, second.text
-    assert "taken" in second.json()["detail"]
+    assert "is not available" in second.json()["detail"]
     # and where the version is registered, ownership is checked again, under the name's lock
     with pytest.raises(ConflictError):
         register_tiny_model("shared", owner="bob")
