@@ -42,6 +42,7 @@ from smallvision.client import (
     Dataset,
     Epoch,
     Evaluation,
+    Export,
     Job,
     JobMetrics,
     ServiceUnreachableError,
@@ -469,16 +470,26 @@ class Commands:
         return ExitCode.OK
 
     def models_download(self, args: argparse.Namespace) -> ExitCode:
-        target: Path = args.output or Path(f"{args.name}-v{args.version}.keras")
+        suffix = {"keras": ".keras", "onnx": ".onnx", "savedmodel": "-savedmodel.tar.gz"}
+        target: Path = args.output or Path(f"{args.name}-v{args.version}{suffix[args.format]}")
         partial = target.with_name(target.name + ".part")
         with _transfer_progress(self.out) as progress, partial.open("wb") as file:
-            task = progress.add_task(f"downloading {target.name}", total=None)
+            task: TaskID | None = None  # the bar appears once the file starts (not for a 404)
 
             def advance(received: int, total: int | None) -> None:
+                nonlocal task
+                if task is None:
+                    task = progress.add_task(f"downloading {target.name}", total=total)
                 progress.update(task, completed=received, total=total)
 
+            def waiting(export: Export) -> None:
+                progress.console.print(f"the {args.format} export is {export['status']}; waiting")
+
             try:
-                self.client.download_version(args.name, args.version, file, on_progress=advance)
+                self.client.download_version(
+                    args.name, args.version, file, format=args.format, on_progress=advance,
+                    on_waiting=waiting,
+                )  # fmt: skip
             except BaseException:
                 partial.unlink(missing_ok=True)
                 raise
@@ -639,12 +650,17 @@ def _parser() -> argparse.ArgumentParser:
     on_models.add_parser("list", help="models and their versions", parents=[after])
     for action, text in (
         ("activate", "serve this version"),
-        ("download", "save the version's .keras file"),
+        ("download", "save the version's file (.keras, or --format onnx | savedmodel)"),
     ):
         command = on_models.add_parser(action, help=text, parents=[after])
         command.add_argument("name")
         command.add_argument("version", type=int)
     on_models.choices["download"].add_argument("-o", "--output", type=Path)
+    on_models.choices["download"].add_argument(
+        "--format", choices=("keras", "onnx", "savedmodel"), default="keras",
+        help="savedmodel: a TF Serving archive, built by a worker on the first download "
+        "(waits for it)",
+    )  # fmt: skip
     return parser
 
 

@@ -170,6 +170,21 @@ class ModelVersion(TypedDict):
     created_at: str
 
 
+DownloadFormat = Literal["keras", "onnx", "savedmodel"]
+
+
+class Export(TypedDict):
+    """A version in another format, built by a worker when first asked for."""
+
+    format: str
+    status: Literal["queued", "running", "ready", "failed"]
+    size_bytes: int | None
+    sha256: str | None
+    error: str | None
+    created_at: str
+    finished_at: str | None
+
+
 class LabelProbability(TypedDict):
     label: str
     probability: float
@@ -188,6 +203,24 @@ class Prediction(TypedDict):
 
 
 Method = Literal["auto", "scratch", "bottleneck", "finetune"]
+
+
+def _write_body(
+    response: httpx.Response,
+    destination: IO[bytes],
+    on_progress: Callable[[int, int | None], None] | None,
+) -> int:
+    """Stream a response's body into `destination`; returns the bytes written."""
+    total = (
+        int(response.headers["content-length"]) if "content-length" in response.headers else None
+    )
+    received = 0
+    for chunk in response.iter_bytes(_CHUNK_BYTES):
+        destination.write(chunk)
+        received += len(chunk)
+        if on_progress:
+            on_progress(received, total)
+    return received
 
 
 def _error_from(response: httpx.Response) -> ApiError:
@@ -392,30 +425,46 @@ class Client:
         version: int,
         destination: IO[bytes],
         *,
+        format: DownloadFormat = "keras",
         on_progress: Callable[[int, int | None], None] | None = None,
+        on_waiting: Callable[[Export], None] | None = None,
+        wait_seconds: float = 600.0,
     ) -> int:
-        """Write the version's .keras file to `destination`; `on_progress(received, total)`
-        after each chunk. Returns the number of bytes written."""
+        """Write the version's file in `format` (keras, onnx or savedmodel) to `destination`;
+        `on_progress(received, total)` after each chunk. A savedmodel archive is built by a
+        worker when first asked for: until it is ready (at most `wait_seconds`) the server
+        answers 202 and this waits as it says, calling `on_waiting(export)`. Returns the
+        number of bytes written."""
         path = f"/models/{_path(name)}/versions/{version}/download"
+        deadline = time.monotonic() + wait_seconds
         try:
-            with self._http.stream("GET", path) as response:
-                if response.is_error:
-                    response.read()
-                    raise _error_from(response)
-                total = (
-                    int(response.headers["content-length"])
-                    if ("content-length" in response.headers)
-                    else None
-                )
-                received = 0
-                for chunk in response.iter_bytes(_CHUNK_BYTES):
-                    destination.write(chunk)
-                    received += len(chunk)
-                    if on_progress:
-                        on_progress(received, total)
+            while True:
+                with self._http.stream("GET", path, params={"format": format}) as response:
+                    if response.status_code == 202:
+                        response.read()
+                        pause = float(response.headers.get("retry-after", "5"))
+                        if time.monotonic() + pause > deadline:
+                            raise ApiError(
+                                504, "export_pending",
+                                f"the {format} export of {name} v{version} was not ready within "
+                                f"{wait_seconds:g} s; it is still being built: try again later",
+                            )  # fmt: skip
+                        if on_waiting:
+                            on_waiting(cast(Export, response.json()))
+                        time.sleep(pause)
+                        continue
+                    if response.is_error:
+                        response.read()
+                        raise _error_from(response)
+                    return _write_body(response, destination, on_progress)
         except httpx.TransportError as exc:
             raise ServiceUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
-        return received
+
+    def list_exports(self, name: str, version: int) -> list[Export]:
+        """The version's exports asked for so far, with their state."""
+        return cast(
+            list[Export], self._json("GET", f"/models/{_path(name)}/versions/{version}/exports")
+        )
 
     # Prediction
 

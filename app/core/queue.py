@@ -12,6 +12,9 @@ from app.core.errors import ServiceUnavailableError
 
 # Task names are the contract between the API and the workers: the API never imports worker code.
 RUN_TRAINING_JOB = "training.run_job"
+# Builds a model version's export (a SavedModel archive) asked for by a download; on the
+# default queue, which every worker started by `app.cli worker` consumes besides training.
+BUILD_EXPORT = "exports.build"
 
 # A Redis-delivered task whose worker has not acknowledged it in this many seconds is redelivered.
 # acks_late holds the ack until the job ends, so this must outlast the longest training job;

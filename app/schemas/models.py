@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -34,3 +34,17 @@ class ModelVersionRead(BaseModel):
     size_bytes: int
     metrics_summary: dict[str, Any]
     created_at: datetime
+
+
+class ExportRead(BaseModel):
+    """A version's export in another format (built by a worker when first asked for)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    format: str
+    status: Literal["queued", "running", "ready", "failed"]
+    size_bytes: int | None
+    sha256: str | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None

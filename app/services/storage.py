@@ -125,11 +125,12 @@ TRIM_GRACE_SECONDS = 900.0
 
 def _cached_entries(storage: Storage) -> list[tuple[float, int, Path]]:
     """(last used, bytes, path) of every cached copy: image files, model version folders
-    (touched when used) and feature files."""
+    (touched when used), feature files and model export archives."""
     entries: list[tuple[float, int, Path]] = []
     files = [
         *(storage.image_cache / "images").glob("*/*"),
         *(storage.cache_dir / "features").glob("*/*"),
+        *(storage.cache_dir / "exports").glob("*"),
     ]
     for path in files:
         if path.is_file() and not path.name.startswith("."):

@@ -8,6 +8,7 @@ import base64
 import io
 import tarfile
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -124,16 +125,37 @@ def test_tf_serving_and_open_inference_routes_name_the_runtime(client) -> None:
     assert v2.json()["parameters"] == {"runtime": "onnxruntime"}
 
 
-def test_saved_model_download_is_tf_serving_layout_and_answers_like_predict(client) -> None:
+def test_saved_model_download_is_tf_serving_layout_and_answers_like_predict(
+    client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive is built by a worker when first asked for: 202 until it is ready (here the
+    worker's function runs in the test, the API's process never exports), then the file."""
     import tensorflow as tf
 
+    from app.services import exports
+
+    sent: list[str] = []
+    monkeypatch.setattr(exports, "send_task", lambda name, *, args, queue: sent.extend(args))
     register_tiny_model("pets", image_size=128, classes=("cats", "dogs", "birds"))
     response = client.post("/predict", files={"file": ("dog.jpg", PHOTO)}, data={"top_k": "3"})
     served = {x["label"]: x["probability"] for x in response.json()["predictions"][0]["labels"]}
 
-    download = client.get("/models/pets/versions/1/download", params={"format": "savedmodel"})
+    url, savedmodel = "/models/pets/versions/1/download", {"format": "savedmodel"}
+    for _ in range(3):  # asked for three times, built once
+        pending = client.get(url, params=savedmodel)
+        assert pending.status_code == 202, pending.text
+        assert pending.headers["Retry-After"] == "5"
+        assert pending.json()["status"] == "queued"
+    assert len(sent) == 1
+    assert [e["status"] for e in client.get("/models/pets/versions/1/exports").json()] == ["queued"]
+    exports.run_export(export_id=uuid.UUID(sent[0]), worker_id="a-worker/1")
+    (ready,) = client.get("/models/pets/versions/1/exports").json()
+    assert ready["status"] == "ready" and ready["size_bytes"] > 0
+
+    download = client.get(url, params=savedmodel)
     assert download.status_code == 200
     assert download.headers["content-type"] == "application/gzip"
+    assert "pets-v1-savedmodel.tar.gz" in download.headers["content-disposition"]
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(fileobj=io.BytesIO(download.content), mode="r:gz") as archive:
             assert "pets/1/saved_model.pb" in archive.getnames()
@@ -143,7 +165,33 @@ def test_saved_model_download_is_tf_serving_layout_and_answers_like_predict(clie
     np.testing.assert_allclose(
         output.numpy()[0], [served["cats"], served["dogs"], served["birds"]], atol=1e-5
     )
-    assert (
-        client.get("/models/pets/versions/1/download", params={"format": "tflite"}).status_code
-        == 422
-    )
+    assert client.get(url, params={"format": "tflite"}).status_code == 422
+
+
+def test_a_failed_export_says_why_and_can_be_tried_again(
+    client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import exports
+
+    sent: list[str] = []
+    monkeypatch.setattr(exports, "send_task", lambda name, *, args, queue: sent.extend(args))
+    register_tiny_model("pets", image_size=32)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the converter fell over")
+
+    url, savedmodel = "/models/pets/versions/1/download", {"format": "savedmodel"}
+    assert client.get(url, params=savedmodel).status_code == 202
+    with monkeypatch.context() as patch:
+        patch.setattr(exports, "_saved_model_archive", broken)
+        exports.run_export(export_id=uuid.UUID(sent[0]), worker_id="a-worker/1")
+    failed = client.get(url, params=savedmodel)
+    assert failed.status_code == 409, failed.text
+    assert "RuntimeError: the converter fell over" in failed.json()["detail"]
+    assert len(sent) == 1  # a failed export is not retried by downloads
+    again = client.post("/models/pets/versions/1/exports/savedmodel")
+    assert again.status_code == 202 and again.json()["status"] == "queued"
+    assert len(sent) == 2
+    exports.run_export(export_id=uuid.UUID(sent[1]), worker_id="a-worker/1")
+    assert client.get(url, params=savedmodel).status_code == 200
+    assert client.post("/models/pets/versions/1/exports/keras").status_code == 422

@@ -19,6 +19,7 @@ EXPECTED_TABLES = {
     "model_versions",
     "model_names",
     "review_items",
+    "model_exports",
 }
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -122,6 +123,20 @@ def test_upload_train_watch_predict_activate_download(
     assert "downloading pets.keras" in output
     assert zipfile.is_zipfile(target)  # a .keras file is a zip
     assert target.stat().st_size > 0 and not target.with_name("pets.keras.part").exists()
+
+    # A SavedModel archive is built by the service's worker when first asked for: the command
+    # waits for it (the API answers 202 until then), then saves it.
+    archive = tmp_path / "pets-savedmodel.tar.gz"
+    output = _ok(smallvision(service, "models", "download", "pets", "1", "--format",
+                             "savedmodel", "-o", str(archive)))  # fmt: skip
+    assert "the savedmodel export is queued; waiting" in output
+    with tarfile.open(archive) as opened:
+        assert "pets/1/saved_model.pb" in opened.getnames()
+    (export,) = client.list_exports("pets", 1)
+    assert export["status"] == "ready" and export["size_bytes"] == archive.stat().st_size
+    missing = smallvision(service, "models", "download", "nosuch", "1")
+    assert missing.returncode == ExitCode.NOT_FOUND
+    assert "downloading" not in missing.stdout  # no progress bar before the 404
 
 
 def _one_line_error(run: subprocess.CompletedProcess[str], code: ExitCode, *needles: str) -> str:

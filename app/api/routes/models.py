@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from app.api.deps import ModelCacheDep, RegistryReader, SessionDep, Trainer, VersionNumber
 from app.core.errors import ModelUnavailableError
-from app.schemas.models import ModelRead, ModelVersionRead
+from app.db.models import ExportStatus, ModelExport
+from app.schemas.models import ExportRead, ModelRead, ModelVersionRead
 from app.services import exports, model_versions
 from app.services.exports import DownloadFormat
 from app.services.model_versions import VersionRef
@@ -75,11 +76,22 @@ def activate_version(
     return activated
 
 
+_EXPORT_PENDING: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": ExportRead,
+        "description": "a savedmodel archive is being built by a worker: ask again after "
+        "Retry-After seconds",
+    },
+    409: {"description": "the export failed (the message says why)"},
+}
+
+
 @router.get(
     "/{name}/versions/{version}/download",
     response_class=FileResponse,
     responses={
         **_NOT_FOUND,
+        **_EXPORT_PENDING,
         503: {"description": "the stored files fail their checksum"},
     },
 )
@@ -87,17 +99,66 @@ def download_version(
     name: str,
     version: VersionNumber,
     session: SessionDep,
-    principal: RegistryReader,
+    principal: Trainer,
     format: DownloadFormat = DownloadFormat.KERAS,
-) -> FileResponse:
+) -> Response:
     """The version as a file: `keras` (the `.keras` model), `onnx` (for ONNX Runtime) or
     `savedmodel` (a .tar.gz in TF Serving's `<name>/<version>/` layout). All take raw RGB
-    pixels of any size, float32 0..255, shape (batch, height, width, 3)."""
+    pixels of any size, float32 0..255, shape (batch, height, width, 3). A savedmodel archive
+    is built once per version by a worker: the first requests answer 202 with Retry-After
+    until it is ready."""
     row = model_versions.get_version(session, name=name, version=version, principal=principal)
-    path, filename = exports.download_path(VersionRef.of(row), format)
-    media_type = "application/gzip" if format is DownloadFormat.SAVEDMODEL else None
-    return FileResponse(
-        path, media_type=media_type or "application/octet-stream", filename=filename
+    ref = VersionRef.of(row)
+    filename = exports.download_name(ref, format)
+    if format not in exports.BUILT_ON_DEMAND:
+        return FileResponse(
+            exports.version_file(ref, format), media_type="application/octet-stream",
+            filename=filename,
+        )  # fmt: skip
+    export = exports.request_export(session, version=row, fmt=format)
+    exports.refuse_failed(export, ref=ref)
+    if export.status != ExportStatus.READY:
+        return _pending(export)
+    return FileResponse(exports.ready_file(export), media_type="application/gzip",
+                        filename=filename)  # fmt: skip
+
+
+def _pending(export: ModelExport) -> JSONResponse:
+    body = ExportRead.model_validate(export).model_dump(mode="json")
+    return JSONResponse(
+        body, status_code=status.HTTP_202_ACCEPTED,
+        headers={"Retry-After": str(exports.RETRY_AFTER_SECONDS)},
+    )  # fmt: skip
+
+
+@router.get("/{name}/versions/{version}/exports", response_model=list[ExportRead],
+            responses=_NOT_FOUND)  # fmt: skip
+def list_exports(
+    name: str, version: VersionNumber, session: SessionDep, principal: Trainer
+) -> list[ExportRead]:
+    """The version's exports asked for so far, with their state."""
+    row = model_versions.get_version(session, name=name, version=version, principal=principal)
+    return [ExportRead.model_validate(e) for e in exports.list_exports(session, version=row)]
+
+
+@router.post(
+    "/{name}/versions/{version}/exports/{format}",
+    response_model=ExportRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=_NOT_FOUND,
+)
+def request_export(
+    name: str,
+    version: VersionNumber,
+    format: Literal[DownloadFormat.SAVEDMODEL],
+    session: SessionDep,
+    principal: Trainer,
+) -> ExportRead:
+    """Have a worker build the version in `format` (or try a failed export again), without
+    downloading it; its state is in `GET .../exports`."""
+    row = model_versions.get_version(session, name=name, version=version, principal=principal)
+    return ExportRead.model_validate(
+        exports.request_export(session, version=row, fmt=DownloadFormat(format), retry=True)
     )
 
 
