@@ -29,10 +29,11 @@ def dataset_lineage_key(lineage_id: object) -> str:
     return f"dataset-lineage:{lineage_id}"
 
 
-def review_queue_key(owner: str | None) -> str:
-    """One owner's review queue: adding items and dropping the oldest past its limits, and
+def review_queue_key(owner_folder: str) -> str:
+    """One owner's review queue (named by the owner's folder of review images, which is all
+    that a file in it tells): adding items and dropping the oldest past its limits, and
     removing image files no item refers to any more."""
-    return f"review-queue:{owner}"
+    return f"review-queue:{owner_folder}"
 
 
 def _lock_id(key: str) -> int:

@@ -31,7 +31,7 @@ from app.core.metrics import REVIEW_CAPTURED, REVIEW_DROPPED
 from app.db.base import utcnow
 from app.db.locks import lock_key, model_name_key, review_queue_key
 from app.db.models import ModelName, ReviewItem, ReviewStatus
-from app.db.session import session_scope
+from app.db.session import after_commit, session_scope
 from app.services.auth import Principal, visible
 from app.services.datasets import LabeledImage
 from app.services.storage import get_storage
@@ -121,6 +121,11 @@ def image_key(owner: str | None, digest: str) -> str:
     return f"{_owner_prefix(owner)}/{digest[:2]}/{digest}"
 
 
+def queue_lock(owner: str | None) -> str:
+    """The lock of the owner's queue and review images (app.db.locks.review_queue_key)."""
+    return review_queue_key(_owner_prefix(owner))
+
+
 def read_image(item: ReviewItem) -> bytes:
     """The item's image as it was sent (ObjectNotFoundError if it is gone)."""
     return get_storage().review.get_bytes(image_key(item.owner, item.image_sha256))
@@ -164,12 +169,18 @@ def capture_uncertain(
         return 0
     settings = get_settings()
     owner = principal.owner
+    digests = [hashlib.sha256(image.data).hexdigest() for image, _ in uncertain]
+    # The files are written (and fsynced) before the lock, which on SQLite is the database's
+    # one write lock: every other writer would wait for up to 64 files' writes.
+    for (image, _), digest in zip(uncertain, digests, strict=True):
+        _store_image(image.data, digest, owner=owner)
     with session_scope() as session:
-        # The owner's lock first: storing files and rows, and dropping the oldest with the
-        # files no other item uses, are one step for each owner.
-        lock_key(session, review_queue_key(owner))
-        for image, row in uncertain:
-            digest = hashlib.sha256(image.data).hexdigest()
+        # The owner's lock: adding rows, and dropping the oldest with the files no other item
+        # uses, are one step for each owner.
+        lock_key(session, queue_lock(owner))
+        for (image, row), digest in zip(uncertain, digests, strict=True):
+            # Written again if a removal of unused files took it between the first write and
+            # the lock (a cheap existence check otherwise): a row never lacks its file.
             _store_image(image.data, digest, owner=owner)
             top = int(np.argmax(row))
             answer = {
@@ -270,26 +281,37 @@ def _drop_over_limits(session: Session, *, owner: str | None, settings: Settings
 def _delete_items(
     session: Session, *, owner: str | None, item_ids: Sequence[uuid.UUID], settings: Settings
 ) -> int:
-    """Delete these items of the owner and the image files no remaining item of theirs uses.
-    Call with the owner's review lock held: a capture of the same image waits, and then writes
-    the file again. Returns how many rows went."""
-    digests = set(
+    """Delete these items of the owner; once that is committed, the image files no item of
+    theirs uses any more go too (remove_unused_images): a failed commit keeps every file its
+    rows need. Call with the owner's review lock held. Returns how many rows went."""
+    digests = frozenset(
         session.scalars(select(ReviewItem.image_sha256).where(ReviewItem.id.in_(item_ids)))
     )
     deleted = session.execute(
         delete(ReviewItem).where(ReviewItem.owner == owner, ReviewItem.id.in_(item_ids))
     ).rowcount  # type: ignore[attr-defined]
-    still_used = set(
-        session.scalars(
-            select(ReviewItem.image_sha256).where(
-                ReviewItem.owner == owner, ReviewItem.image_sha256.in_(digests)
+    if digests:
+        after_commit(session, partial(remove_unused_images, owner=owner, digests=digests))
+    return int(deleted)
+
+
+def remove_unused_images(*, owner: str | None, digests: frozenset[str]) -> int:
+    """Remove the owner's image files among `digests` that no item of theirs uses, checked
+    under the owner's lock (a capture of the same image since it was unused keeps it).
+    Returns how many went."""
+    with session_scope() as session:
+        lock_key(session, queue_lock(owner))
+        used = set(
+            session.scalars(
+                select(ReviewItem.image_sha256).where(
+                    ReviewItem.owner == owner, ReviewItem.image_sha256.in_(digests)
+                )
             )
         )
-    )
-    store = get_storage().review
-    for digest in digests - still_used:
-        store.delete(image_key(owner, digest))
-    return int(deleted)
+        store = get_storage().review
+        for digest in digests - used:
+            store.delete(image_key(owner, digest))
+    return len(digests - used)
 
 
 def get_item(session: Session, *, item_id: uuid.UUID, principal: Principal) -> ReviewItem:
@@ -321,7 +343,7 @@ def list_items(
 
 def label_item(session: Session, *, item: ReviewItem, label: str) -> ReviewItem:
     """Give the item its true class: one of the classes its model answered with."""
-    lock_key(session, review_queue_key(item.owner))  # not while it is being dropped
+    lock_key(session, queue_lock(item.owner))  # not while it is being dropped
     if session.get(ReviewItem, item.id, populate_existing=True) is None:
         raise NotFoundError(f"review item {item.id} not found")
     if label not in item.scores:
@@ -338,7 +360,7 @@ def label_item(session: Session, *, item: ReviewItem, label: str) -> ReviewItem:
 
 def discard_item(session: Session, *, item: ReviewItem, settings: Settings) -> None:
     """Remove the item (and its image, unless another item of the owner has it)."""
-    lock_key(session, review_queue_key(item.owner))
+    lock_key(session, queue_lock(item.owner))
     _delete_items(session, owner=item.owner, item_ids=[item.id], settings=settings)
     session.commit()
 
@@ -437,7 +459,7 @@ def labeled_items(
 def consume(session: Session, *, selection: LabeledSelection, settings: Settings) -> None:
     """Remove the items that went into a dataset version, in that version's transaction;
     ConflictError if one was discarded or dropped meanwhile."""
-    lock_key(session, review_queue_key(selection.owner))
+    lock_key(session, queue_lock(selection.owner))
     deleted = _delete_items(
         session, owner=selection.owner, item_ids=selection.item_ids, settings=settings
     )

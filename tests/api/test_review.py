@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,3 +304,123 @@ def test_labeled_items_become_the_next_dataset_version(client: TestClient) -> No
         f"/datasets/{first['id']}/versions/from-review", json={"item_ids": [remaining[0]["id"]]}
     )
     assert unlabeled.status_code == 409, unlabeled.text
+
+
+def _capture(owner: str, *images: bytes, classes: tuple[str, ...] = ("cats", "dogs")) -> int:
+    """Keep these images for `owner` as a prediction below the threshold would."""
+    import numpy as np
+
+    from app.services import auth, review
+
+    principal = auth.Principal(key_id=uuid.uuid4(), owner=owner, scopes=frozenset({"predict"}))
+    images_sent = [review_image(data) for data in images]
+    probabilities = np.full((len(images), len(classes)), 1.0 / len(classes), dtype=np.float32)
+    return review.capture_uncertain(
+        principal=principal, model_name="pets", model_version=1, classes=classes,
+        probabilities=probabilities, images=images_sent,
+    )  # fmt: skip
+
+
+def review_image(data: bytes):
+    from app.services.inference import ImagePayload
+
+    return ImagePayload(data=data, filename="x.jpg")
+
+
+def _set_threshold(owner: str, threshold: float = 0.99) -> None:
+    from app.db.models import ModelName
+    from app.db.session import session_scope
+    from app.services import review
+
+    with session_scope() as session:
+        session.add(ModelName(name="pets", owner=owner, last_version=1,
+                              review_threshold=threshold))  # fmt: skip
+    review.THRESHOLDS.forget()
+
+
+def test_a_failed_commit_keeps_the_images_of_the_items_it_would_have_deleted(client) -> None:
+    """Image files are removed only after the rows that used them are gone for good."""
+    from sqlalchemy import select
+
+    from app.db.models import ReviewItem
+    from app.db.session import session_scope
+    from app.services import review
+
+    _set_threshold("alice")
+    assert _capture("alice", image_bytes(seed=1, size=(64, 64))) == 1
+    assert len(_review_files()) == 1
+
+    def delete_then_fail() -> None:
+        with session_scope() as session:
+            ids = list(session.scalars(select(ReviewItem.id)))
+            review._delete_items(session, owner="alice", item_ids=ids, settings=get_settings())
+            raise RuntimeError("the commit fails")  # rolled back: the item stays
+
+    with pytest.raises(RuntimeError):
+        delete_then_fail()
+    assert len(_review_files()) == 1  # and so does its image
+    with session_scope() as session:
+        ids = list(session.scalars(select(ReviewItem.id)))
+        review._delete_items(session, owner="alice", item_ids=ids, settings=get_settings())
+    assert _review_files() == []
+
+
+def test_capture_writes_its_files_before_it_takes_the_write_lock(
+    configure, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the owner's lock is the database's write lock: no file is written (and
+    fsynced) while it is held, except one rewritten because it went meanwhile."""
+    import sqlite3
+
+    from app.services import review
+    from app.services.storage import get_storage
+
+    configure(database_url=sqlite_url)
+    migrate(sqlite_url)
+    _set_threshold("alice")
+    database = sqlite_url.removeprefix("sqlite:///")
+    store = get_storage().review
+    put_bytes = store.put_bytes
+    writes_under_lock: list[str] = []
+
+    def put_and_check(key: str, data: bytes) -> None:
+        probe = sqlite3.connect(database, timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+        except sqlite3.OperationalError:
+            writes_under_lock.append(key)
+        finally:
+            probe.close()
+        put_bytes(key, data)
+
+    monkeypatch.setattr(store, "put_bytes", put_and_check)
+    assert _capture("alice", *(image_bytes(seed=s, size=(32, 32)) for s in range(8))) == 8
+    assert writes_under_lock == []
+    assert len(_review_files()) == 8
+    assert review.remove_unused_images(owner="alice", digests=frozenset()) == 0
+
+
+def test_a_class_name_as_long_as_the_columns_goes_through_review(client) -> None:
+    """200 characters (the width of a review item's label columns) is kept and labeled on
+    PostgreSQL too; a longer class folder name is refused at upload."""
+    from tests.zips import class_folders, make_zip
+
+    alice = Caller(client, "alice")
+    long_name = "l" * 200
+    register_tiny_model("pets", owner="alice", classes=(long_name, "short"))
+    assert alice.put("/models/pets/review", json={"threshold": 0.999}).status_code == 200
+    alice.predict(("a.jpg", image_bytes(seed=3, size=(64, 64))))
+    (item,) = alice.get("/review/items").json()
+    labeled = alice.post(f"/review/items/{item['id']}/label", json={"label": long_name})
+    assert labeled.status_code == 200, labeled.text
+    assert labeled.json()["label"] == long_name
+
+    too_long = "m" * 201
+    upload = alice.post(
+        "/datasets",
+        files={"file": ("d.zip", make_zip(class_folders({too_long: 3, "short": 3})))},
+        data={"name": "long"},
+    )
+    assert upload.status_code == 400, upload.text
+    assert "class folder names are at most 200 characters" in upload.json()["detail"]
