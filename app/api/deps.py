@@ -3,6 +3,7 @@ that 404 when missing or not the caller's."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.api.bodies import read_json, read_json_model
 from app.core.config import get_settings
+from app.core.errors import TooManyRequestsError, UnauthorizedError
 from app.db.models import Dataset, TrainingJob
 from app.db.session import session_scope
 from app.schemas.jobs import JobCreate
@@ -22,7 +24,7 @@ from app.schemas.predict import PredictJSONRequest
 from app.services import auth, datasets, jobs
 from app.services.auth import Principal, Scope
 from app.services.inference import MemoryBudget, ModelCache
-from app.services.rate_limit import PredictRateLimiter
+from app.services.rate_limit import PredictRateLimiter, RateLimiter
 
 
 def get_session() -> Iterator[Session]:
@@ -54,15 +56,28 @@ def _authenticate(key: str | None) -> Principal:
 
 
 async def current_principal(
+    request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_api_key_header)],
 ) -> Principal:
     """The caller behind the presented API key (401 without a valid one): from the keys this
-    process verified recently, else checked in the database off the event loop."""
+    process verified recently, else checked in the database off the event loop. An address
+    that keeps sending keys that are not valid is refused (429) before the database is asked:
+    each such key costs a lookup, and only valid keys are remembered."""
     key = bearer.credentials if bearer else header_key
     if key and (principal := auth.recently_verified.get(key)) is not None:
         return principal
-    return await run_in_threadpool(_authenticate, key)
+    if not key:
+        return await run_in_threadpool(_authenticate, key)  # the 401 costs no lookup
+    failures: RateLimiter = request.app.state.failed_key_limiter
+    address = request.client.host if request.client else "unknown"
+    failures.take(address, spend=False)
+    try:
+        return await run_in_threadpool(_authenticate, key)
+    except UnauthorizedError:
+        with contextlib.suppress(TooManyRequestsError):
+            failures.take(address)
+        raise
 
 
 def requires(*scopes: Scope) -> Any:

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Protocol
 
 import redis.asyncio
@@ -43,22 +44,32 @@ class PredictRateLimiter(Protocol):
         """Release what the limiter holds (at shutdown)."""
 
 
-def _refused(*, rate: float, burst: float, tokens: float) -> TooManyRequestsError:
+PREDICTIONS_REFUSED = "this API key is over {rate:g} prediction requests per second"
+FAILED_KEYS_REFUSED = "this address sent over {rate:g} invalid API keys per second"
+
+
+def _refused(
+    *, rate: float, burst: float, tokens: float, what: str = PREDICTIONS_REFUSED
+) -> TooManyRequestsError:
     wait = math.ceil((1.0 - tokens) / rate)
     return TooManyRequestsError(
-        f"this API key is over {rate:g} prediction requests per second "
-        f"(bursts of {burst:g}); retry in {wait} s",
+        f"{what.format(rate=rate)} (bursts of {burst:g}); retry in {wait} s",
         headers={"Retry-After": str(wait)},
     )
 
 
 class RateLimiter:
-    """Token buckets in this process's memory (one API process, or no Redis configured)."""
+    """Token buckets in this process's memory (one API process, or no Redis configured),
+    keyed by an API key's id, or by anything else (a client address); `what` is the refusal's
+    message, with {rate}."""
 
-    def __init__(self, *, rate_per_second: float, burst: int) -> None:
+    def __init__(
+        self, *, rate_per_second: float, burst: int, what: str = PREDICTIONS_REFUSED
+    ) -> None:
         self.rate = rate_per_second
         self.burst = float(burst)
-        self._buckets: OrderedDict[uuid.UUID, tuple[float, float]] = OrderedDict()
+        self.what = what
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     async def acquire(self, key_id: uuid.UUID) -> None:
@@ -68,16 +79,17 @@ class RateLimiter:
     async def close(self) -> None:
         """Nothing to release: the buckets are plain memory."""
 
-    def take(self, key_id: uuid.UUID, *, now: float | None = None) -> None:
-        """`acquire` at `now` (time.monotonic() seconds; tests pass their own)."""
+    def take(self, key: Hashable, *, now: float | None = None, spend: bool = True) -> None:
+        """`acquire` at `now` (time.monotonic() seconds; tests pass their own). With
+        spend=False only whether a token is left is checked: none is taken."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            tokens, updated = self._buckets.pop(key_id, (self.burst, now))
+            tokens, updated = self._buckets.pop(key, (self.burst, now))
             tokens = min(self.burst, tokens + (now - updated) * self.rate)
             if tokens < 1.0:
-                self._buckets[key_id] = (tokens, now)
-                raise _refused(rate=self.rate, burst=self.burst, tokens=tokens)
-            self._buckets[key_id] = (tokens - 1.0, now)
+                self._buckets[key] = (tokens, now)
+                raise _refused(rate=self.rate, burst=self.burst, tokens=tokens, what=self.what)
+            self._buckets[key] = (tokens - 1.0 if spend else tokens, now)
             while len(self._buckets) > MAX_TRACKED_KEYS:
                 self._buckets.popitem(last=False)
 
