@@ -18,6 +18,7 @@ from app.api.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from app.api.routes import (
     console,
     datasets,
+    docs,
     health,
     jobs,
     metrics,
@@ -31,7 +32,7 @@ from app.core.config import get_settings
 from app.core.logging import configure_logging
 from app.schemas.errors import COMMON_RESPONSES, ErrorBody
 from app.services.inference import MemoryBudget, ModelCache, keep_warm
-from app.services.rate_limit import predict_rate_limiter
+from app.services.rate_limit import FAILED_KEYS_REFUSED, RateLimiter, predict_rate_limiter
 
 
 def _return_large_frees_to_the_system() -> None:
@@ -66,6 +67,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         burst=settings.predict_burst,
     )
     app.state.predict_rate_limiter = limiter
+    # Keys that are not valid, per client address (this process's own: each costs its lookup).
+    app.state.failed_key_limiter = RateLimiter(
+        rate_per_second=settings.failed_keys_per_second, burst=settings.failed_key_burst,
+        what=FAILED_KEYS_REFUSED,
+    )  # fmt: skip
     refresher = asyncio.create_task(keep_warm(cache, interval=settings.model_refresh_seconds))
     try:
         yield
@@ -85,6 +91,9 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         responses=COMMON_RESPONSES,
+        # Served by app.api.routes.docs, offline and under a Content-Security-Policy.
+        docs_url=None,
+        redoc_url=None,
     )
     register_error_handlers(app)
     # Added last, runs first: the request id and the catch-all 500 wrap the body limits.
@@ -104,6 +113,7 @@ def create_app() -> FastAPI:
     app.include_router(tfserving.router)
     app.include_router(open_inference.router)
     app.include_router(console.router)
+    app.include_router(docs.router)
     app.openapi = lambda: _openapi_with_our_errors(app)  # type: ignore[method-assign]
     return app
 

@@ -403,3 +403,38 @@ def _jobs_list_and_delete(walk: Walk, job_id: str) -> None:
     page.wait_for_selector("#upload-form")
     assert page.locator("#datasets-table").count() == 0  # no dataset left
     walk.shot("dataset-deleted")
+
+
+@pytest.mark.parametrize(
+    ("path", "rendered"),
+    [("/docs", ".swagger-ui .info .title"), ("/redoc", "[data-section-id]")],
+)
+def test_the_api_docs_render_offline_and_cannot_be_framed(
+    service: LiveService, browser: Any, path: str, rendered: str
+) -> None:
+    """Swagger UI and ReDoc come from this server (the browser has no internet here), under a
+    policy that refuses framing and scripts from anywhere else: no error on the page."""
+    headers = httpx.get(f"{service.url}{path}").headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert "script-src 'self';" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    watch = PageWatch(page)
+    loaded: list[str] = []
+    page.on("request", lambda request: loaded.append(request.url))
+    page.goto(f"{service.url}{path}")
+    page.wait_for_selector(rendered, timeout=30_000)
+    assert "smallvision" in page.inner_text("body")
+    assert "POST" in page.inner_text("body") or "post" in page.inner_text("body")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"api-docs{path.replace('/', '-')}.png")
+    # ReDoc's sidebar always asks for its maker's logo from cdn.redoc.ly: the policy blocks
+    # that (the link shows its text), and nothing else may be reported.
+    errors = [e for e in watch.errors if REDOC_LOGO not in e or "violates" not in e]
+    assert errors == [] and watch.failed_loads == [] and watch.dialogs == []
+    elsewhere = [u for u in loaded if not u.startswith((service.url, "data:", "blob:"))]
+    assert set(elsewhere) <= {REDOC_LOGO}, elsewhere
+    page.close()
+
+
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"

@@ -9,23 +9,12 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse
 
-from app.core.errors import NotFoundError
+from app.api.static_files import MEDIA_TYPES, index_files, serve, serve_indexed
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "console"
 
-_MEDIA_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".svg": "image/svg+xml",
-}
-
 # The console's files, by name: read once, so a request can only ever name one of these.
-ASSETS = {
-    path.name: path
-    for path in sorted(CONSOLE_DIR.iterdir())
-    if path.is_file() and path.suffix in _MEDIA_TYPES and path.name != "index.html"
-}
+ASSETS = index_files([CONSOLE_DIR], suffixes=MEDIA_TYPES, exclude=["index.html"])
 
 # Defence in depth behind building every page with textContent: no inline script, no
 # script or style from elsewhere, nothing framed. blob: images are the previews, the
@@ -45,10 +34,6 @@ SECURITY_HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
-def _file(path: Path) -> FileResponse:
-    return FileResponse(path, media_type=_MEDIA_TYPES[path.suffix], headers=SECURITY_HEADERS)
-
-
 @router.get("/")
 def root() -> RedirectResponse:
     """People who open the server's address land in the console."""
@@ -57,12 +42,9 @@ def root() -> RedirectResponse:
 
 @router.get("/ui")
 def console_page() -> FileResponse:
-    return _file(CONSOLE_DIR / "index.html")
+    return serve(CONSOLE_DIR / "index.html", SECURITY_HEADERS)
 
 
 @router.get("/ui/assets/{name}")
 def console_asset(name: str) -> FileResponse:
-    path = ASSETS.get(name)
-    if path is None:
-        raise NotFoundError(f"the console has no file {name!r}")
-    return _file(path)
+    return serve_indexed(ASSETS, name, headers=SECURITY_HEADERS, owner="the console")
