@@ -114,7 +114,8 @@ def test_one_class_is_not_a_dataset(client: TestClient) -> None:
     response = upload(client, make_zip(class_folders({"cats": 5})))
     assert response.status_code == 400
     # (its one folder is taken for an enclosing folder, so no class folder is left)
-    assert response.json()["detail"] == "a dataset needs images of at least 2 classes; the zip has 0"
+    detail = response.json()["detail"]
+    assert detail == "a dataset needs images of at least 2 classes; the zip has 0"
 
 
 def test_files_outside_split_folders_are_refused(client: TestClient) -> None:
