@@ -37,11 +37,19 @@ def worker_command(*, concurrency: int = 1) -> list[str]:
     """The argv that starts a Celery worker consuming the training and default queues."""
     settings = get_settings()
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--queues", f"{settings.training_queue},{settings.default_queue}",
-        "--concurrency", str(concurrency),
-        "--loglevel", settings.log_level,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--queues",
+        f"{settings.training_queue},{settings.default_queue}",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        settings.log_level,
+    ]
 
 
 def api_command(*, host: str, port: int) -> list[str]:
@@ -49,9 +57,17 @@ def api_command(*, host: str, port: int) -> list[str]:
     from app.api.server import PROTOCOL
 
     return [
-        sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
-        "--http", PROTOCOL,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--http",
+        PROTOCOL,
+    ]
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -100,8 +116,10 @@ def _keys_command(args: argparse.Namespace) -> int:
         if args.keys_command == "list":
             for row in auth.list_keys(session):
                 state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
-                print(f"{row.id}  sv_{row.prefix}_...  {','.join(row.scopes):<20} {state:<18} "
-                      f"owner={row.owner}  {row.name}")  # fmt: skip
+                print(
+                    f"{row.id}  sv_{row.prefix}_...  {','.join(row.scopes):<20} {state:<18} "
+                    f"owner={row.owner}  {row.name}"
+                )
             return 0
         row = auth.revoke_key(session, key_id=args.key_id)
         print(f"revoked {row.id} ({row.name})")
@@ -168,7 +186,7 @@ def run_all(*, host: str, port: int) -> int:
     ]
     stopping = False
 
-    def request_stop(signum: int, _: FrameType | None) -> None:
+    def request_stop(_signum: int, _: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
 
@@ -215,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     create = keys_sub.add_parser("create", help="create a key and print it (shown only once)")
     create.add_argument("--name", required=True, help="who or what uses the key")
     create.add_argument(
-        "--owner", help="the user or team whose data the key reaches (default: --name); "
+        "--owner",
+        help="the user or team whose data the key reaches (default: --name); "
         "keys of one owner share datasets, jobs and models",
-    )  # fmt: skip
+    )
     create.add_argument(
         "--scopes", default="train,predict", help="comma-separated: admin, train, predict"
     )
@@ -236,9 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     orphans.add_argument("--delete", action="store_true", help="remove what is listed")
     orphans.add_argument(
-        "--grace-seconds", type=float, default=3600.0,
+        "--grace-seconds",
+        type=float,
+        default=3600.0,
         help="leave files changed more recently than this (an upload may be publishing them)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
 
     if args.command == "migrate":

@@ -69,9 +69,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.predict_rate_limiter = limiter
     # Keys that are not valid, per client address (this process's own: each costs its lookup).
     app.state.failed_key_limiter = RateLimiter(
-        rate_per_second=settings.failed_keys_per_second, burst=settings.failed_key_burst,
+        rate_per_second=settings.failed_keys_per_second,
+        burst=settings.failed_key_burst,
         what=FAILED_KEYS_REFUSED,
-    )  # fmt: skip
+    )
     refresher = asyncio.create_task(keep_warm(cache, interval=settings.model_refresh_seconds))
     try:
         yield

@@ -179,20 +179,32 @@ def many_entries_zip(path: Path, entries: int) -> None:
         for index, offset in enumerate(offsets):
             name = f"c/{index:07d}".encode()
             out.write(
-                central.pack(b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0, 0, 0,
-                             0, 0, offset) + name
-            )  # fmt: skip
+                central.pack(
+                    b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0, 0, 0, 0, 0, offset
+                )
+                + name
+            )
         directory_size = out.tell() - directory_start
         zip64_end = out.tell()
         out.write(
-            struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries,
-                        directory_size, directory_start)
-        )  # fmt: skip
+            struct.pack(
+                "<4sQ2H2L4Q",
+                b"PK\x06\x06",
+                44,
+                45,
+                45,
+                0,
+                0,
+                entries,
+                entries,
+                directory_size,
+                directory_start,
+            )
+        )
         out.write(struct.pack("<4sLQL", b"PK\x06\x07", 0, zip64_end, 1))
         out.write(
-            struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF,
-                        0xFFFFFFFF, 0)
-        )  # fmt: skip
+            struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+        )
 
 
 def classes_zip(classes: int, per_class: int = 1, *, side: int = 64) -> bytes:
@@ -240,21 +252,30 @@ def cli(data_dir: Path, *argv: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
     env["SMALLVISION_DATA_DIR"] = str(data_dir)
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *argv], cwd=PROJECT_ROOT, env=env, check=True,
-        capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+        [sys.executable, "-m", "app.cli", *argv],
+        cwd=PROJECT_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def register_model(data_dir: Path, name: str, owner: str) -> None:
     """A small untrained classifier registered straight into the service's store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
     subprocess.run(
-        [sys.executable, "-c",
-         f"from tests.models import register_tiny_model; register_tiny_model({name!r}, "
-         f"image_size=160, owner={owner!r})"],
-        cwd=PROJECT_ROOT, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-c",
+            f"from tests.models import register_tiny_model; register_tiny_model({name!r}, "
+            f"image_size=160, owner={owner!r})",
+        ],
+        cwd=PROJECT_ROOT,
+        check=True,
+        capture_output=True,
         env={**env, "SMALLVISION_DATA_DIR": str(data_dir)},
-    )  # fmt: skip
+    )
 
 
 def wait_job(client: httpx.Client, job_id: str, *, timeout: float = 900) -> dict[str, Any]:
@@ -275,18 +296,29 @@ class Bench:
         self.admin = httpx.Client(base_url=base, headers=admin, timeout=600)
         self.predictor = {"Authorization": f"Bearer {self.key('predict', 'benchmark')}"}
         self.trainer = httpx.Client(
-            base_url=base, timeout=600,
+            base_url=base,
+            timeout=600,
             headers={"Authorization": f"Bearer {self.key('train,predict', 'alice')}"},
-        )  # fmt: skip
+        )
         self.other = httpx.Client(
-            base_url=base, timeout=600,
+            base_url=base,
+            timeout=600,
             headers={"Authorization": f"Bearer {self.key('train', 'bob')}"},
-        )  # fmt: skip
+        )
         self.rows: list[Row] = []
 
     def key(self, scopes: str, owner: str) -> str:
-        return cli(self.data, "keys", "create", "--name", f"{owner}-{scopes}", "--owner", owner,
-                   "--scopes", scopes)  # fmt: skip
+        return cli(
+            self.data,
+            "keys",
+            "create",
+            "--name",
+            f"{owner}-{scopes}",
+            "--owner",
+            owner,
+            "--scopes",
+            scopes,
+        )
 
     def run(self, case: str, attack: str, call: Callable[[], Any]) -> Any:
         """Measure `call`; it returns (outcome text, notes) or (outcome text, notes, value)."""
@@ -331,29 +363,61 @@ def round_one(bench: Bench, *, entries: int) -> None:
     assert five_hundred.status_code == 201, five_hundred.text
     preview = f"/datasets/{five_hundred.json()['id']}/preview.png"
     attacks: list[tuple[str, Callable[[], httpx.Response]]] = [
-        ("200 MB JSON to /predict/json, no key, Content-Length sent",
-         lambda: client.post(f"{base}/predict/json", content=b" " * (200 * MB),
-                             headers={"content-type": "application/json"})),
-        ("200 MB JSON to /v1/models/abuse:predict, no key, streamed",
-         lambda: client.post(f"{base}/v1/models/abuse:predict", content=streamed(200 * MB))),
-        ("200 MB JSON to /predict/json with a key, streamed",
-         lambda: client.post(f"{base}/predict/json", content=streamed(200 * MB), headers=key)),
-        (f"gzip bomb to /v2/models/abuse/infer ({len(bomb) // 1024} KB -> 1 GB)",
-         lambda: client.post(f"{base}/v2/models/abuse/infer", content=bomb,
-                             headers={**key, "Content-Encoding": "gzip"})),
-        (f"7000x7000 1-bit PNG ({len(png) // 1024} KB) to /predict",
-         lambda: client.post(f"{base}/predict", files={"file": ("b.png", png)}, headers=key)),
-        (f"zip with {entries:,} central-directory entries to /datasets",
-         lambda: client.post(f"{base}/datasets", headers=key, data={"name": "z"},
-                             files={"file": ("z.zip", zip_path.open("rb"))})),
-        ("zip with 600 class folders to /datasets",
-         lambda: client.post(f"{base}/datasets", headers=key, data={"name": "c"},
-                             files={"file": ("c.zip", classes_zip(600))})),
-        ("preview.png of a 500-class dataset (the most classes allowed)",
-         lambda: client.get(f"{base}{preview}", headers=key)),
-        ("5000-deep nested JSON to /v2/models/abuse/infer",
-         lambda: client.post(f"{base}/v2/models/abuse/infer", content=nested, headers=key)),
-    ]  # fmt: skip
+        (
+            "200 MB JSON to /predict/json, no key, Content-Length sent",
+            lambda: client.post(
+                f"{base}/predict/json",
+                content=b" " * (200 * MB),
+                headers={"content-type": "application/json"},
+            ),
+        ),
+        (
+            "200 MB JSON to /v1/models/abuse:predict, no key, streamed",
+            lambda: client.post(f"{base}/v1/models/abuse:predict", content=streamed(200 * MB)),
+        ),
+        (
+            "200 MB JSON to /predict/json with a key, streamed",
+            lambda: client.post(f"{base}/predict/json", content=streamed(200 * MB), headers=key),
+        ),
+        (
+            f"gzip bomb to /v2/models/abuse/infer ({len(bomb) // 1024} KB -> 1 GB)",
+            lambda: client.post(
+                f"{base}/v2/models/abuse/infer",
+                content=bomb,
+                headers={**key, "Content-Encoding": "gzip"},
+            ),
+        ),
+        (
+            f"7000x7000 1-bit PNG ({len(png) // 1024} KB) to /predict",
+            lambda: client.post(f"{base}/predict", files={"file": ("b.png", png)}, headers=key),
+        ),
+        (
+            f"zip with {entries:,} central-directory entries to /datasets",
+            lambda: client.post(
+                f"{base}/datasets",
+                headers=key,
+                data={"name": "z"},
+                files={"file": ("z.zip", zip_path.open("rb"))},
+            ),
+        ),
+        (
+            "zip with 600 class folders to /datasets",
+            lambda: client.post(
+                f"{base}/datasets",
+                headers=key,
+                data={"name": "c"},
+                files={"file": ("c.zip", classes_zip(600))},
+            ),
+        ),
+        (
+            "preview.png of a 500-class dataset (the most classes allowed)",
+            lambda: client.get(f"{base}{preview}", headers=key),
+        ),
+        (
+            "5000-deep nested JSON to /v2/models/abuse/infer",
+            lambda: client.post(f"{base}/v2/models/abuse/infer", content=nested, headers=key),
+        ),
+    ]
     for name, attack in attacks:
         bench.run("round 1", name, lambda a=attack: (_statuses([a()]), []))
 
@@ -370,18 +434,24 @@ def memory_cases(bench: Bench) -> None:
             return httpx.post(f"{base}/predict", files=files, headers=predictor, timeout=600)
         if protocol == "/v1":
             body = {"instances": [{"b64": encoded}] * 16}
-            return httpx.post(f"{base}/v1/models/abuse:predict", json=body, headers=predictor,
-                              timeout=600)  # fmt: skip
+            return httpx.post(
+                f"{base}/v1/models/abuse:predict", json=body, headers=predictor, timeout=600
+            )
         tensor = {"name": "image", "datatype": "BYTES", "shape": [16], "data": [encoded] * 16}
-        return httpx.post(f"{base}/v2/models/abuse/infer", json={"inputs": [tensor]},
-                          headers=predictor, timeout=600)  # fmt: skip
+        return httpx.post(
+            f"{base}/v2/models/abuse/infer",
+            json={"inputs": [tensor]},
+            headers=predictor,
+            timeout=600,
+        )
 
     for protocol in ("/predict", "/v1", "/v2"):
         bench.run(
-            "T3-1", f"16 x 55000x890 1-bit PNG ({len(strip) // 1024} KB each) to {protocol}, "
+            "T3-1",
+            f"16 x 55000x890 1-bit PNG ({len(strip) // 1024} KB each) to {protocol}, "
             "predict-only key",
             lambda p=protocol: (_statuses([sixteen(p)]), []),
-        )  # fmt: skip
+        )
 
     def header_attack() -> tuple[str, list[str]]:
         latencies: list[float] = []
@@ -400,17 +470,21 @@ def memory_cases(bench: Bench) -> None:
         time.sleep(0.5)
         stop.set()
         prober.join()
-        return answer, [f"sent {sent / MB:.1f} MB before the server answered",
-                        f"concurrent /health: slowest {max(latencies) * 1000:.0f} ms of "
-                        f"{len(latencies)}"]  # fmt: skip
+        return answer, [
+            f"sent {sent / MB:.1f} MB before the server answered",
+            f"concurrent /health: slowest {max(latencies) * 1000:.0f} ms of {len(latencies)}",
+        ]
 
     bench.run("T3-2", "GET /health with a 400 MB X-Big header, no key", header_attack)
 
     def explain(data: bytes, name: str) -> tuple[str, list[str]]:
         response = httpx.post(
-            f"{base}/predict", files={"file": (name, data)}, data={"explain": "true"},
-            headers=predictor, timeout=600,
-        )  # fmt: skip
+            f"{base}/predict",
+            files={"file": (name, data)},
+            data={"explain": "true"},
+            headers=predictor,
+            timeout=600,
+        )
         notes = [f"response {len(response.content) / 1024:.0f} KB"]
         if response.status_code == 200:
             explanation = response.json()["predictions"][0]["explanation"]
@@ -419,29 +493,42 @@ def memory_cases(bench: Bench) -> None:
             notes.append(f"stored overlay {len(png) / 1024:.0f} KB, {size[0]}x{size[1]}")
         return _statuses([response]), notes
 
-    bench.run("T3-3", "explain=true on a 28000x890 1-bit PNG",
-              lambda: explain(one_bit_png(28000, 890), "strip.png"))  # fmt: skip
+    bench.run(
+        "T3-3",
+        "explain=true on a 28000x890 1-bit PNG",
+        lambda: explain(one_bit_png(28000, 890), "strip.png"),
+    )
     big = smooth_jpeg(5000, 5000)
-    bench.run("T3-3", f"explain=true on a 5000x5000 (25 megapixel) JPEG ({len(big) // 1024} KB)",
-              lambda: explain(big, "big.jpg"))  # fmt: skip
+    bench.run(
+        "T3-3",
+        f"explain=true on a 5000x5000 (25 megapixel) JPEG ({len(big) // 1024} KB)",
+        lambda: explain(big, "big.jpg"),
+    )
     noise = noise_jpeg(20000, 890, quality=30)
-    bench.run("T3-4", f"explain=true on a 20000x890 noise JPEG ({len(noise) / MB:.1f} MB)",
-              lambda: explain(noise, "noise.jpg"))  # fmt: skip
+    bench.run(
+        "T3-4",
+        f"explain=true on a 20000x890 noise JPEG ({len(noise) / MB:.1f} MB)",
+        lambda: explain(noise, "noise.jpg"),
+    )
     dataset = _upload(bench.admin, classes=2, per_class=12, name="fields")
     for path in ("/datasets", f"/datasets/{dataset['id']}/versions"):
         shown = path.replace(dataset["id"], "{id}")
         bench.run(
-            "T3-5", f"8000 text fields of 60 KB (480 MB), no file, to {shown}",
-            lambda p=path: (_statuses([bench.admin.post(p, content=many_fields(),
-                                                          headers=MULTIPART)]), []),
-        )  # fmt: skip
+            "T3-5",
+            f"8000 text fields of 60 KB (480 MB), no file, to {shown}",
+            lambda p=path: (
+                _statuses([bench.admin.post(p, content=many_fields(), headers=MULTIPART)]),
+                [],
+            ),
+        )
 
 
 def _upload(client: httpx.Client, *, classes: int, per_class: int, name: str) -> dict[str, Any]:
     response = client.post(
-        "/datasets", files={"file": ("d.zip", classes_zip(classes, per_class, side=32))},
+        "/datasets",
+        files={"file": ("d.zip", classes_zip(classes, per_class, side=32))},
         data={"name": name},
-    )  # fmt: skip
+    )
     assert response.status_code == 201, response.text
     return dict(response.json())
 
@@ -458,20 +545,31 @@ def dataset_cases(bench: Bench, *, images: int) -> None:
 
     def race() -> tuple[str, list[str]]:
         add = threading.Thread(
-            target=lambda: results.append(("version", client.post(
-                f"/datasets/{racing['id']}/versions", content=multipart(
-                    [("file", "a.zip", classes_zip(2, 1, side=33))]), headers=MULTIPART)))
-        )  # fmt: skip
+            target=lambda: results.append(
+                (
+                    "version",
+                    client.post(
+                        f"/datasets/{racing['id']}/versions",
+                        content=multipart([("file", "a.zip", classes_zip(2, 1, side=33))]),
+                        headers=MULTIPART,
+                    ),
+                )
+            )
+        )
         results: list[tuple[str, httpx.Response]] = []
         add.start()
         time.sleep(0.1)
         results.append(("delete", client.delete(f"/datasets/{racing['id']}")))
         add.join()
         answers = dict(results)
-        return (f"version {answers['version'].status_code}, delete "
-                f"{answers['delete'].status_code}",
-                [answers["version"].json().get("detail", "")[:90]
-                 if answers["version"].status_code != 201 else "the version was made first"])  # fmt: skip
+        return (
+            f"version {answers['version'].status_code}, delete {answers['delete'].status_code}",
+            [
+                answers["version"].json().get("detail", "")[:90]
+                if answers["version"].status_code != 201
+                else "the version was made first"
+            ],
+        )
 
     bench.run("T3-6", f"POST versions of a {images}-image dataset, DELETE 0.1 s later", race)
     pets = _upload(client, classes=2, per_class=12, name="emptied")
@@ -479,21 +577,29 @@ def dataset_cases(bench: Bench, *, images: int) -> None:
 
     def remove(which: list[dict[str, Any]]) -> tuple[str, list[str]]:
         body = multipart([("remove", None, " ".join(e["sha256"] for e in which).encode())])
-        response = client.post(f"/datasets/{pets['id']}/versions", content=body,
-                               headers=MULTIPART)  # fmt: skip
+        response = client.post(f"/datasets/{pets['id']}/versions", content=body, headers=MULTIPART)
         return _statuses([response]), [response.json().get("detail", "")[:90]]
 
     bench.run("T3-7", "a version whose remove names every image", lambda: remove(entries))
-    bench.run("T3-8", "a version that leaves one class",
-              lambda: remove([e for e in entries if e["label"] == "class_000"]))  # fmt: skip
+    bench.run(
+        "T3-8",
+        "a version that leaves one class",
+        lambda: remove([e for e in entries if e["label"] == "class_000"]),
+    )
 
 
 def job_cases(bench: Bench) -> None:
     """T3-9 to T3-12: cancellation, downloads and exports, cleanup, model names."""
     trainer = bench.trainer
     dataset = _upload(trainer, classes=2, per_class=20, name="jobs")
-    request = {"dataset_id": dataset["id"], "method": "bottleneck", "base_model": "mobilenet",
-               "image_size": 96, "epochs": 2, "model_name": "abuse-jobs"}  # fmt: skip
+    request = {
+        "dataset_id": dataset["id"],
+        "method": "bottleneck",
+        "base_model": "mobilenet",
+        "image_size": 96,
+        "epochs": 2,
+        "model_name": "abuse-jobs",
+    }
 
     def cancel_while_saving() -> tuple[str, list[str]]:
         job_id = trainer.post("/jobs", json=request).json()["id"]
@@ -513,10 +619,15 @@ def job_cases(bench: Bench) -> None:
         versions = trainer.get("/models/abuse-jobs/versions")
         count = len(versions.json()) if versions.status_code == 200 else 0
         assert cancel is not None
-        return (f"cancel {cancel.status_code} during '{stage}', job {final['status']}",
-                [f"versions registered: {count}",
-                 cancel.json().get("detail", "")[:80] if cancel.status_code != 200 else
-                 "the cancel was honoured before registering"])  # fmt: skip
+        return (
+            f"cancel {cancel.status_code} during '{stage}', job {final['status']}",
+            [
+                f"versions registered: {count}",
+                cancel.json().get("detail", "")[:80]
+                if cancel.status_code != 200
+                else "the cancel was honoured before registering",
+            ],
+        )
 
     bench.run("T3-9", "cancel a job while it saves its model", cancel_while_saving)
     job = trainer.post("/jobs", json={**request, "model_name": "abuse-exports"}).json()
@@ -530,8 +641,9 @@ def job_cases(bench: Bench) -> None:
         ]
         return _statuses(responses), ["keras, onnx, savedmodel"]
 
-    bench.run("T3-10", "a predict-only key downloads .keras, ONNX, SavedModel",
-              predict_only_downloads)  # fmt: skip
+    bench.run(
+        "T3-10", "a predict-only key downloads .keras, ONNX, SavedModel", predict_only_downloads
+    )
 
     def three_first_downloads() -> tuple[str, list[str]]:
         started = time.perf_counter()
@@ -544,12 +656,15 @@ def job_cases(bench: Bench) -> None:
         ready = time.perf_counter() - started
         archives = {trainer.get(url, params={"format": "savedmodel"}).content for _ in range(3)}
         exports = trainer.get("/models/abuse-exports/versions/1/exports").json()
-        return (_statuses(responses),
-                [f"answered in {answered:.2f} s; the worker's archive ready after {ready:.0f} s",
-                 f"{len(exports)} export, {len(archives)} distinct archive(s) downloaded"])  # fmt: skip
+        return (
+            _statuses(responses),
+            [
+                f"answered in {answered:.2f} s; the worker's archive ready after {ready:.0f} s",
+                f"{len(exports)} export, {len(archives)} distinct archive(s) downloaded",
+            ],
+        )
 
-    bench.run("T3-10", "3 concurrent first SavedModel downloads (train key)",
-              three_first_downloads)  # fmt: skip
+    bench.run("T3-10", "3 concurrent first SavedModel downloads (train key)", three_first_downloads)
 
     def cleanup() -> tuple[str, list[str]]:
         job = trainer.post("/jobs", json={**request, "model_name": "abuse-exports"}).json()
@@ -561,13 +676,16 @@ def job_cases(bench: Bench) -> None:
         gone = trainer.delete(f"/datasets/{dataset['id']}")
         features_left = list((bench.data / "feature_cache").rglob(f"{dataset['fingerprint']}-*"))
         orphans = cli(bench.data, "storage-orphans", "--grace-seconds", "0")
-        return (f"version {deleted.status_code}, dataset {gone.status_code}",
-                [f"version files left: {len(left)} (its export included)",
-                 f"feature files: {len(features)} before, {len(features_left)} after",
-                 f"storage-orphans: {len(orphans.splitlines())} found"])  # fmt: skip
+        return (
+            f"version {deleted.status_code}, dataset {gone.status_code}",
+            [
+                f"version files left: {len(left)} (its export included)",
+                f"feature files: {len(features)} before, {len(features_left)} after",
+                f"storage-orphans: {len(orphans.splitlines())} found",
+            ],
+        )
 
-    bench.run("T3-11", "delete a version with an export, then its dataset with features",
-              cleanup)  # fmt: skip
+    bench.run("T3-11", "delete a version with an export, then its dataset with features", cleanup)
 
     def cancelled_names() -> tuple[str, list[str]]:
         mine = _upload(trainer, classes=2, per_class=12, name="names")
@@ -580,11 +698,14 @@ def job_cases(bench: Bench) -> None:
         after = bench.other.post("/jobs", json={**claim, "dataset_id": theirs["id"]})
         if after.status_code == 202:
             bench.other.post(f"/jobs/{after.json()['id']}/cancel")
-        return (f"while claimed {refused.status_code}, after the cancel {after.status_code}",
-                [refused.json()["detail"]])  # fmt: skip
+        return (
+            f"while claimed {refused.status_code}, after the cancel {after.status_code}",
+            [refused.json()["detail"]],
+        )
 
-    bench.run("T3-12", "another owner asks for a name whose only job was cancelled",
-              cancelled_names)  # fmt: skip
+    bench.run(
+        "T3-12", "another owner asks for a name whose only job was cancelled", cancelled_names
+    )
 
 
 def key_and_docs_cases(bench: Bench) -> None:
@@ -601,8 +722,10 @@ def key_and_docs_cases(bench: Bench) -> None:
         revoked_at = time.perf_counter()
         while httpx.get(f"{bench.base}/models", headers=headers).status_code == 200:
             time.sleep(0.05)
-        return "401", [f"still accepted for {time.perf_counter() - revoked_at:.1f} s after "
-                       "`keys revoke` (SMALLVISION_API_KEY_CACHE_SECONDS: 5)"]  # fmt: skip
+        return "401", [
+            f"still accepted for {time.perf_counter() - revoked_at:.1f} s after "
+            "`keys revoke` (SMALLVISION_API_KEY_CACHE_SECONDS: 5)"
+        ]
 
     bench.run("T3-13", "a key revoked by the CLI while the API runs", revoked)
 
@@ -636,8 +759,10 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=2_000_000, help="entries of the zip attack")
     parser.add_argument("--images", type=int, default=3000, help="images of the racing dataset")
     args = parser.parse_args()
-    settings = {"pretrained_weights_dir": str(SHARED / "weights"),
-                "allow_weights_download": "false"}  # fmt: skip
+    settings = {
+        "pretrained_weights_dir": str(SHARED / "weights"),
+        "allow_weights_download": "false",
+    }
     with tempfile.TemporaryDirectory(prefix="abuse-bench-") as tmp:
         work = Path(tmp)
         with live_service(work / "var", with_worker=True, **settings) as live:
@@ -646,8 +771,9 @@ def main() -> None:
             # Warm: the model is loaded, TensorFlow initialised and, once, the Keras model that
             # explanations need (Grad-CAM; predictions run in ONNX Runtime) loaded before
             # anything is measured: one-time costs of the process, not of a request.
-            warm = bench.admin.post("/predict", files={"file": ("p.png", one_bit_png(64))},
-                                    data={"explain": "true"})  # fmt: skip
+            warm = bench.admin.post(
+                "/predict", files={"file": ("p.png", one_bit_png(64))}, data={"explain": "true"}
+            )
             assert warm.status_code == 200, warm.text
             round_one(bench, entries=args.entries)
             memory_cases(bench)

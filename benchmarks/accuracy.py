@@ -67,8 +67,13 @@ class Runner:
         archive = work / f"{dataset}.zip"
         zip_dataset(dataset, archive)
         with archive.open("rb") as handle:
-            response = httpx.post(f"{self.base}/datasets", files={"file": handle},
-                                  data={"name": dataset}, timeout=600, headers=self.headers)  # fmt: skip
+            response = httpx.post(
+                f"{self.base}/datasets",
+                files={"file": handle},
+                data={"name": dataset},
+                timeout=600,
+                headers=self.headers,
+            )
         response.raise_for_status()
         return str(response.json()["id"])
 
@@ -88,19 +93,27 @@ class Runner:
         result = job["result"] or {}
         evaluation = result.get("evaluation") or {}
         row = {
-            "dataset": dataset, "run": method or "auto", "seed": seed, "status": job["status"],
-            "test_accuracy": evaluation.get("accuracy"), "split": evaluation.get("split"),
+            "dataset": dataset,
+            "run": method or "auto",
+            "seed": seed,
+            "status": job["status"],
+            "test_accuracy": evaluation.get("accuracy"),
+            "split": evaluation.get("split"),
             "seconds": seconds_between(job["started_at"], job["finished_at"]),
             "chosen": (result.get("chosen") or {}).get("method"),
             "reason": (result.get("chosen") or {}).get("reason"),
-            "candidates": result.get("candidates"), "warnings": result.get("warnings"),
+            "candidates": result.get("candidates"),
+            "warnings": result.get("warnings"),
             "active": (result.get("model") or {}).get("active"),
             "cache_hit": result.get("feature_cache_hit"),
             "feature_seconds": result.get("feature_seconds"),
-            "image_size": (result.get("candidates") or [{}])[0].get("settings", {}).get(
-                "image_size"),
-            "error": job["error"], "machine": machine(), "date": _today(),
-        }  # fmt: skip
+            "image_size": (result.get("candidates") or [{}])[0]
+            .get("settings", {})
+            .get("image_size"),
+            "error": job["error"],
+            "machine": machine(),
+            "date": _today(),
+        }
         print(json.dumps(row), flush=True)
         return row
 
@@ -113,9 +126,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--datasets", nargs="+", help="default: every set in ../shared/data")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--scratch-datasets", nargs="*", default=None,
-                        help="run default scratch jobs on these (default: all; none: no flag "
-                        "values)")  # fmt: skip
+    parser.add_argument(
+        "--scratch-datasets",
+        nargs="*",
+        default=None,
+        help="run default scratch jobs on these (default: all; none: no flag values)",
+    )
     parser.add_argument("--timing-dataset", default="cats_vs_dogs_small")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument(
@@ -123,12 +139,19 @@ def main() -> None:
         default="accuracy",
         help="the docs/BENCHMARKS.md section to write (a partial run: its own)",
     )
-    parser.add_argument("--only-scratch", action="store_true",
-                        help="only the default scratch jobs (on --scratch-datasets), written to "
-                        "the section accuracy-scratch")  # fmt: skip
+    parser.add_argument(
+        "--only-scratch",
+        action="store_true",
+        help="only the default scratch jobs (on --scratch-datasets), written to "
+        "the section accuracy-scratch",
+    )
     parser.add_argument("--keep", type=Path, help="run the service in this directory and keep it")
-    parser.add_argument("--from-log", nargs="+", type=Path,
-                        help="only write the tables from the JSON rows of earlier runs' output")  # fmt: skip
+    parser.add_argument(
+        "--from-log",
+        nargs="+",
+        type=Path,
+        help="only write the tables from the JSON rows of earlier runs' output",
+    )
     args = parser.parse_args()
     if args.from_log:
         rows = [row for path in args.from_log for row in rows_from_log(path)]
@@ -151,14 +174,19 @@ def main() -> None:
         work = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="acc-")))
         work.mkdir(parents=True, exist_ok=True)
         weights = str(SHARED / "weights")
-        with live_service(work / "var", with_worker=True, pretrained_weights_dir=weights,
-                          allow_weights_download="false") as live:  # fmt: skip
+        with live_service(
+            work / "var",
+            with_worker=True,
+            pretrained_weights_dir=weights,
+            allow_weights_download="false",
+        ) as live:
             runner = Runner(live.base, live.headers, work / "var" / "feature_cache")
             for dataset in datasets:
                 dataset_id = runner.upload(dataset, work)
                 if dataset == args.timing_dataset and not args.only_scratch:
-                    rows.append(runner.job(dataset, dataset_id, seed=args.seeds[0],
-                                           method="bottleneck"))  # fmt: skip
+                    rows.append(
+                        runner.job(dataset, dataset_id, seed=args.seeds[0], method="bottleneck")
+                    )
                     runner.clear_feature_cache()
                 for seed in [] if args.only_scratch else args.seeds:
                     rows.append(runner.job(dataset, dataset_id, seed=seed, method=None))
@@ -244,17 +272,24 @@ def render(
         if dataset in AUTO_TARGETS and auto:
             goal = AUTO_TARGETS[dataset]
             verdicts.append(f">= {goal} {'met' if statistics.mean(auto) >= goal else '**missed**'}")
-        kept = [r["chosen"] for r in rows if r["dataset"] == dataset and r["run"] == "auto"
-                and r["status"] == "succeeded"]  # fmt: skip
+        kept = [
+            r["chosen"]
+            for r in rows
+            if r["dataset"] == dataset and r["run"] == "auto" and r["status"] == "succeeded"
+        ]
         lines.append(
             f"| {dataset} | {_mean_std(reference)} | {_mean_std(series.get((dataset, 'bottleneck'), []))} "
             f"| {_mean_std(series.get((dataset, 'finetune'), []))} | {_mean_std(auto)} | {gain} | "
             f"{'; '.join(verdicts) or '-'} | {_mean_std(series.get((dataset, 'scratch'), []))} | "
             f"{', '.join(kept) or '-'} |"
-        )  # fmt: skip
-    lines += ["", "Every job (seconds: the job's started_at..finished_at):", "",
-              "| dataset | run | seed | test accuracy | seconds | chosen / notes |",
-              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        )
+    lines += [
+        "",
+        "Every job (seconds: the job's started_at..finished_at):",
+        "",
+        "| dataset | run | seed | test accuracy | seconds | chosen / notes |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for row in rows:
         accuracy = row.get("test_accuracy")
         shown = f"{accuracy:.3f}" if accuracy is not None else row["status"]
@@ -270,20 +305,30 @@ def render(
         notes += [w[:140] for w in row.get("warnings") or []]
         if row.get("error"):
             notes.append(row["error"][:140])
-        lines.append(f"| {row['dataset']} | {row['run']} | {row['seed']} | {shown} | "
-                     f"{row['seconds']:.0f} | {'; '.join(notes)} |")  # fmt: skip
+        lines.append(
+            f"| {row['dataset']} | {row['run']} | {row['seed']} | {shown} | "
+            f"{row['seconds']:.0f} | {'; '.join(notes)} |"
+        )
     lines += _timing(rows)
     return "\n".join(lines) + "\n"
 
 
 def _timing(rows: list[dict]) -> list[str]:
-    cold = [r for r in rows if r["run"].startswith("bottleneck") and r.get("cache_hit") is False
-            and r["status"] == "succeeded"]  # fmt: skip
+    cold = [
+        r
+        for r in rows
+        if r["run"].startswith("bottleneck")
+        and r.get("cache_hit") is False
+        and r["status"] == "succeeded"
+    ]
     if not cold:
         return []
     dataset = cold[0]["dataset"]
-    autos = [r for r in rows if r["dataset"] == dataset and r["run"] == "auto"
-             and r["status"] == "succeeded"]  # fmt: skip
+    autos = [
+        r
+        for r in rows
+        if r["dataset"] == dataset and r["run"] == "auto" and r["status"] == "succeeded"
+    ]
     first = [r["seconds"] for r in autos if r.get("cache_hit") is False]
     repeat = [r["seconds"] for r in autos if r.get("cache_hit") is True]
     lines = ["", f"Time on {dataset} (2 CPU cores):", ""]
@@ -291,14 +336,18 @@ def _timing(rows: list[dict]) -> list[str]:
     if first:
         minutes = first[0] / 60
         verdict = "met" if minutes <= AUTO_MINUTES_TARGET else "**missed**"
-        lines.append(f"- auto, cold feature cache: {minutes:.1f} min (target "
-                     f"<= {AUTO_MINUTES_TARGET:.0f} min: {verdict})")  # fmt: skip
+        lines.append(
+            f"- auto, cold feature cache: {minutes:.1f} min (target "
+            f"<= {AUTO_MINUTES_TARGET:.0f} min: {verdict})"
+        )
     if repeat:
         ratio = statistics.mean(repeat) / cold[0]["seconds"]
         verdict = "met" if ratio <= REPEAT_RATIO_TARGET else "**missed**"
-        lines.append(f"- auto repeated on cached features: {statistics.mean(repeat):.0f} s, "
-                     f"{ratio:.2f}x the bottleneck-only job (target <= {REPEAT_RATIO_TARGET}x: "
-                     f"{verdict})")  # fmt: skip
+        lines.append(
+            f"- auto repeated on cached features: {statistics.mean(repeat):.0f} s, "
+            f"{ratio:.2f}x the bottleneck-only job (target <= {REPEAT_RATIO_TARGET}x: "
+            f"{verdict})"
+        )
     return lines
 
 

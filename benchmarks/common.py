@@ -56,13 +56,29 @@ def live_service(
     if with_worker:
         argv = [sys.executable, "-m", "app.cli", "run", "--port", str(port)]
     else:
-        subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=PROJECT_ROOT, env=env,
-                       check=True, capture_output=True)  # fmt: skip
-        argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
-                "--log-level", "warning", "--http", "app.api.server:HeaderTimeoutProtocol"]  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "migrate"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--http",
+            "app.api.server:HeaderTimeoutProtocol",
+        ]
     with (data_dir / "service.log").open("wb") as log:
-        server = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
+        server = subprocess.Popen(
+            argv, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -75,10 +91,23 @@ def live_service(
         else:
             raise RuntimeError(f"the service did not start; see {data_dir / 'service.log'}")
         key = subprocess.run(
-            [sys.executable, "-m", "app.cli", "keys", "create", "--name", "benchmark",
-             "--scopes", "admin"],
-            cwd=PROJECT_ROOT, env=env, check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "keys",
+                "create",
+                "--name",
+                "benchmark",
+                "--scopes",
+                "admin",
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         yield LiveService(base=base, process=server, headers={"Authorization": f"Bearer {key}"})
     finally:
         server.send_signal(signal.SIGINT)  # both uvicorn and app.cli stop cleanly on it

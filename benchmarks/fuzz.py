@@ -22,11 +22,20 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings",
-         "tests/api/test_schema_fuzz.py"],
-        cwd=PROJECT_ROOT, env={**os.environ, "FUZZ_EXAMPLES": str(args.examples)},
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:warnings",
+            "tests/api/test_schema_fuzz.py",
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "FUZZ_EXAMPLES": str(args.examples)},
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "no output"
     failures = [line[2:].strip() for line in run.stdout.splitlines() if line.startswith("E ")]

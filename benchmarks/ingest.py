@@ -33,7 +33,7 @@ def build_photos_zip(path: Path) -> int:
     return count
 
 
-def _bmp(seed: int) -> bytes:
+def _bmp() -> bytes:
     """A distinct, incompressible 24-bit BMP (random pixels), so nothing is deduplicated."""
     row = BMP_SIDE * 3
     pixels = os.urandom(row * BMP_SIDE)
@@ -56,7 +56,7 @@ def build_big_zip(path: Path, *, gigabytes: float) -> int:
     count = 0
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
         while path.stat().st_size < target:
-            archive.writestr(f"big/{'a' if count % 2 else 'b'}/{count}.bmp", _bmp(count))
+            archive.writestr(f"big/{'a' if count % 2 else 'b'}/{count}.bmp", _bmp())
             count += 1
     return count
 
@@ -111,8 +111,10 @@ def main() -> None:
             stop.set()
             sampler.join()
             growth_mb = (peak[0] - before) / 1024
-            print(f"1 GB zip: {big_body['stats']['image_count']} images in {big_seconds:.1f} s, "
-                  f"RSS {before / 1024:.0f} MB -> peak {peak[0] / 1024:.0f} MB")  # fmt: skip
+            print(
+                f"1 GB zip: {big_body['stats']['image_count']} images in {big_seconds:.1f} s, "
+                f"RSS {before / 1024:.0f} MB -> peak {peak[0] / 1024:.0f} MB"
+            )
 
     rate = ingested / photo_seconds
     body = f"""## Dataset ingest (`POST /datasets`)

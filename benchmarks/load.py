@@ -45,11 +45,25 @@ def make_key(data_dir: Path) -> str:
     """A train+predict key of the owner that trained the model (the clients' key)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "create", "--name", "load", "--owner",
-         "benchmark", "--scopes", "train,predict"],
-        cwd=PROJECT_ROOT, check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "keys",
+            "create",
+            "--name",
+            "load",
+            "--owner",
+            "benchmark",
+            "--scopes",
+            "train,predict",
+        ],
+        cwd=PROJECT_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
         env={**env, "SMALLVISION_DATA_DIR": str(data_dir)},
-    ).stdout.strip()  # fmt: skip
+    ).stdout.strip()
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -70,9 +84,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="load-bench-") as tmp:
         work = Path(tmp)
         with live_service(
-            work / "var", with_worker=True, pretrained_weights_dir=str(SHARED / "weights"),
-            predict_rate_per_second="1000000", predict_burst="1000000",
-        ) as live:  # fmt: skip
+            work / "var",
+            with_worker=True,
+            pretrained_weights_dir=str(SHARED / "weights"),
+            predict_rate_per_second="1000000",
+            predict_burst="1000000",
+        ) as live:
             base, admin = live.base, live.headers
             train_versions(base, work, admin, versions=1)
             job_id = httpx.get(f"{base}/jobs", headers=admin, timeout=30).json()[0]["id"]

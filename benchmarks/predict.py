@@ -60,33 +60,52 @@ def train_versions(
     archive = work / "bench.zip"
     small_dataset_zip(archive)
     with archive.open("rb") as handle:
-        dataset = httpx.post(f"{base}/datasets", files={"file": handle}, data={"name": "bench"},
-                             timeout=600, headers=headers).json()  # fmt: skip
+        dataset = httpx.post(
+            f"{base}/datasets",
+            files={"file": handle},
+            data={"name": "bench"},
+            timeout=600,
+            headers=headers,
+        ).json()
     for seed in range(versions):
-        job = httpx.post(f"{base}/jobs", json={
-            "dataset_id": dataset["id"], "method": "bottleneck", "base_model": "mobilenet_v2",
-            "image_size": IMAGE_SIZE, "epochs": 3, "model_name": "bench", "seed": seed,
-        }, timeout=60, headers=headers).json()  # fmt: skip
-        while (state := httpx.get(f"{base}/jobs/{job['id']}", timeout=30,
-                                  headers=headers).json())["status"] not in {
-            "succeeded", "failed", "cancelled"
-        }:  # fmt: skip
+        job = httpx.post(
+            f"{base}/jobs",
+            json={
+                "dataset_id": dataset["id"],
+                "method": "bottleneck",
+                "base_model": "mobilenet_v2",
+                "image_size": IMAGE_SIZE,
+                "epochs": 3,
+                "model_name": "bench",
+                "seed": seed,
+            },
+            timeout=60,
+            headers=headers,
+        ).json()
+        while (state := httpx.get(f"{base}/jobs/{job['id']}", timeout=30, headers=headers).json())[
+            "status"
+        ] not in {"succeeded", "failed", "cancelled"}:
             time.sleep(1)
         if state["status"] != "succeeded":
             raise RuntimeError(f"training the benchmark model failed: {state['error']}")
         if "error" in (exported := state["result"].get("exports", {}).get("onnx", {})):
             raise RuntimeError(f"the ONNX export failed: {exported['error']}")
     deadline = time.monotonic() + 120
-    while httpx.get(f"{base}/v2/models/bench/ready", timeout=60,
-                    headers=headers).status_code != 200:  # fmt: skip
+    while (
+        httpx.get(f"{base}/v2/models/bench/ready", timeout=60, headers=headers).status_code != 200
+    ):
         if time.monotonic() > deadline:
             raise RuntimeError("the model was not loaded")
         time.sleep(0.5)
 
 
 def download(base: str, headers: dict[str, str], fmt: str, target: Path) -> Path:
-    response = httpx.get(f"{base}/models/bench/versions/1/download", params={"format": fmt},
-                         timeout=120, headers=headers)  # fmt: skip
+    response = httpx.get(
+        f"{base}/models/bench/versions/1/download",
+        params={"format": fmt},
+        timeout=120,
+        headers=headers,
+    )
     response.raise_for_status()
     target.write_bytes(response.content)
     return target
@@ -166,8 +185,7 @@ def feature_extraction(work: Path) -> dict[str, float]:
     signature = [tf.TensorSpec([None, 224, 224, 3], tf.float32, name="pixels")]
     serve = tf.function(lambda x: extractor(x, training=False), input_signature=signature)
     path = work / "extractor.onnx"
-    tf2onnx.convert.from_function(serve, input_signature=signature, opset=17,
-                                  output_path=str(path))  # fmt: skip
+    tf2onnx.convert.from_function(serve, input_signature=signature, opset=17, output_path=str(path))
     session = onnx_session(path)
     batch = np.random.default_rng(0).uniform(0, 255, (BATCH, 224, 224, 3)).astype(np.float32)
     return {
@@ -219,15 +237,20 @@ def lean_latency(base: str, photo: bytes, requests: int, headers: dict[str, str]
     from urllib.parse import urlsplit
 
     boundary = "smallvision-benchmark-boundary"
-    body = b"".join([
-        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nbench\r\n'.encode(),
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="photo.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n".encode(),
-        photo,
-        f"\r\n--{boundary}--\r\n".encode(),
-    ])  # fmt: skip
-    request_headers = {**headers, "Content-Type": f"multipart/form-data; boundary={boundary}",
-                       "Content-Length": str(len(body))}  # fmt: skip
+    body = b"".join(
+        [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nbench\r\n'.encode(),
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="photo.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n".encode(),
+            photo,
+            f"\r\n--{boundary}--\r\n".encode(),
+        ]
+    )
+    request_headers = {
+        **headers,
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "Content-Length": str(len(body)),
+    }
     address = urlsplit(base)
     connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=60)
 
@@ -324,26 +347,39 @@ def memory(var: Path, runtime: str) -> dict[str, float]:
     env.update(SMALLVISION_DATA_DIR=str(var), SMALLVISION_SERVING_RUNTIME=runtime)
     output = subprocess.run(
         [sys.executable, "-m", "benchmarks.predict", "--memory-probe"],
-        env=env, check=True, capture_output=True, text=True,
-    ).stdout.splitlines()[-1]  # fmt: skip
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()[-1]
     probe = json.loads(output)
     if probe["runtime"] != runtime:
         raise RuntimeError(f"the probe loaded {probe['runtime']}, not {runtime}")
     rss = probe["rss"]
     # The first load also imports the runtime (TensorFlow: most of the Keras path's first
     # load); the second version shows what one more loaded version costs.
-    return {"none": rss[0], "one": rss[1], "two": rss[2], "per_model": rss[2] - rss[1],
-            "evicting": max(rss[3:]), "last": rss[-1]}  # fmt: skip
+    return {
+        "none": rss[0],
+        "one": rss[1],
+        "two": rss[2],
+        "per_model": rss[2] - rss[1],
+        "evicting": max(rss[3:]),
+        "last": rss[-1],
+    }
 
 
 def serve_and_measure(
     var: Path, runtime: str, photo: bytes, args: argparse.Namespace
 ) -> dict[str, Any]:
-    with live_service(var, serving_runtime=runtime, model_cache_size="2",
-                      model_refresh_seconds="3600",
-                      # measure the service, not the per-key rate limit
-                      predict_rate_per_second="1000000", predict_burst="1000000",
-                      ) as live:  # fmt: skip
+    with live_service(
+        var,
+        serving_runtime=runtime,
+        model_cache_size="2",
+        model_refresh_seconds="3600",
+        # measure the service, not the per-key rate limit
+        predict_rate_per_second="1000000",
+        predict_burst="1000000",
+    ) as live:
         base, headers = live.base, live.headers
         single = latency(base, photo, args.requests, headers)
         lean = lean_latency(base, photo, args.requests, headers)
@@ -471,8 +507,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
         work, var = Path(tmp), Path(tmp) / "var"
-        with live_service(var, with_worker=True, pretrained_weights_dir=str(SHARED / "weights"),
-                          model_refresh_seconds="1") as live:  # fmt: skip
+        with live_service(
+            var,
+            with_worker=True,
+            pretrained_weights_dir=str(SHARED / "weights"),
+            model_refresh_seconds="1",
+        ) as live:
             train_versions(live.base, work, live.headers)
             keras_file = download(live.base, live.headers, "keras", work / "bench.keras")
             onnx_file = download(live.base, live.headers, "onnx", work / "bench.onnx")

@@ -40,18 +40,24 @@ def extract(dataset_dir: Path) -> Features:
 
     started = time.perf_counter()
     base = keras.applications.MobileNetV2(
-        include_top=False, weights=str(WEIGHTS), input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+        include_top=False,
+        weights=str(WEIGHTS),
+        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
         pooling="avg",
-    )  # fmt: skip
+    )
     base.trainable = False
     preprocess = keras.applications.mobilenet_v2.preprocess_input
     arrays = {}
     classes: list[str] = []
     for split in ("train", "validation", "test"):
         data = keras.utils.image_dataset_from_directory(
-            dataset_dir / split, image_size=(IMAGE_SIZE, IMAGE_SIZE), batch_size=64,
-            shuffle=False, label_mode="int", verbose=False,
-        )  # fmt: skip
+            dataset_dir / split,
+            image_size=(IMAGE_SIZE, IMAGE_SIZE),
+            batch_size=64,
+            shuffle=False,
+            label_mode="int",
+            verbose=False,
+        )
         classes = list(data.class_names)
         features, labels = [], []
         for images, batch_labels in data:
@@ -59,9 +65,12 @@ def extract(dataset_dir: Path) -> Features:
             labels.append(np.asarray(batch_labels))
         arrays[split] = (np.concatenate(features), np.concatenate(labels))
     return Features(
-        arrays["train"], arrays["validation"], arrays["test"], classes,
+        arrays["train"],
+        arrays["validation"],
+        arrays["test"],
+        classes,
         time.perf_counter() - started,
-    )  # fmt: skip
+    )
 
 
 def train_head(features: Features, *, seed: int) -> dict:
@@ -70,21 +79,26 @@ def train_head(features: Features, *, seed: int) -> dict:
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
     dim = features.train[0].shape[1]
-    model = keras.Sequential([
-        keras.Input((dim,)),
-        keras.layers.Dropout(0.2),
-        keras.layers.Dense(len(features.classes), activation="softmax"),
-    ])  # fmt: skip
+    model = keras.Sequential(
+        [
+            keras.Input((dim,)),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(len(features.classes), activation="softmax"),
+        ]
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     history = model.fit(
-        *features.train, validation_data=features.validation, epochs=50, batch_size=32,
+        *features.train,
+        validation_data=features.validation,
+        epochs=50,
+        batch_size=32,
         callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)],
         verbose=0,
-    )  # fmt: skip
+    )
     _, accuracy = model.evaluate(*features.test, verbose=0)
     losses = history.history["val_loss"]
     return {

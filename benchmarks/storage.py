@@ -44,8 +44,9 @@ def s3_server(log: Path) -> Iterator[str]:
     with log.open("wb") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -65,8 +66,12 @@ def bucket_settings(endpoint: str) -> dict[str, str]:
 
     bucket = f"benchmark-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    return {"storage_backend": "s3", "s3_bucket": bucket, "s3_endpoint_url": endpoint,
-            "s3_region": "us-east-1"}  # fmt: skip
+    return {
+        "storage_backend": "s3",
+        "s3_bucket": bucket,
+        "s3_endpoint_url": endpoint,
+        "s3_region": "us-east-1",
+    }
 
 
 def load_as_a_worker(
@@ -90,8 +95,13 @@ def load_as_a_worker(
     fetched = time.perf_counter() - started
     started = time.perf_counter()
     for split in ("train", "validation", "test"):
-        load_split(manifest, files=lambda items: folder, split=split, image_size=image_size,
-                   max_pixels=50_000_000)  # fmt: skip
+        load_split(
+            manifest,
+            files=lambda _: folder,
+            split=split,
+            image_size=image_size,
+            max_pixels=50_000_000,
+        )
     return fetched, time.perf_counter() - started
 
 
@@ -121,9 +131,11 @@ def main() -> None:
                     # with a bucket has a data folder of its own and starts with no cache.
                     worker_dir = data_dir / ("api" if backend == "local" else "worker")
                     fetched, decoded = load_as_a_worker(
-                        dataset["id"], data_dir=worker_dir, settings=settings,
+                        dataset["id"],
+                        data_dir=worker_dir,
+                        settings=settings,
                         image_size=args.image_size,
-                    )  # fmt: skip
+                    )
                     fetches.append(fetched)
                     decodes.append(decoded)
                     shutil.rmtree(data_dir, ignore_errors=True)

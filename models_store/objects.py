@@ -291,7 +291,7 @@ class S3ObjectStore:
     def _key(self, key: str) -> str:
         return self.location.prefix + check_key(key)
 
-    def local_path(self, key: str) -> Path | None:
+    def local_path(self, key: str) -> Path | None:  # noqa: ARG002  (ObjectStore's signature)
         return None
 
     def staging_folder(self) -> Path:
@@ -393,9 +393,11 @@ class S3ObjectStore:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys at most
             self.client.delete_objects(
                 Bucket=self.location.bucket,
-                Delete={"Objects": [{"Key": key} for key in keys[start : start + 1000]],
-                        "Quiet": True},
-            )  # fmt: skip
+                Delete={
+                    "Objects": [{"Key": key} for key in keys[start : start + 1000]],
+                    "Quiet": True,
+                },
+            )
 
     def check(self) -> None:
         self.client.head_bucket(Bucket=self.location.bucket)

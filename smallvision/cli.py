@@ -16,7 +16,7 @@ import enum
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Console
 from rich.progress import (
@@ -45,6 +45,7 @@ from smallvision.client import (
     Export,
     Job,
     JobMetrics,
+    JobResult,
     ServiceUnreachableError,
 )
 
@@ -153,7 +154,7 @@ class Commands:
 
     # Datasets
 
-    def datasets_list(self, args: argparse.Namespace) -> ExitCode:
+    def datasets_list(self, _args: argparse.Namespace) -> ExitCode:
         table = Table(
             _id_column(), "name", "classes", "images", "warnings", _time_column("uploaded")
         )
@@ -352,14 +353,14 @@ class Commands:
         return ExitCode.OK
 
     def _print_results(self, job: Job, metrics: JobMetrics) -> None:
-        result = job["result"] or {}
         if metrics["evaluation"]:
             self.out.print(evaluation_table(metrics["evaluation"]))
             self.out.print(confusion_table(metrics["evaluation"]))
-        chosen = metrics["chosen"] or {}
+        chosen = metrics["chosen"]
         if chosen:
-            self.out.print(f"kept: {chosen.get('method')}. {chosen.get('reason', '')}")
-        model = result.get("model")
+            self.out.print(f"kept: {chosen['method']}. {chosen['reason']}")
+        result = cast("JobResult | None", job["result"])  # a training job's
+        model = result.get("model") if result else None
         if model:
             state = "active" if model["active"] else "not active"
             self.out.print(f"saved as model {model['name']} version {model['version']} ({state})")
@@ -437,7 +438,7 @@ class Commands:
         self.out.print(table)
         return ExitCode.OK
 
-    def models_list(self, args: argparse.Namespace) -> ExitCode:
+    def models_list(self, _args: argparse.Namespace) -> ExitCode:
         table = Table(
             "model",
             "version",
@@ -487,9 +488,13 @@ class Commands:
 
             try:
                 self.client.download_version(
-                    args.name, args.version, file, format=args.format, on_progress=advance,
+                    args.name,
+                    args.version,
+                    file,
+                    format=args.format,
+                    on_progress=advance,
                     on_waiting=waiting,
-                )  # fmt: skip
+                )
             except BaseException:
                 partial.unlink(missing_ok=True)
                 raise
@@ -579,18 +584,21 @@ def confusion_table(evaluation: Evaluation) -> Table:
 def _connection_options(default: Any) -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument(
-        "--url", default=default,
+        "--url",
+        default=default,
         help=f"the service (default ${URL_VARIABLE} or http://127.0.0.1:8000)",
-    )  # fmt: skip
+    )
     options.add_argument("--key", default=default, help=f"the API key (default ${KEY_VARIABLE})")
     return options
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="smallvision", description=__doc__, formatter_class=argparse.RawTextHelpFormatter,
+        prog="smallvision",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
         parents=[_connection_options(None)],
-    )  # fmt: skip
+    )
     # --url and --key also after the command (`smallvision models list --url ...`); there a
     # missing option must not reset what was given before the command.
     after = _connection_options(argparse.SUPPRESS)
@@ -657,10 +665,12 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("version", type=int)
     on_models.choices["download"].add_argument("-o", "--output", type=Path)
     on_models.choices["download"].add_argument(
-        "--format", choices=("keras", "onnx", "savedmodel"), default="keras",
+        "--format",
+        choices=("keras", "onnx", "savedmodel"),
+        default="keras",
         help="savedmodel: a TF Serving archive, built by a worker on the first download "
         "(waits for it)",
-    )  # fmt: skip
+    )
     return parser
 
 

@@ -77,9 +77,20 @@ class ServiceUnreachableError(ApiError):
         super().__init__(0, "unreachable", reason)
 
 
+# The answers' shapes. Each mirrors a model of the server's OpenAPI schema (its keys and which
+# are always there), as tests/test_client_types.py checks.
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Method = Literal["auto", "scratch", "bottleneck", "finetune"]
+
+
 class Dataset(TypedDict):
     id: str
     name: str
+    lineage_id: str  # the id of the dataset's first version
+    version: int
+    parent_id: str | None
+    diff: dict[str, Any] | None  # images added and removed per class and split (null for v1)
     fingerprint: str | None
     status: str
     class_names: list[str]
@@ -90,18 +101,111 @@ class Dataset(TypedDict):
 
 class JobAccepted(TypedDict):
     id: str
-    status: str
+    status: JobStatus
+
+
+class ClassScores(TypedDict):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Evaluation(TypedDict):
+    accuracy: float
+    samples: int
+    per_class: dict[str, ClassScores]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
+    classes: list[str]
+    split: NotRequired[str | None]
+
+
+class Candidate(TypedDict):
+    """One model a run trained (or decided not to)."""
+
+    method: Method
+    settings: dict[str, Any]
+    validation: NotRequired[dict[str, float] | None]  # accuracy, loss
+    test: NotRequired[dict[str, float] | None]  # accuracy
+    seconds: NotRequired[float]
+    skipped: NotRequired[str | None]  # why it was not trained
+
+
+class Chosen(TypedDict):
+    method: Method
+    reason: str
+
+
+class ModelRef(TypedDict):
+    name: str
+    version: int
+    id: str
+    active: bool
+
+
+class DatasetRef(TypedDict):
+    id: str
+    name: str
+    version: int
+    lineage_id: str
+    fingerprint: str
+
+
+class Timings(TypedDict):
+    total: float
+    features: NotRequired[float | None]
+    saving: float
+
+
+class RunRuntime(TypedDict):
+    gpus: list[str]
+    feature_extraction: NotRequired[str | None]
+
+
+class JobResult(TypedDict):
+    """A training job's result (results of older releases lack some of these)."""
+
+    method: Method
+    evaluation: NotRequired[Evaluation | None]
+    best_epoch: NotRequired[int | None]
+    model: NotRequired[ModelRef | None]
+    candidates: NotRequired[list[Candidate]]
+    chosen: NotRequired[Chosen | None]
+    warnings: NotRequired[list[str]]
+    exports: NotRequired[dict[str, Any]]
+    dataset: NotRequired[DatasetRef | None]
+    timings: NotRequired[Timings | None]
+    runtime: NotRequired[RunRuntime | None]
+    validation_accuracy: NotRequired[float | None]
+    single_view_accuracy: NotRequired[float | None]
+    feature_cache_hit: NotRequired[bool | None]
+    feature_cache_key: NotRequired[str | None]
+    feature_seconds: NotRequired[float | None]
+    feature_runtime: NotRequired[str | None]
+    weights: NotRequired[str | None]
+
+
+class WorkerReport(TypedDict):
+    python: str
+    tensorflow: str
+    keras: str
+    keras_backend: str
+    gpus: list[str]
+    cpu_devices: list[str]
+    pretrained_weights_dir: str | None
+    pretrained_weight_files: list[str]
 
 
 class Job(TypedDict):
     id: str
     dataset_id: str | None
+    dataset_version: int | None
     method: str
     parameters: dict[str, Any]
-    status: str
+    status: JobStatus
     progress: float
     progress_detail: dict[str, Any]
-    result: dict[str, Any] | None
+    result: JobResult | WorkerReport | None
     error: str | None
     worker_id: str | None
     cancel_requested: bool
@@ -122,31 +226,15 @@ class Epoch(TypedDict):
     seconds: float | None
 
 
-class ClassScores(TypedDict):
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-
-class Evaluation(TypedDict):
-    accuracy: float
-    samples: int
-    per_class: dict[str, ClassScores]
-    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
-    classes: list[str]
-    split: NotRequired[str]
-
-
 class JobMetrics(TypedDict):
     job_id: str
-    status: str
+    status: JobStatus
     progress: float
     epochs: list[Epoch]
     best_epoch: int | None
     evaluation: Evaluation | None
-    candidates: list[dict[str, Any]]
-    chosen: dict[str, Any] | None
+    candidates: list[Candidate]
+    chosen: Chosen | None
     warnings: list[str]
 
 
@@ -200,9 +288,6 @@ class Prediction(TypedDict):
     version: int
     predictions: list[ImagePrediction]
     seconds: float
-
-
-Method = Literal["auto", "scratch", "bottleneck", "finetune"]
 
 
 def _write_body(
@@ -445,10 +530,11 @@ class Client:
                         pause = float(response.headers.get("retry-after", "5"))
                         if time.monotonic() + pause > deadline:
                             raise ApiError(
-                                504, "export_pending",
+                                504,
+                                "export_pending",
                                 f"the {format} export of {name} v{version} was not ready within "
                                 f"{wait_seconds:g} s; it is still being built: try again later",
-                            )  # fmt: skip
+                            )
                         if on_waiting:
                             on_waiting(cast(Export, response.json()))
                         time.sleep(pause)

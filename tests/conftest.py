@@ -22,6 +22,7 @@ from app.core.config import ENV_PREFIX, PROJECT_ROOT, get_settings
 from app.core.queue import _producer
 from app.db.session import dispose_engines
 from app.services.auth import recently_verified
+from app.services.review import THRESHOLDS
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -50,10 +51,12 @@ def _tcp_answers(url: str, default_port: int) -> str | None:
 
 
 def reset_caches() -> None:
-    """Forget cached Settings, engines and producers so a test's environment takes effect."""
+    """Forget cached Settings, engines, producers and what was read from the database (keys,
+    review thresholds) so a test's environment takes effect."""
     get_settings.cache_clear()
     _producer.cache_clear()
     recently_verified.clear()
+    THRESHOLDS.forget()
     dispose_engines()
 
 
@@ -166,13 +169,17 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with log.open("wb") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_until(
             lambda: _tcp_answers(f"http://127.0.0.1:{port}", port) is None,
-            timeout=30, what="the S3 server (moto)", log=log,
-        )  # fmt: skip
+            timeout=30,
+            what="the S3 server (moto)",
+            log=log,
+        )
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process_group(server)
@@ -189,9 +196,12 @@ def s3_settings(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
     bucket = f"smallvision-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     return {
-        "STORAGE_BACKEND": "s3", "S3_BUCKET": bucket, "S3_ENDPOINT_URL": s3_endpoint,
-        "S3_REGION": "us-east-1", "S3_PREFIX": "tenant-a",
-    }  # fmt: skip
+        "STORAGE_BACKEND": "s3",
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT_URL": s3_endpoint,
+        "S3_REGION": "us-east-1",
+        "S3_PREFIX": "tenant-a",
+    }
 
 
 def bucket_keys(settings: dict[str, str]) -> list[str]:
@@ -238,10 +248,14 @@ def worker_stack(
 
     with pytest.MonkeyPatch.context() as patch:
         for key, value in {
-            "DATA_DIR": str(tmp / "data"), "ENVIRONMENT": "test", "DATABASE_URL": postgres_url,
-            "BROKER_URL": redis_url, "PRETRAINED_WEIGHTS_DIR": str(SHARED / "weights"),
-            "ALLOW_WEIGHTS_DOWNLOAD": "false", **settings,
-        }.items():  # fmt: skip
+            "DATA_DIR": str(tmp / "data"),
+            "ENVIRONMENT": "test",
+            "DATABASE_URL": postgres_url,
+            "BROKER_URL": redis_url,
+            "PRETRAINED_WEIGHTS_DIR": str(SHARED / "weights"),
+            "ALLOW_WEIGHTS_DOWNLOAD": "false",
+            **settings,
+        }.items():
             patch.setenv(ENV_PREFIX + key, value)
         reset_caches()
         migrate(postgres_url)

@@ -16,9 +16,14 @@ def scratch_model(classes: int, *, image_size: int = 64, seed: int = 3):
     from app.ml.config import Method, TrainConfig
 
     config = TrainConfig(
-        method=Method.SCRATCH, image_size=image_size, epochs=1, batch_size=8,
-        learning_rate=1e-3, dropout=0.5, seed=seed,
-    )  # fmt: skip
+        method=Method.SCRATCH,
+        image_size=image_size,
+        epochs=1,
+        batch_size=8,
+        learning_rate=1e-3,
+        dropout=0.5,
+        seed=seed,
+    )
     keras.utils.set_random_seed(seed)
     return builders.build_scratch_model(config, class_count=classes)
 
@@ -44,6 +49,10 @@ def register_tiny_model(
             Path(tmp), model=model, classes=list(classes), metadata=metadata, onnx=onnx
         )
         return model_versions.register_version(
-            name=name, job_id=None, owner=owner, source_dir=Path(tmp), metadata=metadata,
+            name=name,
+            job_id=None,
+            owner=owner,
+            source_dir=Path(tmp),
+            metadata=metadata,
             metrics_summary={"test_accuracy": None},
-        )  # fmt: skip
+        )

@@ -60,9 +60,13 @@ def running_worker(
     command = worker_command() + (["--hostname", node_name] if node_name else [])
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env,
-        )  # fmt: skip
+            command,
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
     try:
         wait_until(
             lambda: "ready." in log_path.read_text() or process.poll() is not None,
@@ -121,15 +125,21 @@ def running_api_process(
     """running_api, yielding the process too (to read its memory)."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            api_command(host="127.0.0.1", port=port), cwd=PROJECT_ROOT, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )  # fmt: skip
+            api_command(host="127.0.0.1", port=port),
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(
             lambda: _answers_ok(f"{base}/health", process, log_path),
-            timeout=90, what="the API to answer", log=log_path,
-        )  # fmt: skip
+            timeout=90,
+            what="the API to answer",
+            log=log_path,
+        )
         yield base, process
     finally:
         stop_process_group(process)
@@ -143,10 +153,21 @@ def start_redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
         pytest.skip("redis-server is not installed")
     with log.open("ab") as out:
         server = subprocess.Popen(
-            [redis_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                redis_binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def answers() -> bool:
         try:
@@ -166,8 +187,10 @@ def wait_job_finished(client: Any, job_id: str, *, log: Path, timeout: float) ->
     """Poll GET /jobs/{id} through `client` until the job has finished; return it."""
     wait_until(
         lambda: client.get(f"/jobs/{job_id}").json()["status"] in FINISHED_STATUSES,
-        timeout=timeout, what=f"job {job_id} to finish", log=log,
-    )  # fmt: skip
+        timeout=timeout,
+        what=f"job {job_id} to finish",
+        log=log,
+    )
     return dict(client.get(f"/jobs/{job_id}").json())
 
 
@@ -196,15 +219,20 @@ def running_service(
     with log.open("wb") as out:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "run", "--port", str(port)],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(
             lambda: _answers_ok(f"{url}/ready", launcher, log),
-            timeout=90, what="the API to be ready", log=log,
-        )  # fmt: skip
+            timeout=90,
+            what="the API to be ready",
+            log=log,
+        )
         # The first start prints an admin key, before it starts the API.
         match = re.search(r"^\s+(sv_\S+)$", log.read_text(), re.M)
         assert match, log.read_text()[-3000:]

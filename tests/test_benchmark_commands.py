@@ -27,16 +27,27 @@ def test_the_benchmarks_are_found() -> None:
 def test_benchmark_module_runs_its_entry_point(name: str) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", "--help"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("usage:"), completed.stdout
 
 
 def _row(run: str, seed: int, accuracy: float, **extra: object) -> dict:
-    return {"dataset": "flowers_small", "run": run, "seed": seed, "status": "succeeded",
-            "test_accuracy": accuracy, "seconds": 100.0, "machine": "2 cores (CPU A)",
-            "date": "2026-11-24", **extra}  # fmt: skip
+    return {
+        "dataset": "flowers_small",
+        "run": run,
+        "seed": seed,
+        "status": "succeeded",
+        "test_accuracy": accuracy,
+        "seconds": 100.0,
+        "machine": "2 cores (CPU A)",
+        "date": "2026-11-24",
+        **extra,
+    }
 
 
 def _auto(seed: int, accuracy: float, bottleneck: float, finetune: float) -> dict:
@@ -45,17 +56,20 @@ def _auto(seed: int, accuracy: float, bottleneck: float, finetune: float) -> dic
         {"method": "finetune", "test": {"accuracy": finetune}},
         {"method": "scratch", "skipped": "too few images"},
     ]
-    return _row("auto", seed, accuracy, chosen="finetune", candidates=candidates,
-                cache_hit=seed > 1)  # fmt: skip
+    return _row(
+        "auto", seed, accuracy, chosen="finetune", candidates=candidates, cache_hit=seed > 1
+    )
 
 
 def test_accuracy_summary_gives_mean_and_spread_per_method_and_judges_the_targets() -> None:
     from benchmarks.accuracy import render
 
     rows = [
-        _row("reference", 1, 0.80), _row("reference", 2, 0.82),
-        _auto(1, 0.90, 0.85, 0.90), _auto(2, 0.92, 0.87, 0.92),
-    ]  # fmt: skip
+        _row("reference", 1, 0.80),
+        _row("reference", 2, 0.82),
+        _auto(1, 0.90, 0.85, 0.90),
+        _auto(2, 0.92, 0.87, 0.92),
+    ]
     table = render(rows)
     summary = next(line for line in table.splitlines() if line.startswith("| flowers_small"))
     cells = [cell.strip() for cell in summary.split("|")[1:-1]]

@@ -44,8 +44,15 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 def test_compose_defines_the_stack() -> None:
     services = _compose()["services"]
     assert set(services) == {
-        "postgres", "redis", "minio", "minio-init", "api", "api-2", "proxy", "worker"
-    }  # fmt: skip
+        "postgres",
+        "redis",
+        "minio",
+        "minio-init",
+        "api",
+        "api-2",
+        "proxy",
+        "worker",
+    }
     assert set(_smallvision_services()) == {"api", "api-2", "worker"}
     assert services["api"]["command"] == services["api-2"]["command"] == ["api"]
     assert services["worker"]["command"] == ["worker"]
@@ -190,8 +197,13 @@ def _run_entrypoint(*args: str, data_dir: Path) -> subprocess.CompletedProcess[s
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return subprocess.run(
         ["sh", str(ENTRYPOINT), *args],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_entrypoint_migrate_creates_the_schema(tmp_path: Path) -> None:

@@ -13,9 +13,13 @@ from PIL import Image
 
 
 def image_bytes(
-    fmt: str = "JPEG", *, size: tuple[int, int] = (48, 40), seed: int = 0, mode: str = "RGB",
+    fmt: str = "JPEG",
+    *,
+    size: tuple[int, int] = (48, 40),
+    seed: int = 0,
+    mode: str = "RGB",
     exif_orientation: int | None = None,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """A random-noise image (distinct per seed, so no accidental duplicates) encoded as fmt."""
     rng = random.Random(seed)
     pixels = bytes(rng.getrandbits(8) for _ in range(size[0] * size[1] * 3))

@@ -80,9 +80,11 @@ def validation_errors(errors: list[Any]) -> list[dict[str, Any]]:
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return error_response(
-        request.url.path, "validation_error", validation_errors(list(exc.errors())),
+        request.url.path,
+        "validation_error",
+        validation_errors(list(exc.errors())),
         status_code=422,
-    )  # fmt: skip
+    )
 
 
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:

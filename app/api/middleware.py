@@ -80,10 +80,18 @@ class RequestContextMiddleware:
             HTTP_REQUESTS.labels(method, route, str(status)).inc()
             HTTP_LATENCY.labels(method, route).observe(seconds)
             logger.info(
-                "%s %s %s", method, scope["path"], status,
-                extra={"method": method, "path": scope["path"], "route": route,
-                       "status": status, "duration_ms": round(seconds * 1000, 2)},
-            )  # fmt: skip
+                "%s %s %s",
+                method,
+                scope["path"],
+                status,
+                extra={
+                    "method": method,
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                },
+            )
             request_id_var.reset(token)
 
 

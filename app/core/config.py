@@ -176,9 +176,13 @@ class Settings(BaseSettings):
     def ensure_directories(self) -> None:
         """Create the local data folders (and the SQLite files' folders) if they are missing."""
         for path in (
-            self.data_dir, self.datasets_dir, self.models_dir, self.feature_cache_dir,
-            self.review_dir, self.cache_dir,
-        ):  # fmt: skip
+            self.data_dir,
+            self.datasets_dir,
+            self.models_dir,
+            self.feature_cache_dir,
+            self.review_dir,
+            self.cache_dir,
+        ):
             path.mkdir(parents=True, exist_ok=True)
 
 

@@ -53,7 +53,7 @@ def make_celery(settings: Settings) -> Celery:
 
 
 @lru_cache(maxsize=4)
-def _producer(broker_url: str) -> Celery:
+def _producer(broker_url: str) -> Celery:  # noqa: ARG001  (the cache's key: one per broker)
     return make_celery(get_settings())
 
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from app.core.config import get_settings
 
@@ -70,34 +70,57 @@ def _session_factory(url: str) -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope() -> Iterator[Session]:
-    """A session that commits when the block ends and rolls back if it raises."""
+    """A session that commits when the block ends and rolls back if it raises; then, the
+    commit done, what was registered with after_commit runs (what it raises comes out of
+    the block, with the rows committed)."""
     session = _session_factory(get_settings().database_url)()
     try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        _run_committed(session)
     finally:
         session.close()
 
 
 _AFTER_COMMIT = "after_commit_callbacks"
+_COMMITTED = "committed_callbacks"
+_AFTER_ROLLBACK = "after_rollback_callbacks"
 
 
 def after_commit(session: Session, callback: Callable[[], object]) -> None:
-    """Run `callback` once this session's transaction has committed, and never if it rolls
-    back: files are removed and tasks enqueued only for rows that exist for good. The
-    callback may not use `session` (open another); what it raises comes out of the commit."""
+    """Run `callback` once this session's transaction has committed (when its session_scope
+    ends), and never if it rolls back: files are removed and tasks enqueued only for rows that
+    exist for good. The callback may not use `session` (it opens another if it must)."""
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
+def after_rollback(session: Session, callback: Callable[[], object]) -> None:
+    """Run `callback` if this session's transaction is rolled back (a failed commit too)
+    instead of committed: files published for rows that will not exist go again."""
+    session.info.setdefault(_AFTER_ROLLBACK, []).append(callback)
+
+
 @event.listens_for(Session, "after_commit")
-def _run_after_commit(session: Session) -> None:
-    for callback in session.info.pop(_AFTER_COMMIT, []):
+def _note_committed(session: Session) -> None:
+    # Run once commit() has returned (session_scope), not inside it: a callback that raises
+    # here would leave the session half way through its commit, with nothing to roll back.
+    session.info.pop(_AFTER_ROLLBACK, None)
+    session.info.setdefault(_COMMITTED, []).extend(session.info.pop(_AFTER_COMMIT, []))
+
+
+def _run_committed(session: Session) -> None:
+    for callback in session.info.pop(_COMMITTED, []):
         callback()
 
 
-@event.listens_for(Session, "after_rollback")
-def _forget_after_commit(session: Session) -> None:
+@event.listens_for(Session, "after_soft_rollback")
+def _run_after_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    if previous_transaction.nested:  # a savepoint: the transaction itself goes on
+        return
     session.info.pop(_AFTER_COMMIT, None)
+    for callback in session.info.pop(_AFTER_ROLLBACK, []):
+        callback()

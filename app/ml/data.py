@@ -58,7 +58,7 @@ def load_split(
     split: str,
     image_size: int,
     max_pixels: int,
-    on_progress: Callable[[dict[str, Any]], None] = lambda detail: None,
+    on_progress: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> SplitArrays:
     """The images of one split, decoded with the shared decoder and resized for the model;
     `on_progress` hears how far it got about once a second."""
@@ -74,9 +74,10 @@ def load_split(
             reported = time.monotonic()
             on_progress({"stage": "loading", "split": split, "images": index, "of": len(items)})
         decoded = decode_image(
-            (dataset_dir / item["file"]).read_bytes(), max_pixels=max_pixels,
+            (dataset_dir / item["file"]).read_bytes(),
+            max_pixels=max_pixels,
             target_size=image_size,
-        )  # fmt: skip
+        )
         images[index] = resize_pixels(image_to_array(decoded.image), image_size=image_size)
         labels[index] = classes.index(item["label"])
     return SplitArrays(images=images, labels=labels)
@@ -103,7 +104,7 @@ class ManifestSplits:
         files: ImageFiles,
         image_size: int,
         max_pixels: int,
-        on_progress: Callable[[dict[str, Any]], None] = lambda detail: None,
+        on_progress: Callable[[dict[str, Any]], None] = lambda _: None,
     ) -> None:
         self.manifest = manifest
         self.classes: list[str] = manifest["classes"]
@@ -128,10 +129,13 @@ class ManifestSplits:
     def arrays(self, split: str) -> SplitArrays:
         if split not in self._arrays:
             self._arrays[split] = load_split(
-                self.manifest, files=self.files, split=split,
-                image_size=self.image_size, max_pixels=self.max_pixels,
+                self.manifest,
+                files=self.files,
+                split=split,
+                image_size=self.image_size,
+                max_pixels=self.max_pixels,
                 on_progress=self.on_progress,
-            )  # fmt: skip
+            )
         return self._arrays[split]
 
 

@@ -88,9 +88,10 @@ def onnx_session(
     # work running, a spinning session's single-image forward took 16 ms instead of 4-7 ms.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
-        path if isinstance(path, bytes) else str(path), sess_options=options,
+        path if isinstance(path, bytes) else str(path),
+        sess_options=options,
         providers=providers or ["CPUExecutionProvider"],
-    )  # fmt: skip
+    )
 
 
 def _frozen_graph(serve: Any) -> tuple[Any, list[str], list[str]]:
@@ -136,9 +137,12 @@ def resize_graph(image_size: int) -> bytes:
     )
     sizes = helper.make_tensor("sizes", TensorProto.INT64, [3], [image_size, image_size, 3])
     node = helper.make_node(
-        "Resize", ["image", "", "", "sizes"], ["resized"], mode="linear",
+        "Resize",
+        ["image", "", "", "sizes"],
+        ["resized"],
+        mode="linear",
         coordinate_transformation_mode="half_pixel",
-    )  # fmt: skip
+    )
     graph = helper.make_graph([node], "resize", [image], [resized], initializer=[sizes])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
     onnx.checker.check_model(model)
@@ -153,9 +157,12 @@ def _convert(serve: Any, path: Path, *, output_name: str | None) -> None:
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     graph_def, inputs, outputs = _frozen_graph(serve)
     tf2onnx.convert.from_graph_def(
-        graph_def, input_names=inputs, output_names=outputs, opset=ONNX_OPSET,
+        graph_def,
+        input_names=inputs,
+        output_names=outputs,
+        opset=ONNX_OPSET,
         output_path=str(path),
-    )  # fmt: skip
+    )
     renames = {inputs[0]: INPUT_NAME}
     if output_name is not None:
         renames[outputs[0]] = output_name

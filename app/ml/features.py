@@ -64,11 +64,16 @@ def feature_cache_key(
     policy = keras.mixed_precision.global_policy().name
     text = "|".join(
         [
-            dataset_fingerprint, base_model, weights_sha256, str(image_size),
-            ",".join(sorted(request.names())), f"decoder-{DECODER_VERSION}",
-            f"keras-{keras.__version__}", policy,
+            dataset_fingerprint,
+            base_model,
+            weights_sha256,
+            str(image_size),
+            ",".join(sorted(request.names())),
+            f"decoder-{DECODER_VERSION}",
+            f"keras-{keras.__version__}",
+            policy,
         ]
-    )  # fmt: skip
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -142,7 +147,12 @@ class OnnxExtractor:
         self._outputs = len(self._session.get_outputs())
 
     def predict(
-        self, pixels: np.ndarray, *, batch_size: int, verbose: int = 0, callbacks: list[Any]
+        self,
+        pixels: np.ndarray,
+        *,
+        batch_size: int,
+        verbose: int = 0,  # noqa: ARG002  (keras.Model.predict's keyword; no meaning here)
+        callbacks: list[Any],
     ) -> Any:
         from app.ml.export import INPUT_NAME
 
@@ -160,9 +170,13 @@ class OnnxExtractor:
 
 
 def onnx_extractor(
-    extractor: Any, *, cache_dir: Path, key: str, image_size: int,
+    extractor: Any,
+    *,
+    cache_dir: Path,
+    key: str,
+    image_size: int,
     mirror: CacheMirror | None = None,
-) -> OnnxExtractor:  # fmt: skip
+) -> OnnxExtractor:
     """`extractor` as an OnnxExtractor, exported once into `cache_dir` (and the mirror) under
     `key` (everything that changes it: the base, its weights, the size, the outputs, the Keras
     version) and reused by later jobs; ExportError if it cannot be exported faithfully."""

@@ -81,9 +81,11 @@ def _schedule(learning_rate: float, *, epochs: int, steps_per_epoch: int) -> obj
     warmup = min(WARMUP_EPOCHS, max(epochs - 1, 0)) * steps_per_epoch
     total = max(epochs * steps_per_epoch, 1)
     return keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else learning_rate, max(total - warmup, 1),
-        warmup_target=learning_rate if warmup else None, warmup_steps=warmup,
-    )  # fmt: skip
+        0.0 if warmup else learning_rate,
+        max(total - warmup, 1),
+        warmup_target=learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
 
 
 @dataclass(frozen=True)
@@ -114,14 +116,19 @@ def _trainer(
     builders.unfreeze_top(base, spec)
     inputs = keras.Input(shape=train[0].shape[1:], name="top_inputs")
     shifted = keras.layers.RandomTranslation(
-        FEATURE_MAP_SHIFT, FEATURE_MAP_SHIFT, fill_mode="reflect", interpolation="nearest",
+        FEATURE_MAP_SHIFT,
+        FEATURE_MAP_SHIFT,
+        fill_mode="reflect",
+        interpolation="nearest",
         seed=training.seed,
-    )(inputs)  # fmt: skip
+    )(inputs)
     model = keras.Model(inputs, head(top(shifted)), name="finetune")
     batches = sampled_views(
-        train, one_hot(train_y, training.class_count), batch_size=training.batch_size,
+        train,
+        one_hot(train_y, training.class_count),
+        batch_size=training.batch_size,
         seed=training.seed,
-    )  # fmt: skip
+    )
     steps = math.ceil(len(train_y) / training.batch_size)
     model.compile(  # compiled after the trainable flags changed: they take effect now
         optimizer=keras.optimizers.Adam(
@@ -147,14 +154,24 @@ def refit_top(
     `epochs` are trained (nothing is left to stop early on). Returns the test probabilities."""
     # Validation images have one view (unless the model flips at test time): it stands in
     # for each training view, so every image is seen once per epoch as before.
-    train = [np.concatenate([view, data.validation[index % len(data.validation)]])
-             for index, view in enumerate(data.train)]  # fmt: skip
+    train = [
+        np.concatenate([view, data.validation[index % len(data.validation)]])
+        for index, view in enumerate(data.train)
+    ]
     train_y = np.concatenate([data.train_y, data.validation_y])
     model, batches = _trainer(base, spec, head, train, train_y, training)
     fit(
-        model, batches, None, None, epochs=training.epochs, batch_size=training.batch_size,
-        stage="refit", epoch_offset=0, hooks=hooks, class_weight=training.class_weight,
-    )  # fmt: skip
+        model,
+        batches,
+        None,
+        None,
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        stage="refit",
+        epoch_offset=0,
+        hooks=hooks,
+        class_weight=training.class_weight,
+    )
     if not data.test:
         return None
     return averaged(model, [view.astype(np.float32) for view in data.test])
@@ -185,11 +202,17 @@ def finetune_top(
     start_loss, start_accuracy, start_probabilities = score()
     start_weights = [w.copy() for w in model.get_weights()]
     result = fit(
-        model, batches, None,
+        model,
+        batches,
+        None,
         (validation_views[0], one_hot(data.validation_y, training.class_count)),
-        epochs=training.epochs, batch_size=training.batch_size, stage="finetune",
-        epoch_offset=epoch_offset, hooks=hooks, class_weight=training.class_weight,
-    )  # fmt: skip
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        stage="finetune",
+        epoch_offset=epoch_offset,
+        hooks=hooks,
+        class_weight=training.class_weight,
+    )
     loss, accuracy, probabilities = score()
     improved = loss < start_loss
     if not improved:

@@ -31,8 +31,8 @@ class EpochRecord:
 class TrainingHooks:
     """How a run talks to the outside world (the service writes these to the database)."""
 
-    on_epoch_end: Callable[[EpochRecord], None] = lambda record: None
-    on_progress: Callable[[dict[str, Any]], None] = lambda detail: None
+    on_epoch_end: Callable[[EpochRecord], None] = lambda _: None
+    on_progress: Callable[[dict[str, Any]], None] = lambda _: None
     should_stop: Callable[[], bool] = lambda: False
 
 
@@ -62,11 +62,11 @@ class JobCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._last_hook = 0.0
         self._epoch = 0
 
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:  # noqa: ARG002  (Keras passes logs=)
         self._epoch = epoch
         self._epoch_started = time.perf_counter()
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:  # noqa: ARG002  (Keras passes logs=)
         now = time.perf_counter()
         if now - self._last_hook < HOOK_INTERVAL_SECONDS:
             return
@@ -114,7 +114,7 @@ class ProgressCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self.detail = detail
         self._last = 0.0
 
-    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:  # noqa: ARG002  (Keras passes logs=)
         now = time.perf_counter()
         if now - self._last >= HOOK_INTERVAL_SECONDS:
             self._last = now
@@ -157,11 +157,16 @@ def fit(
         )
         callbacks.append(keeper)
     history = model.fit(
-        x, y, batch_size=None if y is None else batch_size, epochs=epochs,
+        x,
+        y,
+        batch_size=None if y is None else batch_size,
+        epochs=epochs,
         validation_data=validation,
-        class_weight=class_weight, callbacks=callbacks, verbose=0,
+        class_weight=class_weight,
+        callbacks=callbacks,
+        verbose=0,
         shuffle=y is not None,  # a tf.data pipeline shuffles itself
-    )  # fmt: skip
+    )
     if callback.cancelled:
         raise CancelledError(f"cancelled during {stage}")
     losses = history.history.get("val_loss", [])

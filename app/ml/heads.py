@@ -63,9 +63,12 @@ def build_head(
         x = keras.layers.Dense(256, activation="relu", name="hidden")(x)
         x = keras.layers.Dropout(spec.dropout, seed=seed)(x)
     outputs = keras.layers.Dense(
-        class_count, activation="softmax", dtype="float32", name="predictions",
+        class_count,
+        activation="softmax",
+        dtype="float32",
+        name="predictions",
         kernel_regularizer=keras.regularizers.L2(spec.l2) if spec.l2 else None,
-    )(x)  # fmt: skip
+    )(x)
     return keras.Model(inputs, outputs, name="head")
 
 
@@ -80,12 +83,14 @@ def averaged(model: keras.Model, views: list[np.ndarray], batch: int = 512) -> n
     given (a head's 1000 validation images: 70-130 ms that way, 13-21 ms this way; a fine-tuned
     top block's: 1.4 against 1.2 s), and a job scores about a dozen models."""
     outputs = [
-        np.concatenate([
-            keras.ops.convert_to_numpy(model(view[start : start + batch], training=False))
-            for start in range(0, len(view), batch)
-        ])
+        np.concatenate(
+            [
+                keras.ops.convert_to_numpy(model(view[start : start + batch], training=False))
+                for start in range(0, len(view), batch)
+            ]
+        )
         for view in views
-    ]  # fmt: skip
+    ]
     mean: np.ndarray = np.mean(outputs, axis=0).astype(np.float64)
     return mean
 
@@ -116,9 +121,12 @@ def train_head(
     are kept in the trial, not reported."""
     keras.utils.set_random_seed(seed)
     model = build_head(
-        spec, feature_dim=data.train_x.shape[1], class_count=class_count,
-        train_x=data.train_x, seed=seed,
-    )  # fmt: skip
+        spec,
+        feature_dim=data.train_x.shape[1],
+        class_count=class_count,
+        train_x=data.train_x,
+        seed=seed,
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
@@ -129,20 +137,31 @@ def train_head(
         validation = (data.validation[0], one_hot(data.validation_y, class_count))
     records: list[EpochRecord] = []
     result = fit(
-        model, data.train_x, one_hot(data.train_y, class_count), validation,
-        epochs=epochs, batch_size=min(HEAD_BATCH, len(data.train_x)), stage="head",
-        epoch_offset=0, hooks=recording(hooks, records), patience=HEAD_PATIENCE,
+        model,
+        data.train_x,
+        one_hot(data.train_y, class_count),
+        validation,
+        epochs=epochs,
+        batch_size=min(HEAD_BATCH, len(data.train_x)),
+        stage="head",
+        epoch_offset=0,
+        hooks=recording(hooks, records),
+        patience=HEAD_PATIENCE,
         class_weight=class_weight,
-    )  # fmt: skip
+    )
     loss, accuracy = math.inf, 0.0
     if data.validation_y is not None and data.validation:
         probabilities = averaged(model, data.validation)
         loss = log_loss(probabilities, data.validation_y)
         accuracy = float(np.mean(probabilities.argmax(axis=1) == data.validation_y))
     return HeadTrial(
-        spec=spec, model=model, validation_loss=loss, validation_accuracy=accuracy,
-        best_epoch=result.best_epoch, epochs=records,
-    )  # fmt: skip
+        spec=spec,
+        model=model,
+        validation_loss=loss,
+        validation_accuracy=accuracy,
+        best_epoch=result.best_epoch,
+        epochs=records,
+    )
 
 
 def head_specs(kind: HeadKind, *, dropout: float) -> list[HeadSpec]:
@@ -171,11 +190,17 @@ def choose_head(
     for spec in head_specs(kind, dropout=dropout):
         trials.append(
             train_head(
-                spec, data, class_count=class_count, label_smoothing=label_smoothing,
-                epochs=epochs, learning_rate=learning_rate, seed=seed, hooks=hooks,
+                spec,
+                data,
+                class_count=class_count,
+                label_smoothing=label_smoothing,
+                epochs=epochs,
+                learning_rate=learning_rate,
+                seed=seed,
+                hooks=hooks,
                 class_weight=class_weight,
             )
-        )  # fmt: skip
+        )
         hooks.on_progress({"stage": "head", "tried": len(trials)})
     best = min(trials, key=lambda trial: trial.validation_loss)
     for record in best.epochs:

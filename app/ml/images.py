@@ -127,9 +127,12 @@ def open_image(data: bytes, *, max_pixels: int, target_size: int | None = None) 
     decoded_width, decoded_height = image.size  # after draft: the reduced JPEG scale
     decode_bytes = decoded_width * decoded_height * max(bands, 3) * 2
     return OpenedImage(
-        image=image, source_format=source_format, decode_bytes=decode_bytes,
-        target_size=target_size, size=(width, height),
-    )  # fmt: skip
+        image=image,
+        source_format=source_format,
+        decode_bytes=decode_bytes,
+        target_size=target_size,
+        size=(width, height),
+    )
 
 
 def decode_opened(opened: OpenedImage) -> DecodedImage:

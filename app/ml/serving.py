@@ -92,7 +92,7 @@ class MicroBatcher:
         *,
         max_batch: int,
         name: str,
-        on_batch: Callable[[int], None] = lambda images: None,
+        on_batch: Callable[[int], None] = lambda _: None,
     ) -> None:
         self._forward = forward
         self._max_batch = max_batch
@@ -298,7 +298,7 @@ def load_classifier(
     name: str,
     runtime: str = "auto",
     onnx_threads: int = 0,
-    on_batch: Callable[[int], None] = lambda images: None,
+    on_batch: Callable[[int], None] = lambda _: None,
 ) -> LoadedClassifier:
     """Load a model version directory (already checksum-verified by the caller) and warm it.
     `runtime`: "auto" (ONNX Runtime when the version has an ONNX export), "keras" or
@@ -325,9 +325,16 @@ def load_classifier(
     forward(np.zeros((1, image_size, image_size, 3), dtype=np.float32))  # warm it now
     batcher = MicroBatcher(forward, max_batch=max_batch, name=name, on_batch=on_batch)
     return LoadedClassifier(
-        classes=classes, image_size=image_size, metadata=metadata, forward=forward,
-        batcher=batcher, runtime=chosen, device=device, resize=resize, folder=folder,
-    )  # fmt: skip
+        classes=classes,
+        image_size=image_size,
+        metadata=metadata,
+        forward=forward,
+        batcher=batcher,
+        runtime=chosen,
+        device=device,
+        resize=resize,
+        folder=folder,
+    )
 
 
 def top_k(probabilities: np.ndarray, classes: list[str], k: int) -> list[dict[str, Any]]:

@@ -81,10 +81,13 @@ class Candidate:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "method": self.method.value, "settings": self.settings,
-            "validation": self.validation, "test": self.test, "seconds": round(self.seconds, 2),
+            "method": self.method.value,
+            "settings": self.settings,
+            "validation": self.validation,
+            "test": self.test,
+            "seconds": round(self.seconds, 2),
             **({"skipped": self.skipped} if self.skipped else {}),
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -126,9 +129,12 @@ def train(
         outcome = _pretrained(config, splits=splits, hooks=hooks, pretrained=pretrained)
         if config.method is Method.AUTO:
             _consider_scratch(
-                config, outcome, splits=splits, hooks=hooks,
+                config,
+                outcome,
+                splits=splits,
+                hooks=hooks,
                 epoch_offset=max(epochs_reported, default=0),
-            )  # fmt: skip
+            )
     _judge_against_chance(outcome, splits)
     if config.test_time_flip:
         # The evaluation above is of the averaged answers; what one view alone scores is
@@ -171,11 +177,14 @@ def _consider_scratch(
         config, method=Method.SCRATCH, epochs=defaults.epochs, learning_rate=defaults.learning_rate
     )
     if count < config.scratch_min_images:
-        outcome.candidates.append(Candidate(
-            method=Method.SCRATCH, settings=_scratch_settings(scratch_config),
-            skipped=f"{count} training images, fewer than {config.scratch_min_images}: a "
-            "network trained from random weights needs more to match a pretrained base",
-        ))  # fmt: skip
+        outcome.candidates.append(
+            Candidate(
+                method=Method.SCRATCH,
+                settings=_scratch_settings(scratch_config),
+                skipped=f"{count} training images, fewer than {config.scratch_min_images}: a "
+                "network trained from random weights needs more to match a pretrained base",
+            )
+        )
         return
     scratch = _scratch_only(scratch_config, splits=splits, hooks=hooks, epoch_offset=epoch_offset)
     challenger = scratch.candidates[0]
@@ -193,8 +202,11 @@ def _consider_scratch(
 
 
 def _scratch_settings(config: TrainConfig) -> dict[str, Any]:
-    return {"image_size": config.image_size, "epochs": config.epochs,
-            "learning_rate": config.learning_rate}  # fmt: skip
+    return {
+        "image_size": config.image_size,
+        "epochs": config.epochs,
+        "learning_rate": config.learning_rate,
+    }
 
 
 def _single_view_accuracy(
@@ -245,10 +257,12 @@ def load_features(
         views[split] = ("original", "mirrored") if mirrored else ("original",)
     request = FeatureRequest(views=views, top_inputs=True)
     key = feature_cache_key(
-        dataset_fingerprint=pretrained.dataset_fingerprint, base_model=spec.key.value,
-        weights_sha256=pretrained.weights_sha256, image_size=config.image_size,
+        dataset_fingerprint=pretrained.dataset_fingerprint,
+        base_model=spec.key.value,
+        weights_sha256=pretrained.weights_sha256,
+        image_size=config.image_size,
         request=request,
-    )  # fmt: skip
+    )
     extractor = builders.feature_extractor(
         base, spec, image_size=config.image_size, with_top_inputs=True
     )
@@ -259,10 +273,12 @@ def load_features(
         if pretrained.onnx_extraction and not _has_gpu():
             try:
                 chosen = onnx_extractor(
-                    extractor, cache_dir=pretrained.feature_cache_dir, image_size=config.image_size,
+                    extractor,
+                    cache_dir=pretrained.feature_cache_dir,
+                    image_size=config.image_size,
                     key=extractor_key(spec=spec, pretrained=pretrained, size=config.image_size),
                     mirror=pretrained.feature_mirror,
-                )  # fmt: skip
+                )
                 runtime[0] = "onnxruntime"
             except ExportError as exc:
                 logger.warning("feature extraction runs in Keras: %s", exc)
@@ -324,9 +340,10 @@ def _head_data(features: dict[str, np.ndarray], splits: SplitSource) -> HeadData
 
 def _top_data(features: dict[str, np.ndarray], splits: SplitSource) -> TopData:
     return TopData(
-        train=_views(features, "train", "top"), train_y=splits.labels("train"),
+        train=_views(features, "train", "top"),
+        train_y=splits.labels("train"),
         **_evaluation_views(features, splits, "top"),
-    )  # fmt: skip
+    )
 
 
 def _scores(probabilities: np.ndarray | None, labels: np.ndarray | None) -> dict[str, float] | None:
@@ -371,24 +388,34 @@ def _pretrained(
     data = _head_data(features, splits)
     only_head = config.method is Method.BOTTLENECK
     head_trial, trials = choose_head(
-        data, kind=config.head, class_count=class_count, label_smoothing=config.label_smoothing,
-        dropout=config.dropout, seed=config.seed, hooks=hooks, class_weight=weights,
+        data,
+        kind=config.head,
+        class_count=class_count,
+        label_smoothing=config.label_smoothing,
+        dropout=config.dropout,
+        seed=config.seed,
+        hooks=hooks,
+        class_weight=weights,
         epochs=config.head_epochs if not only_head or config.epochs is None else config.epochs,
         learning_rate=(config.learning_rate if only_head else None) or config.head_learning_rate,
-    )  # fmt: skip
+    )
     head = head_trial.model
     bottleneck_validation = averaged(head, data.validation)
     bottleneck_test = averaged(head, data.test) if data.test else None
     bottleneck = Candidate(
         method=Method.BOTTLENECK,
-        settings={**head_trial.spec.describe(), "image_size": config.image_size,
-                  "base_model": spec.key.value,
-                  "heads_tried": [dict(t.spec.describe(), validation_loss=round(
-                      t.validation_loss, 4)) for t in trials]},
+        settings={
+            **head_trial.spec.describe(),
+            "image_size": config.image_size,
+            "base_model": spec.key.value,
+            "heads_tried": [
+                dict(t.spec.describe(), validation_loss=round(t.validation_loss, 4)) for t in trials
+            ],
+        },
         validation=_scores(bottleneck_validation, data.validation_y),
         test=_scores(bottleneck_test, data.test_y),
         seconds=details["feature_seconds"] + time.perf_counter() - started,
-    )  # fmt: skip
+    )
     candidates = [bottleneck]
     probabilities = {"validation": bottleneck_validation, "test": bottleneck_test}
     best_epoch = head_trial.best_epoch
@@ -404,21 +431,32 @@ def _pretrained(
         # Stage: fine-tune the base's top block from that head.
         started = time.perf_counter()
         rate, epochs, tuned, rates_tried = _finetune(
-            config, base, spec, head, top_data, class_count=class_count,
-            hooks=hooks, epoch_offset=len(head_trial.epochs), class_weight=weights,
+            config,
+            base,
+            spec,
+            head,
+            top_data,
+            class_count=class_count,
+            hooks=hooks,
+            epoch_offset=len(head_trial.epochs),
+            class_weight=weights,
             start=(frozen_top, frozen_head),
-        )  # fmt: skip
+        )
         finetune = Candidate(
             method=Method.FINETUNE,
-            settings={"from": bottleneck.settings["head"], "unfrozen_from": spec.finetune_from,
-                      "epochs": epochs, "learning_rate": rate,
-                      "learning_rates_tried": rates_tried,
-                      "label_smoothing": config.label_smoothing,
-                      "improved_on_its_start": tuned.improved},
+            settings={
+                "from": bottleneck.settings["head"],
+                "unfrozen_from": spec.finetune_from,
+                "epochs": epochs,
+                "learning_rate": rate,
+                "learning_rates_tried": rates_tried,
+                "label_smoothing": config.label_smoothing,
+                "improved_on_its_start": tuned.improved,
+            },
             validation=_scores(tuned.validation_probabilities, data.validation_y),
             test=_scores(tuned.test_probabilities, data.test_y),
             seconds=time.perf_counter() - started,
-        )  # fmt: skip
+        )
         candidates.append(finetune)
         if config.method is Method.FINETUNE or _better(finetune, bottleneck):
             kept = Method.FINETUNE
@@ -429,9 +467,10 @@ def _pretrained(
             best_epoch = tuned.best_epoch or best_epoch
             finetuned = (rate, epochs)
             reason = (
-                "finetune was asked for" if config.method is Method.FINETUNE
+                "finetune was asked for"
+                if config.method is Method.FINETUNE
                 else _comparison(finetune, bottleneck)
-            )  # fmt: skip
+            )
         else:
             base.set_weights(frozen_top)
             head.set_weights(frozen_head)
@@ -450,9 +489,18 @@ def _pretrained(
         base.set_weights(frozen_top)
         head.set_weights(frozen_head)
         probabilities["test"], summary = _refit(
-            config, base, spec, head, top_data, splits, learning_rate=finetuned[0],
-            epochs=finetuned[1], class_count=class_count, hooks=hooks, class_weight=weights,
-        )  # fmt: skip
+            config,
+            base,
+            spec,
+            head,
+            top_data,
+            splits,
+            learning_rate=finetuned[0],
+            epochs=finetuned[1],
+            class_count=class_count,
+            hooks=hooks,
+            class_weight=weights,
+        )
         candidates[-1].settings["refit"] = summary
         reason += (
             "; then trained again on the training and validation images together "
@@ -461,10 +509,14 @@ def _pretrained(
         )
     model = builders.build_pretrained_model(base, head, spec, image_size=config.image_size)
     return TrainingOutcome(
-        model=model, method=kept, evaluation=_evaluation(probabilities, splits),
-        best_epoch=best_epoch, candidates=candidates, reason=reason,
+        model=model,
+        method=kept,
+        evaluation=_evaluation(probabilities, splits),
+        best_epoch=best_epoch,
+        candidates=candidates,
+        reason=reason,
         details={**details, "validation_accuracy": _accuracy(probabilities, splits)},
-    )  # fmt: skip
+    )
 
 
 def _top_training(
@@ -476,10 +528,14 @@ def _top_training(
     class_weight: dict[int, float] | None,
 ) -> TopTraining:
     return TopTraining(
-        class_count=class_count, epochs=epochs, learning_rate=learning_rate,
-        batch_size=config.batch_size, label_smoothing=config.label_smoothing, seed=config.seed,
+        class_count=class_count,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=config.batch_size,
+        label_smoothing=config.label_smoothing,
+        seed=config.seed,
         class_weight=class_weight,
-    )  # fmt: skip
+    )
 
 
 def _refit(
@@ -502,16 +558,21 @@ def _refit(
     result."""
     started = time.perf_counter()
     training = _top_training(
-        config, class_count=class_count, epochs=epochs, learning_rate=learning_rate,
+        config,
+        class_count=class_count,
+        epochs=epochs,
+        learning_rate=learning_rate,
         class_weight=class_weight,
-    )  # fmt: skip
+    )
     # no validation curve to show: its epochs stay out of the job's curve
     test = refit_top(base, spec, head, data, training, hooks=recording(hooks, []))
     summary = {
-        "images": len(data.train_y) + len(data.validation_y), "epochs": epochs,
-        "learning_rate": learning_rate, "seconds": round(time.perf_counter() - started, 2),
+        "images": len(data.train_y) + len(data.validation_y),
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "seconds": round(time.perf_counter() - started, 2),
         "test": _scores(test, _labels(splits, "test")),
-    }  # fmt: skip
+    }
     return test, summary
 
 
@@ -542,15 +603,28 @@ def _finetune(
         head.set_weights(start[1])
         records: list[EpochRecord] = []
         training = _top_training(
-            config, class_count=class_count, epochs=epochs, learning_rate=rate,
+            config,
+            class_count=class_count,
+            epochs=epochs,
+            learning_rate=rate,
             class_weight=class_weight,
-        )  # fmt: skip
+        )
         tuned = finetune_top(
-            base, spec, head, data, training, hooks=recording(hooks, records),
+            base,
+            spec,
+            head,
+            data,
+            training,
+            hooks=recording(hooks, records),
             epoch_offset=epoch_offset,
-        )  # fmt: skip
-        tried.append({"learning_rate": rate, "validation_accuracy": tuned.validation_accuracy,
-                      "validation_loss": round(tuned.validation_loss, 4)})  # fmt: skip
+        )
+        tried.append(
+            {
+                "learning_rate": rate,
+                "validation_accuracy": tuned.validation_accuracy,
+                "validation_loss": round(tuned.validation_loss, 4),
+            }
+        )
         score = _rank(tuned.validation_accuracy, tuned.validation_loss)
         if best is None or score > _rank(best[1].validation_accuracy, best[1].validation_loss):
             best = (rate, tuned, base.get_weights(), head.get_weights())
@@ -619,11 +693,18 @@ def _scratch_only(
         arrays = splits.arrays("validation")
         validation = (arrays.images, arrays.labels)
     result = fit(
-        trainer, train_split.images, train_split.labels, validation,
-        epochs=epochs, batch_size=config.batch_size, stage="train",
-        epoch_offset=epoch_offset, hooks=hooks, patience=config.early_stopping_patience,
+        trainer,
+        train_split.images,
+        train_split.labels,
+        validation,
+        epochs=epochs,
+        batch_size=config.batch_size,
+        stage="train",
+        epoch_offset=epoch_offset,
+        hooks=hooks,
+        patience=config.early_stopping_patience,
         class_weight=_class_weights(config, splits),
-    )  # fmt: skip
+    )
     probabilities: dict[str, np.ndarray | None] = {}
     # with test_time_flip the saved model averages each image with its mirror: judge that one
     predictor = builders.with_test_time_flip(model) if config.test_time_flip else model
@@ -639,12 +720,16 @@ def _scratch_only(
         validation=_scores(probabilities.get("validation"), _labels(splits, "validation")),
         test=_scores(probabilities.get("test"), _labels(splits, "test")),
         seconds=time.perf_counter() - started,
-    )  # fmt: skip
+    )
     return TrainingOutcome(
-        model=model, method=Method.SCRATCH, evaluation=_evaluation(probabilities, splits),
-        best_epoch=result.best_epoch, candidates=[candidate], reason="scratch was asked for",
+        model=model,
+        method=Method.SCRATCH,
+        evaluation=_evaluation(probabilities, splits),
+        best_epoch=result.best_epoch,
+        candidates=[candidate],
+        reason="scratch was asked for",
         details={"validation_accuracy": _accuracy(probabilities, splits)},
-    )  # fmt: skip
+    )
 
 
 def _labels(splits: SplitSource, split: str) -> np.ndarray | None:

@@ -18,13 +18,17 @@ class DatasetUploadForm(BaseModel):
 
     name: Text = Field(min_length=1, max_length=200)
     validation_fraction: float = Field(
-        default=0.2, ge=0.0, le=0.5,
+        default=0.2,
+        ge=0.0,
+        le=0.5,
         description="share of each class held out for validation when the zip has no split folders",
-    )  # fmt: skip
+    )
     test_fraction: float = Field(
-        default=0.1, ge=0.0, le=0.5,
+        default=0.1,
+        ge=0.0,
+        le=0.5,
         description="share of each class held out for testing when the zip has no split folders",
-    )  # fmt: skip
+    )
     seed: int = Field(default=1337, ge=0, le=2**31 - 1, description="seed of the split")
 
 
@@ -34,9 +38,11 @@ class _VersionSplitOptions(BaseModel):
     is made from."""
 
     validation_fraction: float = Field(
-        default=0.2, ge=0.0, le=0.5,
+        default=0.2,
+        ge=0.0,
+        le=0.5,
         description="share of each class's new images held out for validation",
-    )  # fmt: skip
+    )
     test_fraction: float = Field(
         default=0.1,
         ge=0.0,
@@ -45,9 +51,11 @@ class _VersionSplitOptions(BaseModel):
     )
     seed: int = Field(default=1337, ge=0, le=2**31 - 1, description="seed of the split")
     parent_version: int | None = Field(
-        default=None, ge=1, le=2_147_483_647,
+        default=None,
+        ge=1,
+        le=2_147_483_647,
         description="the version to build on; default: the latest",
-    )  # fmt: skip
+    )
 
 
 class DatasetVersionForm(_VersionSplitOptions):
@@ -56,9 +64,10 @@ class DatasetVersionForm(_VersionSplitOptions):
     model_config = ConfigDict(extra="forbid")
 
     remove: str = Field(
-        default="", max_length=60_000,
+        default="",
+        max_length=60_000,
         description="sha256 of images to leave out, separated by commas or spaces",
-    )  # fmt: skip
+    )
 
     def remove_set(self) -> frozenset[str]:
         return frozenset(part for part in self.remove.replace(",", " ").split() if part)

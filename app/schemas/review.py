@@ -16,10 +16,11 @@ class ReviewThreshold(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threshold: float | None = Field(
-        gt=0.0, le=1.0,
+        gt=0.0,
+        le=1.0,
         description="predictions whose top probability is below this are kept for review; "
         "null stops keeping them",
-    )  # fmt: skip
+    )
 
 
 class ReviewThresholdRead(BaseModel):

@@ -82,9 +82,12 @@ def create_key(session: Session, *, name: str, owner: str, scopes: list[str]) ->
         raise ValueError(f"scopes must be some of {[s.value for s in Scope]}, not {unknown}")
     prefix, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     row = ApiKey(
-        name=name, owner=owner.strip(), prefix=prefix, secret_sha256=_sha256(secret),
+        name=name,
+        owner=owner.strip(),
+        prefix=prefix,
+        secret_sha256=_sha256(secret),
         scopes=sorted(scopes),
-    )  # fmt: skip
+    )
     session.add(row)
     session.flush()
     return CreatedKey(row=row, key=f"{KEY_PREFIX}_{prefix}_{secret}")

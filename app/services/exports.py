@@ -81,9 +81,11 @@ def add_onnx_export(ref: VersionRef) -> dict[str, Any] | None:
             if row is None:
                 raise NotFoundError(f"{ref.name} v{ref.version} was deleted meanwhile")
             stored = model_versions.model_store().add_files(
-                row.path, expected_sha256=row.sha256, sources={ONNX_FILE: exported.path},
+                row.path,
+                expected_sha256=row.sha256,
+                sources={ONNX_FILE: exported.path},
                 metadata={"exports": {"onnx": exported.describe()}},
-            )  # fmt: skip
+            )
             row.sha256, row.size_bytes = stored.sha256, stored.size_bytes
     logger.info("exported %s v%s to ONNX", ref.name, ref.version)
     return exported.describe()
@@ -166,8 +168,12 @@ def request_export(
         session.add(export)
     else:
         if export.status != ExportStatus.FAILED:
-            logger.warning("export %s of %s v%s: sending its task again", export.id,
-                           version.name, version.version)  # fmt: skip
+            logger.warning(
+                "export %s of %s v%s: sending its task again",
+                export.id,
+                version.name,
+                version.version,
+            )
         export.status, export.error, export.worker_id = ExportStatus.QUEUED.value, None, None
     export.requested_at = utcnow()
     session.flush()
@@ -284,11 +290,21 @@ def run_export(*, export_id: uuid.UUID, worker_id: str) -> None:
             _store(key, archive, ref=ref)
     except Exception as exc:
         logger.exception("export %s of %s v%s failed", export_id, ref.name, ref.version)
-        _finish(export_id, worker_id, status=ExportStatus.FAILED.value,
-                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        _finish(
+            export_id,
+            worker_id,
+            status=ExportStatus.FAILED.value,
+            error=f"{type(exc).__name__}: {exc}",
+        )
         return
-    if _finish(export_id, worker_id, status=ExportStatus.READY.value, key=key, sha256=sha256,
-               size_bytes=size):  # fmt: skip
+    if _finish(
+        export_id,
+        worker_id,
+        status=ExportStatus.READY.value,
+        key=key,
+        sha256=sha256,
+        size_bytes=size,
+    ):
         logger.info("exported %s v%s as %s (%d bytes)", ref.name, ref.version, claimed.fmt, size)
 
 

@@ -114,10 +114,13 @@ class ModelCache:
             folder = model_versions.version_folder(ref)
             settings = get_settings()
             classifier = load_classifier(
-                folder, max_batch=self.max_batch, name=f"{ref.name}-v{ref.version}",
-                runtime=settings.serving_runtime, onnx_threads=settings.onnx_threads,
+                folder,
+                max_batch=self.max_batch,
+                name=f"{ref.name}-v{ref.version}",
+                runtime=settings.serving_runtime,
+                onnx_threads=settings.onnx_threads,
                 on_batch=FORWARD_BATCH.observe,
-            )  # fmt: skip
+            )
         except Exception as exc:
             # Checksums, missing files, and Keras refusing to deserialize (it raises TypeError
             # or ValueError): whatever it is, this version cannot answer, and the client hears why.
@@ -126,9 +129,13 @@ class ModelCache:
                 f"{ref.name} v{ref.version} cannot be loaded: {exc}"
             ) from exc
         logger.info(
-            "loaded %s v%s (%s on %s) in %.2f s", ref.name, ref.version, classifier.runtime,
-            classifier.device, time.perf_counter() - started,
-        )  # fmt: skip
+            "loaded %s v%s (%s on %s) in %.2f s",
+            ref.name,
+            ref.version,
+            classifier.runtime,
+            classifier.device,
+            time.perf_counter() - started,
+        )
         return classifier
 
     def resolve(self, *, name: str | None, version: int | None, principal: Principal) -> VersionRef:
@@ -287,9 +294,10 @@ def _decode_all(
             )
         try:
             opened = open_image(
-                image.data, max_pixels=settings.max_image_pixels,
+                image.data,
+                max_pixels=settings.max_image_pixels,
                 target_size=classifier.image_size,
-            )  # fmt: skip
+            )
             with budget.reserve(opened.decode_bytes, timeout=settings.predict_timeout_seconds):
                 decoded = decode_opened(opened)
                 arrays.append(classifier.prepare(decoded))
@@ -379,16 +387,26 @@ async def predict_images(
             f"(this one has {len(images)}); send the others without it, or in more requests"
         )
     answered = await to_thread.run_sync(
-        _answer, cache, budget, images, model, version, principal, explain,
+        _answer,
+        cache,
+        budget,
+        images,
+        model,
+        version,
+        principal,
+        explain,
         limiter=cache.thread_limiter(),
-    )  # fmt: skip
+    )
     ref, classifier, probabilities = answered.ref, answered.classifier, answered.probabilities
     explanations = None
     if explain:
         explain_all = functools.partial(
-            explain_images, classifier=classifier, images=answered.overlay_images,
-            pixels=answered.pixels, principal=principal,
-        )  # fmt: skip
+            explain_images,
+            classifier=classifier,
+            images=answered.overlay_images,
+            pixels=answered.pixels,
+            principal=principal,
+        )
         explanations = await to_thread.run_sync(explain_all)
     seconds = time.perf_counter() - started
     PREDICT_LATENCY.labels(ref.name).observe(seconds)
@@ -397,13 +415,21 @@ async def predict_images(
     # Answers below the model's review threshold are kept for people to label (no database
     # work at all for models without one).
     await review.keep_uncertain(
-        principal=principal, model_name=ref.name, model_version=ref.version,
-        classes=classifier.classes, probabilities=probabilities, images=images,
-    )  # fmt: skip
+        principal=principal,
+        model_name=ref.name,
+        model_version=ref.version,
+        classes=classifier.classes,
+        probabilities=probabilities,
+        images=images,
+    )
     return PredictionResult(
-        version=ref, classes=classifier.classes, probabilities=probabilities, seconds=seconds,
-        runtime=classifier.runtime.value, explanations=explanations,
-    )  # fmt: skip
+        version=ref,
+        classes=classifier.classes,
+        probabilities=probabilities,
+        seconds=seconds,
+        runtime=classifier.runtime.value,
+        explanations=explanations,
+    )
 
 
 def loaded_or_404(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from typing import Any
@@ -27,8 +28,9 @@ from app.db.models import (
     JobStatus,
     TrainingJob,
 )
+from app.db.session import after_commit, session_scope
 from app.ml.bases import BASES, find_weights, missing_weights_message
-from app.ml.config import METHOD_DEFAULTS, Method
+from app.ml.config import Method
 from app.schemas.jobs import JobCreate
 from app.services import model_versions
 from app.services.auth import Principal, visible
@@ -84,26 +86,36 @@ def submit_job(
     owner: str | None,
     dataset_version: int | None = None,
 ) -> TrainingJob:
-    """Create a job, commit it, then enqueue it; if the broker refuses, delete the row again.
-
-    This is the one service that commits: a worker must be able to read the row when the
-    message arrives, and a job the broker never took must not linger as "queued".
-    """
+    """Create a job, to be enqueued once it is committed (a worker must be able to read the
+    row when the message arrives); if the broker refuses it then, the job is withdrawn (a job
+    the broker never took must not linger as "queued") and the commit raises the refusal."""
     job = create_job(
-        session, method=method, dataset_id=dataset_id, parameters=parameters, owner=owner,
+        session,
+        method=method,
+        dataset_id=dataset_id,
+        parameters=parameters,
+        owner=owner,
         dataset_version=dataset_version,
-    )  # fmt: skip
-    session.commit()
-    try:
-        enqueue_job(job_id=job.id)
-    except ServiceUnavailableError:
-        session.delete(job)
-        session.flush()
-        if (name := parameters.get("model_name")) is not None:
-            model_versions.release_unused_name(session, name=name, owner=owner)
-        session.commit()
-        raise
+    )
+    withdraw = functools.partial(
+        _enqueue_or_withdraw, job_id=job.id, model_name=parameters.get("model_name"), owner=owner
+    )
+    after_commit(session, withdraw)
     return job
+
+
+def _enqueue_or_withdraw(*, job_id: uuid.UUID, model_name: str | None, owner: str | None) -> None:
+    try:
+        enqueue_job(job_id=job_id)
+    except ServiceUnavailableError:
+        with session_scope() as session:
+            job = session.get(TrainingJob, job_id)
+            if job is not None:
+                session.delete(job)
+                session.flush()
+            if model_name is not None:
+                model_versions.release_unused_name(session, name=model_name, owner=owner)
+        raise
 
 
 def model_name_for(dataset_name: str) -> str:
@@ -111,26 +123,6 @@ def model_name_for(dataset_name: str) -> str:
     models_store.validate_name, or the job would only fail after training, when it saves."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset_name).lstrip("-._").rstrip("-.")[:100]
     return slug if NAME_PATTERN.fullmatch(slug) else "model"
-
-
-def training_parameters(request: JobCreate, *, dataset_name: str) -> dict[str, Any]:
-    """The request with every default filled in: what the worker will run, stored on the job."""
-    parameters = request.model_dump(
-        mode="json", exclude={"dataset_id", "dataset_version", "method"}
-    )
-    defaults = METHOD_DEFAULTS[request.method]
-    spec = BASES[request.base_model]
-    parameters["epochs"] = request.epochs if request.epochs is not None else defaults.epochs
-    parameters["learning_rate"] = request.learning_rate or defaults.learning_rate
-    parameters["image_size"] = request.image_size or defaults.image_size or spec.native_size
-    parameters["model_name"] = request.model_name or model_name_for(dataset_name)
-    if request.method is Method.SCRATCH:
-        for unused in ("base_model", "head", "head_epochs", "label_smoothing"):
-            parameters.pop(unused)  # a scratch model has no pretrained base or head
-    if request.method in (Method.SCRATCH, Method.BOTTLENECK):
-        parameters.pop("head_epochs", None)
-        parameters.pop("refit_on_validation")  # nothing is fine-tuned
-    return parameters
 
 
 def submit_training_job(
@@ -143,15 +135,17 @@ def submit_training_job(
     one step, so concurrent requests cannot all pass a limit that only one of them fits."""
     lock_key(session, owner_jobs_key(principal.owner))
     dataset = resolve_dataset_version(
-        session, dataset_id=request.dataset_id, version=request.dataset_version,
+        session,
+        dataset_id=request.dataset_id,
+        version=request.dataset_version,
         principal=principal,
-    )  # fmt: skip
+    )
     _check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_owner)
-    parameters = training_parameters(request, dataset_name=dataset.name)
+    parameters = request.training().with_defaults(model_name=model_name_for(dataset.name))
     # The name is claimed now, so a second owner asking for it before any version exists is
     # refused here; registration checks it again when the version is saved.
-    lock_key(session, model_name_key(parameters["model_name"]))
-    model_versions.claim_name(session, name=parameters["model_name"], owner=principal.owner)
+    lock_key(session, model_name_key(parameters.model_name))
+    model_versions.claim_name(session, name=parameters.model_name, owner=principal.owner)
     if dataset.status != DatasetStatus.READY.value:
         raise ConflictError(f"dataset {dataset.id} is {dataset.status}, not ready")
     if request.method is not Method.SCRATCH and not settings.allow_weights_download:
@@ -167,7 +161,7 @@ def submit_training_job(
         method=request.method,
         dataset_id=dataset.id,
         dataset_version=dataset.version,
-        parameters=parameters,
+        parameters=parameters.stored(),
         owner=principal.owner,
     )
 

@@ -22,7 +22,7 @@ from app.core.errors import (
 )
 from app.db.locks import lock_key, model_name_key
 from app.db.models import JobStatus, ModelExport, ModelName, ModelVersion, TrainingJob
-from app.db.session import session_scope
+from app.db.session import after_commit, session_scope
 from app.services.auth import Principal, visible
 from app.services.storage import get_storage, trim_cache
 from models_store import ChecksumMismatchError, ModelStore, StoreError, VersionExistsError
@@ -95,7 +95,7 @@ def register_version(
     metadata: dict[str, Any],
     metrics_summary: dict[str, Any],
     may_activate: bool = True,
-    still_valid: Callable[[Session], None] = lambda session: None,
+    still_valid: Callable[[Session], None] = lambda _: None,
 ) -> ModelVersion:
     """Store source_dir as the next version of `name` and record it; the first version of a
     name becomes active (unless `may_activate` is False: a model no better than chance is
@@ -108,9 +108,11 @@ def register_version(
         version = _next_version(name=name, owner=owner, store=store)
         try:
             stored = store.write_version(
-                name=name, version=version, source_dir=source_dir,
+                name=name,
+                version=version,
+                source_dir=source_dir,
                 metadata={**metadata, "version": version},
-            )  # fmt: skip
+            )
         except VersionExistsError:
             continue  # a folder appeared under that number since: take the next one
         try:
@@ -309,9 +311,9 @@ def activate_version(
 def delete_version(
     session: Session, *, name: str, version: int, principal: Principal
 ) -> VersionRef:
-    """Remove a version that is not active: its row (committed first, under the name's lock,
-    so a concurrent activation of it either happens before and wins, or finds it gone), then
-    its files."""
+    """Remove a version that is not active: its row (under the name's lock, so a concurrent
+    activation of it either happens before and wins, or finds it gone), then, once that is
+    committed, its files."""
     lock_key(session, model_name_key(name))
     session.expire_all()
     row = get_version(session, name=name, version=version, principal=principal)
@@ -325,11 +327,15 @@ def delete_version(
     digests = session.scalars(select(ModelExport.sha256).where(ModelExport.version_id == row.id))
     export_copies = [get_storage().cache_dir / "exports" / d for d in digests if d is not None]
     session.delete(row)
-    session.commit()
+    after_commit(session, lambda: _remove_files(ref, export_copies))
+    return ref
+
+
+def _remove_files(ref: VersionRef, export_copies: list[Path]) -> None:
+    """A deleted version's files and this machine's copies of its exports."""
     model_store().delete_version(ref.path)
     for copy in export_copies:
         copy.unlink(missing_ok=True)
-    return ref
 
 
 def version_folder(ref: VersionRef) -> Path:

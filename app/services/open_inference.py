@@ -127,9 +127,10 @@ def parse_infer_request(body: bytes, *, header_length: str | None, max_images: i
             raise BadRequestError(f"unknown output {requested.name!r}: choose from {OUTPUTS}")
         classification = requested.parameters.get("classification")
         if classification is not None and (
-            not isinstance(classification, int) or isinstance(classification, bool)
+            not isinstance(classification, int)
+            or isinstance(classification, bool)
             or classification < 1
-        ):  # fmt: skip
+        ):
             raise BadRequestError("the classification parameter must be a positive integer")
     return ParsedInfer(request=request, images=[ImagePayload(data=e) for e in elements])
 

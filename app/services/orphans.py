@@ -109,9 +109,13 @@ def find_orphans(*, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> list[Orphan
             if prefix in known or any(item.modified > recent for item in found):
                 continue
             orphans.append(
-                Orphan(area=area, prefix=prefix, objects=len(found),
-                       size_bytes=sum(item.size for item in found))
-            )  # fmt: skip
+                Orphan(
+                    area=area,
+                    prefix=prefix,
+                    objects=len(found),
+                    size_bytes=sum(item.size for item in found),
+                )
+            )
     return orphans + _legacy_exports(recent)
 
 

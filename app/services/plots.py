@@ -31,8 +31,12 @@ def curves_png(epochs: Sequence[EpochMetric], *, title: str) -> bytes:
         (loss_axis, "loss", "loss"),
     ):
         axis.plot(numbers, [getattr(m, metric) for m in epochs], "o-", label=f"training {label}")
-        axis.plot(numbers, [getattr(m, f"val_{metric}") for m in epochs], "s-",
-                  label=f"validation {label}")  # fmt: skip
+        axis.plot(
+            numbers,
+            [getattr(m, f"val_{metric}") for m in epochs],
+            "s-",
+            label=f"validation {label}",
+        )
         axis.set_xlabel("epoch")
         axis.set_title(f"Training and validation {label}")
         axis.grid(alpha=0.3)

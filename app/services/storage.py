@@ -64,9 +64,11 @@ def build_storage(settings: Settings) -> Storage:
 
     def area(name: str) -> S3ObjectStore:
         location = S3Location(
-            bucket=settings.s3_bucket or "", prefix=f"{root}{name}/",
-            endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-        )  # fmt: skip
+            bucket=settings.s3_bucket or "",
+            prefix=f"{root}{name}/",
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+        )
         return S3ObjectStore(location, staging_root=settings.cache_dir)
 
     return Storage(

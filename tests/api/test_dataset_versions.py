@@ -68,14 +68,15 @@ def test_versions_add_and_remove_images_and_leave_the_earlier_ones_alone(client)
 
     added = {f"train/cats/new{i}.png": image_bytes("PNG", seed=9000 + i) for i in range(4)}
     response = _add(
-        client, first["id"],
+        client,
+        first["id"],
         {
             **added,
             "train/dogs/again.jpg": _image(first["id"], train_dog),  # a duplicate
             "train/cats/leak.jpg": _image(first["id"], validation_cat),  # in validation already
             "train/dogs/conflict.jpg": _image(first["id"], train_cat),  # a cat, as a dog
         },
-    )  # fmt: skip
+    )
     assert response.status_code == 201, response.text
     second = response.json()
     assert second["version"] == 2
@@ -115,10 +116,11 @@ def test_versions_add_and_remove_images_and_leave_the_earlier_ones_alone(client)
 
     # One class alone, without split folders, and a removal: a third version.
     response = _add(
-        client, second["id"],
+        client,
+        second["id"],
         {f"dogs/extra{i}.png": image_bytes("PNG", seed=9100 + i) for i in range(3)},
         remove=f"{train_cat['sha256']}, {validation_cat['sha256']}",
-    )  # fmt: skip
+    )
     assert response.status_code == 201, response.text
     third = response.json()
     assert (third["version"], third["parent_id"]) == (3, second["id"])
@@ -127,8 +129,13 @@ def test_versions_add_and_remove_images_and_leave_the_earlier_ones_alone(client)
         "train": {"cats": 1},
         "validation": {"cats": 1},
     }
-    assert sum(third["diff"]["added"]["per_split"].get(s, {}).get("dogs", 0)
-               for s in ("train", "validation", "test")) == 3  # fmt: skip
+    assert (
+        sum(
+            third["diff"]["added"]["per_split"].get(s, {}).get("dogs", 0)
+            for s in ("train", "validation", "test")
+        )
+        == 3
+    )
     assert train_cat["sha256"] not in {e["sha256"] for e in _manifest(third["id"])["images"]}
 
     # Removal only; from an older version (a branch); nothing at all; unknown images.
@@ -172,8 +179,11 @@ def test_versions_add_and_remove_images_and_leave_the_earlier_ones_alone(client)
     assert client.delete(f"/datasets/{first['id']}").status_code == 204
     assert client.get(f"/datasets/{second['id']}").json()["lineage_id"] == first["id"]
     assert [v["version"] for v in client.get(f"/datasets/{second['id']}/versions").json()] == [
-        2, 3, 4, 5
-    ]  # fmt: skip
+        2,
+        3,
+        4,
+        5,
+    ]
     for entry in _manifest(second["id"])["images"]:
         assert len(_image(second["id"], entry)) > 0
 
@@ -228,18 +238,18 @@ def test_a_version_needs_two_classes_as_an_upload_does(client) -> None:
 def test_a_version_racing_the_delete_of_its_parent_is_404(client, monkeypatch) -> None:
     """The version's images are linked slowly, so that the DELETE of its parent runs in the
     middle of it (it was a 500: FileNotFoundError)."""
-    from app.services import datasets
+    from app.services.datasets import versions
 
     first = _upload_pets(client, cats=12, dogs=12)
     linking = threading.Event()
-    link = datasets._link_or_copy
+    link = versions._link_or_copy
 
     def slow_link(source, target) -> None:
         linking.set()
         time.sleep(0.02)
         link(source, target)
 
-    monkeypatch.setattr(datasets, "_link_or_copy", slow_link)
+    monkeypatch.setattr(versions, "_link_or_copy", slow_link)
 
     def add():
         return _add(client, first["id"], {"cats/new.png": image_bytes("PNG", seed=4242)})
@@ -260,16 +270,16 @@ def test_a_version_racing_the_delete_of_its_parent_is_404(client, monkeypatch) -
 def test_a_version_whose_parent_row_went_before_its_lock_is_404(client, monkeypatch) -> None:
     """The parent's row deleted after its images were linked (the links survive): the new
     version is refused under the lineage's lock instead of being numbered as a v1."""
-    from app.services import datasets
+    from app.services.datasets import versions
 
     first = _upload_pets(client)
-    numbered = datasets._version_diff
+    numbered = versions._version_diff
 
     def delete_then_diff(*args, **kwargs):
         assert client.delete(f"/datasets/{first['id']}").status_code == 204
         return numbered(*args, **kwargs)
 
-    monkeypatch.setattr(datasets, "_version_diff", delete_then_diff)
+    monkeypatch.setattr(versions, "_version_diff", delete_then_diff)
     response = _add(client, first["id"], {"cats/new.png": image_bytes("PNG", seed=4343)})
     assert response.status_code == 404, response.text
     assert "version 1 of the dataset was deleted" in response.json()["detail"]

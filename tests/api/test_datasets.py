@@ -68,11 +68,17 @@ def test_class_folders_in_an_enclosing_folder_get_a_stratified_seeded_split(
     assert counts["validation"] == {"cats": 4, "dogs": 2}
     assert counts["train"] == {"cats": 14, "dogs": 7}
 
-    again = created(client, make_zip(dict(reversed(list(files.items())))), seed=7,
-                    validation_fraction=0.2, test_fraction=0.1)  # fmt: skip
+    again = created(
+        client,
+        make_zip(dict(reversed(list(files.items())))),
+        seed=7,
+        validation_fraction=0.2,
+        test_fraction=0.1,
+    )
     assert again["fingerprint"] == body["fingerprint"]  # same content and seed, same split
-    other_seed = created(client, make_zip(files), seed=8, validation_fraction=0.2,
-                         test_fraction=0.1)  # fmt: skip
+    other_seed = created(
+        client, make_zip(files), seed=8, validation_fraction=0.2, test_fraction=0.1
+    )
     assert other_seed["fingerprint"] != body["fingerprint"]
 
 
@@ -91,8 +97,11 @@ def test_split_folders_with_val_alias_and_test_keep_their_split(client: TestClie
 
 
 def test_split_folders_without_validation_hold_out_part_of_train(client: TestClient) -> None:
-    body = created(client, make_zip(class_folders({"a": 10, "b": 10}, prefix="data/train/")),
-                   validation_fraction=0.3)  # fmt: skip
+    body = created(
+        client,
+        make_zip(class_folders({"a": 10, "b": 10}, prefix="data/train/")),
+        validation_fraction=0.3,
+    )
     assert body["split_counts"]["validation"] == {"a": 3, "b": 3}
     assert body["split_counts"]["train"] == {"a": 7, "b": 7}
     assert any("no validation/ folder" in w for w in body["stats"]["warnings"])
@@ -418,9 +427,12 @@ def test_delete_is_409_while_a_job_uses_the_dataset(client: TestClient) -> None:
     body = created(client, make_zip(class_folders({"a": 3, "b": 3})))
     with session_scope() as session:
         job = jobs.create_job(
-            session, method=Method.SCRATCH, dataset_id=uuid.UUID(body["id"]),
-            parameters={}, owner=None,
-        )  # fmt: skip
+            session,
+            method=Method.SCRATCH,
+            dataset_id=uuid.UUID(body["id"]),
+            parameters={},
+            owner=None,
+        )
         job_id = job.id
     response = client.delete(f"/datasets/{body['id']}")
     assert response.status_code == 409

@@ -43,3 +43,31 @@ def test_broker_down_gives_503_and_leaves_no_job_row(configure, sqlite_url: str)
     assert "broker" in response.json()["detail"]
     with session_scope() as session:
         assert session.query(TrainingJob).count() == 0
+
+
+def test_broker_down_at_a_first_export_is_503_and_the_export_is_sent_later(
+    configure, sqlite_url: str, monkeypatch
+) -> None:
+    """The export's row is committed before its task is sent: a broker that refuses is a 503,
+    and the next download after REQUEUE_AFTER_SECONDS sends the task again."""
+    from app.db.models import ModelExport
+    from app.services import exports
+    from tests.models import register_tiny_model
+
+    configure(database_url=sqlite_url, broker_url="redis://127.0.0.1:1/0")
+    migrate(sqlite_url)
+    register_tiny_model("pets")
+    url, savedmodel = "/models/pets/versions/1/download", {"format": "savedmodel"}
+    with api_client() as client:
+        refused = client.get(url, params=savedmodel)
+        assert refused.status_code == 503, refused.text
+        assert "broker" in refused.json()["detail"]
+        with session_scope() as session:
+            assert [e.status for e in session.query(ModelExport)] == ["queued"]
+        sent: list[str] = []
+        monkeypatch.setattr(exports, "send_task", lambda name, *, args, queue: sent.extend(args))
+        assert client.get(url, params=savedmodel).status_code == 202
+        assert sent == []  # asked again at once: the task is not sent twice
+        monkeypatch.setattr(exports, "REQUEUE_AFTER_SECONDS", 0.0)
+        assert client.get(url, params=savedmodel).status_code == 202
+        assert len(sent) == 1

@@ -113,8 +113,11 @@ def test_explanations_per_request_are_capped(configure, sqlite_url) -> None:
 
 
 def test_the_store_of_explanations_is_bounded_in_bytes(configure, sqlite_url) -> None:
-    configure(database_url=sqlite_url, MODEL_REFRESH_SECONDS="3600",
-              MAX_EXPLANATION_BYTES_PER_OWNER="8000")  # fmt: skip
+    configure(
+        database_url=sqlite_url,
+        MODEL_REFRESH_SECONDS="3600",
+        MAX_EXPLANATION_BYTES_PER_OWNER="8000",
+    )
     migrate(sqlite_url)
     register_tiny_model("pets", image_size=64, classes=("a", "b", "c"))
     buffer = io.BytesIO()

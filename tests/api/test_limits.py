@@ -88,8 +88,9 @@ def test_active_jobs_per_owner_is_429(configure, sqlite_url: str) -> None:
         )
         assert uploaded.status_code == 201, uploaded.text
         with session_scope() as session:  # one queued job of the same owner
-            jobs.create_job(session, method=Method.SCRATCH, dataset_id=None,
-                            parameters={}, owner="lab")  # fmt: skip
+            jobs.create_job(
+                session, method=Method.SCRATCH, dataset_id=None, parameters={}, owner="lab"
+            )
         refused = client.post("/jobs", json={"dataset_id": uploaded.json()["id"]}, headers=headers)
         assert refused.status_code == 429
         assert "limit 1" in refused.json()["detail"]

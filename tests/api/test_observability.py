@@ -86,8 +86,12 @@ def client(configure, sqlite_url: str):
     from app.core import metrics
     from tests.conftest import api_client, migrate
 
-    for collector in (metrics.HTTP_REQUESTS, metrics.HTTP_LATENCY, metrics.PREDICT_LATENCY,
-                      metrics.PREDICT_IMAGES):  # fmt: skip
+    for collector in (
+        metrics.HTTP_REQUESTS,
+        metrics.HTTP_LATENCY,
+        metrics.PREDICT_LATENCY,
+        metrics.PREDICT_IMAGES,
+    ):
         collector.clear()
     configure(database_url=sqlite_url, MODEL_REFRESH_SECONDS="3600")
     migrate(sqlite_url)

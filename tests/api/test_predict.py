@@ -102,9 +102,10 @@ def test_a_batch_answers_each_image_as_alone_and_json_matches_multipart(client) 
     register_tiny_model("pets", classes=("a", "b", "c"))
     photos = [p.read_bytes() for p in PHOTOS]
     batch = client.post(
-        "/predict", files=[("files", (p.name, p.read_bytes())) for p in PHOTOS],
+        "/predict",
+        files=[("files", (p.name, p.read_bytes())) for p in PHOTOS],
         data={"top_k": "2", "model": "pets", "version": "1"},
-    )  # fmt: skip
+    )
     assert batch.status_code == 200, batch.text
     predictions = batch.json()["predictions"]
     assert [p["filename"] for p in predictions] == [p.name for p in PHOTOS]
@@ -117,11 +118,14 @@ def test_a_batch_answers_each_image_as_alone_and_json_matches_multipart(client) 
 
     as_json = client.post(
         "/predict/json",
-        json={"top_k": 2, "images": [
-            {"b64": base64.b64encode(photo).decode(), "filename": path.name}
-            for photo, path in zip(photos, PHOTOS, strict=True)
-        ]},
-    )  # fmt: skip
+        json={
+            "top_k": 2,
+            "images": [
+                {"b64": base64.b64encode(photo).decode(), "filename": path.name}
+                for photo, path in zip(photos, PHOTOS, strict=True)
+            ],
+        },
+    )
     assert as_json.status_code == 200, as_json.text
     assert as_json.json()["predictions"] == predictions
 
@@ -176,8 +180,12 @@ def test_bad_images_are_json_errors_never_500(client, configure) -> None:
 
 
 def test_oversized_images_are_413(configure, sqlite_url: str) -> None:
-    configure(database_url=sqlite_url, MAX_IMAGE_PIXELS="1000", MAX_IMAGE_FILE_BYTES="20000",
-              MAX_PREDICT_IMAGES="2")  # fmt: skip
+    configure(
+        database_url=sqlite_url,
+        MAX_IMAGE_PIXELS="1000",
+        MAX_IMAGE_FILE_BYTES="20000",
+        MAX_PREDICT_IMAGES="2",
+    )
     migrate(sqlite_url)
     with api_client() as client:
         register_tiny_model("pets")
@@ -252,8 +260,9 @@ def test_a_tampered_version_is_never_loaded_or_activated(client) -> None:
     assert "changed" in refused.json()["detail"]
     assert client.get("/models/pets/versions/2").json()["is_active"] is False
     assert client.get("/models/pets/versions/2/download").status_code == 503
-    direct = client.post("/predict", files={"file": ("x.jpg", image_bytes())},
-                         data={"model": "pets", "version": "2"})  # fmt: skip
+    direct = client.post(
+        "/predict", files={"file": ("x.jpg", image_bytes())}, data={"model": "pets", "version": "2"}
+    )
     assert direct.status_code == 503
     assert client.post("/predict", files={"file": ("x.jpg", image_bytes())}).status_code == 200
 
@@ -289,23 +298,27 @@ def test_inference_does_not_block_the_event_loop(client) -> None:
     cache = client.app.state.model_cache
     (classifier,) = [cache.get_loaded(version_id) for version_id in cache.loaded_ids()]
     original = classifier.batcher._forward
+    inside, release = threading.Event(), threading.Event()
 
-    def slow_forward(pixels: np.ndarray) -> np.ndarray:
-        time.sleep(2.0)
+    def held_forward(pixels: np.ndarray) -> np.ndarray:
+        inside.set()
+        assert release.wait(30)  # held until /health has answered
         return original(pixels)
 
-    classifier.batcher._forward = slow_forward
-    slow = threading.Thread(
+    classifier.batcher._forward = held_forward
+    held = threading.Thread(
         target=lambda: client.post("/predict", files={"file": ("x.jpg", image_bytes())})
     )
-    slow.start()
-    time.sleep(0.3)  # the slow prediction is now inside its forward pass
-    started = time.perf_counter()
-    assert client.get("/health").status_code == 200
-    assert time.perf_counter() - started < 1.0
-    assert slow.is_alive()
-    slow.join()
-    classifier.batcher._forward = original
+    held.start()
+    try:
+        assert inside.wait(30)  # the prediction is inside its forward pass, and stays there
+        # If inference held the event loop, this could not be answered before the release.
+        assert client.get("/health").status_code == 200
+        assert held.is_alive() and not release.is_set()
+    finally:
+        release.set()
+        held.join()
+        classifier.batcher._forward = original
 
 
 def test_json_round_trip_of_errors_is_the_common_shape(client) -> None:

@@ -102,11 +102,17 @@ def _legacy_shared_name() -> None:
         assert alice_v1 is not None
         session.add(
             ModelVersion(
-                owner="bob", name="legacy", version=2, job_id=None, path=alice_v1.path,
-                sha256=alice_v1.sha256, size_bytes=alice_v1.size_bytes, metrics_summary={},
+                owner="bob",
+                name="legacy",
+                version=2,
+                job_id=None,
+                path=alice_v1.path,
+                sha256=alice_v1.sha256,
+                size_bytes=alice_v1.size_bytes,
+                metrics_summary={},
                 is_active=False,
             )
-        )  # fmt: skip
+        )
         name = session.get(ModelName, "legacy")
         assert name is not None
         name.last_version = 2

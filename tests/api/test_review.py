@@ -284,8 +284,10 @@ def test_labeled_items_become_the_next_dataset_version(client: TestClient) -> No
     assert response.status_code == 201, response.text
     second = response.json()
     assert (second["version"], second["lineage_id"], second["parent_id"]) == (
-        2, first["id"], first["id"]
-    )  # fmt: skip
+        2,
+        first["id"],
+        first["id"],
+    )
     assert second["diff"]["added"]["per_split"] == {"train": {"cats": 1, "dogs": 1}}
     assert second["diff"]["removed"]["count"] == 0
     for label in ("cats", "dogs"):
@@ -316,9 +318,13 @@ def _capture(owner: str, *images: bytes, classes: tuple[str, ...] = ("cats", "do
     images_sent = [review_image(data) for data in images]
     probabilities = np.full((len(images), len(classes)), 1.0 / len(classes), dtype=np.float32)
     return review.capture_uncertain(
-        principal=principal, model_name="pets", model_version=1, classes=classes,
-        probabilities=probabilities, images=images_sent,
-    )  # fmt: skip
+        principal=principal,
+        model_name="pets",
+        model_version=1,
+        classes=classes,
+        probabilities=probabilities,
+        images=images_sent,
+    )
 
 
 def review_image(data: bytes):
@@ -333,8 +339,7 @@ def _set_threshold(owner: str, threshold: float = 0.99) -> None:
     from app.services import review
 
     with session_scope() as session:
-        session.add(ModelName(name="pets", owner=owner, last_version=1,
-                              review_threshold=threshold))  # fmt: skip
+        session.add(ModelName(name="pets", owner=owner, last_version=1, review_threshold=threshold))
     review.THRESHOLDS.forget()
 
 
@@ -353,7 +358,7 @@ def test_a_failed_commit_keeps_the_images_of_the_items_it_would_have_deleted(cli
     def delete_then_fail() -> None:
         with session_scope() as session:
             ids = list(session.scalars(select(ReviewItem.id)))
-            review._delete_items(session, owner="alice", item_ids=ids, settings=get_settings())
+            review.delete_items(session, owner="alice", item_ids=ids)
             raise RuntimeError("the commit fails")  # rolled back: the item stays
 
     with pytest.raises(RuntimeError):
@@ -361,7 +366,7 @@ def test_a_failed_commit_keeps_the_images_of_the_items_it_would_have_deleted(cli
     assert len(_review_files()) == 1  # and so does its image
     with session_scope() as session:
         ids = list(session.scalars(select(ReviewItem.id)))
-        review._delete_items(session, owner="alice", item_ids=ids, settings=get_settings())
+        review.delete_items(session, owner="alice", item_ids=ids)
     assert _review_files() == []
 
 

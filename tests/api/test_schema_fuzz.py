@@ -31,8 +31,12 @@ def fuzz_all_operations(schema, *, headers: dict[str, str], examples: int) -> li
         operation = result.ok()
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)  # fmt: skip
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
         def check(case) -> None:
             case.call_and_validate(headers=headers, checks=CHECKS)
 

@@ -24,9 +24,10 @@ def test_files_without_rows_are_found_and_removed(
     migrate(sqlite_url)
     with api_client() as client:
         upload = client.post(
-            "/datasets", files={"file": ("d.zip", make_zip(class_folders({"a": 10, "b": 10})))},
+            "/datasets",
+            files={"file": ("d.zip", make_zip(class_folders({"a": 10, "b": 10})))},
             data={"name": "kept"},
-        )  # fmt: skip
+        )
         assert upload.status_code == 201, upload.text
     register_tiny_model("pets")
     storage = get_storage()
@@ -38,8 +39,11 @@ def test_files_without_rows_are_found_and_removed(
 
     assert find_orphans() == []  # all of it is younger than the grace period
     found = {(o.area, o.prefix, o.objects) for o in find_orphans(grace_seconds=0)}
-    assert found == {("models", "pets/v7", 1), ("datasets", "0123", 1),
-                     ("review", "owner/aa/aa11", 1)}  # fmt: skip
+    assert found == {
+        ("models", "pets/v7", 1),
+        ("datasets", "0123", 1),
+        ("review", "owner/aa/aa11", 1),
+    }
 
     assert main(["storage-orphans", "--grace-seconds", "0", "--delete"]) == 0
     assert "models/pets/v7\t1 objects" in capsys.readouterr().out
@@ -72,13 +76,15 @@ def test_features_and_exports_go_with_their_dataset_and_version(
     storage = get_storage()
     with api_client() as client:
         first = client.post(
-            "/datasets", files={"file": ("d.zip", make_zip(class_folders({"a": 6, "b": 6})))},
+            "/datasets",
+            files={"file": ("d.zip", make_zip(class_folders({"a": 6, "b": 6})))},
             data={"name": "one"},
-        ).json()  # fmt: skip
+        ).json()
         twin = client.post(
-            "/datasets", files={"file": ("d.zip", make_zip(class_folders({"a": 6, "b": 6})))},
+            "/datasets",
+            files={"file": ("d.zip", make_zip(class_folders({"a": 6, "b": 6})))},
             data={"name": "same images"},
-        ).json()  # fmt: skip
+        ).json()
         assert first["fingerprint"] == twin["fingerprint"]
         folder = owner_key("tester")  # the owner of api_client's key
         features = f"{folder}/{first['fingerprint']}-{'0' * 64}.npz"
@@ -96,8 +102,12 @@ def test_features_and_exports_go_with_their_dataset_and_version(
         register_tiny_model("pets", owner="tester")
         sent: list[str] = []
         monkeypatch.setattr(exports, "send_task", lambda name, *, args, queue: sent.extend(args))
-        assert client.get("/models/pets/versions/1/download",
-                          params={"format": "savedmodel"}).status_code == 202  # fmt: skip
+        assert (
+            client.get(
+                "/models/pets/versions/1/download", params={"format": "savedmodel"}
+            ).status_code
+            == 202
+        )
         exports.run_export(export_id=uuid.UUID(sent[0]), worker_id="w/1")
         (ready,) = [k.key for k in storage.models.keys("pets/v1/exports/")]
         stray = "pets/v1/exports/savedmodel/crashed.tar.gz"  # no row names it
@@ -105,13 +115,20 @@ def test_features_and_exports_go_with_their_dataset_and_version(
         legacy_archive = get_settings().data_dir / "exports" / f"{'3' * 64}-savedmodel.tar.gz"
         legacy_archive.parent.mkdir(parents=True)
         legacy_archive.write_bytes(b"old")
-        for path in (storage.features.local_path(legacy), storage.models.local_path(stray),
-                     legacy_archive, storage.features.local_path(extractor)):  # fmt: skip
+        for path in (
+            storage.features.local_path(legacy),
+            storage.models.local_path(stray),
+            legacy_archive,
+            storage.features.local_path(extractor),
+        ):
             _old(path)
 
         found = {(o.area, o.prefix) for o in find_orphans()}
-        assert found == {("features", legacy), ("models", stray),
-                         ("legacy-exports", legacy_archive.name)}  # fmt: skip
+        assert found == {
+            ("features", legacy),
+            ("models", stray),
+            ("legacy-exports", legacy_archive.name),
+        }
         remove_orphans(find_orphans())
         assert find_orphans() == []
         assert storage.models.exists(ready) and storage.features.exists(extractor)
@@ -154,10 +171,13 @@ def test_an_orphaned_review_image_captured_again_is_kept(configure, sqlite_url: 
     review.THRESHOLDS.forget()
     principal = auth.Principal(key_id=uuid.uuid4(), owner="alice", scopes=frozenset({"predict"}))
     kept = review.capture_uncertain(
-        principal=principal, model_name="pets", model_version=1, classes=["a", "b"],
+        principal=principal,
+        model_name="pets",
+        model_version=1,
+        classes=["a", "b"],
         probabilities=np.array([[0.5, 0.5]], dtype=np.float32),
         images=[ImagePayload(data=data, filename="again.jpg")],
-    )  # fmt: skip
+    )
     assert kept == 1
     remove_orphans(orphans)  # found before the capture
     assert storage.review.get_bytes(key) == data

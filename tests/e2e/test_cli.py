@@ -56,9 +56,11 @@ def smallvision(
     """Run the installed command as a person would, with the server and key in the environment."""
     assert COMMAND.exists(), f"{COMMAND} is missing: `pip install -e .` installs the console script"
     env = {
-        **os.environ, "SMALLVISION_URL": service.url,
-        "SMALLVISION_API_KEY": service.admin_key if key is None else key, "COLUMNS": "200",
-    }  # fmt: skip
+        **os.environ,
+        "SMALLVISION_URL": service.url,
+        "SMALLVISION_API_KEY": service.admin_key if key is None else key,
+        "COLUMNS": "200",
+    }
     return subprocess.run(
         [str(COMMAND), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
     )
@@ -75,8 +77,9 @@ def pets(service: LiveService, tmp_path_factory) -> str:
     image, a duplicate and a test image also in train, so the ingest report has things to say."""
     folder = tmp_path_factory.mktemp("upload")
     tiny_photo_zip(folder / "pets.zip", extra=report_subjects())
-    output = _ok(smallvision(service, "datasets", "upload", "pets.zip", "--name", "pets",
-                             cwd=folder))  # fmt: skip
+    output = _ok(
+        smallvision(service, "datasets", "upload", "pets.zip", "--name", "pets", cwd=folder)
+    )
     assert "uploading pets.zip" in output  # the upload's progress bar
     assert "dataset pets" in output and "2 classes" in output
     assert "train/cats/notes.txt" in output and "not an image file" in output
@@ -109,8 +112,20 @@ def test_upload_train_watch_predict_activate_download(
     listed = _ok(smallvision(service, "models", "list"))
     assert "pets" in listed and "scratch" in listed
 
-    table = _ok(smallvision(service, "predict", str(CAT), str(DOG), "--model", "pets",
-                            "--version", "1", "--top-k", "2"))  # fmt: skip
+    table = _ok(
+        smallvision(
+            service,
+            "predict",
+            str(CAT),
+            str(DOG),
+            "--model",
+            "pets",
+            "--version",
+            "1",
+            "--top-k",
+            "2",
+        )
+    )
     assert "pets v1" in table and CAT.name in table and DOG.name in table
     assert table.count("cats") == 2 and table.count("dogs") == 2  # two labels per image
 
@@ -127,8 +142,11 @@ def test_upload_train_watch_predict_activate_download(
     # A SavedModel archive is built by the service's worker when first asked for: the command
     # waits for it (the API answers 202 until then), then saves it.
     archive = tmp_path / "pets-savedmodel.tar.gz"
-    output = _ok(smallvision(service, "models", "download", "pets", "1", "--format",
-                             "savedmodel", "-o", str(archive)))  # fmt: skip
+    output = _ok(
+        smallvision(
+            service, "models", "download", "pets", "1", "--format", "savedmodel", "-o", str(archive)
+        )
+    )
     assert "the savedmodel export is queued; waiting" in output
     with tarfile.open(archive) as opened:
         assert "pets/1/saved_model.pb" in opened.getnames()
@@ -151,41 +169,93 @@ def _one_line_error(run: subprocess.CompletedProcess[str], code: ExitCode, *need
 def test_errors_are_one_line_saying_what_to_do_with_exit_codes(
     service: LiveService, client: Client, pets: str
 ) -> None:
-    _one_line_error(smallvision(service, "models", "list", key="sv_wrong_key"),
-                    ExitCode.KEY_REFUSED, "[HTTP 401]", "SMALLVISION_API_KEY")  # fmt: skip
-    _one_line_error(smallvision(service, "models", "list", key=""), ExitCode.KEY_REFUSED,
-                    "no API key")  # fmt: skip
+    _one_line_error(
+        smallvision(service, "models", "list", key="sv_wrong_key"),
+        ExitCode.KEY_REFUSED,
+        "[HTTP 401]",
+        "SMALLVISION_API_KEY",
+    )
+    _one_line_error(
+        smallvision(service, "models", "list", key=""), ExitCode.KEY_REFUSED, "no API key"
+    )
     predict_only = subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "create", "--name", "kiosk", "--scopes",
-         "predict"], env=service.env, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    _one_line_error(smallvision(service, "datasets", "list", key=predict_only),
-                    ExitCode.KEY_REFUSED, "[HTTP 403]", "scope")  # fmt: skip
-    _one_line_error(smallvision(service, "train", "no-such-dataset"), ExitCode.NOT_FOUND,
-                    "[HTTP 404]", "no-such-dataset", "datasets list")  # fmt: skip
-    _one_line_error(smallvision(service, "predict", *[str(CAT)] * (MAX_PREDICT_IMAGES + 1)),
-                    ExitCode.REFUSED, "[HTTP 413]", "smaller")  # fmt: skip
-    _one_line_error(smallvision(service, "train", pets, "--epochs", "9999"), ExitCode.REFUSED,
-                    "[HTTP 422]", "epochs")  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "keys",
+            "create",
+            "--name",
+            "kiosk",
+            "--scopes",
+            "predict",
+        ],
+        env=service.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    _one_line_error(
+        smallvision(service, "datasets", "list", key=predict_only),
+        ExitCode.KEY_REFUSED,
+        "[HTTP 403]",
+        "scope",
+    )
+    _one_line_error(
+        smallvision(service, "train", "no-such-dataset"),
+        ExitCode.NOT_FOUND,
+        "[HTTP 404]",
+        "no-such-dataset",
+        "datasets list",
+    )
+    _one_line_error(
+        smallvision(service, "predict", *[str(CAT)] * (MAX_PREDICT_IMAGES + 1)),
+        ExitCode.REFUSED,
+        "[HTTP 413]",
+        "smaller",
+    )
+    _one_line_error(
+        smallvision(service, "train", pets, "--epochs", "9999"),
+        ExitCode.REFUSED,
+        "[HTTP 422]",
+        "epochs",
+    )
 
     # One job at a time for this owner: the second is a 429 while the first is queued.
     first = _ok(smallvision(service, "train", pets, *TINY_TRAINING, "--model-name", "busy"))
     first_id = first.split()[1]
     try:
-        _one_line_error(smallvision(service, "train", pets, *TINY_TRAINING), ExitCode.TRY_LATER,
-                        "[HTTP 429]", "Retry")  # fmt: skip
+        _one_line_error(
+            smallvision(service, "train", pets, *TINY_TRAINING),
+            ExitCode.TRY_LATER,
+            "[HTTP 429]",
+            "Retry",
+        )
     finally:
         _ok(smallvision(service, "jobs", "cancel", first_id))
-    wait_until(lambda: client.get_job(first_id)["status"] == "cancelled", timeout=120,
-               what="the first job to be cancelled")  # fmt: skip
+    wait_until(
+        lambda: client.get_job(first_id)["status"] == "cancelled",
+        timeout=120,
+        what="the first job to be cancelled",
+    )
 
     unreachable = smallvision(service, "models", "list", "--url", f"http://127.0.0.1:{free_port()}")
     _one_line_error(unreachable, ExitCode.UNREACHABLE, "cannot reach", "make run")
 
 
 def test_a_failed_job_ends_the_watch_with_its_error(service: LiveService, pets: str) -> None:
-    run = smallvision(service, "train", pets, "--base-model", "vgg16", "--image-size", "32",
-                      "--epochs", "1", "--watch")  # fmt: skip
+    run = smallvision(
+        service,
+        "train",
+        pets,
+        "--base-model",
+        "vgg16",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--watch",
+    )
     line = _one_line_error(run, ExitCode.JOB_FAILED, "failed", MISSING_WEIGHTS_FILE)
     assert "SMALLVISION_PRETRAINED_WEIGHTS_DIR" in line  # where to put the file
 
@@ -202,17 +272,36 @@ def test_ctrl_c_while_watching_asks_whether_to_cancel(
 ) -> None:
     env = {**os.environ, "SMALLVISION_URL": service.url, "SMALLVISION_API_KEY": service.admin_key}
     watcher = subprocess.Popen(
-        [str(COMMAND), "train", pets, "--method", "scratch", "--image-size", "32",
-         "--epochs", "200", "--model-name", "long", "--watch"],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, preexec_fn=_interruptible,
-    )  # fmt: skip
+        [
+            str(COMMAND),
+            "train",
+            pets,
+            "--method",
+            "scratch",
+            "--image-size",
+            "32",
+            "--epochs",
+            "200",
+            "--model-name",
+            "long",
+            "--watch",
+        ],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_interruptible,
+    )
     try:
         assert watcher.stdout is not None and watcher.stdin is not None
         started = watcher.stdout.readline()  # "job <id> queued (dataset pets)"
         job_id = started.split()[1]
-        wait_until(lambda: client.get_job(job_id)["status"] == "running", timeout=120,
-                   what="the job to run")  # fmt: skip
+        wait_until(
+            lambda: client.get_job(job_id)["status"] == "running",
+            timeout=120,
+            what="the job to run",
+        )
         time.sleep(1)  # a second of watching, then Ctrl-C as a terminal sends it
         watcher.send_signal(signal.SIGINT)
         output, errors = watcher.communicate("y\n", timeout=60)
@@ -221,5 +310,6 @@ def test_ctrl_c_while_watching_asks_whether_to_cancel(
             watcher.kill()
     assert watcher.returncode == ExitCode.INTERRUPTED, (output, errors)
     assert f"Cancel job {job_id}?" in output and "cancel requested" in output
-    wait_until(lambda: client.get_job(job_id)["status"] == "cancelled", timeout=120,
-               what="the job to stop")  # fmt: skip
+    wait_until(
+        lambda: client.get_job(job_id)["status"] == "cancelled", timeout=120, what="the job to stop"
+    )

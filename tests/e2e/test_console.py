@@ -25,9 +25,15 @@ from tests.zips import LEAKED_PHOTO, PHOTOS, report_subjects, tiny_photo_zip
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 # Playwright's own browser download does not work here: Debian's chromium, headless.
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", PROJECT_ROOT / "test-artifacts")) / "console"
 HOSTILE = "<img src=x onerror=alert(1)>"  # a class name, and part of the dataset's name
 DATASET_NAME = f"pets {HOSTILE}"
@@ -114,9 +120,10 @@ class Walk:
 
 def test_the_whole_loop_in_a_browser(service: LiveService, browser: Any, tmp_path: Path) -> None:
     archive = tiny_photo_zip(
-        tmp_path / "pets.zip", class_names={"cats": "cats", "dogs": HOSTILE},
+        tmp_path / "pets.zip",
+        class_names={"cats": "cats", "dogs": HOSTILE},
         extra=report_subjects(),
-    )  # fmt: skip
+    )
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
     watch = PageWatch(page)
@@ -180,9 +187,15 @@ def _upload(walk: Walk, archive: Path) -> None:
     # A slow line (256 KB/s up, through Chrome's DevTools protocol), so the bar has time to show.
     network = page.context.new_cdp_session(page)
     network.send("Network.enable")
-    network.send("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 256 * 1024,
-    })  # fmt: skip
+    network.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 0,
+            "downloadThroughput": -1,
+            "uploadThroughput": 256 * 1024,
+        },
+    )
     page.set_input_files("#upload-form input[type=file]", str(archive))
     assert page.input_value("#dataset-name") == "pets"  # named after the zip until changed
     page.fill("#dataset-name", DATASET_NAME)
@@ -192,9 +205,15 @@ def _upload(walk: Walk, archive: Path) -> None:
     )
     assert " of " in walk.text(".upload-progress .bar-label")  # "200 KB of 640 KB"
     walk.shot("uploading")
-    network.send("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1,
-    })  # fmt: skip
+    network.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 0,
+            "downloadThroughput": -1,
+            "uploadThroughput": -1,
+        },
+    )
     page.wait_for_selector("#dataset-title", timeout=60_000)
 
 

@@ -53,12 +53,15 @@ def test_a_killed_worker_leaves_no_job_running_once_a_worker_restarts(stack: Pat
     with api_client() as client:
         dataset_id = _upload(client, stack)
         with running_worker(log) as worker:
-            job_id = client.post("/jobs", json={"dataset_id": dataset_id, "method": "scratch",
-                                                "epochs": 30, **TINY}).json()["id"]  # fmt: skip
+            job_id = client.post(
+                "/jobs", json={"dataset_id": dataset_id, "method": "scratch", "epochs": 30, **TINY}
+            ).json()["id"]
             wait_until(
                 lambda: bool(client.get(f"/jobs/{job_id}/metrics").json()["epochs"]),
-                timeout=120, what="the job to be training", log=log,
-            )  # fmt: skip
+                timeout=120,
+                what="the job to be training",
+                log=log,
+            )
             os.killpg(worker.pid, signal.SIGKILL)  # the worker and its job child, no goodbye
             worker.wait()
         dead = client.get(f"/jobs/{job_id}").json()
@@ -84,9 +87,12 @@ def test_redis_down_gives_503_and_no_orphan_job_then_jobs_run_again(
     redis_log = tmp_path / "redis.log"
     redis_server = start_redis_server(port, redis_log)
     try:
-        configure(database_url=postgres_url, broker_url=f"redis://127.0.0.1:{port}/0",
-                  REDIS_URL=f"redis://127.0.0.1:{port}/1",
-                  READINESS_TIMEOUT_SECONDS="2")  # fmt: skip
+        configure(
+            database_url=postgres_url,
+            broker_url=f"redis://127.0.0.1:{port}/0",
+            REDIS_URL=f"redis://127.0.0.1:{port}/1",
+            READINESS_TIMEOUT_SECONDS="2",
+        )
         migrate(postgres_url)
         register_tiny_model("pets")
         log = tmp_path / "worker.log"
@@ -153,8 +159,9 @@ def test_unwritable_models_store_fails_the_job_and_leaves_no_version(stack: Path
         shutil.rmtree(store)
         store.write_text("not a directory: the store's volume is broken")  # nothing can be saved
         try:
-            job_id = client.post("/jobs", json={"dataset_id": dataset_id, "method": "scratch",
-                                                "epochs": 1, **TINY}).json()["id"]  # fmt: skip
+            job_id = client.post(
+                "/jobs", json={"dataset_id": dataset_id, "method": "scratch", "epochs": 1, **TINY}
+            ).json()["id"]
             job = _wait_finished(client, job_id, log)
         finally:
             store.unlink()

@@ -40,9 +40,13 @@ def run_readme_examples(base: str, key: str, folder: Path) -> str:
     assert "$KEY" in script and "curl" in script
     preamble = 'set -euo pipefail\ncurl() { command curl --fail-with-body --max-time 600 "$@"; }\n'
     run = subprocess.run(
-        ["bash", "-c", preamble + script], cwd=folder, env={**os.environ, "KEY": key},
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        ["bash", "-c", preamble + script],
+        cwd=folder,
+        env={**os.environ, "KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, (
         f"README example failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     )

@@ -47,9 +47,13 @@ class LiveApi:
 
 def _run(env: dict[str, str], *argv: str) -> str:
     return subprocess.run(
-        [sys.executable, *argv], cwd=PROJECT_ROOT, env=env, check=True, capture_output=True,
+        [sys.executable, *argv],
+        cwd=PROJECT_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
         text=True,
-    ).stdout.strip()  # fmt: skip
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +62,27 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env[f"{ENV_PREFIX}DATA_DIR"] = str(tmp / "var")
     _run(env, "-m", "app.cli", "migrate")
-    _run(env, "-c", "from tests.models import register_tiny_model; "
-         "register_tiny_model('abuse', image_size=160, owner='memory')")  # fmt: skip
+    _run(
+        env,
+        "-c",
+        "from tests.models import register_tiny_model; "
+        "register_tiny_model('abuse', image_size=160, owner='memory')",
+    )
 
     def key(scopes: str) -> dict[str, str]:
-        made = _run(env, "-m", "app.cli", "keys", "create", "--name", scopes, "--owner", "memory",
-                    "--scopes", scopes)  # fmt: skip
+        made = _run(
+            env,
+            "-m",
+            "app.cli",
+            "keys",
+            "create",
+            "--name",
+            scopes,
+            "--owner",
+            "memory",
+            "--scopes",
+            scopes,
+        )
         return {"Authorization": f"Bearer {made}"}
 
     with running_api_process(tmp / "api.log", port=free_port(), env=env) as (base, process):
@@ -71,9 +90,12 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
         # Warm: the model loaded for predictions and, once, for explanations (Grad-CAM needs
         # the Keras model and TensorFlow's gradients: a one-time cost of the process).
         warm = httpx.post(
-            f"{base}/predict", files={"file": ("w.jpg", smooth_jpeg(64, 64))},
-            data={"explain": "true"}, headers=live.predictor, timeout=120,
-        )  # fmt: skip
+            f"{base}/predict",
+            files={"file": ("w.jpg", smooth_jpeg(64, 64))},
+            data={"explain": "true"},
+            headers=live.predictor,
+            timeout=120,
+        )
         assert warm.status_code == 200, warm.text
         yield live
 
@@ -105,10 +127,13 @@ def test_an_explanation_is_drawn_at_a_bounded_size(api: LiveApi, name: str, imag
     response, peak, _, _ = measure(
         api.pid,
         lambda: httpx.post(
-            f"{api.base}/predict", files={"file": ("x.jpg", data)}, data={"explain": "true"},
-            headers=api.predictor, timeout=300,
+            f"{api.base}/predict",
+            files={"file": ("x.jpg", data)},
+            data={"explain": "true"},
+            headers=api.predictor,
+            timeout=300,
         ),
-    )  # fmt: skip
+    )
     assert response.status_code == 200, response.text
     assert peak < GROWTH_LIMIT_MB, f"{name}: +{peak:.0f} MB"
     explanation = response.json()["predictions"][0]["explanation"]

@@ -28,16 +28,23 @@ TINY = {"image_size": 32, "batch_size": 8, "base_model": "mobilenet", "seed": 3,
 
 @pytest.fixture
 def cluster(
-    tmp_path: Path, postgres_url: str, redis_url: str, s3_settings: dict[str, str],
+    tmp_path: Path,
+    postgres_url: str,
+    redis_url: str,
+    s3_settings: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[dict[str, object]]:  # fmt: skip
+) -> Iterator[dict[str, object]]:
     """Two APIs and two workers on one database, broker and bucket; each process has its own
     data folder (nothing on disk is shared, but the read-only ImageNet weights)."""
     shared = {
-        "ENVIRONMENT": "test", "DATABASE_URL": postgres_url, "BROKER_URL": redis_url,
-        "PRETRAINED_WEIGHTS_DIR": str(SHARED / "weights"), "ALLOW_WEIGHTS_DOWNLOAD": "false",
-        "MODEL_REFRESH_SECONDS": "0.5", **s3_settings,
-    }  # fmt: skip
+        "ENVIRONMENT": "test",
+        "DATABASE_URL": postgres_url,
+        "BROKER_URL": redis_url,
+        "PRETRAINED_WEIGHTS_DIR": str(SHARED / "weights"),
+        "ALLOW_WEIGHTS_DOWNLOAD": "false",
+        "MODEL_REFRESH_SECONDS": "0.5",
+        **s3_settings,
+    }
     for key, value in shared.items():
         monkeypatch.setenv(ENV_PREFIX + key, value)
     monkeypatch.setenv(ENV_PREFIX + "DATA_DIR", str(tmp_path / "test-process"))
@@ -67,12 +74,17 @@ def cluster(
             )
             for url in apis
         ]
-        yield {"clients": clients, "workers": workers, "tmp": tmp_path, "db": postgres_url,
-               "s3": s3_settings}  # fmt: skip
+        yield {
+            "clients": clients,
+            "workers": workers,
+            "tmp": tmp_path,
+            "db": postgres_url,
+            "s3": s3_settings,
+        }
     reset_caches()
 
 
-def _train(client: httpx.Client, log: Path, **request: object) -> dict:
+def _train(client: httpx.Client, **request: object) -> dict:
     response = client.post("/jobs", json={**TINY, **request})
     assert response.status_code == 202, response.text
     return response.json()
@@ -103,8 +115,9 @@ def test_two_apis_and_two_workers_share_only_the_database_broker_and_bucket(clus
 
     # Upload through API A: the images and the manifest go to the bucket.
     archive = tiny_photo_zip(tmp / "tiny.zip")
-    upload = api_a.post("/datasets", files={"file": ("tiny.zip", archive.read_bytes())},
-                        data={"name": "pets"})  # fmt: skip
+    upload = api_a.post(
+        "/datasets", files={"file": ("tiny.zip", archive.read_bytes())}, data={"name": "pets"}
+    )
     assert upload.status_code == 201, upload.text
     dataset_id = upload.json()["id"]
     in_bucket = bucket_keys(s3)
@@ -115,11 +128,11 @@ def test_two_apis_and_two_workers_share_only_the_database_broker_and_bucket(clus
     assert api_b.get(f"/datasets/{dataset_id}/preview.png").status_code == 200
 
     # Two jobs at once, through API B: one per worker (each takes one job at a time).
-    bottleneck = _train(api_b, log, dataset_id=dataset_id, method="bottleneck",
-                        model_name="pets")  # fmt: skip
-    scratch = _train(api_b, log, dataset_id=dataset_id, method="scratch", model_name="sketch")
-    done = [wait_job_finished(api_b, job["id"], log=log, timeout=600)
-            for job in (bottleneck, scratch)]  # fmt: skip
+    bottleneck = _train(api_b, dataset_id=dataset_id, method="bottleneck", model_name="pets")
+    scratch = _train(api_b, dataset_id=dataset_id, method="scratch", model_name="sketch")
+    done = [
+        wait_job_finished(api_b, job["id"], log=log, timeout=600) for job in (bottleneck, scratch)
+    ]
     for job in done:
         assert job["status"] == "succeeded", (job["error"], log.read_text()[-3000:])
     assert len({job["worker_id"] for job in done}) == 2, "each worker trained one job"
@@ -133,9 +146,11 @@ def test_two_apis_and_two_workers_share_only_the_database_broker_and_bucket(clus
     # The same bottleneck job again: its features come from the cache (the bucket's copy on
     # whichever worker has not computed them).
     again = wait_job_finished(
-        api_a, _train(api_a, log, dataset_id=dataset_id, method="bottleneck",
-                      model_name="pets")["id"], log=log, timeout=600,
-    )  # fmt: skip
+        api_a,
+        _train(api_a, dataset_id=dataset_id, method="bottleneck", model_name="pets")["id"],
+        log=log,
+        timeout=600,
+    )
     assert again["status"] == "succeeded", again["error"]
     assert again["result"]["feature_cache_hit"] is True
 
@@ -144,8 +159,9 @@ def test_two_apis_and_two_workers_share_only_the_database_broker_and_bucket(clus
     photo = next((PHOTOS / "test" / "cats").iterdir()).read_bytes()
     # (A two-epoch model on 32 px images need not beat chance, so it need not be active.)
     chosen = {"model": "pets", "version": str(again["result"]["model"]["version"])}
-    answer = api_b.post("/predict", files={"files": ("cat.jpg", photo)},
-                        data={**chosen, "explain": "true"})  # fmt: skip
+    answer = api_b.post(
+        "/predict", files={"files": ("cat.jpg", photo)}, data={**chosen, "explain": "true"}
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json()["runtime"] == "onnxruntime"
     assert list((tmp / "api-b" / "cache" / "models").glob("*/model.onnx"))

@@ -35,10 +35,15 @@ def stack(tmp_path_factory, request) -> Iterator[Path]:
     tmp = tmp_path_factory.mktemp("replicas")
     with pytest.MonkeyPatch.context() as patch:
         for key, value in {
-            "DATA_DIR": str(tmp / "data"), "ENVIRONMENT": "test", "DATABASE_URL": postgres_url,
-            "BROKER_URL": redis_url, "REDIS_URL": redis_url, "PREDICT_BURST": str(BURST),
-            "PREDICT_RATE_PER_SECOND": str(RATE), "MAX_ACTIVE_JOBS_PER_OWNER": str(JOB_LIMIT),
-        }.items():  # fmt: skip
+            "DATA_DIR": str(tmp / "data"),
+            "ENVIRONMENT": "test",
+            "DATABASE_URL": postgres_url,
+            "BROKER_URL": redis_url,
+            "REDIS_URL": redis_url,
+            "PREDICT_BURST": str(BURST),
+            "PREDICT_RATE_PER_SECOND": str(RATE),
+            "MAX_ACTIVE_JOBS_PER_OWNER": str(JOB_LIMIT),
+        }.items():
             patch.setenv(ENV_PREFIX + key, value)
         reset_caches()
         migrate(postgres_url)
@@ -61,8 +66,10 @@ def two_replicas(logs: Path, *, shared_limits: bool) -> Iterator[tuple[str, str]
         for log, base in started.items():
             wait_until(
                 lambda base=base: httpx.get(f"{base}/v2/health/ready").status_code == 200,
-                timeout=60, what=f"{base} to load the model", log=log,
-            )  # fmt: skip
+                timeout=60,
+                what=f"{base} to load the model",
+                log=log,
+            )
         first, second = started.values()
         yield first, second
 
@@ -112,9 +119,12 @@ def test_the_job_limit_holds_for_concurrent_requests_to_both_replicas(
     headers = {"Authorization": f"Bearer {api_key('train', owner='lab')}"}
     dataset = make_zip(class_folders({"cats": 3, "dogs": 3}))
     uploaded = httpx.post(
-        f"{shared[0]}/datasets", files={"file": ("d.zip", dataset)}, data={"name": "d"},
-        headers=headers, timeout=60,
-    )  # fmt: skip
+        f"{shared[0]}/datasets",
+        files={"file": ("d.zip", dataset)},
+        data={"name": "d"},
+        headers=headers,
+        timeout=60,
+    )
     assert uploaded.status_code == 201, uploaded.text
     requests = 8
     start = threading.Barrier(requests)
@@ -122,9 +132,11 @@ def test_the_job_limit_holds_for_concurrent_requests_to_both_replicas(
     def submit(index: int) -> int:
         start.wait()
         return httpx.post(
-            f"{shared[index % 2]}/jobs", json={"dataset_id": uploaded.json()["id"]},
-            headers=headers, timeout=60,
-        ).status_code  # fmt: skip
+            f"{shared[index % 2]}/jobs",
+            json={"dataset_id": uploaded.json()["id"]},
+            headers=headers,
+            timeout=60,
+        ).status_code
 
     with ThreadPoolExecutor(requests) as pool:
         statuses = list(pool.map(submit, range(requests)))

@@ -28,8 +28,9 @@ def stack(tmp_path_factory, request) -> Iterator[tuple[TestClient, Path]]:
     with worker_stack(
         tmp_path_factory.mktemp("review"),
         postgres_url=request.getfixturevalue("module_postgres_url"),
-        redis_url=request.getfixturevalue("module_redis_url"), EXPORT_ONNX="false",
-    ) as stack:  # fmt: skip
+        redis_url=request.getfixturevalue("module_redis_url"),
+        EXPORT_ONNX="false",
+    ) as stack:
         yield stack
 
 
@@ -59,8 +60,11 @@ def test_train_review_label_version_and_train_again(stack, tmp_path: Path) -> No
 
     # Keep every answer the model is not certain of, from /predict and from /v1.
     assert client.put("/models/loop/review", json={"threshold": 1.0}).status_code == 200
-    photos = {photo.name: (label, photo.read_bytes()) for label in NEW_PHOTOS
-              for photo in NEW_PHOTOS[label]}  # fmt: skip
+    photos = {
+        photo.name: (label, photo.read_bytes())
+        for label in NEW_PHOTOS
+        for photo in NEW_PHOTOS[label]
+    }
     names = sorted(photos)
     answer = client.post(
         "/predict",
@@ -73,8 +77,11 @@ def test_train_review_label_version_and_train_again(stack, tmp_path: Path) -> No
         json={"instances": [{"b64": base64.b64encode(photos[names[-1]][1]).decode()}]},
     )
     assert tf_serving.status_code == 200, tf_serving.text
-    unsure = [p["filename"] for p in answer.json()["predictions"]
-              if max(x["probability"] for x in p["labels"]) < 1.0]  # fmt: skip
+    unsure = [
+        p["filename"]
+        for p in answer.json()["predictions"]
+        if max(x["probability"] for x in p["labels"]) < 1.0
+    ]
     unsure += [names[-1]] if max(tf_serving.json()["predictions"][0]) < 1.0 else []
     assert len(unsure) >= 4, answer.json()  # a two-epoch model on 16 photos is rarely certain
 
@@ -108,9 +115,12 @@ def test_train_review_label_version_and_train_again(stack, tmp_path: Path) -> No
     retrained = _train(client, log, dataset_id=first["id"])
     assert (retrained["dataset_id"], retrained["dataset_version"]) == (second["id"], 2)
     assert retrained["result"]["dataset"] == {
-        "id": second["id"], "name": "loop", "version": 2, "lineage_id": first["id"],
+        "id": second["id"],
+        "name": "loop",
+        "version": 2,
+        "lineage_id": first["id"],
         "fingerprint": second["fingerprint"],
-    }  # fmt: skip
+    }
     new_version = retrained["result"]["model"]["version"]
     assert new_version == model_version + 1
     versions = {v["version"]: v for v in client.get("/models/loop/versions").json()}

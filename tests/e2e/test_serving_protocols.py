@@ -36,8 +36,10 @@ def server(tmp_path_factory, request) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("serving")
     with pytest.MonkeyPatch.context() as patch:
         for key, value in {
-            "DATA_DIR": str(tmp / "data"), "ENVIRONMENT": "test", "DATABASE_URL": postgres_url,
-        }.items():  # fmt: skip
+            "DATA_DIR": str(tmp / "data"),
+            "ENVIRONMENT": "test",
+            "DATABASE_URL": postgres_url,
+        }.items():
             patch.setenv(ENV_PREFIX + key, value)
         reset_caches()
         migrate(postgres_url)
@@ -48,8 +50,10 @@ def server(tmp_path_factory, request) -> Iterator[str]:
         with running_api(log, port=free_port()) as base:
             wait_until(
                 lambda: httpx.get(f"{base}/v2/health/ready").status_code == 200,
-                timeout=120, what="the active models to be loaded", log=log,
-            )  # fmt: skip
+                timeout=120,
+                what="the active models to be loaded",
+                log=log,
+            )
             yield base
     reset_caches()
 
@@ -118,9 +122,12 @@ def test_tritonclient_infer_with_binary_tensors_matches_predict(server: str) -> 
     assert result.get_response()["model_version"] == "1"
 
     versioned = client.infer(
-        "flowers", [_images_input(binary=True)], model_version="1", headers=_headers(),
+        "flowers",
+        [_images_input(binary=True)],
+        model_version="1",
+        headers=_headers(),
         request_compression_algorithm="gzip",
-    )  # fmt: skip
+    )
     np.testing.assert_allclose(versioned.as_numpy("probabilities"), reference, atol=1e-5)
 
 

@@ -26,7 +26,7 @@ def stack(tmp_path_factory, request) -> Iterator[tuple[TestClient, Path]]:
         postgres_url=request.getfixturevalue("module_postgres_url"),
         redis_url=request.getfixturevalue("module_redis_url"),
         JOB_HEARTBEAT_TIMEOUT_SECONDS="600",
-    ) as stack:  # fmt: skip
+    ) as stack:
         # Weights downloads are off, as on an offline deployment: a base without weights on
         # disk is refused at submit (downloads: tests/services/test_weights_download.py).
         yield stack
@@ -61,8 +61,16 @@ def test_each_method_trains_evaluates_and_registers_a_version(
     client, log = stack
     # scratch also saves the flip-averaged model, which has to load and serve like the others
     flip = method == "scratch"
-    job_id = _start(client, dataset_id=dataset_id, method=method, epochs=2, head_epochs=1,
-                    model_name=f"tiny-{method}", test_time_flip=flip, **TINY)  # fmt: skip
+    job_id = _start(
+        client,
+        dataset_id=dataset_id,
+        method=method,
+        epochs=2,
+        head_epochs=1,
+        model_name=f"tiny-{method}",
+        test_time_flip=flip,
+        **TINY,
+    )
     job = _finished(client, job_id, log)
     assert job["status"] == "succeeded", (job["error"], log.read_text()[-3000:])
     assert job["progress"] == 1.0
@@ -80,8 +88,9 @@ def test_each_method_trains_evaluates_and_registers_a_version(
         finetune = next(c for c in job["result"]["candidates"] if c["method"] == "finetune")
         chosen_rate = finetune["settings"]["learning_rate"]  # tiny data: every rate tried
         assert [r["learning_rate"] for r in finetune["settings"]["learning_rates_tried"]] == [
-            1e-4, 3e-4
-        ]  # fmt: skip
+            1e-4,
+            3e-4,
+        ]
         assert rates[0] == pytest.approx(chosen_rate, rel=1e-3)  # the end of the warm-up
         assert 0 <= rates[1] < rates[0]  # cosine decay to zero at the end
     expected_epochs = len(stages)
@@ -151,12 +160,14 @@ def test_saved_model_takes_raw_pixels_of_any_size(stack, dataset_id: str) -> Non
     from app.services.model_versions import model_store
 
     client, log = stack
-    job_id = _start(client, dataset_id=dataset_id, method="bottleneck", epochs=1,
-                    model_name="tiny-raw", **TINY)  # fmt: skip
+    job_id = _start(
+        client, dataset_id=dataset_id, method="bottleneck", epochs=1, model_name="tiny-raw", **TINY
+    )
     first_job = _finished(client, job_id, log)
     assert first_job["status"] == "succeeded"
-    second = _start(client, dataset_id=dataset_id, method="bottleneck", epochs=1,
-                    model_name="tiny-raw", **TINY)  # fmt: skip
+    second = _start(
+        client, dataset_id=dataset_id, method="bottleneck", epochs=1, model_name="tiny-raw", **TINY
+    )
     second_job = _finished(client, second, log)
     assert second_job["result"]["model"]["version"] == 2
     with session_scope() as session:
@@ -175,8 +186,13 @@ def test_saved_model_takes_raw_pixels_of_any_size(stack, dataset_id: str) -> Non
 
 def test_second_bottleneck_job_reuses_cached_features(stack, dataset_id: str) -> None:
     client, log = stack
-    request = {"dataset_id": dataset_id, "method": "bottleneck", "epochs": 1, **TINY,
-               "image_size": 48}  # fmt: skip
+    request = {
+        "dataset_id": dataset_id,
+        "method": "bottleneck",
+        "epochs": 1,
+        **TINY,
+        "image_size": 48,
+    }
     first = _finished(client, _start(client, **request), log)
     second = _finished(client, _start(client, **request), log)
     assert first["result"]["feature_cache_hit"] is False
@@ -237,8 +253,9 @@ def test_a_job_whose_data_is_broken_fails_with_a_readable_error(stack, dataset_i
         "/datasets", files={"file": ("b.zip", archive.read_bytes())}, data={"name": "broken"}
     ).json()
     (Path(get_settings().datasets_dir) / created["id"] / "manifest.json").unlink()
-    job = _finished(client, _start(client, dataset_id=created["id"], method="scratch",
-                                   epochs=1, **TINY), log)  # fmt: skip
+    job = _finished(
+        client, _start(client, dataset_id=created["id"], method="scratch", epochs=1, **TINY), log
+    )
     assert job["status"] == "failed"
     assert job["error"].startswith("ObjectNotFoundError")
     assert f"{created['id']}/manifest.json is not in {get_settings().datasets_dir}" in job["error"]
@@ -282,9 +299,12 @@ def test_queued_job_cancel_is_immediate(stack, dataset_id: str) -> None:
     client, _ = stack
     with session_scope() as session:  # queued but never sent: no worker can race the cancel
         job = jobs.create_job(
-            session, method=Method.SCRATCH, dataset_id=uuid.UUID(dataset_id),
-            parameters={}, owner=None,
-        )  # fmt: skip
+            session,
+            method=Method.SCRATCH,
+            dataset_id=uuid.UUID(dataset_id),
+            parameters={},
+            owner=None,
+        )
         job_id = job.id
     assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "cancelled"
     training.run_job(job_id=job_id, worker_id="late-delivery/1")

@@ -85,20 +85,28 @@ def trained_model(tmp_path_factory) -> keras.Model:
         for path in sorted((CATS_DOGS / split / label).iterdir())[:count]
     ]
     config = TrainConfig(
-        method=Method.BOTTLENECK, image_size=SIZE, epochs=30, batch_size=32,
-        learning_rate=3e-3, dropout=0.5, seed=1,
-    )  # fmt: skip
+        method=Method.BOTTLENECK,
+        image_size=SIZE,
+        epochs=30,
+        batch_size=32,
+        learning_rate=3e-3,
+        dropout=0.5,
+        seed=1,
+    )
     splits = ManifestSplits(
-        {"classes": ["cats", "dogs"], "images": images}, files=lambda _: CATS_DOGS,
-        image_size=SIZE, max_pixels=10**8,
-    )  # fmt: skip
+        {"classes": ["cats", "dogs"], "images": images},
+        files=lambda _: CATS_DOGS,
+        image_size=SIZE,
+        max_pixels=10**8,
+    )
     weights = bases.find_weights(SPEC, weights_dir=SHARED / "weights")
     assert weights is not None
     source = PretrainedSource(
-        weights_path=weights, weights_sha256="test", dataset_fingerprint=hashlib.sha256(
-            json.dumps(images).encode()).hexdigest(),
+        weights_path=weights,
+        weights_sha256="test",
+        dataset_fingerprint=hashlib.sha256(json.dumps(images).encode()).hexdigest(),
         feature_cache_dir=tmp_path_factory.mktemp("features"),
-    )  # fmt: skip
+    )
     outcome = train(config, splits=splits, hooks=TrainingHooks(), pretrained=source)
     assert outcome.details["validation_accuracy"] >= 0.9
     return outcome.model
@@ -110,8 +118,13 @@ def _random_pretrained(base_name: str, *, classes: int, image_size: int) -> kera
     base = bases.build_base(spec, image_size=image_size, weights=None)
     dim = base.output_shape[-1]
     features = np.random.default_rng(0).normal(size=(64, dim)).astype(np.float32)
-    head = build_head(HeadSpec(kind=HeadKind.LINEAR, l2=1e-3), feature_dim=dim,
-                      class_count=classes, train_x=features, seed=0)  # fmt: skip
+    head = build_head(
+        HeadSpec(kind=HeadKind.LINEAR, l2=1e-3),
+        feature_dim=dim,
+        class_count=classes,
+        train_x=features,
+        seed=0,
+    )
     return builders.build_pretrained_model(base, head, spec, image_size=image_size)
 
 

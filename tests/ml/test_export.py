@@ -49,8 +49,13 @@ def _pretrained(base_name: str, classes: int, image_size: int, kind: HeadKind) -
     keras.utils.set_random_seed(4)
     dim = base.output_shape[-1]
     features = np.random.default_rng(4).normal(1.0, 2.0, (64, dim)).astype(np.float32)
-    head = build_head(HeadSpec(kind=kind, l2=1e-3, dropout=0.5), feature_dim=dim,
-                      class_count=classes, train_x=features, seed=4)  # fmt: skip
+    head = build_head(
+        HeadSpec(kind=kind, l2=1e-3, dropout=0.5),
+        feature_dim=dim,
+        class_count=classes,
+        train_x=features,
+        seed=4,
+    )
     return builders.build_pretrained_model(base, head, spec, image_size=image_size)
 
 

@@ -126,29 +126,48 @@ def test_same_seed_same_run(method: str, tmp_path: Path) -> None:
     from app.ml.train import PretrainedSource
 
     config = TrainConfig(
-        method=Method(method), image_size=32, epochs=2, batch_size=4, learning_rate=1e-3,
-        dropout=0.3, seed=11, base_model="mobilenet", augmentation=Augmentation(), head_epochs=1,
-    )  # fmt: skip
+        method=Method(method),
+        image_size=32,
+        epochs=2,
+        batch_size=4,
+        learning_rate=1e-3,
+        dropout=0.3,
+        seed=11,
+        base_model="mobilenet",
+        augmentation=Augmentation(),
+        head_epochs=1,
+    )
     runs = []
     for attempt in range(2):
         records: list = []
         weights = bases.find_weights(bases.BASES[bases.BaseName.MOBILENET], weights_dir=WEIGHTS)
         assert weights is not None
         source = PretrainedSource(
-            weights_path=weights, weights_sha256="tiny-test",
-            feature_cache_dir=tmp_path / f"cache{attempt}", dataset_fingerprint="tiny",
-        )  # fmt: skip
-        outcome = train(config, splits=_tiny_splits(), hooks=TrainingHooks(
-            on_epoch_end=records.append), pretrained=source)  # fmt: skip
+            weights_path=weights,
+            weights_sha256="tiny-test",
+            feature_cache_dir=tmp_path / f"cache{attempt}",
+            dataset_fingerprint="tiny",
+        )
+        outcome = train(
+            config,
+            splits=_tiny_splits(),
+            hooks=TrainingHooks(on_epoch_end=records.append),
+            pretrained=source,
+        )
         runs.append(([(r.loss, r.val_loss) for r in records], outcome.evaluation))
     assert runs[0] == runs[1]
     assert runs[0][1]["split"] == "validation"  # no test split: evaluated on validation
 
 
 TINY_SCRATCH = TrainConfig(
-    method=Method.SCRATCH, image_size=32, epochs=1, batch_size=4, learning_rate=1e-3, dropout=0.0,
+    method=Method.SCRATCH,
+    image_size=32,
+    epochs=1,
+    batch_size=4,
+    learning_rate=1e-3,
+    dropout=0.0,
     seed=3,
-)  # fmt: skip
+)
 
 
 def _scratch_classifier() -> keras.Model:
@@ -209,9 +228,12 @@ def test_loading_images_reports_progress_which_is_the_jobs_heartbeat(
         items.append({"split": "train", "label": "ab"[index % 2], "file": file})
     reports: list[dict] = []
     splits = data.ManifestSplits(
-        {"classes": ["a", "b"], "images": items}, files=lambda _: tmp_path, image_size=16,
-        max_pixels=10**6, on_progress=reports.append,
-    )  # fmt: skip
+        {"classes": ["a", "b"], "images": items},
+        files=lambda _: tmp_path,
+        image_size=16,
+        max_pixels=10**6,
+        on_progress=reports.append,
+    )
     assert len(splits.arrays("train")) == 5
     assert [r["images"] for r in reports] == [0, 1, 2, 3, 4]
     assert all(r["stage"] == "loading" and r["of"] == 5 for r in reports)
@@ -251,9 +273,16 @@ def test_every_bases_top_block_starts_at_its_cached_input_and_holds_what_is_unfr
 
 def _auto_config(**changes: object) -> TrainConfig:
     config = TrainConfig(
-        method=Method.AUTO, image_size=32, epochs=1, batch_size=4, learning_rate=None,
-        dropout=0.0, seed=5, base_model="mobilenet", head_epochs=2,
-    )  # fmt: skip
+        method=Method.AUTO,
+        image_size=32,
+        epochs=1,
+        batch_size=4,
+        learning_rate=None,
+        dropout=0.0,
+        seed=5,
+        base_model="mobilenet",
+        head_epochs=2,
+    )
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
 
 
@@ -265,12 +294,18 @@ def _auto_run(
     weights = bases.find_weights(bases.BASES[bases.BaseName.MOBILENET], weights_dir=WEIGHTS)
     assert weights is not None
     source = PretrainedSource(
-        weights_path=weights, weights_sha256="tiny-test", feature_cache_dir=tmp_path,
+        weights_path=weights,
+        weights_sha256="tiny-test",
+        feature_cache_dir=tmp_path,
         dataset_fingerprint="tiny",
-    )  # fmt: skip
+    )
     records: list = []
-    outcome = train(config, splits=splits or _tiny_splits(), hooks=TrainingHooks(
-        on_epoch_end=records.append), pretrained=source)  # fmt: skip
+    outcome = train(
+        config,
+        splits=splits or _tiny_splits(),
+        hooks=TrainingHooks(on_epoch_end=records.append),
+        pretrained=source,
+    )
     return outcome, records
 
 
@@ -362,8 +397,15 @@ def test_auto_trains_scratch_too_where_there_are_enough_images(tmp_path: Path) -
     [("scratch", 7), ("bottleneck", 7), ("finetune", 60 + 7), ("auto", 60 + 7)],
 )
 def test_progress_counts_only_the_stages_a_method_trains(method: str, most_epochs: int) -> None:
-    config = TrainConfig(method=Method(method), image_size=32, epochs=7, batch_size=8,
-                         learning_rate=1e-3, dropout=0.5, seed=1)  # fmt: skip
+    config = TrainConfig(
+        method=Method(method),
+        image_size=32,
+        epochs=7,
+        batch_size=8,
+        learning_rate=1e-3,
+        dropout=0.5,
+        seed=1,
+    )
     assert config.head_epochs == 60  # the default, also where the method has no head stage
     assert config.most_epochs == most_epochs
     # epochs left unset: progress counts the most the run can train (train.py's fallbacks)

@@ -35,9 +35,11 @@ def source(tmp_path: Path) -> Path:
 
 def s3_objects(settings: dict[str, str], tmp_path: Path) -> S3ObjectStore:
     location = S3Location(
-        bucket=settings["S3_BUCKET"], prefix="tenant-a/models/",
-        endpoint_url=settings["S3_ENDPOINT_URL"], region="us-east-1",
-    )  # fmt: skip
+        bucket=settings["S3_BUCKET"],
+        prefix="tenant-a/models/",
+        endpoint_url=settings["S3_ENDPOINT_URL"],
+        region="us-east-1",
+    )
     return S3ObjectStore(location, staging_root=tmp_path / "staging")
 
 
@@ -64,9 +66,11 @@ def test_write_then_verify_round_trip(store: ModelStore, source: Path) -> None:
     assert manifest["metadata"] == {"a": 1}
     assert stored.size_bytes > 700
     assert sorted(found.key for found in store.objects.keys("")) == [
-        "pets/v1/MANIFEST.json", "pets/v1/assets/extra.txt", "pets/v1/labels.json",
+        "pets/v1/MANIFEST.json",
+        "pets/v1/assets/extra.txt",
+        "pets/v1/labels.json",
         "pets/v1/model.keras",
-    ]  # fmt: skip
+    ]
     assert store.latest_version("pets") == 1
     assert store.latest_version("cats") == 0
 
@@ -113,9 +117,11 @@ def test_added_files_replace_the_manifest_in_one_write(store: ModelStore, source
     extra = source.parent / "model.onnx"
     extra.write_bytes(b"onnx")
     added = store.add_files(
-        "pets/v1", expected_sha256=stored.sha256, sources={"model.onnx": extra},
+        "pets/v1",
+        expected_sha256=stored.sha256,
+        sources={"model.onnx": extra},
         metadata={"exports": {"onnx": "ok"}},
-    )  # fmt: skip
+    )
     assert added.sha256 != stored.sha256
     folder = store.verified_path("pets/v1", expected_sha256=added.sha256)
     assert (folder / "model.onnx").read_bytes() == b"onnx"
@@ -203,10 +209,19 @@ def test_a_crash_before_the_manifest_leaves_no_version(
     s3_settings: dict[str, str], tmp_path: Path, source: Path
 ) -> None:
     crashed = subprocess.run(
-        [sys.executable, "-c", CRASH_BEFORE_MANIFEST, s3_settings["S3_BUCKET"],
-         s3_settings["S3_ENDPOINT_URL"], str(source), str(tmp_path / "crash-cache")],
-        check=False, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            CRASH_BEFORE_MANIFEST,
+            s3_settings["S3_BUCKET"],
+            s3_settings["S3_ENDPOINT_URL"],
+            str(source),
+            str(tmp_path / "crash-cache"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert crashed.returncode == 9, crashed.stderr
     left = bucket_keys(s3_settings)
     assert "tenant-a/models/pets/v1/model.keras" in left  # the files made it, the manifest not
@@ -220,6 +235,9 @@ def test_a_crash_before_the_manifest_leaves_no_version(
         store.write_version(name="pets", version=1, source_dir=source, metadata={})
     # ...and the next one is whole.
     stored = store.write_version(name="pets", version=2, source_dir=source, metadata={})
-    manifest = json.loads((store.verified_path("pets/v2", expected_sha256=stored.sha256) /
-                           "MANIFEST.json").read_text())  # fmt: skip
+    manifest = json.loads(
+        (
+            store.verified_path("pets/v2", expected_sha256=stored.sha256) / "MANIFEST.json"
+        ).read_text()
+    )
     assert manifest["version"] == 2

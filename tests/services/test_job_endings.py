@@ -34,9 +34,12 @@ def _job(*, name: str = "pets", owner: str = "alice", running: bool = True) -> u
         lock_key(session, model_name_key(name))
         model_versions.claim_name(session, name=name, owner=owner)
         job = jobs.create_job(
-            session, method="bottleneck", dataset_id=None, owner=owner,
+            session,
+            method="bottleneck",
+            dataset_id=None,
+            owner=owner,
             parameters={"model_name": name},
-        )  # fmt: skip
+        )
         job_id = job.id
     if running:
         assert training.claim_job(job_id=job_id, worker_id=WORKER) == "bottleneck"
@@ -49,12 +52,16 @@ def _register(job_id: uuid.UUID, tmp_path: Path, *, name: str = "pets") -> Model
     files.mkdir()
     (files / "model.keras").write_bytes(b"weights")
     return model_versions.register_version(
-        name=name, job_id=job_id, owner="alice", source_dir=files, metadata={},
+        name=name,
+        job_id=job_id,
+        owner="alice",
+        source_dir=files,
+        metadata={},
         metrics_summary={},
         still_valid=lambda session: training.allow_registration(
             session, job_id=job_id, worker_id=WORKER
         ),
-    )  # fmt: skip
+    )
 
 
 def _cancel(job_id: uuid.UUID) -> TrainingJob:

@@ -14,6 +14,8 @@ from sqlalchemy import select
 from app.db.models import WORKER_CHECK, JobStatus, TrainingJob
 from app.db.session import session_scope
 from app.services import jobs, training
+from app.services.training import lifecycle
+from app.services.training.run import JobReporter
 from tests.conftest import migrate
 from tests.processes import wait_until
 
@@ -106,8 +108,19 @@ def test_a_method_this_worker_cannot_run_fails_the_job(
     assert "cannot run method 'worker_check'" in (job.error or "")
 
 
-def test_unknown_job_id_is_ignored(database: None) -> None:
-    training.run_job(job_id=uuid.uuid4(), worker_id="w1")  # no row: nothing to claim, no error
+def test_unknown_job_id_is_ignored(database: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message whose job row does not exist (deleted, or of another database) claims
+    nothing, runs nothing and writes nothing."""
+    ran: list[uuid.UUID] = []
+    monkeypatch.setitem(
+        training.METHOD_RUNNERS, WORKER_CHECK, lambda job_id, worker_id: ran.append(job_id) or {}
+    )
+    unknown = uuid.uuid4()
+    assert training.claim_job(job_id=unknown, worker_id="w1") is None
+    training.run_job(job_id=unknown, worker_id="w1")
+    assert ran == []
+    with session_scope() as session:
+        assert session.scalar(select(TrainingJob.id)) is None  # no row was made for it
 
 
 @pytest.mark.parametrize(
@@ -131,26 +144,26 @@ def test_default_model_names_are_valid_store_names(dataset_name: str, expected: 
 def test_only_a_process_of_this_exact_host_can_be_declared_dead(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(training.socket, "gethostname", lambda: "worker-1")
+    monkeypatch.setattr(lifecycle.socket, "gethostname", lambda: "worker-1")
     gone_pid = "2147483646"  # no such process
-    assert training._process_is_gone(f"celery@worker-1/{gone_pid}")
+    assert lifecycle.process_is_gone(f"celery@worker-1/{gone_pid}")
     # worker-12's job is not worker-1's to take over, though "worker-1" is in "worker-12"
-    assert not training._process_is_gone(f"celery@worker-12/{gone_pid}")
-    assert not training._process_is_gone(f"celery@a-worker-1/{gone_pid}")
-    assert not training._process_is_gone(f"celery@worker-1/{os.getpid()}")  # alive
+    assert not lifecycle.process_is_gone(f"celery@worker-12/{gone_pid}")
+    assert not lifecycle.process_is_gone(f"celery@a-worker-1/{gone_pid}")
+    assert not lifecycle.process_is_gone(f"celery@worker-1/{os.getpid()}")  # alive
 
 
 def test_a_killed_process_nobody_has_reaped_yet_is_dead(monkeypatch: pytest.MonkeyPatch) -> None:
     # A killed worker's pool child is reaped by init, maybe later (a container may have no
     # init at all): until then kill(pid, 0) still finds it, a zombie.
-    monkeypatch.setattr(training.socket, "gethostname", lambda: "worker-1")
+    monkeypatch.setattr(lifecycle.socket, "gethostname", lambda: "worker-1")
     child = subprocess.Popen(["sleep", "60"])
     try:
-        assert not training._process_is_gone(f"celery@worker-1/{child.pid}")
+        assert not lifecycle.process_is_gone(f"celery@worker-1/{child.pid}")
         child.kill()
         wait_until(lambda: _state(child.pid) == "Z", timeout=10, what="the zombie")
         os.kill(child.pid, 0)  # still there for kill...
-        assert training._process_is_gone(f"celery@worker-1/{child.pid}")  # ...but dead
+        assert lifecycle.process_is_gone(f"celery@worker-1/{child.pid}")  # ...but dead
     finally:
         child.kill()
         child.wait()
@@ -164,9 +177,15 @@ def _record(epoch: int) -> Any:
     from app.ml.fitting import EpochRecord
 
     return EpochRecord(
-        stage="train", epoch=epoch, loss=1.0, accuracy=0.5, val_loss=1.0, val_accuracy=0.5,
-        learning_rate=1e-3, seconds=1.0,
-    )  # fmt: skip
+        stage="train",
+        epoch=epoch,
+        loss=1.0,
+        accuracy=0.5,
+        val_loss=1.0,
+        val_accuracy=0.5,
+        learning_rate=1e-3,
+        seconds=1.0,
+    )
 
 
 def test_a_worker_whose_job_was_taken_over_stops_and_records_nothing(
@@ -177,7 +196,7 @@ def test_a_worker_whose_job_was_taken_over_stops_and_records_nothing(
     from app.db.models import EpochMetric
 
     def runner(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
-        reporter = training._JobReporter(job_id, worker_id, total_epochs=2)
+        reporter = JobReporter(job_id, worker_id, total_epochs=2)
         reporter.on_epoch_end(_record(1))
         with session_scope() as session:  # w1 was thought dead: w2 claimed the job
             session.execute(
@@ -208,9 +227,13 @@ def test_feature_caches_are_per_owner_and_keyed_on_the_dtype_policy(tmp_path) ->
     alice = owner_key("alice")
     assert alice != owner_key("bob")
     assert "alice" not in alice  # the folder name tells nothing of the owner
-    what = {"dataset_fingerprint": "f", "base_model": "mobilenet", "weights_sha256": "w",
-            "image_size": 32,
-            "request": FeatureRequest(views={"train": ("original",)}, top_inputs=True)}  # fmt: skip
+    what = {
+        "dataset_fingerprint": "f",
+        "base_model": "mobilenet",
+        "weights_sha256": "w",
+        "image_size": 32,
+        "request": FeatureRequest(views={"train": ("original",)}, top_inputs=True),
+    }
     float32 = feature_cache_key(**what)
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:

@@ -120,7 +120,7 @@ def read_dataset(dataset: ValidDataset) -> DatasetRead:
 )
 def delete_dataset(dataset: ValidDataset, session: SessionDep) -> Response:
     """Delete the dataset's rows and image files (409 while a job uses it)."""
-    datasets.delete_dataset(session, dataset=dataset, settings=get_settings())
+    datasets.delete_dataset(session, dataset=dataset)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -190,9 +190,12 @@ async def add_version(
     try:
         form = validate_form(DatasetVersionForm, upload.fields)
         options = datasets.VersionOptions(
-            validation_fraction=form.validation_fraction, test_fraction=form.test_fraction,
-            seed=form.seed, remove=form.remove_set(), parent_version=form.parent_version,
-        )  # fmt: skip
+            validation_fraction=form.validation_fraction,
+            test_fraction=form.test_fraction,
+            seed=form.seed,
+            remove=form.remove_set(),
+            parent_version=form.parent_version,
+        )
         dataset = await run_in_threadpool(
             lambda: datasets.add_version(
                 session,
@@ -233,15 +236,22 @@ def add_version_from_review(
         session, dataset_id=dataset_id, version=body.parent_version, principal=principal
     )
     selection = review.labeled_items(
-        session, owner=parent.owner, model=body.model, item_ids=body.item_ids, settings=settings
+        session, owner=parent.owner, model=body.model, item_ids=body.item_ids
     )
     options = datasets.VersionOptions(
-        validation_fraction=body.validation_fraction, test_fraction=body.test_fraction,
-        seed=body.seed, remove=frozenset(body.remove), parent_version=body.parent_version,
-    )  # fmt: skip
+        validation_fraction=body.validation_fraction,
+        test_fraction=body.test_fraction,
+        seed=body.seed,
+        remove=frozenset(body.remove),
+        parent_version=body.parent_version,
+    )
     dataset = datasets.add_version(
-        session, dataset_id=dataset_id, principal=principal, options=options, settings=settings,
+        session,
+        dataset_id=dataset_id,
+        principal=principal,
+        options=options,
+        settings=settings,
         labeled=selection.images,
-        before_commit=lambda s: review.consume(s, selection=selection, settings=settings),
-    )  # fmt: skip
+        before_commit=lambda s: review.consume(s, selection=selection),
+    )
     return DatasetRead.model_validate(dataset)

@@ -12,6 +12,7 @@ from app.api.deps import MAX_OFFSET, Admin, JobRequest, SessionDep, Trainer, Val
 from app.core.config import get_settings
 from app.db.models import WORKER_CHECK, JobStatus
 from app.schemas.jobs import EpochRead, JobAccepted, JobCreate, JobMetrics, JobRead
+from app.schemas.results import JobResult
 from app.services import jobs, plots
 
 router = APIRouter(tags=["jobs"])
@@ -35,10 +36,11 @@ def create_job(request: JobRequest, session: SessionDep, principal: Trainer) -> 
     job = jobs.submit_training_job(
         session, request=request, principal=principal, settings=get_settings()
     )
-    return JobAccepted(id=job.id, status=job.status)
+    return JobAccepted(id=job.id, status=JobStatus(job.status))
 
 
-@router.get("/jobs", response_model=list[JobRead])
+# exclude_unset: a result keeps the fields it was stored with (older ones have fewer)
+@router.get("/jobs", response_model=list[JobRead], response_model_exclude_unset=True)
 def list_jobs(
     session: SessionDep,
     principal: Trainer,
@@ -49,13 +51,17 @@ def list_jobs(
 ) -> list[JobRead]:
     """Jobs, newest first; filter by dataset and/or status."""
     found = jobs.list_jobs(
-        session, principal=principal, dataset_id=dataset_id, status=status, limit=limit,
+        session,
+        principal=principal,
+        dataset_id=dataset_id,
+        status=status,
+        limit=limit,
         offset=offset,
-    )  # fmt: skip
+    )
     return [JobRead.model_validate(job) for job in found]
 
 
-@router.get("/jobs/{job_id}", response_model=JobRead)
+@router.get("/jobs/{job_id}", response_model=JobRead, response_model_exclude_unset=True)
 def read_job(job: ValidJob) -> JobRead:
     """A job's status, progress, timestamps, result and error."""
     return JobRead.model_validate(job)
@@ -64,6 +70,7 @@ def read_job(job: ValidJob) -> JobRead:
 @router.post(
     "/jobs/{job_id}/cancel",
     response_model=JobRead,
+    response_model_exclude_unset=True,
     responses={409: {"description": "the job has already finished"}},
 )
 def cancel_job(job: ValidJob, session: SessionDep) -> JobRead:
@@ -71,20 +78,24 @@ def cancel_job(job: ValidJob, session: SessionDep) -> JobRead:
     return JobRead.model_validate(jobs.cancel_job(session, job=job))
 
 
-@router.get("/jobs/{job_id}/metrics", response_model=JobMetrics)
+@router.get("/jobs/{job_id}/metrics", response_model=JobMetrics, response_model_exclude_unset=True)
 def job_metrics(job: ValidJob, session: SessionDep) -> JobMetrics:
     """Per-epoch curves (available while the job runs) and, once done, the evaluation."""
-    result = job.result or {}
+    result = (
+        JobResult.model_validate(job.result)
+        if job.result is not None and job.method != WORKER_CHECK
+        else None
+    )
     return JobMetrics(
         job_id=job.id,
-        status=job.status,
+        status=JobStatus(job.status),
         progress=job.progress,
         epochs=[EpochRead.model_validate(m) for m in jobs.epoch_metrics(session, job_id=job.id)],
-        best_epoch=result.get("best_epoch"),
-        evaluation=result.get("evaluation"),
-        candidates=result.get("candidates", []),
-        chosen=result.get("chosen"),
-        warnings=result.get("warnings", []),
+        best_epoch=result.best_epoch if result else None,
+        evaluation=result.evaluation if result else None,
+        candidates=result.candidates if result else [],
+        chosen=result.chosen if result else None,
+        warnings=result.warnings if result else [],
     )
 
 
@@ -119,7 +130,10 @@ def check_workers(session: SessionDep, principal: Admin) -> JobAccepted:
     """Queue a job that makes a training worker report its TensorFlow version, devices
     (GPUs) and pretrained weight files: proof that a worker picks jobs up and can train."""
     job = jobs.submit_job(
-        session, method=WORKER_CHECK, dataset_id=None, parameters={},
+        session,
+        method=WORKER_CHECK,
+        dataset_id=None,
+        parameters={},
         owner=principal.owner,
-    )  # fmt: skip
-    return JobAccepted(id=job.id, status=job.status)
+    )
+    return JobAccepted(id=job.id, status=JobStatus(job.status))

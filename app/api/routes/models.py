@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from app.api.deps import ModelCacheDep, RegistryReader, SessionDep, Trainer, VersionNumber
 from app.core.errors import ModelUnavailableError
 from app.db.models import ExportStatus, ModelExport
+from app.db.session import after_commit
 from app.schemas.models import ExportRead, ModelRead, ModelVersionRead
 from app.services import exports, model_versions
 from app.services.exports import DownloadFormat
@@ -68,12 +69,12 @@ def activate_version(
         # vanished while loading mean the version is gone: that is a 404, not a broken model.
         model_versions.version_ref(name=name, version=version, principal=principal)
         raise
-    activated = ModelVersionRead.model_validate(
-        model_versions.activate_version(session, name=name, version=version, principal=principal)
+    activated = model_versions.activate_version(
+        session, name=name, version=version, principal=principal
     )
-    session.commit()  # before forgetting: a prediction now must read the new active version
-    cache.forget_resolutions()
-    return activated
+    # Forgotten once committed: a prediction from now on reads the new active version.
+    after_commit(session, cache.forget_resolutions)
+    return ModelVersionRead.model_validate(activated)
 
 
 _EXPORT_PENDING: dict[int | str, dict[str, Any]] = {
@@ -112,27 +113,31 @@ def download_version(
     filename = exports.download_name(ref, format)
     if format not in exports.BUILT_ON_DEMAND:
         return FileResponse(
-            exports.version_file(ref, format), media_type="application/octet-stream",
+            exports.version_file(ref, format),
+            media_type="application/octet-stream",
             filename=filename,
-        )  # fmt: skip
+        )
     export = exports.request_export(session, version=row, fmt=format)
     exports.refuse_failed(export, ref=ref)
     if export.status != ExportStatus.READY:
         return _pending(export)
-    return FileResponse(exports.ready_file(export), media_type="application/gzip",
-                        filename=filename)  # fmt: skip
+    return FileResponse(
+        exports.ready_file(export), media_type="application/gzip", filename=filename
+    )
 
 
 def _pending(export: ModelExport) -> JSONResponse:
     body = ExportRead.model_validate(export).model_dump(mode="json")
     return JSONResponse(
-        body, status_code=status.HTTP_202_ACCEPTED,
+        body,
+        status_code=status.HTTP_202_ACCEPTED,
         headers={"Retry-After": str(exports.RETRY_AFTER_SECONDS)},
-    )  # fmt: skip
+    )
 
 
-@router.get("/{name}/versions/{version}/exports", response_model=list[ExportRead],
-            responses=_NOT_FOUND)  # fmt: skip
+@router.get(
+    "/{name}/versions/{version}/exports", response_model=list[ExportRead], responses=_NOT_FOUND
+)
 def list_exports(
     name: str, version: VersionNumber, session: SessionDep, principal: Trainer
 ) -> list[ExportRead]:

@@ -30,8 +30,12 @@ _INFER_BODY: dict[str, Any] = {
                 "schema": InferRequest.model_json_schema(),
                 "example": {
                     "inputs": [
-                        {"name": "image", "shape": [1], "datatype": "BYTES",
-                         "data": ["<base64 image file>"]}
+                        {
+                            "name": "image",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": ["<base64 image file>"],
+                        }
                     ]
                 },
             },
@@ -42,7 +46,7 @@ _INFER_BODY: dict[str, Any] = {
             },
         },
     }
-}  # fmt: skip
+}
 
 
 @router.get("/health/live")
@@ -81,9 +85,11 @@ def _metadata(
         row.version for row in model_versions.list_versions(session, name=name, principal=principal)
     ]
     return open_inference.model_metadata(
-        name, sorted(versions) if version is None else [ref.version], classifier.classes,
+        name,
+        sorted(versions) if version is None else [ref.version],
+        classifier.classes,
         classifier.image_size,
-    )  # fmt: skip
+    )
 
 
 @router.get("/models/{name}", responses={404: {"description": "unknown model"}})

@@ -117,10 +117,9 @@ async def predict_json(
 ) -> JSONResponse:
     """The same as `POST /predict` for clients that cannot send multipart: images as base64."""
     images = [
-        ImagePayload(data=decode_base64(image.b64, what=f"image {i + 1}"),
-                     filename=image.filename)
+        ImagePayload(data=decode_base64(image.b64, what=f"image {i + 1}"), filename=image.filename)
         for i, image in enumerate(body.images)
-    ]  # fmt: skip
+    ]
     result = await inference.predict_images(
         cache=cache,
         budget=budget,

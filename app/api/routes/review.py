@@ -93,10 +93,13 @@ def queue_counts(session: SessionDep, principal: Trainer) -> ReviewCounts:
     found = review.counts(session, principal=principal)
     settings = get_settings()
     return ReviewCounts(
-        pending=found.pending, labeled=found.labeled, bytes=found.bytes, by_model=found.by_model,
+        pending=found.pending,
+        labeled=found.labeled,
+        bytes=found.bytes,
+        by_model=found.by_model,
         max_items=settings.review_max_items_per_owner,
         max_bytes=settings.review_max_bytes_per_owner,
-    )  # fmt: skip
+    )
 
 
 @router.get("/review/items/{item_id}", response_model=ReviewItemRead, responses=_NOT_FOUND)
@@ -146,5 +149,5 @@ def label_item(
 )
 def discard_item(item: ValidItem, session: SessionDep) -> Response:
     """Discard the item and its image."""
-    review.discard_item(session, item=item, settings=get_settings())
+    review.discard_item(session, item=item)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

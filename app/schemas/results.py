@@ -1,0 +1,136 @@
+"""What a finished job produced, as one typed shape: the worker writes a `JobResult` to the
+job's row, the API returns it (`GET /jobs/{id}` and `/metrics`), and the console and the
+client read it (tests/test_client_types.py ties the client's types to this schema)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.ml.config import Method
+
+
+class ClassScores(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Evaluation(BaseModel):
+    """A model's answers on one split: accuracy, per-class scores, the confusion matrix."""
+
+    accuracy: float
+    samples: int
+    per_class: dict[str, ClassScores]
+    confusion_matrix: list[list[int]] = Field(description="rows: true class, columns: predicted")
+    classes: list[str]
+    split: str | None = Field(default=None, description="test, or validation without a test split")
+
+
+class Candidate(BaseModel):
+    """One model a run trained (or decided not to), with its scores."""
+
+    method: Method
+    settings: dict[str, Any] = Field(description="what it was trained with (method-specific)")
+    validation: dict[str, float] | None = Field(default=None, description="accuracy, loss")
+    test: dict[str, float] | None = Field(default=None, description="accuracy")
+    seconds: float = 0.0
+    skipped: str | None = Field(default=None, description="why it was not trained")
+
+
+class Chosen(BaseModel):
+    """The model kept, and why (validation decides; the test split never does)."""
+
+    method: Method
+    reason: str
+
+
+class ModelRef(BaseModel):
+    """The model version a job registered."""
+
+    name: str
+    version: int
+    id: uuid.UUID
+    active: bool
+
+
+class DatasetRef(BaseModel):
+    """Which images a model learned from: every version of a dataset stays trainable."""
+
+    id: uuid.UUID
+    name: str
+    version: int
+    lineage_id: uuid.UUID
+    fingerprint: str
+
+
+class Timings(BaseModel):
+    """Where a run's time went, in seconds."""
+
+    total: float = Field(description="the training, from data loading to evaluation")
+    features: float | None = Field(
+        default=None, description="the frozen base's features (loaded or computed)"
+    )
+    saving: float = Field(description="writing the model files and its exports, registering")
+
+
+class RunRuntime(BaseModel):
+    """What the run ran on."""
+
+    gpus: list[str]
+    feature_extraction: str | None = Field(
+        default=None, description="what ran the frozen base: onnxruntime or keras (cache hit: null)"
+    )
+
+
+class JobResult(BaseModel):
+    """A training job's result. Results of earlier releases lack some fields: all but the
+    method are optional, and a field left out is left out of the answer too."""
+
+    # Fields a release wrote and this one does not know are kept as they are.
+    model_config = ConfigDict(extra="allow")
+
+    method: Method = Field(description="the method of the model kept")
+    evaluation: Evaluation | None = None
+    best_epoch: int | None = None
+    model: ModelRef | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
+    chosen: Chosen | None = None
+    warnings: list[str] = Field(default_factory=list)
+    exports: dict[str, Any] = Field(
+        default_factory=dict, description="each export made when the model was saved"
+    )
+    dataset: DatasetRef | None = None
+    timings: Timings | None = None
+    runtime: RunRuntime | None = None
+    validation_accuracy: float | None = None
+    single_view_accuracy: float | None = Field(
+        default=None, description="test_time_flip: the accuracy of the image alone"
+    )
+    feature_cache_hit: bool | None = None
+    feature_cache_key: str | None = None
+    feature_seconds: float | None = None
+    feature_runtime: str | None = None
+    weights: str | None = Field(default=None, description="the base's weights file")
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON the job row keeps: only the fields this result has."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class WorkerReport(BaseModel):
+    """What a worker check (`POST /workers/check`) reports of the worker that ran it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    python: str
+    tensorflow: str
+    keras: str
+    keras_backend: str
+    gpus: list[str]
+    cpu_devices: list[str]
+    pretrained_weights_dir: str | None
+    pretrained_weight_files: list[str]

@@ -1,0 +1,136 @@
+"""Datasets as rows: made from an uploaded zip (the first version of a lineage), read, listed
+and deleted."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.core.errors import ConflictError, NotFoundError
+from app.db.locks import dataset_lineage_key, lock_key, owner_jobs_key
+from app.db.models import Dataset, DatasetStatus, JobStatus, TrainingJob
+from app.db.session import after_commit
+from app.services.auth import Principal, visible
+from app.services.datasets.files import publish, remove_features, remove_files, staging
+from app.services.datasets.ingest import Ingest, SplitOptions
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    name: str
+    validation_fraction: float
+    test_fraction: float
+    seed: int
+    owner: str | None = None
+
+
+def ingest_zip(
+    session: Session,
+    *,
+    zip_path: Path,
+    options: IngestOptions,
+    settings: Settings,
+) -> Dataset:
+    """Validate, decode, deduplicate and split the images of an uploaded zip into a new Dataset.
+    Everything is written under a staging folder first; on any error nothing remains."""
+    dataset_id = uuid.uuid4()
+    with staging() as folder:
+        ingest = Ingest(folder, settings=settings, what="the zip")
+        ingest.add_zip(zip_path)
+        built = ingest.finish(
+            SplitOptions(
+                validation_fraction=options.validation_fraction,
+                test_fraction=options.test_fraction,
+                seed=options.seed,
+            )
+        )
+        dataset = Dataset(
+            id=dataset_id,
+            owner=options.owner,
+            name=options.name,
+            lineage_id=dataset_id,
+            version=1,
+            fingerprint=built.fingerprint,
+            status=DatasetStatus.READY.value,
+            class_names=built.classes,
+            split_counts=built.split_counts,
+            stats=built.stats,
+        )
+        session.add(dataset)
+        session.flush()
+        publish(session, folder=folder, dataset_id=dataset_id)
+    logger.info(
+        "dataset %s ingested: %d images, %d classes",
+        dataset_id,
+        len(built.images),
+        len(built.classes),
+    )
+    return dataset
+
+
+def get_dataset(session: Session, *, dataset_id: uuid.UUID, principal: Principal | None) -> Dataset:
+    """The dataset with this id if the caller may see it, or NotFoundError."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or (principal is not None and not principal.can_see(dataset.owner)):
+        raise NotFoundError(f"dataset {dataset_id} not found")
+    return dataset
+
+
+def list_datasets(
+    session: Session, *, principal: Principal, limit: int, offset: int
+) -> list[Dataset]:
+    """The caller's datasets (every dataset for an admin), newest first."""
+    query = visible(select(Dataset), Dataset.owner, principal)
+    query = query.order_by(Dataset.created_at.desc()).limit(limit).offset(offset)
+    return list(session.scalars(query))
+
+
+def delete_dataset(session: Session, *, dataset: Dataset) -> None:
+    """Remove the dataset's rows and, once that is committed, its files; refuse while a job
+    on it is queued or running. Finished jobs stay, detached from the dataset, so their history and
+    models survive."""
+    # Under the owner's jobs lock: a job submitted at the same moment either exists (and this
+    # is a 409) or waits and then finds the dataset gone (404). Under the lineage's lock: a
+    # version being made from this one either commits first (it has its own copy of every
+    # image) or finds its parent gone (404).
+    lock_key(session, owner_jobs_key(dataset.owner))
+    lock_key(session, dataset_lineage_key(dataset.lineage_id))
+    if session.scalar(select(Dataset.id).where(Dataset.id == dataset.id)) is None:
+        raise NotFoundError(f"dataset {dataset.id} not found")  # deleted meanwhile
+    active = session.scalar(
+        select(TrainingJob.id).where(
+            TrainingJob.dataset_id == dataset.id,
+            TrainingJob.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+        )
+    )
+    if active is not None:
+        raise ConflictError(f"dataset {dataset.id} is in use by job {active}; cancel it first")
+    session.execute(
+        update(TrainingJob).where(TrainingJob.dataset_id == dataset.id).values(dataset_id=None)
+    )
+    # Its cached features go too, unless another dataset of the owner has the same images
+    # (the cache is per owner and keyed by content).
+    shares_features = session.scalar(
+        select(Dataset.id).where(
+            Dataset.owner == dataset.owner,
+            Dataset.fingerprint == dataset.fingerprint,
+            Dataset.id != dataset.id,
+        )
+    )
+    session.delete(dataset)
+    # The files go only once the rows are gone for good.
+    after_commit(session, functools.partial(remove_files, dataset.id))
+    if dataset.fingerprint and shares_features is None:
+        remove = functools.partial(
+            remove_features, owner=dataset.owner, fingerprint=dataset.fingerprint
+        )
+        after_commit(session, remove)

@@ -1,0 +1,507 @@
+"""The ingest pipeline of a dataset version, the same for an uploaded zip and a new version:
+plan (which file is which class and split) -> decode and store -> deduplicate -> check -> split
+-> statistics -> manifest. No database here: it works in a staging folder, and the caller
+records the result and publishes the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import statistics
+import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.core.config import Settings
+from app.core.errors import BadRequestError, PayloadTooLargeError
+from app.ml.images import ImageDecodeError, decode_image
+from app.services.archive import (
+    ArchiveLimits,
+    ArchiveMember,
+    EntryTooLargeError,
+    is_junk,
+    list_members,
+    open_zip,
+    read_member,
+)
+from models_store import ObjectNotFoundError
+
+SPLITS = ("train", "validation", "test")
+SPLIT_FOLDER_NAMES = {
+    "train": "train",
+    "validation": "validation",
+    "val": "validation",
+    "test": "test",
+}
+MANIFEST_NAME = "manifest.json"
+MIN_CLASSES = 2
+MIN_IMAGES_PER_CLASS = 10
+# A class name is stored in columns this wide (a review item's label and top label).
+MAX_CLASS_NAME_CHARS = 200
+MAX_IMBALANCE = 3.0
+TINY_IMAGE_SIDE = 32
+MAX_LISTED = 500  # skipped/duplicate lists in a response are cut to this many entries
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """How images that come without a split (no split folders) are split, per class."""
+
+    validation_fraction: float
+    test_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    """An image to add to a dataset under a class (a labeled review item)."""
+
+    read: Callable[[], bytes]
+    label: str
+    source: str
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    member: ArchiveMember
+    split: str | None  # None: class-folder layout, split later
+    label: str
+
+
+@dataclass
+class IngestImage:
+    sha256: str
+    split: str | None
+    label: str
+    source: str
+    width: int
+    height: int
+    source_format: str
+    # Already in the version a new version is made from: it keeps its split and class.
+    existing: bool = False
+
+
+@dataclass
+class Report:
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    leakage: list[dict[str, str]] = field(default_factory=list)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A dataset version's images, classes and report, its manifest written."""
+
+    images: list[IngestImage]
+    classes: list[str]
+    split_counts: dict[str, dict[str, int]]
+    stats: dict[str, Any]
+    fingerprint: str
+    report: Report
+
+
+def require_two_classes(classes: Collection[str], *, what: str) -> None:
+    """The one rule for uploads and new versions alike: a classifier needs images of at least
+    two classes (a version that removes every image of all classes but one is refused as an
+    upload of one class folder is)."""
+    if len(classes) < MIN_CLASSES:
+        found = f" ({', '.join(sorted(classes))})" if classes else ""
+        raise BadRequestError(
+            f"a dataset needs images of at least {MIN_CLASSES} classes; {what} has "
+            f"{len(classes)}{found}"
+        )
+
+
+class Ingest:
+    """One dataset version being made in `folder` (a staging folder): images come in (a zip,
+    labeled files, the images of the version it is made from), then `finish` deduplicates,
+    checks, splits and writes the manifest."""
+
+    def __init__(self, folder: Path, *, settings: Settings, what: str) -> None:
+        self.folder = folder
+        self.settings = settings
+        self.what = what  # "the zip", "the new version": how messages name it
+        self.report = Report()
+        self.images: list[IngestImage] = []
+        # Class folders a zip declared: each must end with training images, even if all of
+        # its files were skipped (an upload's classes are its folders).
+        self.declared_classes: set[str] = set()
+        self.has_split_folders = False
+
+    # --- What comes in
+
+    def add_zip(self, zip_path: Path, *, known_classes: frozenset[str] = frozenset()) -> None:
+        """The images of a zip of class folders (or of split folders holding them). With
+        `known_classes` (a new version's), it may hold one class only, and need not repeat
+        every class in every split; without, its folders are the dataset's classes."""
+        adding = bool(known_classes)
+        with open_zip(zip_path, max_entries=self.settings.max_zip_entries) as archive:
+            candidates, has_splits = _plan(
+                _members(archive, self.settings), self.report, known_classes=known_classes
+            )
+            labels = {c.label for c in candidates}
+            if not adding:
+                self._check_class_count(labels)
+            if len(candidates) > self.settings.max_dataset_images:
+                raise PayloadTooLargeError(
+                    f"the zip holds {len(candidates)} images; a dataset may have at most "
+                    f"{self.settings.max_dataset_images}"
+                )
+            for candidate in candidates:
+                self._add_member(archive, candidate)
+        if not adding:
+            self.declared_classes |= labels
+            self.has_split_folders = has_splits
+
+    def add_labeled(self, labeled: Sequence[LabeledImage]) -> None:
+        """Image files under their labels (review items), without a split."""
+        for entry in labeled:
+            try:
+                data = entry.read()
+                image = self._store(data, split=None, label=entry.label, source=entry.source)
+                self.images.append(image)
+            except ObjectNotFoundError:
+                gone = {"file": entry.source, "reason": "the image file is gone"}
+                self.report.skipped.append(gone)
+            except ImageDecodeError as exc:
+                self.report.skipped.append({"file": entry.source, "reason": str(exc)})
+
+    def add_existing(self, images: Sequence[IngestImage]) -> None:
+        """Images the version is made from (already stored in `folder`): they keep their
+        split and class."""
+        self.images.extend(images)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.folder / "images"
+
+    def _add_member(self, archive: zipfile.ZipFile, candidate: _Candidate) -> None:
+        source = candidate.member.path
+        try:
+            data = read_member(
+                archive, candidate.member, max_bytes=self.settings.max_image_file_bytes
+            )
+            self.images.append(
+                self._store(data, split=candidate.split, label=candidate.label, source=source)
+            )
+        except EntryTooLargeError as exc:
+            self.report.skipped.append({"file": source, "reason": f"file too large: {exc}"})
+        except ImageDecodeError as exc:
+            self.report.skipped.append({"file": source, "reason": str(exc)})
+        except zipfile.BadZipFile as exc:
+            self.report.skipped.append({"file": source, "reason": f"damaged zip entry ({exc})"})
+
+    def _store(self, data: bytes, *, split: str | None, label: str, source: str) -> IngestImage:
+        """Decode one image (ImageDecodeError if it does not) and store its file by sha256."""
+        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels)
+        digest = hashlib.sha256(data).hexdigest()
+        target = self.images_dir / digest[:2] / digest
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return IngestImage(
+            sha256=digest,
+            split=split,
+            label=label,
+            source=source,
+            width=decoded.width,
+            height=decoded.height,
+            source_format=decoded.source_format,
+        )
+
+    # --- Making the version
+
+    def finish(self, split: SplitOptions) -> Built:
+        """Deduplicate, check (two classes, training images in each, the limits), split the
+        images that have no split yet, and write the manifest into the folder."""
+        images = _deduplicate(self.images, self.report)
+        classes = sorted(self.declared_classes | {i.label for i in images})
+        require_two_classes(classes, what=self.what)
+        self._check_class_count(classes)
+        if len(images) > self.settings.max_dataset_images:
+            raise PayloadTooLargeError(
+                f"{self.what} would hold {len(images)} images; a dataset may have at most "
+                f"{self.settings.max_dataset_images}"
+            )
+        _require_images_per_class(images, classes)
+        if self.has_split_folders and not any(i.split == "validation" for i in images):
+            # An upload with train/ and no validation/: validation is held out of train/.
+            _assign_splits(
+                [i for i in images if i.split == "train"],
+                validation_fraction=split.validation_fraction,
+                test_fraction=0.0,
+                seed=split.seed,
+            )
+            self.report.warnings.append(
+                f"no validation/ folder: {split.validation_fraction:.0%} of train/ per "
+                "class was held out as validation"
+            )
+        else:
+            _assign_splits(
+                [i for i in images if i.split is None],
+                validation_fraction=split.validation_fraction,
+                test_fraction=split.test_fraction,
+                seed=split.seed,
+            )
+        _write_manifest(self.folder, images, classes)
+        return Built(
+            images=images,
+            classes=classes,
+            split_counts=_split_counts_of(images, classes),
+            stats=_statistics(images, classes, self.report),
+            fingerprint=_fingerprint(images),
+            report=self.report,
+        )
+
+    def _check_class_count(self, classes: Collection[str]) -> None:
+        if len(classes) > self.settings.max_dataset_classes:
+            raise PayloadTooLargeError(
+                f"{self.what} has {len(classes)} classes; a dataset may have at most "
+                f"{self.settings.max_dataset_classes}"
+            )
+
+
+def _members(archive: zipfile.ZipFile, settings: Settings) -> list[ArchiveMember]:
+    """The zip's files, every entry checked against the archive limits first."""
+    limits = ArchiveLimits(
+        max_entries=settings.max_zip_entries,
+        max_total_bytes=settings.max_uncompressed_bytes,
+        max_ratio=settings.max_compression_ratio,
+    )
+    return list_members(archive, limits)
+
+
+def _plan(
+    members: list[ArchiveMember],
+    report: Report,
+    *,
+    known_classes: frozenset[str] = frozenset(),
+) -> tuple[list[_Candidate], bool]:
+    """Assign each file a split (or None) and a class from the folder layout.
+    Returns the candidates and whether the zip came with split folders.
+
+    `known_classes`: the classes of the dataset a zip adds images to. Such a zip may hold one
+    class only, and need not repeat every class in every split."""
+    adding = bool(known_classes)
+    files = [m for m in members if not is_junk(m.parts)]
+    if not files:
+        raise BadRequestError("the zip holds no files (besides system junk)")
+    paths = [m.parts for m in files]
+    # One enclosing folder (e.g. "my_photos/cats/1.jpg") is dropped, unless it is a split
+    # folder or a class the dataset has (a zip adding images of one class).
+    tops = {p[0] for p in paths}
+    if len(tops) == 1 and all(len(p) > 1 for p in paths):
+        (top,) = tops
+        if top.lower() not in SPLIT_FOLDER_NAMES and top not in known_classes:
+            paths = [p[1:] for p in paths]
+
+    has_splits = any(p[0].lower() in SPLIT_FOLDER_NAMES and len(p) > 2 for p in paths)
+    candidates: list[_Candidate] = []
+    for member, parts in zip(files, paths, strict=True):
+        if has_splits:
+            split = SPLIT_FOLDER_NAMES.get(parts[0].lower())
+            if split is None:
+                raise BadRequestError(
+                    f"{member.path!r} is outside the split folders: with train/ and "
+                    "validation/ (or val/, test/) every image must be in split/class/"
+                )
+            if len(parts) < 3:
+                report.skipped.append({"file": member.path, "reason": "not inside a class folder"})
+                continue
+            candidates.append(_Candidate(member=member, split=split, label=parts[1]))
+        else:
+            if len(parts) < 2:
+                report.skipped.append({"file": member.path, "reason": "not inside a class folder"})
+                continue
+            candidates.append(_Candidate(member=member, split=None, label=parts[0]))
+    if has_splits and not adding:
+        _check_split_classes(candidates)
+    labels = {c.label for c in candidates}
+    if too_long := sorted(label for label in labels if len(label) > MAX_CLASS_NAME_CHARS):
+        raise BadRequestError(
+            f"class folder names are at most {MAX_CLASS_NAME_CHARS} characters; "
+            f"{len(too_long)} are longer, e.g. {too_long[0][:60]!r}... ({len(too_long[0])})"
+        )
+    if adding:
+        if not labels:
+            raise BadRequestError("the zip holds no images inside class folders")
+    else:
+        require_two_classes(labels, what="the zip")
+    return candidates, has_splits
+
+
+def _check_split_classes(candidates: list[_Candidate]) -> None:
+    by_split: dict[str, set[str]] = defaultdict(set)
+    for candidate in candidates:
+        assert candidate.split is not None
+        by_split[candidate.split].add(candidate.label)
+    if "train" not in by_split:
+        raise BadRequestError("split folders were found, but no train/ folder")
+    train = by_split["train"]
+    problems = []
+    for split in ("validation", "test"):
+        if split not in by_split:
+            continue
+        if missing := sorted(train - by_split[split]):
+            problems.append(f"{split}/ lacks {', '.join(missing)}")
+        if extra := sorted(by_split[split] - train):
+            problems.append(f"{split}/ has {', '.join(extra)}, which train/ lacks")
+    if problems:
+        raise BadRequestError("classes must agree across splits: " + "; ".join(problems))
+
+
+def _deduplicate(images: list[IngestImage], report: Report) -> list[IngestImage]:
+    """Keep one copy of each file: drop label conflicts, keep cross-split copies in the
+    earliest split (train, then validation, then test) and report them as leakage.
+
+    An image already in the dataset (`existing`, when a version is made) always stays where
+    it is, with its class: a new copy of it is a duplicate, or leakage when it came in another
+    split's folder, and a new copy under another class is the conflict that is dropped."""
+    by_hash: dict[str, list[IngestImage]] = defaultdict(list)
+    for image in images:
+        by_hash[image.sha256].append(image)
+    rank = {None: 0, "train": 0, "validation": 1, "test": 2}
+    kept: list[IngestImage] = []
+    for digest, copies in by_hash.items():
+        labels = sorted({c.label for c in copies})
+        if len(labels) > 1:
+            report.conflicts.append(
+                {"sha256": digest, "files": [c.source for c in copies], "labels": labels}
+            )
+            kept.extend(c for c in copies if c.existing)
+            continue
+        copies.sort(key=lambda c: (not c.existing, rank[c.split], c.source))
+        keeper = copies[0]
+        kept.append(keeper)
+        for copy in copies[1:]:
+            # A new image without a split folder was never in a split: it is a plain duplicate.
+            if copy.split == keeper.split or copy.split is None:
+                report.duplicates.append({"file": copy.source, "duplicate_of": keeper.source})
+            else:
+                report.leakage.append(
+                    {
+                        "file": copy.source,
+                        "duplicate_of": keeper.source,
+                        "kept_in": str(keeper.split),
+                        "removed_from": str(copy.split),
+                    }
+                )
+    if report.conflicts:
+        report.warnings.append(
+            f"{len(report.conflicts)} image(s) appeared under different classes and were dropped"
+        )
+    return kept
+
+
+def _split_counts(n: int, fraction: float) -> int:
+    if fraction <= 0 or n < 3:
+        return 0
+    return max(1, round(n * fraction))
+
+
+def _assign_splits(
+    images: list[IngestImage], *, validation_fraction: float, test_fraction: float, seed: int
+) -> None:
+    """Stratified, seeded split of the images that have no split yet (class-folder layout),
+    or of train into train + validation when validation/ was missing."""
+    by_label: dict[str, list[IngestImage]] = defaultdict(list)
+    for image in images:
+        by_label[image.label].append(image)
+    for label in sorted(by_label):
+        # Sorting by content hash first makes the split independent of the zip's file order.
+        members = sorted(by_label[label], key=lambda i: i.sha256)
+        random.Random(f"{seed}:{label}").shuffle(members)  # noqa: S311  (a split, not a secret)
+        n_test = _split_counts(len(members), test_fraction)
+        n_validation = _split_counts(len(members) - n_test, validation_fraction)
+        for index, image in enumerate(members):
+            if index < n_test:
+                image.split = "test"
+            elif index < n_test + n_validation:
+                image.split = "validation"
+            else:
+                image.split = "train"
+
+
+def _statistics(images: list[IngestImage], classes: list[str], report: Report) -> dict[str, Any]:
+    widths = [i.width for i in images]
+    heights = [i.height for i in images]
+    train_counts = Counter(i.label for i in images if i.split == "train")
+    for label in classes:
+        if train_counts[label] < MIN_IMAGES_PER_CLASS:
+            report.warnings.append(
+                f"class {label!r} has only {train_counts[label]} training images "
+                f"(fewer than {MIN_IMAGES_PER_CLASS}); expect unstable results"
+            )
+    smallest, largest = min(train_counts.values()), max(train_counts.values())
+    if smallest and largest / smallest > MAX_IMBALANCE:
+        report.warnings.append(
+            f"classes are imbalanced ({largest}:{smallest} training images, worse than "
+            f"1:{MAX_IMBALANCE:g}); consider class_weight='auto'"
+        )
+    tiny = sum(1 for i in images if min(i.width, i.height) < TINY_IMAGE_SIDE)
+    if tiny:
+        report.warnings.append(f"{tiny} image(s) are smaller than {TINY_IMAGE_SIDE} px on a side")
+
+    def spread(values: list[int]) -> dict[str, float]:
+        return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+    return {
+        "image_count": len(images),
+        "image_sizes": {"width": spread(widths), "height": spread(heights)},
+        "formats": dict(Counter(i.source_format for i in images)),
+        "skipped_count": len(report.skipped),
+        "skipped": report.skipped[:MAX_LISTED],
+        "duplicates_removed": len(report.duplicates),
+        "duplicates": report.duplicates[:MAX_LISTED],
+        "leakage": report.leakage[:MAX_LISTED],
+        "label_conflicts": report.conflicts[:MAX_LISTED],
+        "warnings": report.warnings,
+    }
+
+
+def _fingerprint(images: list[IngestImage]) -> str:
+    lines = sorted(f"{i.split}\t{i.label}\t{i.sha256}\n" for i in images)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _split_counts_of(images: list[IngestImage], classes: list[str]) -> dict[str, dict[str, int]]:
+    """{split: {class: images}} for every split that has images."""
+    counted = Counter((i.split, i.label) for i in images)
+    return {
+        split: {label: counted[(split, label)] for label in classes}
+        for split in SPLITS
+        if any(s == split for s, _ in counted)
+    }
+
+
+def _require_images_per_class(images: list[IngestImage], classes: list[str]) -> None:
+    counts = Counter(i.label for i in images if i.split in (None, "train"))
+    if empty := [label for label in classes if counts[label] == 0]:
+        raise BadRequestError(
+            f"no valid training images left in class(es) {', '.join(empty)} "
+            "(see the skipped files for reasons)"
+        )
+
+
+def _write_manifest(folder: Path, images: list[IngestImage], classes: list[str]) -> None:
+    items = [
+        {
+            "split": i.split,
+            "label": i.label,
+            "sha256": i.sha256,
+            "file": f"images/{i.sha256[:2]}/{i.sha256}",
+            "width": i.width,
+            "height": i.height,
+            "format": i.source_format,
+            "source": i.source,
+        }
+        for i in sorted(images, key=lambda i: (SPLITS.index(str(i.split)), i.label, i.sha256))
+    ]
+    (folder / MANIFEST_NAME).write_text(json.dumps({"classes": classes, "images": items}))
