@@ -9,6 +9,7 @@ cache folder and the hooks that report to the database.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -365,88 +366,154 @@ def _evaluation(
     return {**evaluate_predictions(splits.labels(split), chosen, splits.classes), "split": split}
 
 
-def _pretrained(
-    config: TrainConfig,
-    *,
-    splits: SplitSource,
-    hooks: TrainingHooks,
-    pretrained: PretrainedSource,
-) -> TrainingOutcome:
-    """bottleneck, finetune and auto: features -> head -> (fine-tune) -> the better one."""
-    if not _has(splits, "validation"):
-        raise ValueError("the pretrained methods need a validation split to choose by")
-    spec = bases.BASES[bases.BaseName(config.base_model)]
-    class_count = len(splits.classes)
-    weights = _class_weights(config, splits)
-    base = builders.frozen_base(spec, image_size=config.image_size, weights=pretrained.weights_path)
-    features, details = load_features(
-        config, splits, base, spec, pretrained=pretrained, hooks=hooks
-    )
+@dataclass
+class _Kept:
+    """The model a pretrained run keeps so far, and what it scored."""
 
-    # Stage: the head on pooled features (the bottleneck model).
-    started = time.perf_counter()
-    data = _head_data(features, splits)
-    only_head = config.method is Method.BOTTLENECK
-    head_trial, trials = choose_head(
-        data,
-        kind=config.head,
-        class_count=class_count,
-        label_smoothing=config.label_smoothing,
-        dropout=config.dropout,
-        seed=config.seed,
-        hooks=hooks,
-        class_weight=weights,
-        epochs=config.head_epochs if not only_head or config.epochs is None else config.epochs,
-        learning_rate=(config.learning_rate if only_head else None) or config.head_learning_rate,
-    )
-    head = head_trial.model
-    bottleneck_validation = averaged(head, data.validation)
-    bottleneck_test = averaged(head, data.test) if data.test else None
-    bottleneck = Candidate(
-        method=Method.BOTTLENECK,
-        settings={
-            **head_trial.spec.describe(),
-            "image_size": config.image_size,
-            "base_model": spec.key.value,
-            "heads_tried": [
-                dict(t.spec.describe(), validation_loss=round(t.validation_loss, 4)) for t in trials
-            ],
-        },
-        validation=_scores(bottleneck_validation, data.validation_y),
-        test=_scores(bottleneck_test, data.test_y),
-        seconds=details["feature_seconds"] + time.perf_counter() - started,
-    )
-    candidates = [bottleneck]
-    probabilities = {"validation": bottleneck_validation, "test": bottleneck_test}
-    best_epoch = head_trial.best_epoch
-    kept, reason = Method.BOTTLENECK, "bottleneck was asked for"
-
-    # The starting point of fine-tuning (and of its refit), copied: if the bottleneck model is
-    # kept, it must be the head as it was.
-    frozen_top = [w.copy() for w in base.get_weights()]
-    frozen_head = [w.copy() for w in head.get_weights()]
+    method: Method
+    reason: str
+    probabilities: dict[str, np.ndarray | None]  # validation and test
+    best_epoch: int | None
     finetuned: tuple[float, int] | None = None  # the learning rate and epochs kept
-    top_data = _top_data(features, splits)
-    if not only_head and config.epochs != 0:
-        # Stage: fine-tune the base's top block from that head.
-        started = time.perf_counter()
-        rate, epochs, tuned, rates_tried = _finetune(
-            config,
-            base,
-            spec,
-            head,
-            top_data,
-            class_count=class_count,
-            hooks=hooks,
-            epoch_offset=len(head_trial.epochs),
-            class_weight=weights,
-            start=(frozen_top, frozen_head),
+
+
+@dataclass
+class PretrainedRun:
+    """What the stages of a pretrained run share: its config and data, the frozen base (with
+    its top block as it stands), the features, and the head. Stages run in order: `start`
+    (features), `fit_head`, `finetune`, `refit`, `outcome`."""
+
+    config: TrainConfig
+    splits: SplitSource
+    hooks: TrainingHooks
+    spec: bases.BaseSpec
+    base: keras.Model
+    features: dict[str, np.ndarray]
+    feature_details: dict[str, Any]
+    class_weight: dict[int, float] | None
+    head: keras.Model | None = None
+    head_epochs_reported: int = 0
+    # The base's and the head's weights fine-tuning (and its refit) start from.
+    start_weights: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+
+    @classmethod
+    def start(
+        cls,
+        config: TrainConfig,
+        *,
+        splits: SplitSource,
+        hooks: TrainingHooks,
+        pretrained: PretrainedSource,
+    ) -> PretrainedRun:
+        """Stage: the frozen base and its features of every split (cached)."""
+        if not _has(splits, "validation"):
+            raise ValueError("the pretrained methods need a validation split to choose by")
+        spec = bases.BASES[bases.BaseName(config.base_model)]
+        base = builders.frozen_base(
+            spec, image_size=config.image_size, weights=pretrained.weights_path
         )
+        features, details = load_features(
+            config, splits, base, spec, pretrained=pretrained, hooks=hooks
+        )
+        return cls(
+            config=config,
+            splits=splits,
+            hooks=hooks,
+            spec=spec,
+            base=base,
+            features=features,
+            feature_details=details,
+            class_weight=_class_weights(config, splits),
+        )
+
+    @property
+    def class_count(self) -> int:
+        return len(self.splits.classes)
+
+    @functools.cached_property
+    def head_data(self) -> HeadData:
+        return _head_data(self.features, self.splits)
+
+    @functools.cached_property
+    def top_data(self) -> TopData:
+        return _top_data(self.features, self.splits)
+
+    @property
+    def only_head(self) -> bool:
+        return self.config.method is Method.BOTTLENECK
+
+    def fit_head(self) -> tuple[Candidate, _Kept]:
+        """Stage: the head on pooled features (the bottleneck model), chosen on validation
+        among the kinds the config allows."""
+        config, data = self.config, self.head_data
+        started = time.perf_counter()
+        trial, trials = choose_head(
+            data,
+            kind=config.head,
+            class_count=self.class_count,
+            label_smoothing=config.label_smoothing,
+            dropout=config.dropout,
+            seed=config.seed,
+            hooks=self.hooks,
+            class_weight=self.class_weight,
+            epochs=config.epochs
+            if self.only_head and config.epochs is not None
+            else config.head_epochs,
+            learning_rate=(config.learning_rate if self.only_head else None)
+            or config.head_learning_rate,
+        )
+        self.head = trial.model
+        self.head_epochs_reported = len(trial.epochs)
+        validation = averaged(self.head, data.validation)
+        test = averaged(self.head, data.test) if data.test else None
+        bottleneck = Candidate(
+            method=Method.BOTTLENECK,
+            settings={
+                **trial.spec.describe(),
+                "image_size": config.image_size,
+                "base_model": self.spec.key.value,
+                "heads_tried": [
+                    dict(t.spec.describe(), validation_loss=round(t.validation_loss, 4))
+                    for t in trials
+                ],
+            },
+            validation=_scores(validation, data.validation_y),
+            test=_scores(test, data.test_y),
+            seconds=self.feature_details["feature_seconds"] + time.perf_counter() - started,
+        )
+        # Copied: if the bottleneck model is kept, it must be the head as it was.
+        self.start_weights = (
+            [w.copy() for w in self.base.get_weights()],
+            [w.copy() for w in self.head.get_weights()],
+        )
+        kept = _Kept(
+            method=Method.BOTTLENECK,
+            reason="bottleneck was asked for",
+            probabilities={"validation": validation, "test": test},
+            best_epoch=trial.best_epoch,
+        )
+        return bottleneck, kept
+
+    def restart(self) -> None:
+        """The base and the head back at the start of fine-tuning (the bottleneck model)."""
+        assert self.head is not None and self.start_weights is not None
+        self.base.set_weights(self.start_weights[0])
+        self.head.set_weights(self.start_weights[1])
+
+    def finetune(self, bottleneck: Candidate, kept: _Kept) -> tuple[Candidate | None, _Kept]:
+        """Stage: fine-tune the base's top block from the head, at each learning rate the
+        job tries; kept if asked for (finetune) or if it validates better (auto)."""
+        config = self.config
+        if self.only_head or config.epochs == 0:
+            return None, kept
+        started = time.perf_counter()
+        rate, epochs, tuned, rates_tried = self._tries()
+        data = self.head_data
         finetune = Candidate(
             method=Method.FINETUNE,
             settings={
                 "from": bottleneck.settings["head"],
-                "unfrozen_from": spec.finetune_from,
+                "unfrozen_from": self.spec.finetune_from,
                 "epochs": epochs,
                 "learning_rate": rate,
                 "learning_rates_tried": rates_tried,
@@ -457,185 +524,159 @@ def _pretrained(
             test=_scores(tuned.test_probabilities, data.test_y),
             seconds=time.perf_counter() - started,
         )
-        candidates.append(finetune)
-        if config.method is Method.FINETUNE or _better(finetune, bottleneck):
-            kept = Method.FINETUNE
-            probabilities = {
-                "validation": tuned.validation_probabilities,
-                "test": tuned.test_probabilities,
-            }
-            best_epoch = tuned.best_epoch or best_epoch
-            finetuned = (rate, epochs)
-            reason = (
-                "finetune was asked for"
-                if config.method is Method.FINETUNE
-                else _comparison(finetune, bottleneck)
+        if config.method is not Method.FINETUNE and not _better(finetune, bottleneck):
+            self.restart()
+            return finetune, dataclasses.replace(kept, reason=_comparison(bottleneck, finetune))
+        reason = (
+            "finetune was asked for"
+            if config.method is Method.FINETUNE
+            else _comparison(finetune, bottleneck)
+        )
+        probabilities = {
+            "validation": tuned.validation_probabilities,
+            "test": tuned.test_probabilities,
+        }
+        return finetune, _Kept(
+            method=Method.FINETUNE,
+            reason=reason,
+            probabilities=probabilities,
+            best_epoch=tuned.best_epoch or kept.best_epoch,
+            finetuned=(rate, epochs),
+        )
+
+    def _tries(self) -> tuple[float, int, FinetuneResult, list[dict[str, float]]]:
+        """Fine-tune at each learning rate the job tries, each from the same start, keeping
+        the one that validates best (accuracy, then loss): its weights are left in the base
+        and the head, its epochs reported. Returns the learning rate and epochs kept, the
+        result and every try's scores."""
+        assert self.head is not None
+        data = self.top_data
+        epochs = finetune_epochs(self.config.epochs, images=len(data.train_y))
+        rates = finetune_learning_rates(
+            self.config.learning_rate, images=len(data.train_y), epochs=epochs
+        )
+        best: tuple[float, FinetuneResult, list[np.ndarray], list[np.ndarray]] | None = None
+        best_records: list[EpochRecord] = []
+        tried = []
+        for rate in rates:
+            self.restart()
+            records: list[EpochRecord] = []
+            tuned = finetune_top(
+                self.base,
+                self.spec,
+                self.head,
+                data,
+                self.top_training(epochs=epochs, learning_rate=rate),
+                hooks=recording(self.hooks, records),
+                epoch_offset=self.head_epochs_reported,
             )
-        else:
-            base.set_weights(frozen_top)
-            head.set_weights(frozen_head)
-            reason = _comparison(bottleneck, finetune)
-    images = len(splits.labels("train")) + len(splits.labels("validation"))
-    if (
-        finetuned is not None
-        and config.refit_on_validation
-        and _has(splits, "test")
-        and refit_affordable(images=images, epochs=finetuned[1])
-    ):
-        # Stage: validation has chosen the fine-tuned model; now it learns from the validation
-        # images too, from the same start. Its test score is the evaluation; the candidates
-        # keep the scores of the models as validated. A bottleneck model is kept as validated
-        # (a refit head tested no better: docs/BENCHMARKS.md, "Fine-tuning choices").
-        base.set_weights(frozen_top)
-        head.set_weights(frozen_head)
-        probabilities["test"], summary = _refit(
-            config,
-            base,
-            spec,
-            head,
-            top_data,
-            splits,
-            learning_rate=finetuned[0],
-            epochs=finetuned[1],
-            class_count=class_count,
-            hooks=hooks,
-            class_weight=weights,
-        )
-        candidates[-1].settings["refit"] = summary
-        reason += (
-            "; then trained again on the training and validation images together "
-            f"({summary['images']} images, {summary['epochs']} epoch"
-            f"{'' if summary['epochs'] == 1 else 's'})"
-        )
-    model = builders.build_pretrained_model(base, head, spec, image_size=config.image_size)
-    return TrainingOutcome(
-        model=model,
-        method=kept,
-        evaluation=_evaluation(probabilities, splits),
-        best_epoch=best_epoch,
-        candidates=candidates,
-        reason=reason,
-        details={**details, "validation_accuracy": _accuracy(probabilities, splits)},
-    )
+            tried.append(
+                {
+                    "learning_rate": rate,
+                    "validation_accuracy": tuned.validation_accuracy,
+                    "validation_loss": round(tuned.validation_loss, 4),
+                }
+            )
+            score = _rank(tuned.validation_accuracy, tuned.validation_loss)
+            if best is None or score > _rank(best[1].validation_accuracy, best[1].validation_loss):
+                best = (rate, tuned, self.base.get_weights(), self.head.get_weights())
+                best_records = records
+        assert best is not None
+        rate, tuned, base_weights, head_weights = best
+        self.base.set_weights(base_weights)
+        self.head.set_weights(head_weights)
+        for record in best_records:
+            self.hooks.on_epoch_end(record)
+        return rate, epochs, tuned, tried
 
-
-def _top_training(
-    config: TrainConfig,
-    *,
-    class_count: int,
-    epochs: int,
-    learning_rate: float,
-    class_weight: dict[int, float] | None,
-) -> TopTraining:
-    return TopTraining(
-        class_count=class_count,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=config.batch_size,
-        label_smoothing=config.label_smoothing,
-        seed=config.seed,
-        class_weight=class_weight,
-    )
-
-
-def _refit(
-    config: TrainConfig,
-    base: keras.Model,
-    spec: bases.BaseSpec,
-    head: keras.Model,
-    data: TopData,
-    splits: SplitSource,
-    *,
-    learning_rate: float,
-    epochs: int,
-    class_count: int,
-    hooks: TrainingHooks,
-    class_weight: dict[int, float] | None,
-) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """Stage: the fine-tuned model trained again, from the frozen base and head in `base` and
-    `head`, on the training and validation images together, at the learning rate and for the
-    epochs validation chose. Returns the test probabilities and a summary for the job's
-    result."""
-    started = time.perf_counter()
-    training = _top_training(
-        config,
-        class_count=class_count,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        class_weight=class_weight,
-    )
-    # no validation curve to show: its epochs stay out of the job's curve
-    test = refit_top(base, spec, head, data, training, hooks=recording(hooks, []))
-    summary = {
-        "images": len(data.train_y) + len(data.validation_y),
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "seconds": round(time.perf_counter() - started, 2),
-        "test": _scores(test, _labels(splits, "test")),
-    }
-    return test, summary
-
-
-def _finetune(
-    config: TrainConfig,
-    base: keras.Model,
-    spec: bases.BaseSpec,
-    head: keras.Model,
-    data: TopData,
-    *,
-    class_count: int,
-    hooks: TrainingHooks,
-    epoch_offset: int,
-    class_weight: dict[int, float] | None,
-    start: tuple[list[np.ndarray], list[np.ndarray]],
-) -> tuple[float, int, FinetuneResult, list[dict[str, float]]]:
-    """Stage: fine-tune at each learning rate the job tries, each from the same start (the
-    frozen base's and the head's weights in `start`), keeping the one that validates best
-    (accuracy, then loss): its weights are left in `base` and `head`, its epochs reported.
-    Returns the learning rate and epochs kept, the result and every try's scores."""
-    epochs = finetune_epochs(config.epochs, images=len(data.train_y))
-    rates = finetune_learning_rates(config.learning_rate, images=len(data.train_y), epochs=epochs)
-    best: tuple[float, FinetuneResult, list[np.ndarray], list[np.ndarray]] | None = None
-    best_records: list[EpochRecord] = []
-    tried = []
-    for rate in rates:
-        base.set_weights(start[0])
-        head.set_weights(start[1])
-        records: list[EpochRecord] = []
-        training = _top_training(
-            config,
-            class_count=class_count,
-            epochs=epochs,
-            learning_rate=rate,
-            class_weight=class_weight,
-        )
-        tuned = finetune_top(
-            base,
-            spec,
-            head,
+    def refit(self, finetune: Candidate | None, kept: _Kept) -> _Kept:
+        """Stage: validation has chosen the fine-tuned model; now it learns from the
+        validation images too, from the same start, where a test split remains to judge it
+        and the data is small enough. Its test score is the evaluation; the candidates keep
+        the scores of the models as validated. A bottleneck model is kept as validated (a
+        refit head tested no better: docs/BENCHMARKS.md, "Fine-tuning choices")."""
+        config, splits = self.config, self.splits
+        if kept.finetuned is None or finetune is None or not config.refit_on_validation:
+            return kept
+        rate, epochs = kept.finetuned
+        images = len(splits.labels("train")) + len(splits.labels("validation"))
+        if not _has(splits, "test") or not refit_affordable(images=images, epochs=epochs):
+            return kept
+        assert self.head is not None
+        self.restart()
+        started = time.perf_counter()
+        data = self.top_data
+        # no validation curve to show: its epochs stay out of the job's curve
+        test = refit_top(
+            self.base,
+            self.spec,
+            self.head,
             data,
-            training,
-            hooks=recording(hooks, records),
-            epoch_offset=epoch_offset,
+            self.top_training(epochs=epochs, learning_rate=rate),
+            hooks=recording(self.hooks, []),
         )
-        tried.append(
-            {
-                "learning_rate": rate,
-                "validation_accuracy": tuned.validation_accuracy,
-                "validation_loss": round(tuned.validation_loss, 4),
-            }
+        summary = {
+            "images": len(data.train_y) + len(data.validation_y),
+            "epochs": epochs,
+            "learning_rate": rate,
+            "seconds": round(time.perf_counter() - started, 2),
+            "test": _scores(test, _labels(splits, "test")),
+        }
+        finetune.settings["refit"] = summary
+        reason = kept.reason + (
+            "; then trained again on the training and validation images together "
+            f"({summary['images']} images, {epochs} epoch{'' if epochs == 1 else 's'})"
         )
-        score = _rank(tuned.validation_accuracy, tuned.validation_loss)
-        if best is None or score > _rank(best[1].validation_accuracy, best[1].validation_loss):
-            best = (rate, tuned, base.get_weights(), head.get_weights())
-            best_records = records
-    assert best is not None
-    rate, tuned, base_weights, head_weights = best
-    base.set_weights(base_weights)
-    head.set_weights(head_weights)
-    for record in best_records:
-        hooks.on_epoch_end(record)
-    return rate, epochs, tuned, tried
+        return dataclasses.replace(
+            kept, reason=reason, probabilities={**kept.probabilities, "test": test}
+        )
+
+    def top_training(self, *, epochs: int, learning_rate: float) -> TopTraining:
+        config = self.config
+        return TopTraining(
+            class_count=self.class_count,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=config.batch_size,
+            label_smoothing=config.label_smoothing,
+            seed=config.seed,
+            class_weight=self.class_weight,
+        )
+
+    def outcome(self, candidates: list[Candidate], kept: _Kept) -> TrainingOutcome:
+        """Stage: the kept model as one Keras model taking raw pixels, and its evaluation."""
+        assert self.head is not None
+        model = builders.build_pretrained_model(
+            self.base, self.head, self.spec, image_size=self.config.image_size
+        )
+        return TrainingOutcome(
+            model=model,
+            method=kept.method,
+            evaluation=_evaluation(kept.probabilities, self.splits),
+            best_epoch=kept.best_epoch,
+            candidates=candidates,
+            reason=kept.reason,
+            details={
+                **self.feature_details,
+                "validation_accuracy": _accuracy(kept.probabilities, self.splits),
+            },
+        )
+
+
+def _pretrained(
+    config: TrainConfig,
+    *,
+    splits: SplitSource,
+    hooks: TrainingHooks,
+    pretrained: PretrainedSource,
+) -> TrainingOutcome:
+    """bottleneck, finetune and auto: features -> head -> (fine-tune -> refit) -> the better."""
+    run = PretrainedRun.start(config, splits=splits, hooks=hooks, pretrained=pretrained)
+    bottleneck, kept = run.fit_head()
+    finetune, kept = run.finetune(bottleneck, kept)
+    kept = run.refit(finetune, kept)
+    candidates = [bottleneck] if finetune is None else [bottleneck, finetune]
+    return run.outcome(candidates, kept)
 
 
 def _accuracy(probabilities: dict[str, np.ndarray | None], splits: SplitSource) -> float | None:
