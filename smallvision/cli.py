@@ -607,7 +607,9 @@ def _parser() -> argparse.ArgumentParser:
     datasets = commands.add_parser("datasets", help="upload, list, show and delete datasets")
     on_datasets = datasets.add_subparsers(dest="action", required=True)
     on_datasets.add_parser("list", help="your datasets, newest first", parents=[after])
-    upload = on_datasets.add_parser("upload", help="upload a zip of class folders", parents=[after])
+    upload = on_datasets.add_parser(
+        "upload", help="upload a zip of class folders, or with a labels.csv", parents=[after]
+    )
     upload.add_argument("zip", type=Path)
     upload.add_argument("--name", help="the dataset's name (default: the zip's file name)")
     upload.add_argument("--validation-fraction", type=float)

@@ -39,7 +39,7 @@ function uploadForm() {
   const { zone } = dropZone({
     accept: ".zip,application/zip",
     multiple: false,
-    prompt: "Drop a zip of class folders here (cats/…, dogs/…, or train/ validation/ test/ each holding them), or click to choose one.",
+    prompt: "Drop a zip of class folders here (cats/…, dogs/…, or train/ validation/ test/ each holding them, or any folders with a labels.csv naming each image's class), or click to choose one.",
     onFiles: ([file]) => {
       archive = file;
       fill(chosen, `${file.name} (${bytes(file.size)})`);

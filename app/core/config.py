@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     max_compression_ratio: float = Field(default=200.0, gt=1)
     max_image_pixels: int = Field(default=50_000_000, gt=0)
     max_image_file_bytes: int = Field(default=64 * 1024**2, gt=0)
+    # A zip's labels.csv / labels.jsonl (a line per image: 200,000 lines of 160 bytes).
+    max_label_list_bytes: int = Field(default=32 * 1024**2, gt=0)
     # Classes in one dataset (a label per class folder); hosted products allow a few hundred.
     max_dataset_classes: int = Field(default=500, ge=2)
 

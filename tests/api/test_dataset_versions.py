@@ -235,6 +235,17 @@ def test_a_version_needs_two_classes_as_an_upload_does(client) -> None:
     assert [v["version"] for v in client.get(f"/datasets/{first['id']}/versions").json()] == [1]
 
 
+def test_a_version_adds_the_images_a_label_list_names(client) -> None:
+    first = _upload_pets(client)
+    files = {f"new/{i}.jpg": image_bytes(seed=900 + i) for i in range(3)}
+    files["labels.csv"] = b"path,labels\nnew/0.jpg,cats\nnew/1.jpg,birds\nnew/2.jpg,cats\n"
+    added = _add(client, first["id"], files, seed=1)
+    assert added.status_code == 201, added.text
+    body = added.json()
+    assert body["class_names"] == ["birds", "cats", "dogs"]
+    assert body["diff"]["added"]["per_class"] == {"birds": 1, "cats": 2}
+
+
 def test_a_version_racing_the_delete_of_its_parent_is_404(client, monkeypatch) -> None:
     """The version's images are linked slowly, so that the DELETE of its parent runs in the
     middle of it (it was a 500: FileNotFoundError)."""

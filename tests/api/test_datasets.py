@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 import uuid
 import zipfile
@@ -132,6 +133,133 @@ def test_files_outside_split_folders_are_refused(client: TestClient) -> None:
     response = upload(client, make_zip(files))
     assert response.status_code == 400
     assert "outside the split folders" in response.json()["detail"]
+
+
+def test_a_dataset_folder_with_notes_beside_its_splits_is_accepted(client: TestClient) -> None:
+    """`zip -r set.zip set/` of a folder with a README and CSVs beside train/ validation/."""
+    files = {
+        **class_folders({"a": 3, "b": 3}, prefix="set/train/"),
+        **class_folders({"a": 2, "b": 2}, prefix="set/validation/", seed=50),
+        "set/README.md": b"# my set",
+        "set/MANIFEST.csv": b"split,class,file",
+        "set/.DS_Store": b"junk",
+    }
+    body = created(client, make_zip(files))
+    assert body["split_counts"]["train"] == {"a": 3, "b": 3}
+    skipped = {item["file"]: item["reason"] for item in body["stats"]["skipped"]}
+    assert skipped == {
+        "set/README.md": "not inside a split folder",
+        "set/MANIFEST.csv": "not inside a split folder",
+    }
+
+
+# --- label lists (labels.csv, labels.jsonl) --------------------------------------------------
+
+
+def flat_images(count: int, *, prefix: str = "photos/", seed: int = 0) -> dict[str, bytes]:
+    return {f"{prefix}{i}.jpg": image_bytes(seed=seed + i) for i in range(count)}
+
+
+def test_labels_csv_gives_each_image_its_class_and_split(client: TestClient) -> None:
+    images = flat_images(12)
+    rows = ["path,labels,split"]
+    for i in range(12):
+        split = "train" if i < 8 else ("val" if i < 10 else "test")
+        rows.append(f"photos/{i}.jpg,{'cat' if i % 2 else 'dog'},{split}")
+    files = {**images, "labels.csv": ("\n".join(rows) + "\n").encode(), "notes.txt": b"hi"}
+    body = created(client, make_zip(files))
+
+    assert body["class_names"] == ["cat", "dog"]
+    assert body["split_counts"] == {
+        "train": {"cat": 4, "dog": 4},
+        "validation": {"cat": 1, "dog": 1},
+        "test": {"cat": 1, "dog": 1},
+    }
+    skipped = {item["file"]: item["reason"] for item in body["stats"]["skipped"]}
+    assert skipped == {"notes.txt": "not in labels.csv"}
+    manifest = manifest_of(body["id"])
+    assert {item["source"]: item["label"] for item in manifest["images"]}["photos/1.jpg"] == "cat"
+
+
+def test_labels_jsonl_in_an_enclosing_folder_gets_the_seeded_split(client: TestClient) -> None:
+    images = flat_images(20, prefix="set/img/")
+    lines = [
+        json.dumps({"path": f"img/{i}.jpg", "labels": ["cat" if i < 10 else "dog"]})
+        for i in range(20)
+    ]
+    archive = make_zip({**images, "set/labels.jsonl": ("\n".join(lines) + "\n").encode()})
+    body = created(client, archive, validation_fraction=0.2, test_fraction=0.1, seed=3)
+    assert body["split_counts"]["train"] == {"cat": 7, "dog": 7}
+    assert body["split_counts"]["test"] == {"cat": 1, "dog": 1}
+    assert body["stats"]["skipped"] == []
+
+
+def test_bad_lines_and_missing_files_are_listed_and_the_rest_is_used(client: TestClient) -> None:
+    images = flat_images(8)
+    rows = ["path,labels"]
+    rows += [f"photos/{i}.jpg,{'cat' if i < 4 else 'dog'}" for i in range(7)]
+    rows += ["photos/missing.jpg,cat", "photos/1.jpg,cat", "photos/7.jpg,bad/name", ""]
+    archive = make_zip({**images, "labels.csv": ("\n".join(rows) + "\n").encode()})
+    body = created(client, archive)
+    skipped = {item["file"]: item["reason"] for item in body["stats"]["skipped"]}
+    assert skipped == {
+        "labels.csv line 9": "no file 'photos/missing.jpg' in the zip",
+        "labels.csv line 10": "'photos/1.jpg' is listed again (first on line 3)",
+        "labels.csv line 11": "label 'bad/name' has a path separator",
+        "labels.csv line 12": "an empty line",
+    }
+    assert body["stats"]["image_count"] == 7
+
+
+def test_skipped_lines_are_capped_in_the_response_but_counted(client: TestClient) -> None:
+    images = flat_images(6)
+    rows = ["path,labels"] + [f"photos/{i}.jpg,{'ab'[i % 2]}" for i in range(6)]
+    rows += [f"gone/{i}.jpg,a" for i in range(600)]
+    archive = make_zip({**images, "labels.csv": ("\n".join(rows) + "\n").encode()})
+    stats = created(client, archive)["stats"]
+    assert stats["skipped_count"] == 600
+    assert len(stats["skipped"]) == 500
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "message"),
+    [
+        (
+            {"labels.csv": b"path,labels\nphotos/0.jpg,cat;dog\nphotos/1.jpg,cat\n"},
+            400,
+            "labels.csv gives 1 image(s) no label or more than one (line 2 first): multi-label "
+            "datasets are not supported yet",
+        ),
+        (
+            {"labels.csv": b"path,labels\nphotos/0.jpg,\nphotos/1.jpg,cat\n"},
+            400,
+            "no label or more than one",
+        ),
+        ({"labels.csv": b"path,labels\n", "labels.jsonl": b""}, 400, "keep one of them"),
+        ({"labels.csv": b"file,class\nphotos/0.jpg,cat\n"}, 400, "unknown column(s) 'file'"),
+        ({"labels.csv": b"path,labels\ngone.jpg,cat\n"}, 400, "lists no image of the zip"),
+        ({"labels.csv": b"path,labels\nphotos/0.jpg,cat\n"}, 400, "the zip has 1 (cat)"),
+    ],
+)
+def test_label_lists_that_cannot_make_a_dataset_are_refused(
+    client: TestClient, files: dict[str, bytes], status: int, message: str
+) -> None:
+    response = upload(client, make_zip({**flat_images(2), **files}))
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    assert leftovers() == []
+    assert dataset_rows() == 0
+
+
+def test_a_label_list_over_its_byte_limit_is_refused_unread(configure, sqlite_url: str) -> None:
+    configure(database_url=sqlite_url, MAX_LABEL_LIST_BYTES="100")
+    migrate(sqlite_url)
+    rows = ["path,labels"] + [f"photos/{i}.jpg,{'ab'[i % 2]}" for i in range(20)]
+    archive = make_zip({**flat_images(20), "labels.csv": "\n".join(rows).encode()})
+    with api_client() as client:
+        response = upload(client, archive)
+    assert response.status_code == 413
+    assert "labels.csv is too large" in response.json()["detail"]
 
 
 # --- decoding --------------------------------------------------------------------------------

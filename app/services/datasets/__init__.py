@@ -3,6 +3,7 @@
 - `ingest`: the one pipeline that turns a zip, labeled files and a parent version's images into
   a version's folder (plan, decode, deduplicate, check, split, statistics, manifest); no
   database.
+- `label_lists`: a zip's labels.csv / labels.jsonl, parsed line by line (no files read).
 - `files`: a version's stored files (publish, manifest, images, removal, cached features).
 - `crud`: the rows: an upload (the first version), reading, listing, deleting.
 - `versions`: the versions of a lineage: resolving one, listing them, adding one.

@@ -29,6 +29,13 @@ from app.services.archive import (
     open_zip,
     read_member,
 )
+from app.services.datasets.label_lists import (
+    CSV_NAME,
+    JSONL_NAME,
+    LABEL_LIST_NAMES,
+    LabelList,
+    parse_label_list,
+)
 from models_store import ObjectNotFoundError
 
 SPLITS = ("train", "validation", "test")
@@ -138,14 +145,26 @@ class Ingest:
     # --- What comes in
 
     def add_zip(self, zip_path: Path, *, known_classes: frozenset[str] = frozenset()) -> None:
-        """The images of a zip of class folders (or of split folders holding them). With
-        `known_classes` (a new version's), it may hold one class only, and need not repeat
-        every class in every split; without, its folders are the dataset's classes."""
+        """The images of a zip of class folders (or of split folders holding them), or of a
+        zip whose labels.csv / labels.jsonl names each image's class. With `known_classes` (a
+        new version's), it may hold one class only, and need not repeat every class in every
+        split; without, its classes are the dataset's."""
         adding = bool(known_classes)
         with open_zip(zip_path, max_entries=self.settings.max_zip_entries) as archive:
-            candidates, has_splits = _plan(
-                _members(archive, self.settings), self.report, known_classes=known_classes
-            )
+            files = _relative_files(_members(archive, self.settings), known_classes=known_classes)
+            listed = [
+                (m, parts) for m, parts in files if parts[0] in LABEL_LIST_NAMES and len(parts) == 1
+            ]
+            if len(listed) > 1:
+                raise BadRequestError(
+                    f"the zip holds both {CSV_NAME} and {JSONL_NAME}: keep one of them"
+                )
+            if listed:
+                label_list = self._read_label_list(archive, *listed[0])
+                candidates, has_splits = _plan_listed(files, label_list, self.report)
+            else:
+                candidates, has_splits = _plan_folders(files, self.report)
+            _check_plan(candidates, has_splits=has_splits, adding=adding)
             labels = {c.label for c in candidates}
             if not adding:
                 self._check_class_count(labels)
@@ -159,6 +178,20 @@ class Ingest:
         if not adding:
             self.declared_classes |= labels
             self.has_split_folders = has_splits
+
+    def _read_label_list(
+        self, archive: zipfile.ZipFile, member: ArchiveMember, parts: tuple[str, ...]
+    ) -> LabelList:
+        try:
+            data = read_member(archive, member, max_bytes=self.settings.max_label_list_bytes)
+        except EntryTooLargeError as exc:
+            raise PayloadTooLargeError(f"{parts[0]} is too large: {exc}") from exc
+        return parse_label_list(
+            parts[0],
+            data,
+            max_lines=self.settings.max_zip_entries,
+            max_label_chars=MAX_CLASS_NAME_CHARS,
+        )
 
     def add_labeled(self, labeled: Sequence[LabeledImage]) -> None:
         """Image files under their labels (review items), without a split."""
@@ -278,33 +311,38 @@ def _members(archive: zipfile.ZipFile, settings: Settings) -> list[ArchiveMember
     return list_members(archive, limits)
 
 
-def _plan(
-    members: list[ArchiveMember],
-    report: Report,
-    *,
-    known_classes: frozenset[str] = frozenset(),
-) -> tuple[list[_Candidate], bool]:
-    """Assign each file a split (or None) and a class from the folder layout.
-    Returns the candidates and whether the zip came with split folders.
+# A zip's file and its path relative to the folder its classes (or label list) are in.
+RelativeFile = tuple[ArchiveMember, tuple[str, ...]]
 
-    `known_classes`: the classes of the dataset a zip adds images to. Such a zip may hold one
-    class only, and need not repeat every class in every split."""
-    adding = bool(known_classes)
+
+def _relative_files(
+    members: list[ArchiveMember], *, known_classes: frozenset[str]
+) -> list[RelativeFile]:
+    """The zip's files (system junk left out) with their paths relative to the dataset's
+    folder: one enclosing folder (e.g. "my_photos/cats/1.jpg") is dropped, unless it is a
+    split folder or a class the dataset has (a zip adding images of one class)."""
     files = [m for m in members if not is_junk(m.parts)]
     if not files:
         raise BadRequestError("the zip holds no files (besides system junk)")
     paths = [m.parts for m in files]
-    # One enclosing folder (e.g. "my_photos/cats/1.jpg") is dropped, unless it is a split
-    # folder or a class the dataset has (a zip adding images of one class).
     tops = {p[0] for p in paths}
     if len(tops) == 1 and all(len(p) > 1 for p in paths):
         (top,) = tops
         if top.lower() not in SPLIT_FOLDER_NAMES and top not in known_classes:
             paths = [p[1:] for p in paths]
+    return list(zip(files, paths, strict=True))
 
-    has_splits = any(p[0].lower() in SPLIT_FOLDER_NAMES and len(p) > 2 for p in paths)
+
+def _plan_folders(files: list[RelativeFile], report: Report) -> tuple[list[_Candidate], bool]:
+    """Assign each file a split (or None) and a class from the folder layout.
+    Returns the candidates and whether the zip came with split folders."""
+    has_splits = any(p[0].lower() in SPLIT_FOLDER_NAMES and len(p) > 2 for _, p in files)
     candidates: list[_Candidate] = []
-    for member, parts in zip(files, paths, strict=True):
+    for member, parts in files:
+        if has_splits and len(parts) == 1:
+            # A README or a CSV beside train/ validation/ test/, as a dataset folder has.
+            report.skipped.append({"file": member.path, "reason": "not inside a split folder"})
+            continue
         if has_splits:
             split = SPLIT_FOLDER_NAMES.get(parts[0].lower())
             if split is None:
@@ -321,6 +359,46 @@ def _plan(
                 report.skipped.append({"file": member.path, "reason": "not inside a class folder"})
                 continue
             candidates.append(_Candidate(member=member, split=None, label=parts[0]))
+    return candidates, has_splits
+
+
+def _plan_listed(
+    files: list[RelativeFile], label_list: LabelList, report: Report
+) -> tuple[list[_Candidate], bool]:
+    """Each file listed in `label_list` with its class and split; files it does not list
+    are skipped, and so are its bad lines (each reported with its reason)."""
+    by_path = {parts: member for member, parts in files if parts != (label_list.name,)}
+    has_splits = any(line.split is not None for line in label_list.lines)
+    other_than_one = [line for line in label_list.lines if len(line.labels) != 1]
+    if other_than_one:
+        raise BadRequestError(
+            f"{label_list.name} gives {len(other_than_one)} image(s) no label or more than "
+            f"one (line {other_than_one[0].number} first): multi-label datasets are not "
+            "supported yet, so every image needs exactly one label"
+        )
+    candidates: list[_Candidate] = []
+    for line in label_list.lines:
+        member = by_path.get(line.parts)
+        if member is None:
+            label_list.problem(line.number, f"no file {'/'.join(line.parts)!r} in the zip")
+        elif has_splits and line.split is None:
+            label_list.problem(line.number, "no split, while other lines give one")
+        else:
+            candidates.append(_Candidate(member=member, split=line.split, label=line.labels[0]))
+    report.skipped.extend(label_list.problems)
+    report.skipped.extend(
+        {"file": member.path, "reason": f"not in {label_list.name}"}
+        for parts, member in by_path.items()
+        if parts not in label_list.named
+    )
+    if not candidates:
+        raise BadRequestError(f"{label_list.name} lists no image of the zip that can be used")
+    return candidates, has_splits
+
+
+def _check_plan(candidates: list[_Candidate], *, has_splits: bool, adding: bool) -> None:
+    """The rules every plan keeps: classes agree across splits, names fit, and an upload has
+    two classes (a zip adding to a version may hold one)."""
     if has_splits and not adding:
         _check_split_classes(candidates)
     labels = {c.label for c in candidates}
@@ -334,7 +412,6 @@ def _plan(
             raise BadRequestError("the zip holds no images inside class folders")
     else:
         require_two_classes(labels, what="the zip")
-    return candidates, has_splits
 
 
 def _check_split_classes(candidates: list[_Candidate]) -> None:
