@@ -356,6 +356,7 @@ class Commands:
         if metrics["evaluation"]:
             self.out.print(evaluation_table(metrics["evaluation"]))
             self.out.print(confusion_table(metrics["evaluation"]))
+            self.out.print(calibration_line(metrics["evaluation"]))
         chosen = metrics["chosen"]
         if chosen:
             self.out.print(f"kept: {chosen['method']}. {chosen['reason']}")
@@ -570,6 +571,18 @@ def evaluation_table(evaluation: Evaluation) -> Table:
             str(scores["support"]),
         )
     return table
+
+
+def calibration_line(evaluation: Evaluation) -> str:
+    calibration = evaluation.get("calibration")
+    if not calibration:
+        return "probabilities not calibrated (fewer than 20 validation images)"
+    return (
+        f"probabilities calibrated on {calibration['fitted_on_images']} validation images "
+        f"(temperature {calibration['temperature']:.2f}): calibration error on the "
+        f"{calibration['split']} split {calibration['ece_before']:.3f} before, "
+        f"{calibration['ece_after']:.3f} after"
+    )
 
 
 def confusion_table(evaluation: Evaluation) -> Table:

@@ -111,6 +111,16 @@ class ClassScores(TypedDict):
     support: int
 
 
+class CalibrationReport(TypedDict):
+    method: Literal["temperature"]
+    temperature: float  # log-probabilities are divided by it
+    fitted_on_images: int
+    bins: int
+    split: str
+    ece_before: float  # expected calibration error before calibration
+    ece_after: float
+
+
 class Evaluation(TypedDict):
     accuracy: float
     samples: int
@@ -118,6 +128,7 @@ class Evaluation(TypedDict):
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
     classes: list[str]
     split: NotRequired[str | None]
+    calibration: NotRequired[CalibrationReport | None]
 
 
 class Candidate(TypedDict):

@@ -20,6 +20,7 @@ PAIRS = {
     client.Epoch: "EpochRead",
     client.Evaluation: "Evaluation",
     client.ClassScores: "ClassScores",
+    client.CalibrationReport: "CalibrationReport",
     client.Candidate: "Candidate",
     client.Chosen: "Chosen",
     client.ModelRef: "ModelRef",

@@ -197,6 +197,19 @@ function refitNote(refit) {
   return `then trained again with the validation images (${refit.images} images, ${refit.epochs} epoch${refit.epochs === 1 ? "" : "s"}): test accuracy ${percent(refit.test?.accuracy)}`;
 }
 
+/** What calibrating the probabilities did, in words (nothing when it was not done). */
+function calibrationNote(calibration) {
+  if (!calibration) {
+    return el("p", { class: "muted", id: "calibration" }, "Probabilities are not calibrated (fewer than 20 validation images).");
+  }
+  return el(
+    "p",
+    { id: "calibration" },
+    `Probabilities calibrated on ${calibration.fitted_on_images} validation images (temperature ${calibration.temperature.toFixed(2)}): ` +
+      `calibration error on the ${calibration.split} split ${number(calibration.ece_before)} before, ${number(calibration.ece_after)} after.`,
+  );
+}
+
 /** Accuracy, the confusion matrix (rows: true class, columns: predicted) and per-class scores. */
 export function evaluationView(evaluation) {
   const classes = evaluation.classes;
@@ -219,6 +232,7 @@ export function evaluationView(evaluation) {
     { id: "evaluation" },
     el("h2", {}, `Evaluation on the ${evaluation.split ?? "held-out"} split`),
     el("p", { class: "big" }, `accuracy ${percent(evaluation.accuracy)} on ${evaluation.samples} images`),
+    calibrationNote(evaluation.calibration),
     el("h3", {}, "Confusion matrix"),
     el("table", { class: "confusion", id: "confusion-matrix" }, el("thead", {}, header), el("tbody", {}, body)),
     el("h3", {}, "Per class"),

@@ -8,7 +8,7 @@ import keras
 
 from app.ml.bases import BaseSpec, build_base
 from app.ml.config import Augmentation, TrainConfig
-from app.ml.layers import MirrorImages, preprocessing_layer
+from app.ml.layers import MirrorImages, Temperature, preprocessing_layer
 
 
 def augmentation_block(augmentation: Augmentation, *, seed: int) -> keras.Sequential:
@@ -91,6 +91,13 @@ def with_test_time_flip(classifier: keras.Model) -> keras.Model:
         [classifier(inputs), classifier(mirrored)]
     )
     return keras.Model(inputs, outputs, name=f"{classifier.name}_flip_averaged")
+
+
+def with_temperature(classifier: keras.Model, temperature: float) -> keras.Model:
+    """The classifier with its probabilities calibrated by `temperature` as its last layer (in
+    the same graph, so Grad-CAM still finds the base and head inside it)."""
+    outputs = Temperature(temperature, name="temperature")(classifier.outputs[0])
+    return keras.Model(classifier.inputs, outputs, name=classifier.name)
 
 
 SCRATCH_FILTERS = (32, 64, 128, 256, 512)

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from PIL import Image
 
-from app.ml.layers import MirrorImages
+from app.ml.layers import MirrorImages, Temperature
 
 Stage = Callable[[Any], Any]
 
@@ -80,6 +80,11 @@ class GradCam:
     def __init__(self, model: keras.Model) -> None:
         self.flip_averaged = any(isinstance(layer, MirrorImages) for layer in model.layers)
         classifier = model
+        # A flip-averaged model calibrates the average (its last layer); a plain model's
+        # temperature is the last layer of the chain after the feature map.
+        self._temperature = None
+        if self.flip_averaged and isinstance(model.layers[-1], Temperature):
+            self._temperature = model.layers[-1]
         if self.flip_averaged:
             nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
             if len(nested) != 1:
@@ -99,6 +104,8 @@ class GradCam:
             for feature_map in maps:
                 tape.watch(feature_map)
             output = tf.add_n([self._from_map(m)[0] for m in maps]) / len(maps)
+            if self._temperature is not None:
+                output = self._temperature(output[None])[0]
             index = int(np.argmax(_as_class_scores(output.numpy())))
             if output.shape[0] > 1:
                 score = output[index]

@@ -1,4 +1,5 @@
-"""Serializable preprocessing layers, so a saved model takes raw 0..255 pixels."""
+"""Serializable layers of saved models: preprocessing, so a saved model takes raw 0..255
+pixels, and the calibration temperature on its output."""
 
 from __future__ import annotations
 
@@ -25,6 +26,36 @@ class MirrorImages(keras.layers.Layer):  # type: ignore[misc]
 
     def call(self, inputs: Any) -> Any:
         return keras.ops.flip(inputs, axis=-2)
+
+
+# Probabilities are clipped to this before their log is taken.
+PROBABILITY_FLOOR = 1e-12
+
+
+@keras.saving.register_keras_serializable(package="smallvision")
+class Temperature(keras.layers.Layer):  # type: ignore[misc]
+    """softmax(log(p) / T) of a softmax output; sigmoid(logit(p) / T) of one sigmoid unit
+    (the same thing for two classes). Saved with the model, so every runtime that serves it
+    (Keras, ONNX Runtime, TF Serving) answers calibrated probabilities."""
+
+    def __init__(self, temperature: float, **kwargs: Any) -> None:
+        super().__init__(dtype="float32", **kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, inputs: Any) -> Any:
+        ops = keras.ops
+        probabilities = ops.clip(ops.cast(inputs, "float32"), PROBABILITY_FLOOR, 1.0)
+        if inputs.shape[-1] == 1:
+            logit = ops.log(probabilities) - ops.log(
+                ops.clip(1.0 - probabilities, PROBABILITY_FLOOR, 1.0)
+            )
+            return ops.sigmoid(logit / self.temperature)
+        return ops.softmax(ops.log(probabilities) / self.temperature, axis=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.pop("dtype", None)
+        return {**config, "temperature": self.temperature}
 
 
 def preprocessing_layer(kind: str) -> keras.layers.Layer | None:

@@ -232,7 +232,7 @@ def load_keras_model(folder: Path) -> Any:
     """A version's `.keras` model, for inference (not compiled)."""
     import keras
 
-    import app.ml.layers  # noqa: F401  (registers the custom preprocessing layers)
+    import app.ml.layers  # noqa: F401  (registers the custom layers a saved model may hold)
 
     return keras.saving.load_model(folder / MODEL_FILE, compile=False)
 

@@ -22,6 +22,13 @@ import keras
 import numpy as np
 
 from app.ml import bases, builders
+from app.ml.calibration import (
+    MIN_CALIBRATION_IMAGES,
+    Calibration,
+    expected_calibration_error,
+    fit_temperature,
+    tempered,
+)
 from app.ml.config import (
     METHOD_DEFAULTS,
     Method,
@@ -102,6 +109,8 @@ class TrainingOutcome:
     warnings: list[str] = field(default_factory=list)
     beats_chance: bool = True  # validation accuracy clearly above the majority class's rate
     details: dict[str, Any] = field(default_factory=dict)
+    # The kept model's answers on validation and test (what the evaluation and calibration use).
+    probabilities: dict[str, np.ndarray | None] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -144,7 +153,43 @@ def train(
             outcome.model, splits, batch_size=config.batch_size
         )
         outcome.model = builders.with_test_time_flip(outcome.model)
+    _calibrate(outcome, splits)
     return outcome
+
+
+def _calibrate(outcome: TrainingOutcome, splits: SplitSource) -> None:
+    """Stage: a temperature fitted on the kept model's validation answers becomes the saved
+    model's last layer, and the evaluation is of the calibrated answers (the same classes:
+    only the probabilities change), with the calibration error before and after. A refit
+    model's validation answers are those of the model before its refit (the refit trained on
+    validation): its temperature comes from them, and the test split checks it."""
+    validation = outcome.probabilities.get("validation")
+    labels = _labels(splits, "validation")
+    split = _evaluation_split(splits)
+    if validation is None or labels is None or split is None:
+        return
+    if len(labels) < MIN_CALIBRATION_IMAGES:
+        return  # one temperature from a handful of images is a guess: the evaluation says none
+    temperature = fit_temperature(validation, labels)
+    judged = outcome.probabilities.get(split)
+    assert judged is not None
+    calibrated = tempered(judged, temperature)
+    calibration = Calibration(
+        temperature=temperature,
+        fitted_on=len(labels),
+        split=split,
+        ece_before=expected_calibration_error(judged, splits.labels(split)),
+        ece_after=expected_calibration_error(calibrated, splits.labels(split)),
+    )
+    outcome.model = builders.with_temperature(outcome.model, temperature)
+    outcome.probabilities = {
+        name: None if answers is None else tempered(answers, temperature)
+        for name, answers in outcome.probabilities.items()
+    }
+    outcome.evaluation = {
+        **(_evaluation(outcome.probabilities, splits) or {}),
+        "calibration": calibration.describe(),
+    }
 
 
 def _counting(hooks: TrainingHooks, epochs: list[int]) -> TrainingHooks:
@@ -198,6 +243,7 @@ def _consider_scratch(
         return
     outcome.model, outcome.method = scratch.model, Method.SCRATCH
     outcome.evaluation, outcome.best_epoch = scratch.evaluation, scratch.best_epoch
+    outcome.probabilities = scratch.probabilities
     outcome.reason = _comparison(challenger, incumbent)
     outcome.details["validation_accuracy"] = scratch.details["validation_accuracy"]
 
@@ -656,6 +702,7 @@ class PretrainedRun:
             best_epoch=kept.best_epoch,
             candidates=candidates,
             reason=kept.reason,
+            probabilities=kept.probabilities,
             details={
                 **self.feature_details,
                 "validation_accuracy": _accuracy(kept.probabilities, self.splits),
@@ -770,6 +817,7 @@ def _scratch_only(
         candidates=[candidate],
         reason="scratch was asked for",
         details={"validation_accuracy": _accuracy(probabilities, splits)},
+        probabilities=probabilities,
     )
 
 

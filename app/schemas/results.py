@@ -5,7 +5,7 @@ client read it (tests/test_client_types.py ties the client's types to this schem
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,18 @@ class ClassScores(BaseModel):
     support: int
 
 
+class CalibrationReport(BaseModel):
+    """How the saved model's probabilities were calibrated, and the check on held-out images."""
+
+    method: Literal["temperature"]
+    temperature: float = Field(description="log-probabilities are divided by it (1: unchanged)")
+    fitted_on_images: int = Field(description="validation images the temperature was fitted on")
+    bins: int = Field(description="equal-width confidence bins of the calibration error")
+    split: str = Field(description="where the errors were measured: test, or validation")
+    ece_before: float = Field(description="expected calibration error before calibration")
+    ece_after: float = Field(description="expected calibration error after calibration")
+
+
 class Evaluation(BaseModel):
     """A model's answers on one split: accuracy, per-class scores, the confusion matrix."""
 
@@ -28,6 +40,7 @@ class Evaluation(BaseModel):
     confusion_matrix: list[list[int]] = Field(description="rows: true class, columns: predicted")
     classes: list[str]
     split: str | None = Field(default=None, description="test, or validation without a test split")
+    calibration: CalibrationReport | None = None
 
 
 class Candidate(BaseModel):

@@ -156,6 +156,19 @@ def _scratch(classes: int) -> keras.Model:
             ),
             id="mobilenet_v2, flip",
         ),
+        # calibrated: the temperature is the last layer of the chain, or after the average
+        pytest.param(
+            lambda: builders.with_temperature(_scratch(2), 2.0), id="scratch, sigmoid, calibrated"
+        ),
+        pytest.param(
+            lambda: builders.with_temperature(
+                builders.with_test_time_flip(
+                    _random_pretrained("mobilenet_v2", classes=4, image_size=96)
+                ),
+                0.5,
+            ),
+            id="mobilenet_v2, flip, calibrated",
+        ),
     ],
 )
 def test_every_kind_of_model_is_explained_for_its_own_answer(build) -> None:

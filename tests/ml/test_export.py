@@ -73,6 +73,17 @@ MODELS: dict[str, tuple[Callable[[], keras.Model], int]] = {
         lambda: builders.with_test_time_flip(_pretrained("mobilenet", 3, 128, HeadKind.DENSE)),
         128,
     ),
+    # calibrated models end in a temperature layer (softmax and one sigmoid unit)
+    "scratch, two classes (sigmoid), calibrated": (
+        lambda: builders.with_temperature(_scratch(2), 1.7),
+        64,
+    ),
+    "mobilenet + dense head, test-time flip, calibrated": (
+        lambda: builders.with_temperature(
+            builders.with_test_time_flip(_pretrained("mobilenet", 3, 128, HeadKind.DENSE)), 0.6
+        ),
+        128,
+    ),
 }
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from app.ml import bases, builders
+from app.ml.calibration import MIN_CALIBRATION_IMAGES, expected_calibration_error
 from app.ml.config import (
     Augmentation,
     Method,
@@ -21,6 +22,7 @@ from app.ml.config import (
 )
 from app.ml.data import InMemorySplits, SplitArrays, resize_pixels
 from app.ml.finetune import sampled_views
+from app.ml.layers import Temperature
 from app.ml.train import TrainingHooks, train
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "weights"
@@ -413,3 +415,39 @@ def test_progress_counts_only_the_stages_a_method_trains(method: str, most_epoch
         "scratch": 0,
         "bottleneck": 60,
     }.get(method, 60 + 8)
+
+
+def test_the_kept_model_is_calibrated_on_validation_and_saved_with_its_temperature(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(9)
+
+    def split(n: int) -> SplitArrays:
+        labels = np.arange(n, dtype=np.int32) % 2
+        images = rng.uniform(0, 255, size=(n, 32, 32, 3)).astype("float32")
+        images[labels == 1, :, :, 0] = 255.0
+        return SplitArrays(images=images, labels=labels)
+
+    splits = InMemorySplits(
+        {"train": split(16), "validation": split(MIN_CALIBRATION_IMAGES), "test": split(12)},
+        ["a", "b"],
+    )
+    outcome, _ = _auto_run(tmp_path, _auto_config(method=Method.BOTTLENECK), splits=splits)
+    calibration = outcome.evaluation["calibration"]
+    assert calibration["fitted_on_images"] == MIN_CALIBRATION_IMAGES
+    assert calibration["split"] == "test" and calibration["bins"] == 15
+    assert calibration["temperature"] > 0
+    assert isinstance(outcome.model.layers[-1], Temperature)
+    # the saved model answers the calibrated probabilities the evaluation is of
+    saved = keras.ops.convert_to_numpy(outcome.model(splits.arrays("test").images, training=False))
+    np.testing.assert_allclose(saved, outcome.probabilities["test"], atol=1e-4)
+    assert np.mean(saved.argmax(axis=1) == splits.labels("test")) == outcome.evaluation["accuracy"]
+    assert calibration["ece_after"] == pytest.approx(
+        expected_calibration_error(outcome.probabilities["test"], splits.labels("test"))
+    )
+
+    # fewer validation images than that: left as it is, and the evaluation says so by its
+    # lack of a calibration
+    few, _ = _auto_run(tmp_path / "few", _auto_config(method=Method.BOTTLENECK))
+    assert few.evaluation.get("calibration") is None
+    assert not isinstance(few.model.layers[-1], Temperature)
