@@ -82,3 +82,25 @@ def test_accuracy_summary_gives_mean_and_spread_per_method_and_judges_the_target
     # one point short of its target is reported as missed, not rounded away
     low = render([_row("reference", 1, 0.80), _auto(1, 0.805, 0.80, 0.805)])
     assert "ref +1 pt **missed**; >= 0.9 **missed**" in low
+
+
+def test_accuracy_summary_reports_calibration_error_per_dataset_and_judges_it() -> None:
+    from benchmarks.accuracy import render
+
+    def calibrated(seed: int, before: float, after: float, temperature: float) -> dict:
+        row = _auto(seed, 0.9, 0.85, 0.9)
+        row["calibration"] = {"ece_before": before, "ece_after": after, "temperature": temperature}
+        return row
+
+    table = render([calibrated(1, 0.08, 0.02, 1.4), calibrated(2, 0.10, 0.04, 1.9)])
+    line = next(line for line in table.splitlines() if line.startswith("| flowers_small | 0.090"))
+    cells = [cell.strip() for cell in line.split("|")[1:-1]]
+    assert cells == [
+        "flowers_small",
+        "0.090 ± 0.014",
+        "0.030 ± 0.014",
+        "1.40-1.90",
+        "met (worst seed 0.040)",
+    ]  # fmt: skip  (a row of the table, as printed)
+    missed = render([calibrated(1, 0.08, 0.06, 1.2)])
+    assert "**missed** (worst seed 0.060)" in missed
