@@ -383,6 +383,17 @@ def test_duplicates_leakage_and_label_conflicts(client: TestClient) -> None:
     assert len(hashes) == len(set(hashes)) == 11
 
 
+def test_uploading_the_same_images_again_says_so(client: TestClient) -> None:
+    archive = make_zip(class_folders({"a": 4, "b": 4}))
+    first = created(client, archive, name="pets")
+    assert not any("uploaded before" in w for w in first["stats"]["warnings"])
+    again = created(client, archive, name="pets-copy")
+    (warning,) = [w for w in again["stats"]["warnings"] if "uploaded before" in w]
+    assert f"as dataset 'pets' (id {first['id']}, version 1)" in warning
+    other_split = created(client, archive, name="pets", seed=99)  # other splits: other images
+    assert not any("uploaded before" in w for w in other_split["stats"]["warnings"])
+
+
 def test_fingerprint_depends_on_content_not_names(client: TestClient) -> None:
     files = class_folders({"a": 3, "b": 3}, prefix="train/") | class_folders(
         {"a": 1, "b": 1}, prefix="validation/", seed=50

@@ -53,6 +53,12 @@ def ingest_zip(
                 seed=options.seed,
             )
         )
+        if twin := _same_images(session, owner=options.owner, fingerprint=built.fingerprint):
+            built.stats["warnings"].append(
+                f"the same images in the same splits were uploaded before as dataset "
+                f"{twin.name!r} (id {twin.id}, version {twin.version}); this upload is a "
+                "separate dataset (delete one, or add images to the other as a new version)"
+            )
         dataset = Dataset(
             id=dataset_id,
             owner=options.owner,
@@ -75,6 +81,13 @@ def ingest_zip(
         len(built.classes),
     )
     return dataset
+
+
+def _same_images(session: Session, *, owner: str | None, fingerprint: str) -> Dataset | None:
+    """The owner's newest dataset version with exactly these images and splits, if any."""
+    query = select(Dataset).where(Dataset.fingerprint == fingerprint)
+    query = query.where(Dataset.owner.is_(None) if owner is None else Dataset.owner == owner)
+    return session.scalars(query.order_by(Dataset.created_at.desc()).limit(1)).first()
 
 
 def get_dataset(session: Session, *, dataset_id: uuid.UUID, principal: Principal | None) -> Dataset:
