@@ -36,8 +36,34 @@ def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The T that minimises the negative log-likelihood of `labels` (golden-section search on
-    1 / T, where the loss is convex: deterministic, no optimiser state)."""
+    """The T that minimises the negative log-likelihood of `labels`, but never sharper than
+    the validation images can vouch for: their mean top confidence stays at most
+    (right + 1) / (images + 2) (Laplace's rule of succession). That bound only binds where
+    (nearly) every validation image is right, and there it matters: minimising the loss alone
+    sends T towards 0 and every answer, wrong ones included, towards certainty."""
+    fitted = _minimum_loss_temperature(probabilities, labels)
+    right = int(np.sum(probabilities.argmax(axis=1) == labels))
+    ceiling = (right + 1) / (len(labels) + 2)
+    if _mean_confidence(probabilities, fitted) <= ceiling:
+        return fitted
+    # The mean confidence falls as T grows: bisect on log T up to the largest T searched.
+    low, high = math.log(fitted), -math.log(INVERSE_TEMPERATURE_RANGE[0])
+    for _ in range(_SEARCH_STEPS):
+        middle = (low + high) / 2
+        if _mean_confidence(probabilities, math.exp(middle)) > ceiling:
+            low = middle
+        else:
+            high = middle
+    return math.exp(high)
+
+
+def _mean_confidence(probabilities: np.ndarray, temperature: float) -> float:
+    return float(tempered(probabilities, temperature).max(axis=1).mean())
+
+
+def _minimum_loss_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Golden-section search on 1 / T, where the loss is convex: deterministic, no optimiser
+    state."""
     low, high = INVERSE_TEMPERATURE_RANGE
     ratio = (math.sqrt(5) - 1) / 2
 

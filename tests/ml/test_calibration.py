@@ -50,6 +50,21 @@ def test_the_fitted_temperature_undoes_overconfidence_and_lowers_the_error() -> 
     assert fit_temperature(timid, timid_labels) == pytest.approx(0.5, rel=0.08)
 
 
+def test_a_validation_set_answered_all_right_does_not_make_every_answer_certain() -> None:
+    # A timid model (label smoothing) that is right on all 120 validation images: the loss
+    # alone would send T to 0; the temperature stops where the mean confidence is 121/122.
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 120)
+    answers = np.full((120, 3), 0.05)
+    answers[np.arange(120), labels] = 0.9
+    answers += rng.uniform(0, 0.01, answers.shape)
+    answers /= answers.sum(axis=1, keepdims=True)
+    temperature = fit_temperature(answers, labels)
+    confidence = tempered(answers, temperature).max(axis=1).mean()
+    assert confidence == pytest.approx(121 / 122, abs=1e-6)
+    assert 0.05 < temperature < 1.0  # sharper than the timid model, short of certainty
+
+
 def test_the_expected_calibration_error_of_known_cases() -> None:
     # every answer 0.9 sure, half of them right: 0.4
     answers = np.array([[0.9, 0.1]] * 10)
