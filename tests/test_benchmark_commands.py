@@ -104,3 +104,14 @@ def test_accuracy_summary_reports_calibration_error_per_dataset_and_judges_it() 
     ]  # fmt: skip  (a row of the table, as printed)
     missed = render([calibrated(1, 0.08, 0.06, 1.2)])
     assert "**missed** (worst seed 0.060)" in missed
+
+
+def test_outlier_auroc_is_the_chance_an_outlier_scores_above_an_inlier() -> None:
+    import numpy as np
+
+    from benchmarks.outliers import auroc
+
+    assert auroc(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == 1.0
+    assert auroc(np.array([0.3, 0.4]), np.array([0.1, 0.2])) == 0.0
+    assert auroc(np.array([0.1, 0.3]), np.array([0.2, 0.4])) == 0.75
+    assert auroc(np.array([0.5, 0.5]), np.array([0.5])) == 0.5  # ties count half
