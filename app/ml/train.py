@@ -1,6 +1,6 @@
 """Training runs composed of stages, keras-io style: load data, extract (or load) features,
-choose a head, fine-tune, evaluate; `auto` runs the candidates that fit the data and keeps
-the one that validates best.
+choose a head, fine-tune, evaluate, calibrate; `auto` runs the candidates that fit the data and
+keeps the one that validates best.
 
 Pure Keras/NumPy: the service passes in the weights file (and its checksum), the feature
 cache folder and the hooks that report to the database.
