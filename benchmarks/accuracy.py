@@ -326,9 +326,10 @@ def _calibration(rows: list[dict]) -> list[str]:
         return []
     lines = [
         "",
-        "Calibration of the saved auto models: expected calibration error (15 bins) on the test",
-        "split before and after the temperature fitted on validation (accuracy is unchanged by",
-        "it: no answer changes its class).",
+        "Calibration of the saved auto models: expected calibration error (15 bins) on the split",
+        "each job is evaluated on (test; validation only where a set has no test split, and then",
+        "in-sample) before and after the temperature fitted on validation (accuracy is unchanged",
+        "by it: no answer changes its class).",
         "",
         "| dataset | ECE before | ECE after | temperature | target (ECE after <= 0.05) |",
         "| --- | --- | --- | --- | --- |",

@@ -4,8 +4,9 @@ real photos before one is built into the service.
     .venv/bin/python -m benchmarks.outliers [--image-size 224]
 
 For every set in ../shared/data: its images' pooled features from the frozen MobileNetV2 the
-service uses (224 px), a head trained on its training features as the bottleneck stage trains
-one (the service's `train_head`, dense head), then, for its test images (in-distribution) and
+service uses (224 px), a head trained on its training features (the service's `train_head` with
+its dense head, one of the heads `auto` chooses among; no mirrored copies), then, for its test
+images (in-distribution) and
 the test images of every other set (outliers), each candidate score (higher: more unusual):
 
 - msp: 1 - the head's top probability (the baseline every classifier has);
@@ -216,8 +217,8 @@ def report(rows: list[dict[str, Any]], *, image_size: int, seeds: list[int]) -> 
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}, CPU only, with",
         f"`.venv/bin/python -m benchmarks.outliers --image-size {image_size} --seeds "
         f"{' '.join(map(str, seeds))}`:",
-        f"MobileNetV2 features at {image_size} px and the service's dense head trained on one",
-        "set; its test photos against every other set's",
+        f"MobileNetV2 features at {image_size} px and the service's dense head (msp and energy",
+        "are that head's) trained on one set; its test photos against every other set's",
         "test photos as outliers; the threshold is the 95th percentile of the set's own",
         "validation scores. Means over the seeds (the head's seed; features are fixed). Cells:",
         "AUROC / outliers rejected / own test photos rejected.",

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.evaluate import log_loss
 from app.ml.layers import PROBABILITY_FLOOR
 
 ECE_BINS = 15
@@ -36,14 +35,16 @@ def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The T that minimises the negative log-likelihood of `labels`, but never sharper than
-    the validation images can vouch for: their mean top confidence stays at most
-    (right + 1) / (images + 2) (Laplace's rule of succession). That bound only binds where
-    (nearly) every validation image is right, and there it matters: minimising the loss alone
-    sends T towards 0 and every answer, wrong ones included, towards certainty."""
+    """The T that minimises the negative log-likelihood of `labels`, but never more confident
+    on the validation images, on average, than it was right there; where every one was right,
+    than Laplace's (n + 1) / (n + 2). Where the answers are not all right the loss's minimum is
+    about that already (a calibrated model's mean confidence is its accuracy), so the bound
+    moves T little; where they all are, minimising the loss alone sends T towards 0 and every
+    answer, wrong ones to come included, towards certainty."""
     fitted = _minimum_loss_temperature(probabilities, labels)
     right = int(np.sum(probabilities.argmax(axis=1) == labels))
-    ceiling = (right + 1) / (len(labels) + 2)
+    count = len(labels)
+    ceiling = right / count if right < count else (count + 1) / (count + 2)
     if _mean_confidence(probabilities, fitted) <= ceiling:
         return fitted
     # The mean confidence falls as T grows: bisect on log T up to the largest T searched.
@@ -67,8 +68,14 @@ def _minimum_loss_temperature(probabilities: np.ndarray, labels: np.ndarray) -> 
     low, high = INVERSE_TEMPERATURE_RANGE
     ratio = (math.sqrt(5) - 1) / 2
 
+    log_probabilities = np.log(np.clip(probabilities, PROBABILITY_FLOOR, 1.0))
+
     def loss(inverse: float) -> float:
-        return log_loss(tempered(probabilities, 1.0 / inverse), labels)
+        """Mean -log softmax(inverse * log p)[label], unclipped: convex in `inverse`."""
+        scaled = log_probabilities * inverse
+        top = scaled.max(axis=1, keepdims=True)
+        log_sum = top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1))
+        return float(np.mean(log_sum - scaled[np.arange(len(labels)), labels]))
 
     a, b = low, high
     c, d = b - ratio * (b - a), a + ratio * (b - a)

@@ -236,7 +236,7 @@ def test_skipped_lines_are_capped_in_the_response_but_counted(client: TestClient
             "no label or more than one",
         ),
         ({"labels.csv": b"path,labels\n", "labels.jsonl": b""}, 400, "keep one of them"),
-        ({"labels.csv": b"file,class\nphotos/0.jpg,cat\n"}, 400, "unknown column(s) 'file'"),
+        ({"labels.csv": b"path,labels,colour\nphotos/0.jpg,cat,red\n"}, 400, "column(s) 'colour'"),
         ({"labels.csv": b"path,labels\ngone.jpg,cat\n"}, 400, "lists no image of the zip"),
         ({"labels.csv": b"path,labels\nphotos/0.jpg,cat\n"}, 400, "the zip has 1 (cat)"),
     ],
@@ -249,6 +249,33 @@ def test_label_lists_that_cannot_make_a_dataset_are_refused(
     assert message in response.json()["detail"]
     assert leftovers() == []
     assert dataset_rows() == 0
+
+
+def test_a_labels_csv_that_is_not_a_label_list_is_skipped_and_the_folders_decide(
+    client: TestClient,
+) -> None:
+    files = {
+        **class_folders({"boston_bull": 3, "dingo": 3}, prefix="train/"),
+        "labels.csv": b"id,breed\n000bec180eb18c7604dcecc8fe0dba07,boston_bull\n",
+    }
+    body = created(client, make_zip(files))
+    assert body["class_names"] == ["boston_bull", "dingo"]
+    assert body["stats"]["skipped"] == [
+        {
+            "file": "labels.csv",
+            "reason": "not a label list: its header has no path or labels column",
+        }
+    ]
+
+
+def test_a_composed_name_in_the_list_finds_the_decomposed_file_of_the_zip(
+    client: TestClient,
+) -> None:
+    images = {"cafe\u0301/0.jpg": image_bytes(seed=1), "b/1.jpg": image_bytes(seed=2)}
+    listed = "path,labels\ncaf\u00e9/0.jpg,a\nb/1.jpg,b\n".encode()
+    body = created(client, make_zip({**images, "labels.csv": listed}))
+    assert body["class_names"] == ["a", "b"]
+    assert body["stats"]["skipped"] == []
 
 
 def test_a_label_list_over_its_byte_limit_is_refused_unread(configure, sqlite_url: str) -> None:

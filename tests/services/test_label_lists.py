@@ -10,6 +10,7 @@ from app.core.errors import BadRequestError, PayloadTooLargeError
 from app.services.datasets.label_lists import (
     MAX_LABELS_PER_IMAGE,
     LabelList,
+    NotALabelListError,
     parse_label_list,
 )
 
@@ -63,7 +64,6 @@ def test_a_byte_order_mark_is_not_part_of_the_header() -> None:
     [
         ("", "no header row"),
         ("path,labels,colour\na.jpg,cat,red\n", "unknown column(s) 'colour'"),
-        ("path,split\na.jpg,train\n", "no labels column"),
         ("path,labels,path\na.jpg,cat,b.jpg\n", "a column is named twice"),
     ],
 )
@@ -71,6 +71,27 @@ def test_a_header_that_cannot_be_read_refuses_the_file(text: str, message: str) 
     with pytest.raises(BadRequestError) as raised:
         csv_list(text)
     assert message in str(raised.value)
+
+
+def test_a_csv_without_path_and_labels_columns_is_not_a_label_list() -> None:
+    with pytest.raises(NotALabelListError, match="its header has no path or labels column"):
+        csv_list("id,breed\n000bec180eb18c7604dcecc8fe0dba07,boston_bull\n")
+    with pytest.raises(NotALabelListError, match="no labels column"):
+        csv_list("path,split\na.jpg,train\n")
+
+
+def test_a_bare_carriage_return_ends_a_line_and_counts_against_the_cap() -> None:
+    with pytest.raises(PayloadTooLargeError, match="more than 3 lines"):
+        csv_list("path,labels\r" + "a.jpg,x\r" * 10, max_lines=3)
+
+
+def test_names_are_compared_composed_and_format_characters_stay() -> None:
+    parsed = csv_list("path,labels\ncafe\u0301.jpg,\u0646\u0627\u200c\u062f\n.x.jpg,.hidden\n")
+    assert parsed.lines[0].parts == ("caf\u00e9.jpg",)  # NFD in the list, NFC to compare
+    assert parsed.lines[0].labels == ("\u0646\u0627\u200c\u062f",)  # a ZWNJ is part of a name
+    assert reasons(parsed) == {
+        "labels.csv line 3": "label '.hidden' starts with a dot (a hidden folder's name)"
+    }
 
 
 def test_every_bad_csv_line_is_reported_with_its_line_and_reason() -> None:
@@ -131,6 +152,8 @@ def test_jsonl_lines_and_their_problems() -> None:
             {"path": "e.jpg", "labels": "cat"},
             {"path": 5, "labels": ["cat"]},
             {"path": "f.jpg", "labels": ["cat"], "split": None},
+            '{"path": "g.jpg", "labels": [' + "[" * 5000 + "]" * 5000 + "]}",
+            '{"path": "h.jpg", "labels": ["cat"], "n": ' + "9" * 5000 + "}",
         ]
     )
     assert [(line.number, line.parts, line.labels, line.split) for line in parsed.lines] == [
@@ -147,6 +170,8 @@ def test_jsonl_lines_and_their_problems() -> None:
         "labels.jsonl line 7": "no 'labels'",
         "labels.jsonl line 8": '"labels" is not a list of strings',
         "labels.jsonl line 9": '"path" and "split" are strings',
+        "labels.jsonl line 11": "not JSON that can be read (too deep or too long a number)",
+        "labels.jsonl line 12": "not JSON that can be read (too deep or too long a number)",
     }
 
 

@@ -11,6 +11,7 @@ import json
 import random
 import statistics
 import zipfile
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from app.services.datasets.label_lists import (
     JSONL_NAME,
     LABEL_LIST_NAMES,
     LabelList,
+    NotALabelListError,
+    nfc,
     parse_label_list,
 )
 from models_store import ObjectNotFoundError
@@ -159,11 +162,12 @@ class Ingest:
                 raise BadRequestError(
                     f"the zip holds both {CSV_NAME} and {JSONL_NAME}: keep one of them"
                 )
-            if listed:
-                label_list = self._read_label_list(archive, *listed[0])
+            label_list = self._read_label_list(archive, *listed[0]) if listed else None
+            if label_list is not None:
                 candidates, has_splits = _plan_listed(files, label_list, self.report)
             else:
-                candidates, has_splits = _plan_folders(files, self.report)
+                others = [(m, parts) for m, parts in files if not (listed and m is listed[0][0])]
+                candidates, has_splits = _plan_folders(others, self.report)
             _check_plan(candidates, has_splits=has_splits, adding=adding)
             labels = {c.label for c in candidates}
             if not adding:
@@ -181,17 +185,26 @@ class Ingest:
 
     def _read_label_list(
         self, archive: zipfile.ZipFile, member: ArchiveMember, parts: tuple[str, ...]
-    ) -> LabelList:
+    ) -> LabelList | None:
+        """The zip's label list, or None where its labels.csv is some other CSV (then the
+        folders say the classes, and the file is skipped like any file that is not an image)."""
+        name = parts[0]
         try:
             data = read_member(archive, member, max_bytes=self.settings.max_label_list_bytes)
         except EntryTooLargeError as exc:
-            raise PayloadTooLargeError(f"{parts[0]} is too large: {exc}") from exc
-        return parse_label_list(
-            parts[0],
-            data,
-            max_lines=self.settings.max_zip_entries,
-            max_label_chars=MAX_CLASS_NAME_CHARS,
-        )
+            raise PayloadTooLargeError(f"{name} is too large: {exc}") from exc
+        except (zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+            raise BadRequestError(f"{name} cannot be read from the zip ({exc})") from exc
+        try:
+            return parse_label_list(
+                name,
+                data,
+                max_lines=self.settings.max_zip_entries,
+                max_label_chars=MAX_CLASS_NAME_CHARS,
+            )
+        except NotALabelListError as exc:
+            self.report.skipped.append({"file": member.path, "reason": str(exc)})
+            return None
 
     def add_labeled(self, labeled: Sequence[LabeledImage]) -> None:
         """Image files under their labels (review items), without a split."""
@@ -367,8 +380,9 @@ def _plan_listed(
 ) -> tuple[list[_Candidate], bool]:
     """Each file listed in `label_list` with its class and split; files it does not list
     are skipped, and so are its bad lines (each reported with its reason)."""
-    by_path = {parts: member for member, parts in files if parts != (label_list.name,)}
-    has_splits = any(line.split is not None for line in label_list.lines)
+    by_path = {nfc(parts): member for member, parts in files if parts != (label_list.name,)}
+    # Split folders or not is decided by the lines that name a file the zip has.
+    has_splits = any(line.split is not None for line in label_list.lines if line.parts in by_path)
     other_than_one = [line for line in label_list.lines if len(line.labels) != 1]
     if other_than_one:
         raise BadRequestError(

@@ -31,6 +31,11 @@ REQUIRED_COLUMNS = ("path", "labels")
 SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
 
 
+class NotALabelListError(ValueError):
+    """A labels.csv whose header does not name the path and labels columns: some other CSV
+    (a Kaggle set's labels.csv is `id,breed`), skipped like any file that is not an image."""
+
+
 @dataclass(frozen=True)
 class LabelLine:
     number: int  # 1-based line of the file
@@ -60,9 +65,23 @@ def label_problem(label: str, *, max_chars: int) -> str | None:
         return f"a label longer than {max_chars} characters ({label[:40]!r}...)"
     if "/" in label or "\\" in label:
         return f"label {label!r} has a path separator"
-    if any(unicodedata.category(char).startswith("C") for char in label):
+    if label.startswith("."):
+        return f"label {label!r} starts with a dot (a hidden folder's name)"
+    if _has_control_character(label):
         return f"label {label!r} has a control character"
     return None
+
+
+def _has_control_character(text: str) -> bool:
+    """Control characters and lone surrogates; format characters such as ZWNJ are part of
+    names in several scripts and stay."""
+    return any(unicodedata.category(char) in ("Cc", "Cs") for char in text)
+
+
+def nfc(parts: tuple[str, ...]) -> tuple[str, ...]:
+    """A path's parts in Unicode NFC: a zip made on macOS names files decomposed (NFD), a
+    spreadsheet's text is composed, and both mean the same file."""
+    return tuple(unicodedata.normalize("NFC", part) for part in parts)
 
 
 def parse_label_list(name: str, data: bytes, *, max_lines: int, max_label_chars: int) -> LabelList:
@@ -73,12 +92,11 @@ def parse_label_list(name: str, data: bytes, *, max_lines: int, max_label_chars:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BadRequestError(f"{name} is not UTF-8 text (byte {exc.start})") from exc
-    if text.count("\n") > max_lines + 1:
-        raise PayloadTooLargeError(
-            f"{name} has more than {max_lines} lines; a zip may hold at most {max_lines} files"
-        )
     parsed = LabelList(name=name)
-    rows = _csv_rows(parsed, text) if name == CSV_NAME else _jsonl_rows(parsed, text)
+    if name == CSV_NAME:
+        rows = _csv_rows(parsed, text, max_lines=max_lines)
+    else:
+        rows = _jsonl_rows(parsed, text, max_lines=max_lines)
     seen: dict[tuple[str, ...], int] = {}
     for number, raw in rows:
         line = _line(parsed, number, raw, max_label_chars=max_label_chars)
@@ -94,7 +112,13 @@ def parse_label_list(name: str, data: bytes, *, max_lines: int, max_label_chars:
     return parsed
 
 
-def _csv_rows(parsed: LabelList, text: str) -> list[tuple[int, dict[str, Any]]]:
+def _too_many_lines(name: str, max_lines: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"{name} has more than {max_lines} lines; a zip may hold at most {max_lines} files"
+    )
+
+
+def _csv_rows(parsed: LabelList, text: str, *, max_lines: int) -> list[tuple[int, dict[str, Any]]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
@@ -106,18 +130,22 @@ def _csv_rows(parsed: LabelList, text: str) -> list[tuple[int, dict[str, Any]]]:
             f"{','.join(COLUMNS)} (split is optional)"
         )
     columns = [cell.strip().lower() for cell in header]
+    if missing := [c for c in REQUIRED_COLUMNS if c not in columns]:
+        raise NotALabelListError(
+            f"not a label list: its header has no {' or '.join(missing)} column"
+        )
     if unknown := [c for c in columns if c not in COLUMNS]:
         raise BadRequestError(
             f"{parsed.name} line 1: unknown column(s) {', '.join(map(repr, unknown))}; "
             f"the columns are {', '.join(COLUMNS)}"
         )
-    if missing := [c for c in REQUIRED_COLUMNS if c not in columns]:
-        raise BadRequestError(f"{parsed.name} line 1: no {' or '.join(missing)} column")
     if len(set(columns)) != len(columns):
         raise BadRequestError(f"{parsed.name} line 1: a column is named twice")
     rows: list[tuple[int, dict[str, Any]]] = []
     while True:
         number = reader.line_num + 1
+        if number > max_lines + 1:  # counted as the reader counts: "\r" ends a line too
+            raise _too_many_lines(parsed.name, max_lines)
         try:
             cells = next(reader)
         except StopIteration:
@@ -137,18 +165,26 @@ def _csv_rows(parsed: LabelList, text: str) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def _jsonl_rows(parsed: LabelList, text: str) -> list[tuple[int, dict[str, Any]]]:
+def _jsonl_rows(
+    parsed: LabelList, text: str, *, max_lines: int
+) -> list[tuple[int, dict[str, Any]]]:
+    lines = text.split("\n")
+    if len(lines) > max_lines + 1:
+        raise _too_many_lines(parsed.name, max_lines)
     rows: list[tuple[int, dict[str, Any]]] = []
-    for number, content in enumerate(text.split("\n"), start=1):
+    for number, content in enumerate(lines, start=1):
         if not content.strip():
             # The newline that ends the last line is not an empty line.
-            if number < text.count("\n") + 1:
+            if number < len(lines):
                 parsed.problem(number, "an empty line")
             continue
         try:
             row = json.loads(content)
         except json.JSONDecodeError as exc:
             parsed.problem(number, f"not JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except (ValueError, RecursionError):  # a number too long to convert, nesting too deep
+            parsed.problem(number, "not JSON that can be read (too deep or too long a number)")
             continue
         if not isinstance(row, dict):
             parsed.problem(number, "not a JSON object")
@@ -183,7 +219,9 @@ def _line(
     if split_cell and split is None:
         parsed.problem(number, f"split {split_cell!r} is not train, validation (val) or test")
         return None
-    labels = list(dict.fromkeys(label.strip() for label in row["labels"]))
+    labels = list(
+        dict.fromkeys(unicodedata.normalize("NFC", label.strip()) for label in row["labels"])
+    )
     if len(labels) > MAX_LABELS_PER_IMAGE:
         parsed.problem(
             number, f"{len(labels)} labels; an image may have at most {MAX_LABELS_PER_IMAGE}"
@@ -201,7 +239,7 @@ def _path_parts(path: str) -> tuple[str, ...] | str:
     cleaned = path.strip().replace("\\", "/")
     if not cleaned:
         return "an empty path"
-    if any(unicodedata.category(char).startswith("C") for char in cleaned):
+    if _has_control_character(cleaned):
         return f"path {cleaned!r} has a control character"
     if cleaned.startswith("/") or (len(cleaned) > 1 and cleaned[1] == ":"):
         return f"path {cleaned!r} is absolute; paths are relative to the list's folder"
@@ -210,4 +248,4 @@ def _path_parts(path: str) -> tuple[str, ...] | str:
         return f"path {cleaned!r} leaves the zip's folder"
     if not parts:
         return "an empty path"
-    return parts
+    return nfc(parts)
