@@ -6,8 +6,10 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -19,7 +21,7 @@ from app.db.models import Dataset, DatasetStatus, JobStatus, TrainingJob
 from app.db.session import after_commit
 from app.services.auth import Principal, visible
 from app.services.datasets.files import publish, remove_features, remove_files, staging
-from app.services.datasets.ingest import Ingest, SplitOptions
+from app.services.datasets.ingest import Built, Ingest, SplitOptions
 
 logger = logging.getLogger(__name__)
 
@@ -59,27 +61,60 @@ def ingest_zip(
                 f"{twin.name!r} (id {twin.id}, version {twin.version}); this upload is a "
                 "separate dataset (delete one, or add images to the other as a new version)"
             )
-        dataset = Dataset(
-            id=dataset_id,
+        dataset = record_version(
+            session,
+            built=built,
+            folder=folder,
+            dataset_id=dataset_id,
             owner=options.owner,
             name=options.name,
             lineage_id=dataset_id,
             version=1,
-            fingerprint=built.fingerprint,
-            status=DatasetStatus.READY.value,
-            class_names=built.classes,
-            split_counts=built.split_counts,
-            stats=built.stats,
         )
-        session.add(dataset)
-        session.flush()
-        publish(session, folder=folder, dataset_id=dataset_id)
     logger.info(
         "dataset %s ingested: %d images, %d classes",
         dataset_id,
         len(built.images),
         len(built.classes),
     )
+    return dataset
+
+
+def record_version(
+    session: Session,
+    *,
+    built: Built,
+    folder: Path,
+    dataset_id: uuid.UUID,
+    owner: str | None,
+    name: str,
+    lineage_id: uuid.UUID,
+    version: int,
+    parent_id: uuid.UUID | None = None,
+    diff: dict[str, Any] | None = None,
+    before_publish: Callable[[Session], None] = lambda _: None,
+) -> Dataset:
+    """The row of a dataset version whose images `built` describes in the staging `folder`:
+    added and flushed, then (once `before_publish` has not refused) the folder published. The
+    one place an upload and a new version both make their row."""
+    dataset = Dataset(
+        id=dataset_id,
+        owner=owner,
+        name=name,
+        lineage_id=lineage_id,
+        version=version,
+        fingerprint=built.fingerprint,
+        status=DatasetStatus.READY.value,
+        class_names=built.classes,
+        split_counts=built.split_counts,
+        stats=built.stats,
+    )
+    if parent_id is not None:  # a first version leaves both unset: SQL NULL, not JSON null
+        dataset.parent_id, dataset.diff = parent_id, diff
+    session.add(dataset)
+    session.flush()
+    before_publish(session)
+    publish(session, folder=folder, dataset_id=dataset_id)
     return dataset
 
 

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.errors import BadRequestError, ConflictError, NotFoundError
 from app.db.locks import dataset_lineage_key, lock_key
-from app.db.models import Dataset, DatasetStatus
+from app.db.models import Dataset
 from app.services.auth import Principal, visible
-from app.services.datasets.crud import get_dataset
-from app.services.datasets.files import load_manifest, local_images, publish, staging
+from app.services.datasets.crud import get_dataset, record_version
+from app.services.datasets.files import load_manifest, local_images, staging
 from app.services.datasets.ingest import Ingest, IngestImage, LabeledImage, SplitOptions
 from models_store import ObjectNotFoundError
 
@@ -133,24 +133,19 @@ def add_version(
                 f"version {latest} of the dataset was added meanwhile: send the request again "
                 "to build on it"
             )
-        dataset = Dataset(
-            id=new_id,
+        dataset = record_version(
+            session,
+            built=built,
+            folder=folder,
+            dataset_id=new_id,
             owner=parent.owner,
             name=parent.name,
             lineage_id=lineage_id,
             version=(latest or 0) + 1,
             parent_id=parent_id,
             diff=diff,
-            fingerprint=built.fingerprint,
-            status=DatasetStatus.READY.value,
-            class_names=built.classes,
-            split_counts=built.split_counts,
-            stats=built.stats,
+            before_publish=before_commit,
         )
-        session.add(dataset)
-        session.flush()
-        before_commit(session)
-        publish(session, folder=folder, dataset_id=new_id)
     logger.info(
         "dataset %s v%d made from v%d: %d added, %d removed",
         lineage_id,
