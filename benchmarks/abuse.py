@@ -35,7 +35,15 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from benchmarks.common import PROJECT_ROOT, SHARED, live_service, machine, memory_kb, write_section
+from benchmarks.common import (
+    PROJECT_ROOT,
+    SHARED,
+    app_cli,
+    live_service,
+    machine,
+    memory_kb,
+    write_section,
+)
 
 MB = 1024 * 1024
 GROWTH_TARGET_MB = 200
@@ -248,19 +256,6 @@ def api_pid(launcher: subprocess.Popen[bytes]) -> int:
     raise RuntimeError("no uvicorn child of the launcher")
 
 
-def cli(data_dir: Path, *argv: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
-    env["SMALLVISION_DATA_DIR"] = str(data_dir)
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *argv],
-        cwd=PROJECT_ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-
-
 def register_model(data_dir: Path, name: str, owner: str) -> None:
     """A small untrained classifier registered straight into the service's store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
@@ -308,7 +303,7 @@ class Bench:
         self.rows: list[Row] = []
 
     def key(self, scopes: str, owner: str) -> str:
-        return cli(
+        return app_cli(
             self.data,
             "keys",
             "create",
@@ -675,7 +670,7 @@ def job_cases(bench: Bench) -> None:
         left = list((bench.data / "models" / "abuse-exports" / "v1").rglob("*"))
         gone = trainer.delete(f"/datasets/{dataset['id']}")
         features_left = list((bench.data / "feature_cache").rglob(f"{dataset['fingerprint']}-*"))
-        orphans = cli(bench.data, "storage-orphans", "--grace-seconds", "0")
+        orphans = app_cli(bench.data, "storage-orphans", "--grace-seconds", "0")
         return (
             f"version {deleted.status_code}, dataset {gone.status_code}",
             [
@@ -715,10 +710,10 @@ def key_and_docs_cases(bench: Bench) -> None:
 
     def revoked() -> tuple[str, list[str]]:
         assert httpx.get(f"{bench.base}/models", headers=headers).status_code == 200
-        listing = cli(bench.data, "keys", "list")
+        listing = app_cli(bench.data, "keys", "list")
         prefix = f"sv_{key.split('_')[1]}_"
         key_id = next(line.split()[0] for line in listing.splitlines() if prefix in line)
-        cli(bench.data, "keys", "revoke", key_id)
+        app_cli(bench.data, "keys", "revoke", key_id)
         revoked_at = time.perf_counter()
         while httpx.get(f"{bench.base}/models", headers=headers).status_code == 200:
             time.sleep(0.05)

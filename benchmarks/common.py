@@ -41,6 +41,28 @@ class LiveService:
     headers: dict[str, str]  # an admin API key
 
 
+def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """This process's environment without its SMALLVISION_ settings, for a service (or its
+    command line) over the store in data_dir with `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
+    env["SMALLVISION_DATA_DIR"] = str(data_dir)
+    env.update({f"SMALLVISION_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def app_cli(data_dir: Path, *argv: str, **settings: str) -> str:
+    """`python -m app.cli ARGV` on the store in data_dir (with the service's `settings`); its
+    output, stripped."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *argv],
+        cwd=PROJECT_ROOT,
+        env=service_env(data_dir, **settings),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 @contextmanager
 def live_service(
     data_dir: Path, *, with_worker: bool = False, **settings: str
@@ -49,9 +71,7 @@ def live_service(
     (uvicorn, after migrating) or with one worker on the embedded broker (`app.cli run`), and
     make an admin API key for the benchmark. Output goes to data_dir/service.log."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
-    env["SMALLVISION_DATA_DIR"] = str(data_dir)
-    env.update({f"SMALLVISION_{k.upper()}": v for k, v in settings.items()})
+    env = service_env(data_dir, **settings)
     port = free_port()
     if with_worker:
         argv = [sys.executable, "-m", "app.cli", "run", "--port", str(port)]
@@ -90,24 +110,9 @@ def live_service(
             time.sleep(0.1)
         else:
             raise RuntimeError(f"the service did not start; see {data_dir / 'service.log'}")
-        key = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "keys",
-                "create",
-                "--name",
-                "benchmark",
-                "--scopes",
-                "admin",
-            ],
-            cwd=PROJECT_ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        key = app_cli(
+            data_dir, "keys", "create", "--name", "benchmark", "--scopes", "admin", **settings
+        )
         yield LiveService(base=base, process=server, headers={"Authorization": f"Bearer {key}"})
     finally:
         server.send_signal(signal.SIGINT)  # both uvicorn and app.cli stop cleanly on it

@@ -13,10 +13,7 @@ section of docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +23,14 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import PROJECT_ROOT, SHARED, live_service, machine, memory_kb, write_section
+from benchmarks.common import (
+    SHARED,
+    app_cli,
+    live_service,
+    machine,
+    memory_kb,
+    write_section,
+)
 from benchmarks.predict import train_versions
 
 PREDICT_SHARE = 0.7
@@ -43,27 +47,17 @@ def api_pid(launcher_pid: int) -> int:
 
 def make_key(data_dir: Path) -> str:
     """A train+predict key of the owner that trained the model (the clients' key)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLVISION_")}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "keys",
-            "create",
-            "--name",
-            "load",
-            "--owner",
-            "benchmark",
-            "--scopes",
-            "train,predict",
-        ],
-        cwd=PROJECT_ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**env, "SMALLVISION_DATA_DIR": str(data_dir)},
-    ).stdout.strip()
+    return app_cli(
+        data_dir,
+        "keys",
+        "create",
+        "--name",
+        "load",
+        "--owner",
+        "benchmark",
+        "--scopes",
+        "train,predict",
+    )
 
 
 def percentile(values: list[float], fraction: float) -> float:
