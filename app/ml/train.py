@@ -173,19 +173,21 @@ def _calibrate(outcome: TrainingOutcome, splits: SplitSource) -> None:
     temperature = fit_temperature(validation, labels)
     judged = outcome.probabilities.get(split)
     assert judged is not None
-    calibrated = tempered(judged, temperature)
+    calibrated = {
+        name: None if answers is None else tempered(answers, temperature)
+        for name, answers in outcome.probabilities.items()
+    }
+    judged_after = calibrated[split]
+    assert judged_after is not None
     calibration = Calibration(
         temperature=temperature,
         fitted_on=len(labels),
         split=split,
         ece_before=expected_calibration_error(judged, splits.labels(split)),
-        ece_after=expected_calibration_error(calibrated, splits.labels(split)),
+        ece_after=expected_calibration_error(judged_after, splits.labels(split)),
     )
     outcome.model = builders.with_temperature(outcome.model, temperature)
-    outcome.probabilities = {
-        name: None if answers is None else tempered(answers, temperature)
-        for name, answers in outcome.probabilities.items()
-    }
+    outcome.probabilities = calibrated
     outcome.evaluation = {
         **(_evaluation(outcome.probabilities, splits) or {}),
         "calibration": calibration.describe(),
