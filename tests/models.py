@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from app.db.models import ModelVersion
 
@@ -56,3 +57,40 @@ def register_tiny_model(
             metadata=metadata,
             metrics_summary={"test_accuracy": None},
         )
+
+
+def train_on_photos(
+    root: Path,
+    images: list[dict[str, str]],
+    *,
+    classes: list[str],
+    config: Any,
+    cache: Path,
+) -> Any:
+    """The service's training code (app.ml.train) on photos under `root` ({"split", "file",
+    "label"} each), with the offline weights of config.base_model; its TrainingOutcome."""
+    import hashlib
+    import json
+
+    from app.ml import bases
+    from app.ml.data import ManifestSplits
+    from app.ml.fitting import TrainingHooks
+    from app.ml.train import PretrainedSource, train
+    from tests.zips import SHARED
+
+    splits = ManifestSplits(
+        {"classes": classes, "images": images},
+        files=lambda _: root,
+        image_size=config.image_size,
+        max_pixels=10**8,
+    )
+    spec = bases.BASES[bases.BaseName(config.base_model)]
+    weights = bases.find_weights(spec, weights_dir=SHARED / "weights")
+    assert weights is not None
+    source = PretrainedSource(
+        weights_path=weights,
+        weights_sha256="test",
+        dataset_fingerprint=hashlib.sha256(json.dumps(images).encode()).hexdigest(),
+        feature_cache_dir=cache,
+    )
+    return train(config, splits=splits, hooks=TrainingHooks(), pretrained=source)

@@ -100,6 +100,39 @@ def with_temperature(classifier: keras.Model, temperature: float) -> keras.Model
     return keras.Model(classifier.inputs, outputs, name=classifier.name)
 
 
+# The pooled activations a model's dense output reads: a pretrained model's are the input of
+# its "head" (the base's pooled features), a scratch model's the output of this layer.
+HEAD_LAYER = "head"
+EMBEDDING_LAYER = "embedding"
+
+
+def with_embedding(classifier: keras.Model) -> keras.Model | None:
+    """The classifier with a second output: the pooled features its dense output reads (what
+    the "unknown" score compares). None when it has none at its top level (a model wrapped
+    for a test-time flip, or saved before the layer was named)."""
+    names = {layer.name for layer in classifier.layers}
+    if HEAD_LAYER in names:
+        # A pretrained classifier is a chain (resize, preprocess, base, head, temperature):
+        # its layers applied again in order give the head's input in this graph. The head's
+        # own `.input` is the input it was built with, until the classifier is saved and
+        # loaded again.
+        inputs = keras.Input(shape=(None, None, 3), name="pixels")
+        x, embedding = inputs, inputs
+        for layer in classifier.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            if layer.name == HEAD_LAYER:
+                embedding = x
+            x = layer(x)
+        return keras.Model(inputs, [x, embedding], name=classifier.name)
+    if EMBEDDING_LAYER in names:
+        embedding = classifier.get_layer(EMBEDDING_LAYER).output
+        return keras.Model(
+            classifier.inputs, [classifier.outputs[0], embedding], name=classifier.name
+        )
+    return None
+
+
 SCRATCH_FILTERS = (32, 64, 128, 256, 512)
 # Keras' default 0.99 needs several hundred steps before the moving statistics that inference
 # uses match the batches': a 120-image set makes 4 steps an epoch, 120 in a 30-epoch run, and
@@ -128,7 +161,7 @@ def build_scratch_model(config: TrainConfig, *, class_count: int) -> keras.Model
             x = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
         x = keras.layers.MaxPooling2D(3, strides=2, padding="same")(x)
         x = keras.layers.add([x, shortcut])
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D(name=EMBEDDING_LAYER)(x)
     x = keras.layers.Dropout(config.dropout, seed=config.seed)(x)
     outputs = output_layer(class_count)(x)
     return keras.Model(inputs, outputs, name="scratch")

@@ -3,12 +3,14 @@
 Both take what the `.keras` model takes: a batch of raw RGB pixels (float32, 0..255) of any
 height and width; resizing, preprocessing and a test-time flip are inside the graph. Their
 output is the Keras model's (softmax over the classes, or one sigmoid unit for a two-class
-scratch model).
+scratch model); the ONNX export also has the pooled features the model's head reads as a
+second output, "embedding", which the service's "unknown" answer compares.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,9 @@ ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
+# The second output of a classifier's export: the pooled features its "unknown" score reads
+# (app/ml/outliers.py). Clients that want the probabilities alone read the first.
+EMBEDDING_NAME = "embedding"
 # The largest difference allowed between ONNX Runtime's and Keras' probabilities: an export
 # outside it is not kept (the version is then served by Keras).
 PARITY_TOLERANCE = 1e-4
@@ -149,9 +154,9 @@ def resize_graph(image_size: int) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def _convert(serve: Any, path: Path, *, output_name: str | None) -> None:
+def _convert(serve: Any, path: Path, *, output_names: tuple[str, ...] = ()) -> None:
     """tf2onnx on the frozen `serve`, written to `path`, its input named "pixels" (and its
-    first output `output_name`)."""
+    outputs, in order, `output_names`)."""
     import tf2onnx
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
@@ -164,18 +169,39 @@ def _convert(serve: Any, path: Path, *, output_name: str | None) -> None:
         output_path=str(path),
     )
     renames = {inputs[0]: INPUT_NAME}
-    if output_name is not None:
-        renames[outputs[0]] = output_name
+    renames.update(zip(outputs, output_names, strict=False))
     _rename_io(path, renames)
+
+
+def _difference(expected: list[np.ndarray], answered: list[np.ndarray]) -> float:
+    """The largest difference between two runtimes' outputs, each relative to its output's
+    largest magnitude when that is over 1 (probabilities are compared as they are, features
+    relative to their scale); inf if the outputs differ in number or shape."""
+    if len(expected) != len(answered):
+        return math.inf
+    largest = 0.0
+    for want, got in zip(expected, answered, strict=True):
+        if got.shape != want.shape:
+            return math.inf
+        scale = max(float(np.max(np.abs(want))), 1.0)
+        largest = max(largest, float(np.max(np.abs(got - want))) / scale)
+    return largest
 
 
 def export_onnx(model: Any, path: Path, *, image_size: int) -> OnnxExport:
     """Convert `model` with tf2onnx into `path`, then check that ONNX Runtime answers like
-    Keras on pixels of several sizes; ExportError (and no file) otherwise."""
+    Keras on pixels of several sizes; ExportError (and no file) otherwise. Its outputs are
+    "probabilities" and, where the model has pooled features to show, "embedding"."""
+    import tensorflow as tf
+
+    from app.ml.builders import with_embedding
+
     started = time.perf_counter()
-    serve = _serving_function(model)
+    both = with_embedding(model)
+    serve = _serving_function(model if both is None else both)
+    names = (OUTPUT_NAME,) if both is None else (OUTPUT_NAME, EMBEDDING_NAME)
     try:
-        _convert(serve, path, output_name=OUTPUT_NAME)
+        _convert(serve, path, output_names=names)
     except Exception as exc:  # tf2onnx raises whatever its handlers raise
         path.unlink(missing_ok=True)
         raise ExportError(f"tf2onnx could not convert the model: {exc}") from exc
@@ -184,9 +210,9 @@ def export_onnx(model: Any, path: Path, *, image_size: int) -> OnnxExport:
         session = onnx_session(path)
         difference = 0.0
         for pixels in parity_pixels(image_size):
-            expected = np.asarray(serve(pixels))
-            answered = session.run(None, {INPUT_NAME: pixels})[0]
-            difference = max(difference, float(np.max(np.abs(expected - answered))))
+            expected = [np.asarray(x) for x in tf.nest.flatten(serve(pixels))]
+            answered = session.run(None, {INPUT_NAME: pixels})
+            difference = max(difference, _difference(expected, answered))
     except Exception as exc:
         path.unlink(missing_ok=True)
         raise ExportError(f"ONNX Runtime could not run the export: {exc}") from exc
@@ -202,15 +228,15 @@ def export_onnx(model: Any, path: Path, *, image_size: int) -> OnnxExport:
 def export_extractor(extractor: Any, path: Path, *, image_size: int) -> None:
     """The frozen base's feature extractor (builders.feature_extractor: resized pixels ->
     [pooled features, top-block inputs]) as ONNX, for feature extraction by ONNX Runtime.
-    Checked like a model export, against the largest output, relatively: ExportError (and
-    no file) if any output differs by more than 1e-4 of its own largest magnitude."""
+    Checked like a model export (`_difference`): ExportError (and no file) if any output
+    differs by more than 1e-4 of its own largest magnitude."""
     import tensorflow as tf
 
     signature = [tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=INPUT_NAME)]
     serve = tf.function(lambda pixels: extractor(pixels, training=False), input_signature=signature)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        _convert(serve, partial, output_name=None)
+        _convert(serve, partial)
         pixels = np.random.default_rng(0).uniform(0, 255, (2, image_size, image_size, 3))
         pixels = pixels.astype(np.float32)
         expected = [np.asarray(x) for x in tf.nest.flatten(serve(pixels))]
@@ -219,11 +245,9 @@ def export_extractor(extractor: Any, path: Path, *, image_size: int) -> None:
     except Exception as exc:
         partial.unlink(missing_ok=True)
         raise ExportError(f"the feature extractor could not be exported: {exc}") from exc
-    for want, got in zip(expected, answered, strict=True):
-        scale = float(np.max(np.abs(want))) or 1.0
-        if got.shape != want.shape or float(np.max(np.abs(got - want))) > 1e-4 * scale:
-            partial.unlink(missing_ok=True)
-            raise ExportError("the exported feature extractor differs from Keras'; not kept")
+    if not _difference(expected, answered) <= PARITY_TOLERANCE:
+        partial.unlink(missing_ok=True)
+        raise ExportError("the exported feature extractor differs from Keras'; not kept")
     partial.replace(path)
 
 

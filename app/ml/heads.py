@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from app.ml import builders
 from app.ml.config import HeadKind
 from app.ml.evaluate import log_loss
 from app.ml.fitting import EpochRecord, TrainingHooks, fit, recording
@@ -69,7 +70,7 @@ def build_head(
         name="predictions",
         kernel_regularizer=keras.regularizers.L2(spec.l2) if spec.l2 else None,
     )(x)
-    return keras.Model(inputs, outputs, name="head")
+    return keras.Model(inputs, outputs, name=builders.HEAD_LAYER)
 
 
 def one_hot(labels: np.ndarray, class_count: int) -> np.ndarray:

@@ -31,6 +31,7 @@ from app.ml.export import (
     resize_graph,
 )
 from app.ml.images import DecodedImage, image_to_array
+from app.ml.outliers import OUTLIER_FILE, OutlierIndex
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,16 @@ def write_model_files(
     classes: list[str],
     metadata: dict[str, Any],
     onnx: bool = True,
+    outliers: OutlierIndex | None = None,
 ) -> dict[str, Any]:
-    """The files of one model version: the `.keras` model, its ONNX export (`onnx`), its labels
-    and its metadata (`metadata["input"]["image_size"]` is the size the model resizes to).
-    Returns what was exported, also written to the metadata as "exports": an export that
-    fails is recorded with its reason, and the version is served by Keras."""
+    """The files of one model version: the `.keras` model, its ONNX export (`onnx`), its labels,
+    its training features for the "unknown" answer (`outliers`) and its metadata
+    (`metadata["input"]["image_size"]` is the size the model resizes to). Returns what was
+    exported, also written to the metadata as "exports": an export that fails is recorded with
+    its reason, and the version is served by Keras."""
     model.save(folder / MODEL_FILE)
+    if outliers is not None:
+        outliers.save(folder / OUTLIER_FILE)
     exports: dict[str, Any] = {}
     if onnx:
         try:
@@ -72,10 +77,29 @@ class ModelUnloadedError(RuntimeError):
     """The model was unloaded (evicted from the cache) before this request reached it."""
 
 
+@dataclass(frozen=True)
+class Answers:
+    """A forward pass's answers for a batch: the class probabilities, and each image's
+    outlier score where the version has an "unknown" answer."""
+
+    probabilities: np.ndarray  # (images, classes)
+    outlier_scores: np.ndarray | None = None  # (images,)
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def __getitem__(self, rows: slice) -> Answers:
+        scores = self.outlier_scores
+        return Answers(self.probabilities[rows], None if scores is None else scores[rows])
+
+
+Forward = Callable[[np.ndarray], Answers]
+
+
 @dataclass
 class _Request:
     inputs: np.ndarray
-    future: Future[np.ndarray] = field(default_factory=Future)
+    future: Future[Answers] = field(default_factory=Future)
 
 
 class MicroBatcher:
@@ -88,7 +112,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        forward: Callable[[np.ndarray], np.ndarray],
+        forward: Forward,
         *,
         max_batch: int,
         name: str,
@@ -107,8 +131,8 @@ class MicroBatcher:
         self.images = 0
         self._thread.start()
 
-    def submit(self, inputs: np.ndarray) -> Future[np.ndarray]:
-        """Queue a (n, h, w, 3) batch; the future holds its (n, classes) probabilities."""
+    def submit(self, inputs: np.ndarray) -> Future[Answers]:
+        """Queue a (n, h, w, 3) batch; the future holds its answers."""
         request = _Request(inputs)
         with self._state:
             if self._closed:
@@ -196,13 +220,14 @@ class LoadedClassifier:
     classes: list[str]
     image_size: int
     metadata: dict[str, Any]
-    forward: Callable[[np.ndarray], np.ndarray]  # (n, size, size, 3) pixels -> probabilities
+    forward: Forward  # (n, size, size, 3) pixels -> probabilities (and outlier scores)
     batcher: MicroBatcher
     runtime: Runtime
     device: str  # where the forward pass runs: "cpu", "gpu" or "cuda"
     # (h, w, 3) pixels -> (size, size, 3), as the model's own Resizing layer resizes
     resize: Callable[[np.ndarray], np.ndarray]
     folder: Path
+    outliers: OutlierIndex | None = None  # None: this version has no "unknown" answer
     _grad_cam: Any = None
     _grad_cam_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -225,7 +250,9 @@ class LoadedClassifier:
         self.batcher.close()
 
 
-RawForward = Callable[[np.ndarray], np.ndarray]
+# pixels -> the model's outputs: probabilities, and (where asked for and the model has them)
+# the pooled features its head reads
+RawForward = Callable[[np.ndarray], list[np.ndarray]]
 
 
 def load_keras_model(folder: Path) -> Any:
@@ -237,10 +264,14 @@ def load_keras_model(folder: Path) -> Any:
     return keras.saving.load_model(folder / MODEL_FILE, compile=False)
 
 
-def _keras_forward(folder: Path, *, image_size: int) -> tuple[RawForward, str]:
+def _keras_forward(folder: Path, *, image_size: int, embedding: bool) -> tuple[RawForward, str]:
     import tensorflow as tf
 
+    from app.ml.builders import with_embedding
+
     model = load_keras_model(folder)
+    if embedding:
+        model = with_embedding(model) or model
 
     # One traced graph for every batch size: no retracing when the batch size changes.
     @tf.function(  # type: ignore[untyped-decorator]
@@ -250,8 +281,9 @@ def _keras_forward(folder: Path, *, image_size: int) -> tuple[RawForward, str]:
     def graph(pixels: Any) -> Any:
         return model(pixels, training=False)
 
-    def forward(pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(graph(tf.convert_to_tensor(pixels, dtype=tf.float32)))
+    def forward(pixels: np.ndarray) -> list[np.ndarray]:
+        outputs = graph(tf.convert_to_tensor(pixels, dtype=tf.float32))
+        return [np.asarray(output) for output in tf.nest.flatten(outputs)]
 
     device = "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
     return forward, device
@@ -269,9 +301,9 @@ def onnx_providers() -> list[str]:
 def _onnx_forward(path: Path, *, threads: int) -> tuple[RawForward, str]:
     session = onnx_session(path, threads=threads, providers=onnx_providers())
 
-    def forward(pixels: np.ndarray) -> np.ndarray:
+    def forward(pixels: np.ndarray) -> list[np.ndarray]:
         outputs: list[np.ndarray] = session.run(None, {INPUT_NAME: pixels})
-        return outputs[0]
+        return outputs
 
     provider = session.get_providers()[0]
     return forward, "cuda" if provider == "CUDAExecutionProvider" else "cpu"
@@ -311,18 +343,28 @@ def load_classifier(
     has_onnx = (folder / ONNX_FILE).is_file()
     if runtime == Runtime.ONNXRUNTIME and not has_onnx:
         raise FileNotFoundError(f"{name} has no {ONNX_FILE} (export it first)")
+    outliers = _outlier_index(folder, metadata)
     chosen = Runtime.ONNXRUNTIME if has_onnx and runtime != Runtime.KERAS else Runtime.KERAS
     if chosen is Runtime.ONNXRUNTIME:
         raw, device = _onnx_forward(folder / ONNX_FILE, threads=onnx_threads)
         resize = _onnx_resize(image_size)
     else:
-        raw, device = _keras_forward(folder, image_size=image_size)
+        raw, device = _keras_forward(folder, image_size=image_size, embedding=outliers is not None)
         resize = functools.partial(resize_pixels, image_size=image_size)
 
-    def forward(pixels: np.ndarray) -> np.ndarray:
-        return class_probabilities(raw(pixels), len(classes))
+    def forward(pixels: np.ndarray) -> Answers:
+        outputs = raw(pixels)
+        probabilities = class_probabilities(outputs[0], len(classes))
+        if outliers is None or len(outputs) < 2:
+            return Answers(probabilities)
+        return Answers(probabilities, outliers.scores(outputs[1]))
 
-    forward(np.zeros((1, image_size, image_size, 3), dtype=np.float32))  # warm it now
+    warmed = forward(np.zeros((1, image_size, image_size, 3), dtype=np.float32))
+    if warmed.outlier_scores is None:
+        # the runtime's model has no features to compare (an ONNX export older than the
+        # index): the version answers without "unknown", and `forward` (reading this same
+        # variable) skips the scores
+        outliers = None
     batcher = MicroBatcher(forward, max_batch=max_batch, name=name, on_batch=on_batch)
     return LoadedClassifier(
         classes=classes,
@@ -334,7 +376,16 @@ def load_classifier(
         device=device,
         resize=resize,
         folder=folder,
+        outliers=outliers,
     )
+
+
+def _outlier_index(folder: Path, metadata: dict[str, Any]) -> OutlierIndex | None:
+    described = metadata.get("outliers")
+    path = folder / OUTLIER_FILE
+    if not isinstance(described, dict) or not path.is_file():
+        return None
+    return OutlierIndex.load(path, described=described)
 
 
 def top_k(probabilities: np.ndarray, classes: list[str], k: int) -> list[dict[str, Any]]:

@@ -54,6 +54,7 @@ from app.ml.features import (
 from app.ml.finetune import FinetuneResult, TopData, TopTraining, finetune_top, refit_top
 from app.ml.fitting import CancelledError, EpochRecord, TrainingHooks, fit, recording
 from app.ml.heads import HeadData, averaged, choose_head
+from app.ml.outliers import OutlierIndex
 
 __all__ = ["CancelledError", "PretrainedSource", "TrainingOutcome", "train"]
 
@@ -111,6 +112,10 @@ class TrainingOutcome:
     details: dict[str, Any] = field(default_factory=dict)
     # The kept model's answers on validation and test (what the evaluation and calibration use).
     probabilities: dict[str, np.ndarray | None] = field(default_factory=dict)
+    # The kept model's pooled features (its head's inputs) of each split, and the index of
+    # its "unknown" answer made from them.
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    outliers: OutlierIndex | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -154,6 +159,7 @@ def train(
         )
         outcome.model = builders.with_test_time_flip(outcome.model)
     _calibrate(outcome, splits)
+    _index_outliers(outcome, splits, config=config)
     return outcome
 
 
@@ -192,6 +198,33 @@ def _calibrate(outcome: TrainingOutcome, splits: SplitSource) -> None:
         **(_evaluation(outcome.probabilities, splits) or {}),
         "calibration": calibration.describe(),
     }
+
+
+def _index_outliers(outcome: TrainingOutcome, splits: SplitSource, *, config: TrainConfig) -> None:
+    """Stage: the kept model's training features become the index of its "unknown" answer,
+    with a threshold from the validation images' scores, and the evaluation reports the share
+    of the evaluated split's images (all of the trained classes) that it turns away. Not for a
+    model wrapped for a test-time flip: its served graph has no one set of features."""
+    embeddings, outcome.embeddings = outcome.embeddings, {}
+    if config.test_time_flip or "train" not in embeddings:
+        return
+    index = OutlierIndex.fit(embeddings["train"], calibration=embeddings.get("validation"))
+    if index is None:
+        return
+    outcome.outliers = index
+    report: dict[str, Any] = index.describe()
+    refit = any("refit" in c.settings for c in outcome.candidates if c.method is outcome.method)
+    if refit and index.calibrated_on == "validation":
+        report["note"] = (
+            "the model was trained again with the validation images, so their scores run low: "
+            "the threshold may turn away more new images than its target"
+        )
+    split = _evaluation_split(splits)
+    if split is not None and split in embeddings and outcome.evaluation is not None:
+        scores = index.scores(embeddings[split])
+        report["split"] = split
+        report["rejected"] = round(float(np.mean(scores > index.threshold)), 4)
+        outcome.evaluation = {**outcome.evaluation, "outliers": report}
 
 
 def _counting(hooks: TrainingHooks, epochs: list[int]) -> TrainingHooks:
@@ -245,7 +278,7 @@ def _consider_scratch(
         return
     outcome.model, outcome.method = scratch.model, Method.SCRATCH
     outcome.evaluation, outcome.best_epoch = scratch.evaluation, scratch.best_epoch
-    outcome.probabilities = scratch.probabilities
+    outcome.probabilities, outcome.embeddings = scratch.probabilities, scratch.embeddings
     outcome.reason = _comparison(challenger, incumbent)
     outcome.details["validation_accuracy"] = scratch.details["validation_accuracy"]
 
@@ -276,6 +309,9 @@ def _class_weights(config: TrainConfig, splits: SplitSource) -> dict[int, float]
     if not config.balance_classes:
         return None
     return balanced_class_weights(splits.labels("train"), len(splits.classes))
+
+
+SPLIT_NAMES = ("train", "validation", "test")
 
 
 def _has(splits: SplitSource, split: str) -> bool:
@@ -705,11 +741,32 @@ class PretrainedRun:
             candidates=candidates,
             reason=kept.reason,
             probabilities=kept.probabilities,
+            embeddings=self._embeddings(kept),
             details={
                 **self.feature_details,
                 "validation_accuracy": _accuracy(kept.probabilities, self.splits),
             },
         )
+
+    def _embeddings(self, kept: _Kept) -> dict[str, np.ndarray]:
+        """Each split's pooled features as the kept model sees them (its head's inputs): the
+        frozen base's, as cached, for a bottleneck model; for a fine-tuned one, its top
+        block's on the cached top-block inputs (a fifth of the base's compute)."""
+        present = [s for s in SPLIT_NAMES if array_name(s, VIEWS[0], "pooled") in self.features]
+        if kept.finetuned is None:
+            return {s: self.features[array_name(s, VIEWS[0], "pooled")] for s in present}
+        top = bases.top_block(self.base, self.spec)
+        return {
+            s: np.asarray(
+                top.predict(
+                    self.features[array_name(s, VIEWS[0], "top")],
+                    batch_size=self.config.batch_size,
+                    verbose=0,
+                ),
+                dtype=np.float32,
+            )
+            for s in present
+        }
 
 
 def _pretrained(
@@ -796,13 +853,20 @@ def _scratch_only(
         class_weight=_class_weights(config, splits),
     )
     probabilities: dict[str, np.ndarray | None] = {}
+    embeddings: dict[str, np.ndarray] = {}
     # with test_time_flip the saved model averages each image with its mirror: judge that one
     predictor = builders.with_test_time_flip(model) if config.test_time_flip else model
-    for split in ("validation", "test"):
-        if _has(splits, split):
-            raw = predictor.predict(
-                splits.arrays(split).images, batch_size=config.batch_size, verbose=0
-            )
+    embedder = None if config.test_time_flip else builders.with_embedding(model)
+    for split in SPLIT_NAMES:
+        if not _has(splits, split):
+            continue
+        images = splits.arrays(split).images
+        if embedder is not None:
+            raw, features = embedder.predict(images, batch_size=config.batch_size, verbose=0)
+            embeddings[split] = np.asarray(features, dtype=np.float32)
+        elif split != "train":
+            raw = predictor.predict(images, batch_size=config.batch_size, verbose=0)
+        if split != "train":
             probabilities[split] = class_probabilities(raw, class_count)
     candidate = Candidate(
         method=Method.SCRATCH,
@@ -820,6 +884,7 @@ def _scratch_only(
         reason="scratch was asked for",
         details={"validation_accuracy": _accuracy(probabilities, splits)},
         probabilities=probabilities,
+        embeddings=embeddings,
     )
 
 

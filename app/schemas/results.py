@@ -31,6 +31,34 @@ class CalibrationReport(BaseModel):
     ece_after: float = Field(description="expected calibration error after calibration")
 
 
+class OutlierReport(BaseModel):
+    """The version's "unknown" answer: the score, its threshold, and what it turned away of
+    images like the training images."""
+
+    score: str = Field(description="what is compared: the distance to the k-th nearest image")
+    threshold: float = Field(description="a score above it is answered unknown")
+    neighbours: int
+    reference_images: int = Field(description="training images the score compares with")
+    calibrated_on: Literal["validation", "leave-one-out"] = Field(
+        description="the images the threshold was chosen on"
+    )
+    calibration_images: int
+    calibration_rejected: float = Field(description="their share above the threshold")
+    target_rejection: float = Field(
+        description="the share of new images like the training images the threshold may turn "
+        "away (chosen to keep to it with 90 % confidence)"
+    )
+    assured: bool = Field(
+        description="false: too few calibration images for that confidence (the threshold is "
+        "their largest score)"
+    )
+    split: str | None = Field(default=None, description="where `rejected` was measured")
+    rejected: float | None = Field(
+        default=None, description="the share of that split's images answered unknown"
+    )
+    note: str | None = None
+
+
 class Evaluation(BaseModel):
     """A model's answers on one split: accuracy, per-class scores, the confusion matrix."""
 
@@ -41,6 +69,7 @@ class Evaluation(BaseModel):
     classes: list[str]
     split: str | None = Field(default=None, description="test, or validation without a test split")
     calibration: CalibrationReport | None = None
+    outliers: OutlierReport | None = None
 
 
 class Candidate(BaseModel):

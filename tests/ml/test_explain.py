@@ -3,9 +3,7 @@ one, and every kind of saved model can be explained."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +14,9 @@ from PIL import Image
 
 from app.ml import bases, builders
 from app.ml.config import HeadKind, Method, TrainConfig
-from app.ml.data import ManifestSplits
 from app.ml.explain import GradCam, overlay_png, upsampled
-from app.ml.fitting import TrainingHooks
 from app.ml.heads import HeadSpec, build_head
-from app.ml.train import PretrainedSource, train
-from tests.models import scratch_model
+from tests.models import scratch_model, train_on_photos
 from tests.zips import SHARED
 
 CATS_DOGS = SHARED / "data" / "cats_vs_dogs_small"
@@ -93,21 +88,13 @@ def trained_model(tmp_path_factory) -> keras.Model:
         dropout=0.5,
         seed=1,
     )
-    splits = ManifestSplits(
-        {"classes": ["cats", "dogs"], "images": images},
-        files=lambda _: CATS_DOGS,
-        image_size=SIZE,
-        max_pixels=10**8,
+    outcome = train_on_photos(
+        CATS_DOGS,
+        images,
+        classes=["cats", "dogs"],
+        config=config,
+        cache=tmp_path_factory.mktemp("features"),
     )
-    weights = bases.find_weights(SPEC, weights_dir=SHARED / "weights")
-    assert weights is not None
-    source = PretrainedSource(
-        weights_path=weights,
-        weights_sha256="test",
-        dataset_fingerprint=hashlib.sha256(json.dumps(images).encode()).hexdigest(),
-        feature_cache_dir=tmp_path_factory.mktemp("features"),
-    )
-    outcome = train(config, splits=splits, hooks=TrainingHooks(), pretrained=source)
     assert outcome.details["validation_accuracy"] >= 0.9
     return outcome.model
 

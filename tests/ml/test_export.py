@@ -96,13 +96,22 @@ def test_onnx_runtime_answers_like_keras_on_real_photos(kind: str, tmp_path: Pat
     session = export.onnx_session(exported.path)
     (input_spec,) = session.get_inputs()
     assert input_spec.name == export.INPUT_NAME
-    assert [o.name for o in session.get_outputs()] == [export.OUTPUT_NAME]
+    # the features the unknown answer compares come second, where the graph has one set of
+    # them (not a flip-averaged model's)
+    embedder = builders.with_embedding(model)
+    outputs = [export.OUTPUT_NAME] + ([export.EMBEDDING_NAME] if embedder is not None else [])
+    assert [o.name for o in session.get_outputs()] == outputs
+    assert ("flip" in kind) is (embedder is None)
     assert input_spec.shape[3] == 3  # batch, height and width are free
     for photo in _photos():
         expected = np.asarray(model(photo[None], training=False))
-        answered = session.run(None, {export.INPUT_NAME: photo[None]})[0]
-        assert answered.shape == expected.shape
-        assert np.max(np.abs(answered - expected)) <= TOLERANCE, photo.shape
+        answers = session.run(None, {export.INPUT_NAME: photo[None]})
+        assert answers[0].shape == expected.shape
+        assert np.max(np.abs(answers[0] - expected)) <= TOLERANCE, photo.shape
+        if embedder is not None:
+            features = np.asarray(embedder(photo[None], training=False)[1])
+            scale = max(float(np.max(np.abs(features))), 1.0)
+            assert np.max(np.abs(answers[1] - features)) <= TOLERANCE * scale
 
 
 def test_an_export_that_does_not_match_keras_is_not_kept(

@@ -229,6 +229,7 @@ def run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         else "sigmoid (probability of classes[1])",
         "summary": summary,
         "gpus": gpus,
+        **({"outliers": outcome.outliers.describe()} if outcome.outliers else {}),
     }
     with tempfile.TemporaryDirectory(prefix="model-", dir=settings.data_dir) as tmp:
         build = Path(tmp)
@@ -239,6 +240,7 @@ def run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
             classes=manifest["classes"],
             metadata=meta,
             onnx=settings.export_onnx,
+            outliers=outcome.outliers,
         )
         reporter.on_progress({"stage": "registering"})
         version = model_versions.register_version(

@@ -1,0 +1,279 @@
+"""The "unknown" answer: its threshold rule, its index, and a model trained on real photos
+that turns away photos of something else, in Keras, in ONNX Runtime and through /predict."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.ml import bases, builders
+from app.ml.config import Method, TrainConfig
+from app.ml.data import resize_pixels
+from app.ml.images import decode_image, image_to_array
+from app.ml.outliers import (
+    MIN_CALIBRATION_IMAGES,
+    OUTLIER_FILE,
+    OutlierIndex,
+    knn_distances,
+    normalised,
+    threshold_rank,
+)
+from app.ml.serving import load_classifier, write_model_files
+from tests.models import train_on_photos
+from tests.zips import SHARED
+
+CARS = SHARED / "data" / "car_vs_minibus_tiny"
+FLOWERS = sorted((SHARED / "data" / "flowers_small" / "test").rglob("*.jpg"))[::10][:12]
+SIZE = 128
+SPEC = bases.BASES[bases.BaseName.MOBILENET]
+
+
+def test_the_threshold_rank_keeps_its_promise_and_says_when_it_cannot() -> None:
+    # The rank's coverage is Beta(j, n + 1 - j): simulated, a new score lands above the
+    # chosen order statistic at most 5 % of the time in at least 90 % of the draws.
+    rng = np.random.default_rng(0)
+    for n in (50, 120, 400):
+        rank, assured = threshold_rank(n, rejection=0.05, confidence=0.90)
+        assert assured and rank <= n
+        coverage = np.sort(rng.uniform(size=(4000, n)), axis=1)[:, rank - 1]
+        assert np.mean(coverage >= 0.95) >= 0.88  # 0.90 up to the simulation's noise
+        if rank > 1:  # and it is the smallest rank that does
+            looser = np.sort(rng.uniform(size=(4000, n)), axis=1)[:, rank - 2]
+            assert np.mean(looser >= 0.95) < 0.92
+    # 120 images: about their 98th percentile, not the 95th
+    assert threshold_rank(120, rejection=0.05, confidence=0.90) == (118, True)
+    # too few to be that sure: the largest score, and the answer says so
+    assert threshold_rank(30, rejection=0.05, confidence=0.90) == (30, False)
+
+
+def test_knn_distances_compare_with_the_kth_neighbour_and_can_leave_each_out() -> None:
+    references = normalised(np.eye(6, dtype=np.float32) + 0.01)
+    queries = references[:2]
+    own = knn_distances(queries, references, neighbours=1)
+    assert own == pytest.approx([0.0, 0.0], abs=1e-6)
+    left_out = knn_distances(references, references, neighbours=1, leave_one_out=True)
+    assert np.all(left_out > 0.1)
+    with pytest.raises(ValueError, match="fewer than"):
+        knn_distances(queries, references[:2], neighbours=5)
+
+
+def test_an_index_is_fitted_saved_and_loaded_with_its_threshold(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    centre = rng.normal(size=16)
+    train_features = centre + 0.3 * rng.normal(size=(200, 16))
+    validation = centre + 0.3 * rng.normal(size=(60, 16))
+    index = OutlierIndex.fit(train_features, calibration=validation)
+    assert index is not None and index.calibrated_on == "validation" and index.assured
+    assert index.calibration_rejected <= 0.05
+    outliers = -centre + 0.3 * rng.normal(size=(20, 16))
+    assert np.all(index.scores(outliers) > index.threshold)
+    index.save(tmp_path / OUTLIER_FILE)
+    loaded = OutlierIndex.load(tmp_path / OUTLIER_FILE, described=index.describe())
+    assert loaded.threshold == pytest.approx(index.threshold)
+    np.testing.assert_allclose(loaded.scores(validation), index.scores(validation), atol=2e-3)
+    # without validation images: the training images' leave-one-out scores
+    alone = OutlierIndex.fit(train_features, calibration=None)
+    assert alone is not None and alone.calibrated_on == "leave-one-out"
+    # too few images for a threshold: no index (the version has no unknown answer)
+    few = validation[: MIN_CALIBRATION_IMAGES - 1]
+    assert OutlierIndex.fit(train_features, calibration=few) is None
+
+
+def _pixels(paths: list[Path]) -> np.ndarray:
+    return np.stack(
+        [
+            resize_pixels(
+                image_to_array(decode_image(path.read_bytes(), max_pixels=10**8).image),
+                image_size=SIZE,
+            )
+            for path in paths
+        ]
+    )
+
+
+def _car_photos(split: str, count: int) -> list[Path]:
+    return [
+        path
+        for label in ("car", "minibus")
+        for path in sorted((CARS / split / label).iterdir())[:count]
+    ]
+
+
+def _trained(method: Method, cache: Path) -> Any:
+    """A model trained by the service's training code on 40 + 40 photos of cars and minibuses
+    (15 + 15 to validate: enough for a threshold)."""
+    images = [
+        {"split": split, "file": str(path.relative_to(CARS)), "label": path.parent.name}
+        for split, count in (("train", 40), ("validation", 15), ("test", 10))
+        for path in _car_photos(split, count)
+    ]
+    config = TrainConfig(
+        method=method,
+        image_size=SIZE,
+        epochs=20 if method is Method.BOTTLENECK else 2,
+        head_epochs=20,
+        batch_size=16,
+        learning_rate=3e-3 if method is Method.BOTTLENECK else 1e-4,
+        dropout=0.5,
+        seed=1,
+        base_model=SPEC.key.value,
+    )
+    return train_on_photos(CARS, images, classes=["car", "minibus"], config=config, cache=cache)
+
+
+@pytest.fixture(scope="module")
+def version_folder(tmp_path_factory) -> Path:
+    """A bottleneck model's version files, as a training job writes them."""
+    outcome = _trained(Method.BOTTLENECK, tmp_path_factory.mktemp("features"))
+    assert outcome.outliers is not None
+    folder = tmp_path_factory.mktemp("version")
+    metadata = {
+        "input": {"image_size": SIZE},
+        "classes": ["car", "minibus"],
+        "outliers": outcome.outliers.describe(),
+        "evaluation": outcome.evaluation,
+    }
+    write_model_files(
+        folder,
+        model=outcome.model,
+        classes=["car", "minibus"],
+        metadata=metadata,
+        outliers=outcome.outliers,
+    )
+    return folder
+
+
+def test_the_evaluation_reports_the_threshold_and_what_it_turned_away(
+    version_folder: Path,
+) -> None:
+    report = json.loads((version_folder / "meta.json").read_text())["evaluation"]["outliers"]
+    assert report["calibrated_on"] == "validation" and report["calibration_images"] == 30
+    assert report["reference_images"] == 80 and report["neighbours"] == 5
+    assert report["split"] == "test" and 0.0 <= report["rejected"] <= 0.2
+    assert not report["assured"]  # 30 images: the largest score, and it says so
+
+
+@pytest.mark.parametrize("runtime", ["keras", "onnxruntime"])
+def test_a_photo_of_something_else_is_unknown_and_the_trained_kind_is_not(
+    version_folder: Path, runtime: str
+) -> None:
+    classifier = load_classifier(version_folder, max_batch=8, name="cars", runtime=runtime)
+    try:
+        assert classifier.outliers is not None
+        threshold = classifier.outliers.threshold
+        own = classifier.forward(_pixels(_car_photos("test", 10)))
+        others = classifier.forward(_pixels(FLOWERS))
+    finally:
+        classifier.close()
+    assert own.outlier_scores is not None and others.outlier_scores is not None
+    assert np.mean(own.outlier_scores > threshold) <= 0.2
+    assert np.mean(others.outlier_scores > threshold) >= 0.8
+    # the probabilities are still the model's: a flower is a very sure car or minibus, which
+    # is why the score is not the top probability
+    assert own.probabilities.shape == (20, 2)
+
+
+def test_the_onnx_export_carries_the_features_the_score_reads(version_folder: Path) -> None:
+    from app.ml.export import EMBEDDING_NAME, ONNX_FILE, OUTPUT_NAME, onnx_session
+
+    session = onnx_session(version_folder / ONNX_FILE)
+    assert [o.name for o in session.get_outputs()] == [OUTPUT_NAME, EMBEDDING_NAME]
+    meta = json.loads((version_folder / "meta.json").read_text())
+    assert meta["exports"]["onnx"]["max_abs_difference"] <= 1e-4
+
+
+def test_a_fine_tuned_models_index_holds_the_features_its_served_graph_computes(
+    tmp_path: Path,
+) -> None:
+    """The index is made from cached top-block inputs run through the tuned top block; the
+    served model computes its features from pixels: they must be the same features."""
+    outcome = _trained(Method.FINETUNE, tmp_path)
+    assert outcome.method is Method.FINETUNE and outcome.outliers is not None
+    embedder = builders.with_embedding(outcome.model)
+    assert embedder is not None
+    _, features = embedder.predict(_pixels(_car_photos("train", 40)[:3]), verbose=0)
+    np.testing.assert_allclose(outcome.outliers.references[:3], normalised(features), atol=5e-3)
+    assert math.isfinite(outcome.outliers.threshold)
+
+
+@pytest.fixture
+def cars_client(configure, sqlite_url: str, version_folder: Path) -> Iterator[Any]:
+    """The API on SQLite with the car model registered as `cars` v1."""
+    from app.services import model_versions
+    from tests.conftest import api_client, migrate
+
+    configure(database_url=sqlite_url, MODEL_REFRESH_SECONDS="3600")
+    migrate(sqlite_url)
+    metadata = json.loads((version_folder / "meta.json").read_text())
+    model_versions.register_version(
+        name="cars",
+        job_id=None,
+        owner=None,
+        source_dir=version_folder,
+        metadata=metadata,
+        metrics_summary={"test_accuracy": None},
+    )
+    with api_client() as client:
+        yield client
+
+
+def _predict(client: Any, paths: list[Path], **form: str) -> dict[str, Any]:
+    files = [("files", (path.name, path.read_bytes())) for path in paths]
+    response = client.post("/predict", files=files, data=form)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_predict_answers_unknown_for_a_flower_and_a_request_can_turn_it_off(
+    cars_client: Any,
+) -> None:
+    car, flower = _car_photos("test", 1)[0], FLOWERS[0]
+    body = _predict(cars_client, [car, flower])
+    own, other = body["predictions"]
+    assert body["outlier_threshold"] > 0
+    assert own["unknown"] is False and own["outlier_score"] < body["outlier_threshold"]
+    assert other["unknown"] is True and other["outlier_score"] > body["outlier_threshold"]
+    # the labels are still listed, most likely first
+    assert {label["label"] for label in other["labels"]} == {"car", "minibus"}
+
+    # turned off: only the labels
+    off = _predict(cars_client, [flower], detect_unknown="false")
+    assert off["outlier_threshold"] is None
+    assert off["predictions"][0]["unknown"] is False
+    assert off["predictions"][0]["outlier_score"] is None
+    # a threshold of the request's own: over the flower's score, it is not unknown
+    lenient = _predict(cars_client, [flower], outlier_threshold="1.5")
+    assert lenient["outlier_threshold"] == 1.5 and lenient["predictions"][0]["unknown"] is False
+    # JSON bodies take the same options
+    import base64
+
+    response = cars_client.post(
+        "/predict/json",
+        json={"images": [{"b64": base64.b64encode(flower.read_bytes()).decode()}]},
+    )
+    assert response.status_code == 200 and response.json()["predictions"][0]["unknown"] is True
+    too_high = cars_client.post(
+        "/predict", files={"file": ("f.jpg", flower.read_bytes())}, data={"outlier_threshold": "3"}
+    )
+    assert too_high.status_code == 422
+
+
+def test_an_unknown_answer_goes_to_the_review_queue_even_when_it_is_sure(
+    cars_client: Any,
+) -> None:
+    from app.services import review
+
+    response = cars_client.put("/models/cars/review", json={"threshold": 0.0001})
+    assert response.status_code == 200, response.text
+    review.THRESHOLDS.forget()
+    car, flower = _car_photos("test", 1)[0], FLOWERS[0]
+    _predict(cars_client, [car, flower])
+    items = cars_client.get("/review/items", params={"model": "cars"}).json()
+    assert [item["filename"] for item in items] == [flower.name]
