@@ -43,6 +43,7 @@ from smallvision.client import (
     Epoch,
     Evaluation,
     Export,
+    ImagePrediction,
     Job,
     JobMetrics,
     JobResult,
@@ -357,6 +358,7 @@ class Commands:
             self.out.print(evaluation_table(metrics["evaluation"]))
             self.out.print(confusion_table(metrics["evaluation"]))
             self.out.print(calibration_line(metrics["evaluation"]))
+            self.out.print(outliers_line(metrics["evaluation"]))
         chosen = metrics["chosen"]
         if chosen:
             self.out.print(f"kept: {chosen['method']}. {chosen['reason']}")
@@ -422,21 +424,38 @@ class Commands:
         if missing:
             raise CommandError(f"no such file: {', '.join(missing)}", ExitCode.USAGE)
         answer = self.client.predict(
-            args.images, model=args.model, version=args.version, top_k=args.top_k
+            args.images,
+            model=args.model,
+            version=args.version,
+            top_k=args.top_k,
+            detect_unknown=not args.no_unknown,
+            outlier_threshold=args.outlier_threshold,
         )
         table = Table(
-            "image", "rank", "label", "probability", title=f"{answer['model']} v{answer['version']}"
+            "image",
+            "answer",
+            "rank",
+            "label",
+            "probability",
+            title=f"{answer['model']} v{answer['version']}",
         )
         for image in answer["predictions"]:
             for rank, label in enumerate(image["labels"], start=1):
                 table.add_row(
                     (image["filename"] or "") if rank == 1 else "",
+                    _answer(image) if rank == 1 else "",
                     str(rank),
                     label["label"],
                     _percent(label["probability"]),
                     end_section=rank == len(image["labels"]),
                 )
         self.out.print(table)
+        threshold = answer.get("outlier_threshold")
+        if threshold is not None:
+            self.out.print(
+                f"unknown: unlike every training image (outlier score over {threshold:.3f}); "
+                "the labels are still listed"
+            )
         return ExitCode.OK
 
     def models_list(self, _args: argparse.Namespace) -> ExitCode:
@@ -573,6 +592,27 @@ def evaluation_table(evaluation: Evaluation) -> Table:
     return table
 
 
+def _answer(image: ImagePrediction) -> str:
+    """The image's answer: its top label, or "unknown" with its outlier score."""
+    if image.get("unknown"):
+        return f"unknown ({image.get('outlier_score') or 0:.3f})"
+    return image["labels"][0]["label"] if image["labels"] else ""
+
+
+def outliers_line(evaluation: Evaluation) -> str:
+    outliers = evaluation.get("outliers")
+    if not outliers:
+        return "no unknown answer: too few images to choose its threshold on"
+    line = (
+        f"unknown above an outlier score of {outliers['threshold']:.3f} (chosen on "
+        f"{outliers['calibration_images']} {outliers['calibrated_on']} images"
+    )
+    if outliers.get("rejected") is not None:
+        turned_away = _percent(outliers["rejected"] or 0)
+        line += f"; it turns away {turned_away} of the {outliers.get('split')} split"
+    return line + ")"
+
+
 def calibration_line(evaluation: Evaluation) -> str:
     calibration = evaluation.get("calibration")
     if not calibration:
@@ -667,6 +707,16 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="default: the only active model")
     predict.add_argument("--version", type=int, help="default: the model's active version")
     predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument(
+        "--no-unknown",
+        action="store_true",
+        help='never answer "unknown" (for images unlike every training image)',
+    )
+    predict.add_argument(
+        "--outlier-threshold",
+        type=float,
+        help="the outlier score above which an image is unknown (default: the version's own)",
+    )
 
     models = commands.add_parser("models", help="the model registry")
     on_models = models.add_subparsers(dest="action", required=True)

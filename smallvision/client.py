@@ -121,6 +121,23 @@ class CalibrationReport(TypedDict):
     ece_after: float
 
 
+class OutlierReport(TypedDict):
+    """The version's "unknown" answer: its score's threshold, and what it turned away."""
+
+    score: str
+    threshold: float  # a score above it is answered unknown
+    neighbours: int
+    reference_images: int
+    calibrated_on: Literal["validation", "leave-one-out"]
+    calibration_images: int
+    calibration_rejected: float
+    target_rejection: float
+    assured: bool  # false: too few calibration images for the threshold's promise
+    split: NotRequired[str | None]
+    rejected: NotRequired[float | None]  # the share of that split's images answered unknown
+    note: NotRequired[str | None]
+
+
 class Evaluation(TypedDict):
     accuracy: float
     samples: int
@@ -129,6 +146,7 @@ class Evaluation(TypedDict):
     classes: list[str]
     split: NotRequired[str | None]
     calibration: NotRequired[CalibrationReport | None]
+    outliers: NotRequired[OutlierReport | None]
 
 
 class Candidate(TypedDict):
@@ -289,16 +307,29 @@ class LabelProbability(TypedDict):
     probability: float
 
 
+class Explanation(TypedDict):
+    id: str
+    label: str  # the label explained: the top one
+    probability: float
+    url: str  # the overlay as a PNG image
+    png_base64: str
+
+
 class ImagePrediction(TypedDict):
     filename: str | None
-    labels: list[LabelProbability]  # most likely first
+    labels: list[LabelProbability]  # most likely first, listed even when unknown
+    unknown: NotRequired[bool]  # unlike every training image: none of the labels
+    outlier_score: NotRequired[float | None]  # null: no unknown answer for this version
+    explanation: NotRequired[Explanation | None]
 
 
 class Prediction(TypedDict):
     model: str
     version: int
     predictions: list[ImagePrediction]
+    outlier_threshold: NotRequired[float | None]  # null: no unknown answers
     seconds: float
+    runtime: str
 
 
 def _write_body(
@@ -572,14 +603,22 @@ class Client:
         model: str | None = None,
         version: int | None = None,
         top_k: int = 5,
+        detect_unknown: bool = True,
+        outlier_threshold: float | None = None,
     ) -> Prediction:
         """Top-k labels of each image from `model` (default: the only active model) at
-        `version` (default: its active version)."""
+        `version` (default: its active version), and whether each is unknown (unlike every
+        training image; `detect_unknown=False` turns it off, `outlier_threshold` overrides the
+        version's threshold)."""
         form: dict[str, str] = {"top_k": str(top_k)}
         if model is not None:
             form["model"] = model
         if version is not None:
             form["version"] = str(version)
+        if not detect_unknown:
+            form["detect_unknown"] = "false"
+        if outlier_threshold is not None:
+            form["outlier_threshold"] = str(outlier_threshold)
         files = [("files", (path.name, path.read_bytes())) for path in images]
         return cast(Prediction, self._json("POST", "/predict", data=form, files=files))
 

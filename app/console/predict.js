@@ -76,6 +76,17 @@ export async function predictView(container, { query }) {
   );
 }
 
+/** "Unknown" when the image is unlike every image the model was trained on: its labels are
+ * still listed below, but none of them is the answer. */
+function unknownNote(prediction) {
+  if (!prediction.unknown) return "";
+  return el(
+    "div",
+    { class: "unknown", title: `outlier score ${prediction.outlier_score?.toFixed(3)}` },
+    "Unknown: unlike every training image. The labels below are the model's guesses.",
+  );
+}
+
 function predictionCard(file, prediction) {
   const image = el("img", { alt: prediction.filename ?? "image", class: "thumb" });
   const url = URL.createObjectURL(file);
@@ -89,6 +100,7 @@ function predictionCard(file, prediction) {
       "figcaption",
       {},
       el("div", { class: "filename" }, prediction.filename ?? ""),
+      unknownNote(prediction),
       el("ol", { class: "labels" }, prediction.labels.map((l) => el("li", {}, el("span", { class: "label" }, l.label), bar(l.probability)))),
     ),
   );

@@ -210,6 +210,19 @@ function calibrationNote(calibration) {
   );
 }
 
+/** The version's "unknown" answer: its threshold and what it turned away of held-out images. */
+function outliersNote(outliers) {
+  if (!outliers) {
+    return el("p", { class: "muted", id: "outliers" }, "No \"unknown\" answer: too few validation images (fewer than 20) to choose its threshold on.");
+  }
+  const turnedAway = outliers.rejected == null ? "" : `; it turns away ${percent(outliers.rejected)} of the ${outliers.split} split's images`;
+  return el(
+    "p",
+    { id: "outliers" },
+    `Images unlike every training image are answered "unknown" (outlier score over ${number(outliers.threshold)}, chosen on ${outliers.calibration_images} ${outliers.calibrated_on} images${turnedAway}).`,
+  );
+}
+
 /** Accuracy, the confusion matrix (rows: true class, columns: predicted) and per-class scores. */
 export function evaluationView(evaluation) {
   const classes = evaluation.classes;
@@ -233,6 +246,7 @@ export function evaluationView(evaluation) {
     el("h2", {}, `Evaluation on the ${evaluation.split ?? "held-out"} split`),
     el("p", { class: "big" }, `accuracy ${percent(evaluation.accuracy)} on ${evaluation.samples} images`),
     calibrationNote(evaluation.calibration),
+    outliersNote(evaluation.outliers),
     el("h3", {}, "Confusion matrix"),
     el("table", { class: "confusion", id: "confusion-matrix" }, el("thead", {}, header), el("tbody", {}, body)),
     el("h3", {}, "Per class"),

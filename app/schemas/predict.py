@@ -27,6 +27,19 @@ class PredictOptions(BaseModel):
         description="also return a Grad-CAM heatmap of each image for its top label (one more "
         "forward and backward pass per image)",
     )
+    detect_unknown: bool = Field(
+        default=True,
+        description='answer "unknown" for an image unlike every training image (versions '
+        "trained since the answer exists; false: only the labels)",
+    )
+    outlier_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=2.0,
+        description="the outlier score above which an image is unknown; default: the "
+        "version's own, chosen on its validation images (GET /models/{name}/versions/{v}: "
+        "metadata.outliers)",
+    )
 
 
 class Base64Image(BaseModel):
@@ -56,6 +69,16 @@ class Explanation(BaseModel):
 class ImagePrediction(BaseModel):
     filename: str | None
     labels: list[LabelProbability] = Field(description="most likely first")
+    unknown: bool = Field(
+        default=False,
+        description="the image is unlike every training image: none of the labels is its "
+        "answer (they are still listed)",
+    )
+    outlier_score: float | None = Field(
+        default=None,
+        description="how unlike the training images the image is (cosine distance to its 5th "
+        "nearest); null where the version has no unknown answer or it was turned off",
+    )
     explanation: Explanation | None = Field(default=None, description="with explain=true")
 
 
@@ -65,5 +88,8 @@ class PredictResponse(BaseModel):
     model: str
     version: int
     predictions: list[ImagePrediction]
+    outlier_threshold: float | None = Field(
+        default=None, description="the threshold applied; null: no unknown answers"
+    )
     seconds: float = Field(description="time spent in the service: decoding and inference")
     runtime: str = Field(description="what ran the model: onnxruntime or keras")

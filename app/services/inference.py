@@ -42,7 +42,7 @@ from app.ml.images import (
     decode_opened,
     open_image,
 )
-from app.ml.serving import LoadedClassifier, ModelUnloadedError, load_classifier
+from app.ml.serving import Answers, LoadedClassifier, ModelUnloadedError, load_classifier
 from app.services import model_versions, review
 from app.services.auth import Principal
 from app.services.explanations import ExplanationResult, explain_images
@@ -243,6 +243,16 @@ class PredictionResult:
     seconds: float
     runtime: str  # what ran the forward pass: "onnxruntime" or "keras"
     explanations: list[ExplanationResult] | None = None  # with explain=True
+    # Each image's outlier score and the threshold over which it is unknown (None: the version
+    # has no unknown answer, or the request turned it off).
+    outlier_scores: np.ndarray | None = None
+    outlier_threshold: float | None = None
+
+    @property
+    def unknown(self) -> list[bool]:
+        if self.outlier_scores is None or self.outlier_threshold is None:
+            return [False] * len(self.probabilities)
+        return [bool(score > self.outlier_threshold) for score in self.outlier_scores]
 
 
 class MemoryBudget:
@@ -321,10 +331,10 @@ class _Answered:
     classifier: LoadedClassifier
     pixels: np.ndarray
     overlay_images: list[Image.Image]  # empty unless explanations were asked for
-    probabilities: np.ndarray
+    answers: Answers
 
 
-def _forward(classifier: LoadedClassifier, pixels: np.ndarray, *, timeout: float) -> np.ndarray:
+def _forward(classifier: LoadedClassifier, pixels: np.ndarray, *, timeout: float) -> Answers:
     """The classifier's answer for a batch, or 503 if it does not come within `timeout`
     (a wedged model must not hold requests forever)."""
     future = classifier.batcher.submit(pixels)
@@ -354,12 +364,12 @@ def _answer(
     pixels, overlay_images = _decode_all(images, classifier, budget, keep_for_overlays=explain)
     timeout = get_settings().predict_timeout_seconds
     try:
-        probabilities = _forward(classifier, pixels, timeout=timeout)
+        answers = _forward(classifier, pixels, timeout=timeout)
     except ModelUnloadedError as exc:  # evicted between lookup and submit: load again once
         logger.info("retrying %s v%s after eviction: %s", ref.name, ref.version, exc)
         classifier = cache.get(ref)
-        probabilities = _forward(classifier, pixels, timeout=timeout)
-    return _Answered(ref, classifier, pixels, overlay_images, probabilities)
+        answers = _forward(classifier, pixels, timeout=timeout)
+    return _Answered(ref, classifier, pixels, overlay_images, answers)
 
 
 async def predict_images(
@@ -371,10 +381,13 @@ async def predict_images(
     model: str | None = None,
     version: int | None = None,
     explain: bool = False,
+    detect_unknown: bool = True,
+    outlier_threshold: float | None = None,
 ) -> PredictionResult:
-    """Class probabilities of each image from the chosen version, and with `explain` a
-    Grad-CAM of each image for its top label. Database, decoding, the forward pass and the
-    explanations all run off the event loop."""
+    """Class probabilities of each image from the chosen version, whether each is unknown
+    (unlike every training image: `detect_unknown`, at the version's threshold or
+    `outlier_threshold`), and with `explain` a Grad-CAM of each image for its top label.
+    Database, decoding, the forward pass and the explanations all run off the event loop."""
     started = time.perf_counter()
     settings = get_settings()
     if not images:
@@ -397,7 +410,15 @@ async def predict_images(
         explain,
         limiter=cache.thread_limiter(),
     )
-    ref, classifier, probabilities = answered.ref, answered.classifier, answered.probabilities
+    ref, classifier = answered.ref, answered.classifier
+    probabilities, scores = answered.answers.probabilities, answered.answers.outlier_scores
+    threshold = None
+    if detect_unknown and scores is not None and classifier.outliers is not None:
+        threshold = outlier_threshold
+        if threshold is None:
+            threshold = classifier.outliers.threshold
+    else:
+        scores = None
     explanations = None
     if explain:
         explain_all = functools.partial(
@@ -412,24 +433,28 @@ async def predict_images(
     PREDICT_LATENCY.labels(ref.name).observe(seconds)
     PREDICT_IMAGES.labels(ref.name).inc(len(images))
     RUNTIME_IMAGES.labels(classifier.runtime.value).inc(len(images))
-    # Answers below the model's review threshold are kept for people to label (no database
-    # work at all for models without one).
-    await review.keep_uncertain(
-        principal=principal,
-        model_name=ref.name,
-        model_version=ref.version,
-        classes=classifier.classes,
-        probabilities=probabilities,
-        images=images,
-    )
-    return PredictionResult(
+    result = PredictionResult(
         version=ref,
         classes=classifier.classes,
         probabilities=probabilities,
         seconds=seconds,
         runtime=classifier.runtime.value,
         explanations=explanations,
+        outlier_scores=scores,
+        outlier_threshold=threshold,
     )
+    # Answers below the model's review threshold, and unknown ones, are kept for people to
+    # label (no database work at all for models without a review threshold).
+    await review.keep_uncertain(
+        principal=principal,
+        model_name=ref.name,
+        model_version=ref.version,
+        classes=classifier.classes,
+        probabilities=probabilities,
+        unknown=result.unknown,
+        images=images,
+    )
+    return result
 
 
 def loaded_or_404(

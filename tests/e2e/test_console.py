@@ -315,6 +315,7 @@ def _results(walk: Walk) -> None:
     assert "precision" in walk.text("#per-class thead")
     # 7 images held out: too few validation images to fit a temperature on, and it says so
     assert "not calibrated (fewer than 20 validation images)" in walk.text("#calibration")
+    assert 'No "unknown" answer: too few validation images' in walk.text("#outliers")
     # scratch at 32 px on 17 photos stays at chance (the run is seeded): saved, not active
     assert "pets v1 (not active)" in walk.text("#job-model")
     assert "stayed at chance" in walk.text("#job-results .warnings")

@@ -59,6 +59,11 @@ def _response(result: PredictionResult, filenames: list[str | None], k: int) -> 
     explained_images: list[ExplanationResult | None] = (
         list(result.explanations) if result.explanations else [None] * len(filenames)
     )
+    scores: list[float | None] = (
+        [None] * len(filenames)
+        if result.outlier_scores is None
+        else [round(float(score), 6) for score in result.outlier_scores]
+    )
     body = {
         "model": result.version.name,
         "version": result.version.version,
@@ -66,12 +71,20 @@ def _response(result: PredictionResult, filenames: list[str | None], k: int) -> 
             {
                 "filename": filename,
                 "labels": top_k(row, result.classes, k),
+                "unknown": unknown,
+                "outlier_score": score,
                 "explanation": explained.as_dict() if explained else None,
             }
-            for filename, row, explained in zip(
-                filenames, result.probabilities, explained_images, strict=True
+            for filename, row, unknown, score, explained in zip(
+                filenames,
+                result.probabilities,
+                result.unknown,
+                scores,
+                explained_images,
+                strict=True,
             )
         ],
+        "outlier_threshold": result.outlier_threshold,
         "seconds": round(result.seconds, 6),
         "runtime": result.runtime,
     }
@@ -85,7 +98,9 @@ async def predict(
     request: Request, cache: ModelCacheDep, budget: DecodeBudgetDep, principal: Predictor
 ) -> JSONResponse:
     """Classify one image (`file`) or a batch (`files`, repeated). Form fields `model`,
-    `version` and `top_k` are optional: by default the only active model answers."""
+    `version` and `top_k` are optional: by default the only active model answers. An image
+    unlike every training image is answered `unknown` (its labels still listed), unless
+    `detect_unknown=false`; `outlier_threshold` overrides the version's threshold."""
     settings = get_settings()
     files, fields = await receive_files(
         request,
@@ -102,6 +117,8 @@ async def predict(
         model=options.model,
         version=options.version,
         explain=options.explain,
+        detect_unknown=options.detect_unknown,
+        outlier_threshold=options.outlier_threshold,
     )
     return _response(result, [f.filename for f in files], options.top_k)
 
@@ -128,6 +145,8 @@ async def predict_json(
         model=body.model,
         version=body.version,
         explain=body.explain,
+        detect_unknown=body.detect_unknown,
+        outlier_threshold=body.outlier_threshold,
     )
     return _response(result, [image.filename for image in body.images], body.top_k)
 

@@ -1,5 +1,6 @@
 """Keeping uncertain predictions: the images whose top probability is below their model's
-review threshold go into the queue of the owner of the key that asked."""
+review threshold, and those answered unknown, go into the queue of the owner of the key that
+asked."""
 
 from __future__ import annotations
 
@@ -51,16 +52,19 @@ def capture_uncertain(
     classes: Sequence[str],
     probabilities: np.ndarray,
     images: Sequence[_Image],
+    unknown: Sequence[bool] | None = None,
 ) -> int:
-    """Keep the images whose top probability is below the model's review threshold in the
-    caller's queue (the same image again refreshes its item); returns how many were kept."""
+    """Keep the images whose top probability is below the model's review threshold, or that
+    were answered unknown, in the caller's queue (the same image again refreshes its item);
+    returns how many were kept."""
     threshold = THRESHOLDS.get(model_name)
     if threshold is None:
         return 0
+    unknown = unknown or [False] * len(images)
     uncertain = [
         (image, row)
-        for image, row in zip(images, probabilities, strict=True)
-        if float(np.max(row)) < threshold
+        for image, row, outlier in zip(images, probabilities, unknown, strict=True)
+        if outlier or float(np.max(row)) < threshold
     ]
     if not uncertain:
         return 0
@@ -126,6 +130,7 @@ async def keep_uncertain(
     classes: Sequence[str],
     probabilities: np.ndarray,
     images: Sequence[_Image],
+    unknown: Sequence[bool] | None = None,
 ) -> None:
     """`capture_uncertain` off the event loop. It never fails the prediction that asked: a
     queue that cannot be written is logged, and the client still gets its answer."""
@@ -141,6 +146,7 @@ async def keep_uncertain(
                 classes=classes,
                 probabilities=probabilities,
                 images=images,
+                unknown=unknown,
             )
         )
     except Exception:
