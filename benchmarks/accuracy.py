@@ -100,6 +100,8 @@ class Runner:
             "test_accuracy": evaluation.get("accuracy"),
             "split": evaluation.get("split"),
             "calibration": evaluation.get("calibration"),
+            "outliers": evaluation.get("outliers"),
+            "model": result.get("model"),
             "seconds": seconds_between(job["started_at"], job["finished_at"]),
             "chosen": (result.get("chosen") or {}).get("method"),
             "reason": (result.get("chosen") or {}).get("reason"),
