@@ -5,11 +5,15 @@ import { bar, dropZone, el, fill } from "./dom.js";
 
 export async function predictView(container, { query }) {
   const models = await api("/models");
+  // With several active models the service cannot pick one for a request without a model:
+  // the first active one is chosen here instead, so the first photo does not fail.
+  const active = models.filter((m) => m.active_version != null);
+  const preselected = query.get("model") ?? (active.length > 1 ? active[0].name : null);
   const modelSelect = el(
     "select",
     { id: "predict-model" },
-    el("option", { value: "" }, "the only active model"),
-    models.map((m) => el("option", { value: m.name, selected: m.name === query.get("model") }, m.name)),
+    active.length > 1 ? null : el("option", { value: "" }, "the only active model"),
+    models.map((m) => el("option", { value: m.name, selected: m.name === preselected }, m.name)),
   );
   const versionSelect = el("select", { id: "predict-version" });
   const topK = el("input", { type: "number", id: "predict-top-k", min: "1", max: "20", value: "3" });

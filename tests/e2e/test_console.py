@@ -154,6 +154,7 @@ def test_the_whole_loop_in_a_browser(service: LiveService, browser: Any, tmp_pat
     _predict_dropped_photo_with_the_active_model(walk)
     _failed_job_shows_its_error(walk)
     _fine_tuned_model_shows_its_refit(walk)
+    _try_it_with_two_active_models(walk)
     _jobs_list_and_delete(walk, job_id)
 
     page.click("#sign-out")
@@ -409,6 +410,24 @@ def _fine_tuned_model_shows_its_refit(walk: Walk) -> None:
     assert "then trained again with the validation images" in row.text_content()
     assert "1 epoch): test accuracy" in row.text_content()
     walk.shot("job-refit")
+
+
+def _try_it_with_two_active_models(walk: Walk) -> None:
+    """With two active models the service cannot choose for a request that names none: Try
+    it picks the first active model instead of offering "the only active model"."""
+    page = walk.page
+    walk.nav("models", "section.model")
+    model = page.locator("section.model[data-model=pets-finetuned]")
+    if "active: v1" not in model.inner_text():
+        model.locator("button.activate[data-version='1']").click()
+        page.wait_for_selector("section.model[data-model=pets-finetuned] .status.succeeded")
+    walk.nav("predict", ".drop-zone")
+    assert page.input_value("#predict-model") == "pets"
+    assert page.locator("#predict-model option[value='']").count() == 0
+    page.set_input_files(".drop-zone input[type=file]", [str(DOG)])
+    _wait_for_predictions(walk, 1)
+    assert walk.text("#predict-summary").startswith("pets v1")
+    walk.shot("predict-two-active")
 
 
 def _jobs_list_and_delete(walk: Walk, job_id: str) -> None:
