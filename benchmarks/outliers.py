@@ -23,6 +23,14 @@ share of the set's own test photos rejected. Targets (issue 27): AUROC
 >= 0.95, >= 80 % of outliers rejected, <= 5 % of own photos rejected. Writes the "outliers"
 section of docs/BENCHMARKS.md.
 
+    .venv/bin/python -m benchmarks.outliers --negatives
+
+Whether negative examples ("none of these" images a dataset may hold) help, where the
+distance alone is weakest: near outliers. In each set of three classes or more, one class at a
+time is held out: its training photos are the negatives, its test photos the outliers, and the
+other classes are the classes. Scores with negatives are compared with the distance alone, on
+the held-out class and on the other sets' photos (far outliers). Writes "outliers-negatives".
+
     .venv/bin/python -m benchmarks.outliers --service [--seeds 1 2 3]
 
 The same measurement through the running service (API + one worker, SQLite, embedded broker)
@@ -308,6 +316,91 @@ def report(rows: list[dict[str, Any]], *, image_size: int, seeds: list[int]) -> 
     return "\n".join(lines) + "\n"
 
 
+def _negative_scores(
+    x: np.ndarray, classes: np.ndarray, negatives: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The candidate scores with negatives, from the distances to the k-th nearest training
+    image of the classes (d) and of the negatives (n)."""
+    from app.ml.outliers import NEIGHBOURS, knn_distances
+
+    unit = normalised(x)
+    d = knn_distances(unit, classes, neighbours=NEIGHBOURS)
+    n = knn_distances(unit, negatives, neighbours=min(NEIGHBOURS, len(negatives)))
+    return {"distance alone": d, "d / n": d / np.maximum(n, 1e-6), "d - n": d - n}
+
+
+NEGATIVE_SCORES = ("distance alone", "d / n", "d - n")
+
+
+def run_negatives(*, image_size: int, cache: Path) -> list[dict[str, Any]]:
+    names = set_names()
+    data = {name: features_of(name, image_size=image_size, cache=cache) for name in names}
+    rows = []
+    for name in names:
+        if len(data[name]["classes"]) < 3:
+            continue
+        (train_x, train_y), (validation_x, validation_y), (test_x, test_y) = (
+            data[name][split] for split in SPLITS
+        )
+        for held in range(len(data[name]["classes"])):
+            classes = normalised(train_x[train_y != held])
+            negatives = normalised(train_x[train_y == held])
+            validation = _negative_scores(validation_x[validation_y != held], classes, negatives)
+            own = _negative_scores(test_x[test_y != held], classes, negatives)
+            near = _negative_scores(test_x[test_y == held], classes, negatives)
+            far = {
+                other: _negative_scores(data[other]["test"][0], classes, negatives)
+                for other in names
+                if other != name
+            }
+            for score in NEGATIVE_SCORES:
+                cut = threshold(validation[score], "service")
+                row = {
+                    "set": name,
+                    "held_out": data[name]["classes"][held],
+                    "score": score,
+                    "near_auroc": auroc(own[score], near[score]),
+                    "near_rejected": float(np.mean(near[score] > cut)),
+                    "own_rejected": float(np.mean(own[score] > cut)),
+                    "far_rejected_worst": min(float(np.mean(f[score] > cut)) for f in far.values()),
+                }
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def report_negatives(rows: list[dict[str, Any]], *, image_size: int) -> str:
+    lines = [
+        "## Negative examples: do they help with near outliers?",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}, CPU only, with",
+        f"`.venv/bin/python -m benchmarks.outliers --negatives --image-size {image_size}`:",
+        "in each set of three classes or more, one class at a time is held out; its training",
+        "photos are the negatives, its test photos the near outliers; the other sets' test",
+        "photos are the far outliers. d: cosine distance to the 5th nearest training image of",
+        "the classes kept (the service's score); n: the same to the negatives. Threshold: the",
+        "service's rule on the kept classes' validation scores. Means over the held-out",
+        "classes. Cells: near AUROC / near rejected / own rejected / far rejected (worst set).",
+        "",
+        "| set | " + " | ".join(NEGATIVE_SCORES) + " |",
+        "| --- | " + " | ".join("---" for _ in NEGATIVE_SCORES) + " |",
+    ]
+    for name in sorted({r["set"] for r in rows}):
+        cells = []
+        for score in NEGATIVE_SCORES:
+            chosen = [r for r in rows if r["set"] == name and r["score"] == score]
+
+            def mean(key: str, chosen: list[dict[str, Any]] = chosen) -> float:
+                return statistics.mean(r[key] for r in chosen)
+
+            cells.append(
+                f"{mean('near_auroc'):.3f} / {mean('near_rejected'):.0%} / "
+                f"{mean('own_rejected'):.0%} / {mean('far_rejected_worst'):.0%}"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _service_scores(
     base: str, headers: dict[str, str], model: dict[str, Any], dataset: str
 ) -> tuple[np.ndarray, float | None]:
@@ -438,7 +531,18 @@ def main() -> None:
     parser.add_argument(
         "--service", action="store_true", help="through the service, with the default request"
     )
+    parser.add_argument(
+        "--negatives", action="store_true", help="held-out classes as negatives and outliers"
+    )
     args = parser.parse_args()
+    if args.negatives:
+        args.cache.mkdir(parents=True, exist_ok=True)
+        body = report_negatives(
+            run_negatives(image_size=args.image_size, cache=args.cache), image_size=args.image_size
+        )
+        print(body)
+        write_section("outliers-negatives", body)
+        return
     if args.service:
         import tempfile
 

@@ -602,10 +602,15 @@ def _answer(image: ImagePrediction) -> str:
 def outliers_line(evaluation: Evaluation) -> str:
     outliers = evaluation.get("outliers")
     if not outliers:
-        return "no unknown answer: too few images to choose its threshold on"
+        return (
+            "no unknown answer: fewer than 20 validation images to choose its threshold on, "
+            "or a test-time-flip model"
+        )
+    negatives = outliers.get("negatives") or 0
     line = (
         f"unknown above an outlier score of {outliers['threshold']:.3f} (chosen on "
         f"{outliers['calibration_images']} {outliers['calibrated_on']} images"
+        + (f", with {negatives} negative examples" if negatives else "")
     )
     if outliers.get("rejected") is not None:
         turned_away = _percent(outliers["rejected"] or 0)

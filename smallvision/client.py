@@ -128,11 +128,14 @@ class OutlierReport(TypedDict):
     threshold: float  # a score above it is answered unknown
     neighbours: int
     reference_images: int
-    calibrated_on: Literal["validation", "leave-one-out"]
+    calibrated_on: Literal["validation"]
     calibration_images: int
     calibration_rejected: float
     target_rejection: float
     assured: bool  # false: too few calibration images for the threshold's promise
+    negatives: NotRequired[int]  # negative examples the score compares with
+    held_out_negatives: NotRequired[int | None]
+    held_out_negatives_rejected: NotRequired[float | None]  # their share answered unknown
     split: NotRequired[str | None]
     rejected: NotRequired[float | None]  # the share of that split's images answered unknown
     note: NotRequired[str | None]

@@ -213,13 +213,14 @@ function calibrationNote(calibration) {
 /** The version's "unknown" answer: its threshold and what it turned away of held-out images. */
 function outliersNote(outliers) {
   if (!outliers) {
-    return el("p", { class: "muted", id: "outliers" }, "No \"unknown\" answer: too few validation images (fewer than 20) to choose its threshold on.");
+    return el("p", { class: "muted", id: "outliers" }, "No \"unknown\" answer: too few validation images (fewer than 20) to choose its threshold on, or a model that averages two views.");
   }
   const turnedAway = outliers.rejected == null ? "" : `; it turns away ${percent(outliers.rejected)} of the ${outliers.split} split's images`;
+  const negatives = outliers.negatives ? `, with ${outliers.negatives} negative examples` : "";
   return el(
     "p",
     { id: "outliers" },
-    `Images unlike every training image are answered "unknown" (outlier score over ${number(outliers.threshold)}, chosen on ${outliers.calibration_images} ${outliers.calibrated_on} images${turnedAway}).`,
+    `Images unlike every training image are answered "unknown" (outlier score over ${number(outliers.threshold)}, chosen on ${outliers.calibration_images} ${outliers.calibrated_on} images${negatives}${turnedAway}).`,
   );
 }
 

@@ -13,6 +13,26 @@ import numpy as np
 
 from app.ml.images import decode_image, image_to_array
 
+# The manifest's label of a negative example: an image of none of the classes, which the
+# "unknown" answer learns from (app/ml/outliers.py). Never a class.
+NEGATIVE_LABEL = "_negative"
+# Where a run finds them: the training split's negatives, and the others (to check with).
+TRAIN_NEGATIVES = "train_negatives"
+HELD_OUT_NEGATIVES = "held_out_negatives"
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def _in_split(item: dict[str, Any], split: str) -> bool:
+    """Whether a manifest item belongs to `split`: one of SPLIT_NAMES (the images of the
+    classes) or one of the negatives' two."""
+    negative = bool(item["label"] == NEGATIVE_LABEL)
+    in_train = bool(item["split"] == "train")
+    if split == TRAIN_NEGATIVES:
+        return negative and in_train
+    if split == HELD_OUT_NEGATIVES:
+        return negative and not in_train
+    return not negative and bool(item["split"] == split)
+
 
 @dataclass(frozen=True)
 class SplitArrays:
@@ -63,7 +83,7 @@ def load_split(
     """The images of one split, decoded with the shared decoder and resized for the model;
     `on_progress` hears how far it got about once a second."""
     classes: list[str] = manifest["classes"]
-    items = [item for item in manifest["images"] if item["split"] == split]
+    items = [item for item in manifest["images"] if _in_split(item, split)]
     on_progress({"stage": "loading", "split": split, "images": 0, "of": len(items)})
     dataset_dir = files(items)
     images = np.zeros((len(items), image_size, image_size, 3), dtype=np.float32)
@@ -79,7 +99,7 @@ def load_split(
             target_size=image_size,
         )
         images[index] = resize_pixels(image_to_array(decoded.image), image_size=image_size)
-        labels[index] = classes.index(item["label"])
+        labels[index] = -1 if item["label"] == NEGATIVE_LABEL else classes.index(item["label"])
     return SplitArrays(images=images, labels=labels)
 
 
@@ -112,16 +132,20 @@ class ManifestSplits:
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.on_progress = on_progress
-        present = {item["split"] for item in manifest["images"]}
-        self.names = [name for name in ("train", "validation", "test") if name in present]
+        self.names = [
+            name
+            for name in (*SPLIT_NAMES, TRAIN_NEGATIVES, HELD_OUT_NEGATIVES)
+            if any(_in_split(item, name) for item in manifest["images"])
+        ]
         self._arrays: dict[str, SplitArrays] = {}
 
     def labels(self, split: str) -> np.ndarray:
+        """Class indices (-1 for a negative example)."""
         return np.array(
             [
-                self.classes.index(item["label"])
+                -1 if item["label"] == NEGATIVE_LABEL else self.classes.index(item["label"])
                 for item in self.manifest["images"]
-                if item["split"] == split
+                if _in_split(item, split)
             ],
             dtype=np.int32,
         )
@@ -140,7 +164,7 @@ class ManifestSplits:
 
 
 class SplitSource(Protocol):
-    """Where a training run gets its splits from."""
+    """Where a training run gets its splits from: SPLIT_NAMES, and the negatives' two."""
 
     names: list[str]
     classes: list[str]
@@ -156,7 +180,8 @@ class InMemorySplits:
     def __init__(self, splits: dict[str, SplitArrays], classes: list[str]) -> None:
         self._splits = splits
         self.classes = classes
-        self.names = [name for name in ("train", "validation", "test") if name in splits]
+        every = (*SPLIT_NAMES, TRAIN_NEGATIVES, HELD_OUT_NEGATIVES)
+        self.names = [name for name in every if name in splits]
 
     def labels(self, split: str) -> np.ndarray:
         return self._splits[split].labels

@@ -40,7 +40,9 @@ class ExportError(RuntimeError):
 class OnnxExport:
     path: Path
     seconds: float
-    max_abs_difference: float  # against Keras, on the parity check's pixels
+    # against Keras on the parity check's pixels, each output's difference relative to its
+    # largest magnitude (the probabilities': nearly their absolute difference)
+    max_abs_difference: float
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -175,15 +177,15 @@ def _convert(serve: Any, path: Path, *, output_names: tuple[str, ...] = ()) -> N
 
 def _difference(expected: list[np.ndarray], answered: list[np.ndarray]) -> float:
     """The largest difference between two runtimes' outputs, each relative to its output's
-    largest magnitude when that is over 1 (probabilities are compared as they are, features
-    relative to their scale); inf if the outputs differ in number or shape."""
+    largest magnitude (probabilities: nearly as they are; features: to their scale); inf if
+    the outputs differ in number or shape."""
     if len(expected) != len(answered):
         return math.inf
     largest = 0.0
     for want, got in zip(expected, answered, strict=True):
         if got.shape != want.shape:
             return math.inf
-        scale = max(float(np.max(np.abs(want))), 1.0)
+        scale = float(np.max(np.abs(want))) or 1.0
         largest = max(largest, float(np.max(np.abs(got - want))) / scale)
     return largest
 

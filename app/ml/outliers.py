@@ -15,6 +15,15 @@ probability at most 10 % (a training-conditional conformal bound). A plain 95th 
 about the 98th percentile of 120 images and the largest score of fewer than 45 (then the
 promise is weaker, and `describe()` says so).
 
+With negative examples (images of none of the classes, `_negative` in a dataset), the score
+also weighs how much nearer an image is to them than to the classes: the larger of d / s_d and
+(d / n) / s_r, where d and n are the distances to the k-th nearest training image of the
+classes and of the negatives, and s_d, s_r their 90th percentiles on validation (so that
+either can pass the threshold). The ratio alone catches images like the negatives that the
+distance misses (a held-out flower class: 6 % turned away by the distance, 61 % with its
+photos as negatives) but not images unlike both; the larger of the two keeps both
+(docs/BENCHMARKS.md, "Negative examples"). The threshold rule is the same on that score.
+
 Pure NumPy: no Keras, no web or database imports.
 """
 
@@ -36,6 +45,14 @@ CONFIDENCE = 0.90
 # Fewer calibration images than this, and no threshold is chosen (the version has no
 # "unknown" answer).
 MIN_CALIBRATION_IMAGES = 20
+# A loaded version holds its references in memory (float32): at most this many, 51 MB of
+# 1280 features. A larger set is sampled evenly; its scores then compare with fewer images
+# (a little higher, for the threshold and new images alike).
+MAX_REFERENCE_IMAGES = 10_000
+# Fewer negative examples than the neighbours compared, and they are not used.
+MIN_NEGATIVES = NEIGHBOURS
+# The validation percentile that scales the distance and the ratio to one another.
+SCALE_QUANTILE = 0.90
 # Queries are compared with the references this many at a time: a (chunk, references) matrix
 # of similarities, not (queries, references).
 _CHUNK = 512
@@ -49,22 +66,35 @@ def normalised(features: np.ndarray) -> np.ndarray:
     return result
 
 
-def knn_distances(
-    queries: np.ndarray, references: np.ndarray, *, neighbours: int, leave_one_out: bool = False
-) -> np.ndarray:
+def knn_distances(queries: np.ndarray, references: np.ndarray, *, neighbours: int) -> np.ndarray:
     """1 - the cosine similarity of each (normalised) query to its `neighbours`-th most similar
-    reference; with `leave_one_out` the queries ARE the references and each skips itself."""
-    k = neighbours + (1 if leave_one_out else 0)
+    reference."""
+    k = neighbours
     if len(references) < k:
         raise ValueError(f"{len(references)} references are fewer than {k} neighbours")
     distances = np.empty(len(queries), dtype=np.float32)
     for start in range(0, len(queries), _CHUNK):
         similarity = queries[start : start + _CHUNK] @ references.T
-        # the k-th largest similarity of each row (itself, at ~1.0, is the first when leaving
-        # one out)
-        kth = np.partition(similarity, -k, axis=1)[:, -k]
-        distances[start : start + _CHUNK] = 1.0 - kth
+        similarity.partition(-k, axis=1)  # in place: the k-th largest lands at -k
+        distances[start : start + _CHUNK] = 1.0 - similarity[:, -k]
     return distances
+
+
+def _as_stored(features: np.ndarray) -> np.ndarray:
+    """Rounded as `save` stores them (float16), so the threshold is chosen on the features
+    the served version compares with."""
+    rounded: np.ndarray = features.astype(np.float16).astype(np.float32)
+    return rounded
+
+
+def _sampled(features: np.ndarray) -> np.ndarray:
+    """At most MAX_REFERENCE_IMAGES rows, evenly spaced (the rows are in the manifest's
+    order, class by class, so every class keeps its share)."""
+    if len(features) <= MAX_REFERENCE_IMAGES:
+        return features
+    rows = np.linspace(0, len(features) - 1, MAX_REFERENCE_IMAGES).round().astype(int)
+    sampled: np.ndarray = features[rows]
+    return sampled
 
 
 def _binomial_tails(n: int, p: float) -> np.ndarray:
@@ -93,6 +123,19 @@ def threshold_rank(n: int, *, rejection: float, confidence: float) -> tuple[int,
     return int(sure[0]) + 1, True
 
 
+def _pair(values: np.ndarray) -> tuple[float, float]:
+    first, second = (float(x) for x in values)
+    return first, second
+
+
+def _distances(queries: np.ndarray, negatives: np.ndarray, neighbours: int) -> np.ndarray:
+    """The distance to the k-th nearest negative (fewer negatives: the farthest), floored so
+    that a ratio by it stays finite."""
+    k = min(neighbours, len(negatives))
+    floored: np.ndarray = np.maximum(knn_distances(queries, negatives, neighbours=k), 1e-6)
+    return floored
+
+
 @dataclass(frozen=True)
 class OutlierIndex:
     """A version's training features and its "unknown" threshold."""
@@ -100,12 +143,16 @@ class OutlierIndex:
     references: np.ndarray  # (images, features), normalised
     threshold: float
     calibration_images: int
-    calibrated_on: str  # "validation", or "leave-one-out" when validation was trained on
+    calibrated_on: str  # "validation"
     neighbours: int = NEIGHBOURS
     # the share of the calibration images above the threshold, and whether the rule's promise
     # holds (False: too few images to be that sure; the threshold is their largest score)
     calibration_rejected: float = 0.0
     assured: bool = True
+    # the training split's negative examples (normalised), and the scales of the distance and
+    # of the ratio (None: no negatives, the score is the distance)
+    negatives: np.ndarray | None = None
+    scales: tuple[float, float] | None = None
 
     @classmethod
     def fit(
@@ -113,25 +160,33 @@ class OutlierIndex:
         references: np.ndarray,
         *,
         calibration: np.ndarray | None,
+        negatives: np.ndarray | None = None,
         neighbours: int = NEIGHBOURS,
     ) -> OutlierIndex | None:
-        """The index of `references` (training features) with a threshold from the
-        `calibration` images' scores (held-out images like them), or, with no calibration
-        images, from the references' leave-one-out scores. None when there are too few images
-        for either."""
-        references = normalised(references)
+        """The index of `references` (training features; at most MAX_REFERENCE_IMAGES of
+        them, an even sample of larger sets) with a threshold from the `calibration` images'
+        scores (held-out images like them); `negatives` (features of negative examples) join
+        the score where there are enough of them. None with fewer than
+        MIN_CALIBRATION_IMAGES calibration images: training images' own scores would run low
+        (the model learned them), so they cannot stand in."""
+        references = _as_stored(normalised(_sampled(references)))
         if len(references) <= neighbours:
             return None
-        if calibration is not None and len(calibration):
-            scores = knn_distances(normalised(calibration), references, neighbours=neighbours)
-            calibrated_on = "validation"
-        else:
-            scores = knn_distances(
-                references, references, neighbours=neighbours, leave_one_out=True
-            )
-            calibrated_on = "leave-one-out"
-        if len(scores) < MIN_CALIBRATION_IMAGES:
+        if calibration is None or len(calibration) < MIN_CALIBRATION_IMAGES:
             return None
+        unit_negatives = None
+        calibration = normalised(calibration)
+        scores = knn_distances(calibration, references, neighbours=neighbours)
+        if negatives is not None and len(negatives) >= MIN_NEGATIVES:
+            unit_negatives = _as_stored(normalised(_sampled(negatives)))
+        scales = None
+        if unit_negatives is not None:
+            ratios = scores / _distances(calibration, unit_negatives, neighbours)
+            scales = (
+                max(float(np.quantile(scores, SCALE_QUANTILE)), 1e-6),
+                max(float(np.quantile(ratios, SCALE_QUANTILE)), 1e-6),
+            )
+            scores = np.maximum(scores / scales[0], ratios / scales[1])
         ordered = np.sort(scores)
         rank, assured = threshold_rank(
             len(ordered), rejection=TARGET_REJECTION, confidence=CONFIDENCE
@@ -141,20 +196,35 @@ class OutlierIndex:
             references=references,
             threshold=threshold,
             calibration_images=len(ordered),
-            calibrated_on=calibrated_on,
+            calibrated_on="validation",
             neighbours=neighbours,
             calibration_rejected=float(np.mean(ordered > threshold)),
             assured=assured,
+            negatives=unit_negatives if scales is not None else None,
+            scales=scales,
         )
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Each image's outlier score: higher is more unlike the training images; above
         `threshold`, "unknown"."""
-        return knn_distances(normalised(features), self.references, neighbours=self.neighbours)
+        unit = normalised(features)
+        distances = knn_distances(unit, self.references, neighbours=self.neighbours)
+        if self.negatives is None or self.scales is None:
+            return distances
+        ratios = distances / _distances(unit, self.negatives, self.neighbours)
+        result: np.ndarray = np.maximum(distances / self.scales[0], ratios / self.scales[1])
+        return result
 
     def describe(self) -> dict[str, Any]:
+        score = f"cosine distance to the {self.neighbours}th nearest training image"
+        if self.negatives is not None:
+            score = (
+                f"the larger of that {score} and its ratio to the distance to the negative "
+                "examples, each divided by its 90th percentile on validation"
+            )
         return {
-            "score": f"cosine distance to the {self.neighbours}th nearest training image",
+            "score": score,
+            "negatives": 0 if self.negatives is None else len(self.negatives),
             "threshold": round(self.threshold, 6),
             "neighbours": self.neighbours,
             "reference_images": len(self.references),
@@ -168,17 +238,23 @@ class OutlierIndex:
     def save(self, path: Path) -> None:
         # float16 halves the file (2000 x 1280 features: 5 MB) and moves a cosine similarity
         # by about 1e-3, far below the gaps the threshold separates
-        np.savez(
-            path,
-            references=self.references.astype(np.float16),
-            threshold=np.float64(self.threshold),
-            neighbours=np.int64(self.neighbours),
-        )
+        arrays: dict[str, Any] = {
+            "references": self.references.astype(np.float16),
+            "threshold": np.float64(self.threshold),
+            "neighbours": np.int64(self.neighbours),
+        }
+        if self.negatives is not None and self.scales is not None:
+            arrays["negatives"] = self.negatives.astype(np.float16)
+            arrays["scales"] = np.array(self.scales, dtype=np.float64)
+        np.savez(path, **arrays)
 
     @classmethod
     def load(cls, path: Path, *, described: dict[str, Any]) -> OutlierIndex:
         with np.load(path, allow_pickle=False) as stored:
+            has_negatives = "negatives" in stored.files
             return cls(
+                negatives=stored["negatives"].astype(np.float32) if has_negatives else None,
+                scales=_pair(stored["scales"]) if has_negatives else None,
                 references=stored["references"].astype(np.float32),
                 threshold=float(stored["threshold"]),
                 neighbours=int(stored["neighbours"]),

@@ -37,7 +37,13 @@ from app.ml.config import (
     finetune_learning_rates,
     refit_affordable,
 )
-from app.ml.data import SplitSource, balanced_class_weights
+from app.ml.data import (
+    HELD_OUT_NEGATIVES,
+    SPLIT_NAMES,
+    TRAIN_NEGATIVES,
+    SplitSource,
+    balanced_class_weights,
+)
 from app.ml.evaluate import beats_chance, class_probabilities, evaluate_predictions, log_loss
 from app.ml.export import ExportError
 from app.ml.features import (
@@ -208,22 +214,35 @@ def _index_outliers(outcome: TrainingOutcome, splits: SplitSource, *, config: Tr
     embeddings, outcome.embeddings = outcome.embeddings, {}
     if config.test_time_flip or "train" not in embeddings:
         return
-    index = OutlierIndex.fit(embeddings["train"], calibration=embeddings.get("validation"))
+    index = OutlierIndex.fit(
+        embeddings["train"],
+        calibration=embeddings.get("validation"),
+        negatives=embeddings.get(TRAIN_NEGATIVES),
+    )
     if index is None:
         return
     outcome.outliers = index
     report: dict[str, Any] = index.describe()
+    if (held_out := embeddings.get(HELD_OUT_NEGATIVES)) is not None:
+        # the negatives of validation and test, which the index has not seen: what share of
+        # images like them it turns away
+        report["held_out_negatives"] = len(held_out)
+        report["held_out_negatives_rejected"] = round(
+            float(np.mean(index.scores(held_out) > index.threshold)), 4
+        )
     refit = any("refit" in c.settings for c in outcome.candidates if c.method is outcome.method)
-    if refit and index.calibrated_on == "validation":
+    if refit:
         report["note"] = (
             "the model was trained again with the validation images, so their scores run low: "
             "the threshold may turn away more new images than its target"
         )
     split = _evaluation_split(splits)
-    if split is not None and split in embeddings and outcome.evaluation is not None:
+    # (not on validation, where a set has no test split: the threshold was chosen there)
+    if split == "test" and split in embeddings:
         scores = index.scores(embeddings[split])
         report["split"] = split
         report["rejected"] = round(float(np.mean(scores > index.threshold)), 4)
+    if outcome.evaluation is not None:
         outcome.evaluation = {**outcome.evaluation, "outliers": report}
 
 
@@ -311,7 +330,8 @@ def _class_weights(config: TrainConfig, splits: SplitSource) -> dict[int, float]
     return balanced_class_weights(splits.labels("train"), len(splits.classes))
 
 
-SPLIT_NAMES = ("train", "validation", "test")
+# The splits whose features the "unknown" answer uses: the classes' and the negatives'.
+EMBEDDED = (*SPLIT_NAMES, TRAIN_NEGATIVES, HELD_OUT_NEGATIVES)
 
 
 def _has(splits: SplitSource, split: str) -> bool:
@@ -752,7 +772,9 @@ class PretrainedRun:
         """Each split's pooled features as the kept model sees them (its head's inputs): the
         frozen base's, as cached, for a bottleneck model; for a fine-tuned one, its top
         block's on the cached top-block inputs (a fifth of the base's compute)."""
-        present = [s for s in SPLIT_NAMES if array_name(s, VIEWS[0], "pooled") in self.features]
+        if self.config.test_time_flip:
+            return {}  # no unknown answer for a flip-averaged model (_index_outliers)
+        present = [s for s in EMBEDDED if array_name(s, VIEWS[0], "pooled") in self.features]
         if kept.finetuned is None:
             return {s: self.features[array_name(s, VIEWS[0], "pooled")] for s in present}
         top = bases.top_block(self.base, self.spec)
@@ -857,16 +879,16 @@ def _scratch_only(
     # with test_time_flip the saved model averages each image with its mirror: judge that one
     predictor = builders.with_test_time_flip(model) if config.test_time_flip else model
     embedder = None if config.test_time_flip else builders.with_embedding(model)
-    for split in SPLIT_NAMES:
+    for split in EMBEDDED:
         if not _has(splits, split):
             continue
         images = splits.arrays(split).images
         if embedder is not None:
             raw, features = embedder.predict(images, batch_size=config.batch_size, verbose=0)
             embeddings[split] = np.asarray(features, dtype=np.float32)
-        elif split != "train":
+        elif split in ("validation", "test"):
             raw = predictor.predict(images, batch_size=config.batch_size, verbose=0)
-        if split != "train":
+        if split in ("validation", "test"):
             probabilities[split] = class_probabilities(raw, class_count)
     candidate = Candidate(
         method=Method.SCRATCH,

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.ml.data import NEGATIVE_LABEL
 from app.schemas.text import Text
 
 
@@ -30,6 +31,14 @@ class DatasetUploadForm(BaseModel):
         description="share of each class held out for testing when the zip has no split folders",
     )
     seed: int = Field(default=1337, ge=0, le=2**31 - 1, description="seed of the split")
+    negative_folder: Text = Field(
+        default=NEGATIVE_LABEL,
+        min_length=1,
+        max_length=200,
+        description="the class-level folder whose images are negative examples: of none of "
+        "the classes (the model's unknown answer learns from them); in labels.csv / "
+        "labels.jsonl, a line with no label is one",
+    )
 
 
 class _VersionSplitOptions(BaseModel):

@@ -39,8 +39,17 @@ class OutlierReport(BaseModel):
     threshold: float = Field(description="a score above it is answered unknown")
     neighbours: int
     reference_images: int = Field(description="training images the score compares with")
-    calibrated_on: Literal["validation", "leave-one-out"] = Field(
+    calibrated_on: Literal["validation"] = Field(
         description="the images the threshold was chosen on"
+    )
+    negatives: int = Field(
+        default=0, description="negative examples the score compares with (0: the distance alone)"
+    )
+    held_out_negatives: int | None = Field(
+        default=None, description="negative examples of validation and test, not compared with"
+    )
+    held_out_negatives_rejected: float | None = Field(
+        default=None, description="their share answered unknown"
     )
     calibration_images: int
     calibration_rejected: float = Field(description="their share above the threshold")

@@ -211,6 +211,31 @@ def test_bad_lines_and_missing_files_are_listed_and_the_rest_is_used(client: Tes
     assert body["stats"]["image_count"] == 7
 
 
+def test_negative_examples_come_from_their_folder_or_an_empty_label_and_are_no_class(
+    client: TestClient,
+) -> None:
+    folders = class_folders({"cat": 6, "dog": 6, "_negative": 5}, prefix="")
+    body = created(client, make_zip(folders), validation_fraction=0.2, test_fraction=0.2)
+    assert body["class_names"] == ["cat", "dog"]
+    assert all(set(counts) == {"cat", "dog"} for counts in body["split_counts"].values())
+    negatives = body["stats"]["negatives"]
+    assert sum(negatives.values()) == 5 and negatives["train"] >= 1  # split like a class
+    labels = [item["label"] for item in manifest_of(body["id"])["images"]]
+    assert labels.count("_negative") == 5
+
+    # a folder of the request's naming; in a label list, a line with no label
+    renamed = class_folders({"cat": 4, "dog": 4, "background": 3}, prefix="train/")
+    body = created(client, make_zip(renamed), negative_folder="background")
+    assert body["class_names"] == ["cat", "dog"]
+    # no validation/ folder: validation is held out of train/, negatives too
+    assert body["stats"]["negatives"] == {"train": 2, "validation": 1}
+    rows = ["path,labels"] + [f"photos/{i}.jpg,{'cat' if i % 2 else 'dog'}" for i in range(8)]
+    rows += ["photos/8.jpg,", "photos/9.jpg,"]
+    listed = make_zip({**flat_images(10), "labels.csv": ("\n".join(rows) + "\n").encode()})
+    body = created(client, listed, validation_fraction=0.0, test_fraction=0.0)
+    assert body["class_names"] == ["cat", "dog"] and body["stats"]["negatives"] == {"train": 2}
+
+
 def test_skipped_lines_are_capped_in_the_response_but_counted(client: TestClient) -> None:
     images = flat_images(6)
     rows = ["path,labels"] + [f"photos/{i}.jpg,{'ab'[i % 2]}" for i in range(6)]
@@ -227,13 +252,14 @@ def test_skipped_lines_are_capped_in_the_response_but_counted(client: TestClient
         (
             {"labels.csv": b"path,labels\nphotos/0.jpg,cat;dog\nphotos/1.jpg,cat\n"},
             400,
-            "labels.csv gives 1 image(s) no label or more than one (line 2 first): multi-label "
+            "labels.csv gives 1 image(s) more than one label (line 2 first): multi-label "
             "datasets are not supported yet",
         ),
+        # a negative example is not a class: one class and negatives are still one class
         (
             {"labels.csv": b"path,labels\nphotos/0.jpg,\nphotos/1.jpg,cat\n"},
             400,
-            "no label or more than one",
+            "the zip has 1 (cat)",
         ),
         ({"labels.csv": b"path,labels\n", "labels.jsonl": b""}, 400, "keep one of them"),
         ({"labels.csv": b"path,labels,colour\nphotos/0.jpg,cat,red\n"}, 400, "column(s) 'colour'"),

@@ -52,13 +52,11 @@ def test_the_threshold_rank_keeps_its_promise_and_says_when_it_cannot() -> None:
     assert threshold_rank(30, rejection=0.05, confidence=0.90) == (30, False)
 
 
-def test_knn_distances_compare_with_the_kth_neighbour_and_can_leave_each_out() -> None:
+def test_knn_distances_compare_with_the_kth_neighbour() -> None:
     references = normalised(np.eye(6, dtype=np.float32) + 0.01)
     queries = references[:2]
-    own = knn_distances(queries, references, neighbours=1)
-    assert own == pytest.approx([0.0, 0.0], abs=1e-6)
-    left_out = knn_distances(references, references, neighbours=1, leave_one_out=True)
-    assert np.all(left_out > 0.1)
+    assert knn_distances(queries, references, neighbours=1) == pytest.approx([0, 0], abs=1e-6)
+    assert np.all(knn_distances(queries, references, neighbours=2) > 0.1)
     with pytest.raises(ValueError, match="fewer than"):
         knn_distances(queries, references[:2], neighbours=5)
 
@@ -77,12 +75,44 @@ def test_an_index_is_fitted_saved_and_loaded_with_its_threshold(tmp_path: Path) 
     loaded = OutlierIndex.load(tmp_path / OUTLIER_FILE, described=index.describe())
     assert loaded.threshold == pytest.approx(index.threshold)
     np.testing.assert_allclose(loaded.scores(validation), index.scores(validation), atol=2e-3)
-    # without validation images: the training images' leave-one-out scores
-    alone = OutlierIndex.fit(train_features, calibration=None)
-    assert alone is not None and alone.calibrated_on == "leave-one-out"
-    # too few images for a threshold: no index (the version has no unknown answer)
+    # too few validation images for a threshold, or none: no index (the version has no
+    # unknown answer; the training images' own scores run low and cannot stand in)
     few = validation[: MIN_CALIBRATION_IMAGES - 1]
     assert OutlierIndex.fit(train_features, calibration=few) is None
+    assert OutlierIndex.fit(train_features, calibration=None) is None
+
+
+def test_negative_examples_turn_away_images_like_them_and_still_the_far_ones(
+    tmp_path: Path,
+) -> None:
+    # classes around +c, negatives around a nearby direction, far outliers around -c
+    rng = np.random.default_rng(2)
+    dims = 32
+    centre = rng.normal(size=dims)
+    near = centre + 0.25 * rng.normal(size=dims)
+
+    def around(point: np.ndarray, n: int) -> np.ndarray:
+        return point + 0.35 * rng.normal(size=(n, dims))
+
+    train_features, validation = around(centre, 300), around(centre, 100)
+    negatives, like_negatives, far = around(near, 60), around(near, 50), around(-centre, 50)
+    alone = OutlierIndex.fit(train_features, calibration=validation)
+    helped = OutlierIndex.fit(train_features, calibration=validation, negatives=negatives)
+    assert alone is not None and helped is not None and helped.negatives is not None
+    assert helped.describe()["negatives"] == 60
+    turned_away = {
+        name: float(np.mean(index.scores(like_negatives) > index.threshold))
+        for name, index in (("alone", alone), ("helped", helped))
+    }
+    assert turned_away["helped"] >= turned_away["alone"] + 0.2, turned_away
+    assert np.mean(helped.scores(far) > helped.threshold) >= 0.9
+    assert helped.calibration_rejected <= 0.05
+    helped.save(tmp_path / OUTLIER_FILE)
+    loaded = OutlierIndex.load(tmp_path / OUTLIER_FILE, described=helped.describe())
+    np.testing.assert_allclose(loaded.scores(like_negatives), helped.scores(like_negatives))
+    # fewer negatives than the neighbours compared: not used
+    too_few = OutlierIndex.fit(train_features, calibration=validation, negatives=negatives[:4])
+    assert too_few is not None and too_few.negatives is None
 
 
 def _pixels(paths: list[Path]) -> np.ndarray:
@@ -277,3 +307,57 @@ def test_an_unknown_answer_goes_to_the_review_queue_even_when_it_is_sure(
     _predict(cars_client, [car, flower])
     items = cars_client.get("/review/items", params={"model": "cars"}).json()
     assert [item["filename"] for item in items] == [flower.name]
+
+
+def test_a_dataset_with_negative_examples_trains_an_index_that_turns_more_of_them_away(
+    tmp_path: Path,
+) -> None:
+    """Four flower classes, the fifth as negative examples (its training photos) and as the
+    near outliers to check with (its test photos): the index made with the negatives turns
+    away more of those than the one made without them."""
+    from app.ml.data import NEGATIVE_LABEL
+
+    root = SHARED / "data" / "flowers_small"
+    *kept, held_out = sorted(p.name for p in (root / "train").iterdir())
+
+    def listed(split: str, label: str, count: int, as_label: str) -> list[dict[str, str]]:
+        paths = sorted((root / split / label).iterdir())[:count]
+        return [
+            {"split": split, "file": str(p.relative_to(root)), "label": as_label} for p in paths
+        ]
+
+    images = [
+        item
+        for label in kept
+        for split, count in (("train", 25), ("validation", 8), ("test", 5))
+        for item in listed(split, label, count, label)
+    ]
+    negatives = listed("train", held_out, 30, NEGATIVE_LABEL)
+    negatives += listed("test", held_out, 20, NEGATIVE_LABEL)
+    config = TrainConfig(
+        method=Method.BOTTLENECK,
+        image_size=SIZE,
+        epochs=10,
+        batch_size=16,
+        learning_rate=3e-3,
+        dropout=0.5,
+        seed=1,
+        base_model=SPEC.key.value,
+    )
+
+    def report(items: list[dict[str, str]]) -> dict[str, Any]:
+        outcome = train_on_photos(root, items, classes=kept, config=config, cache=tmp_path)
+        assert outcome.method is Method.BOTTLENECK and outcome.evaluation is not None
+        outliers: dict[str, Any] = outcome.evaluation["outliers"]
+        return outliers
+
+    # the test split's negatives are scored by both (held out: never in an index)
+    without = report([*images, *negatives[30:]])
+    helped = report([*images, *negatives])
+    assert without["negatives"] == 0 and helped["negatives"] == 30
+    assert helped["held_out_negatives"] == without["held_out_negatives"] == 20
+    assert helped["held_out_negatives_rejected"] >= without["held_out_negatives_rejected"] + 0.1, (
+        helped,
+        without,
+    )
+    assert helped["rejected"] <= 0.2  # of the kept classes' own test photos

@@ -79,6 +79,7 @@ async def upload_dataset(request: Request, session: SessionDep, principal: Train
             validation_fraction=form.validation_fraction,
             test_fraction=form.test_fraction,
             seed=form.seed,
+            negative_folder=form.negative_folder,
             owner=principal.owner,
         )
         dataset = await run_in_threadpool(

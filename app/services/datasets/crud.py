@@ -19,6 +19,7 @@ from app.core.errors import ConflictError, NotFoundError
 from app.db.locks import dataset_lineage_key, lock_key, owner_jobs_key
 from app.db.models import Dataset, DatasetStatus, JobStatus, TrainingJob
 from app.db.session import after_commit
+from app.ml.data import NEGATIVE_LABEL
 from app.services.auth import Principal, visible
 from app.services.datasets.files import publish, remove_features, remove_files, staging
 from app.services.datasets.ingest import Built, Ingest, SplitOptions
@@ -32,6 +33,7 @@ class IngestOptions:
     validation_fraction: float
     test_fraction: float
     seed: int
+    negative_folder: str = NEGATIVE_LABEL
     owner: str | None = None
 
 
@@ -47,7 +49,7 @@ def ingest_zip(
     dataset_id = uuid.uuid4()
     with staging() as folder:
         ingest = Ingest(folder, settings=settings, what="the zip")
-        ingest.add_zip(zip_path)
+        ingest.add_zip(zip_path, negative_folder=options.negative_folder)
         built = ingest.finish(
             SplitOptions(
                 validation_fraction=options.validation_fraction,

@@ -20,6 +20,7 @@ from typing import Any
 
 from app.core.config import Settings
 from app.core.errors import BadRequestError, PayloadTooLargeError
+from app.ml.data import NEGATIVE_LABEL
 from app.ml.images import ImageDecodeError, decode_image
 from app.services.archive import (
     ArchiveLimits,
@@ -147,11 +148,19 @@ class Ingest:
 
     # --- What comes in
 
-    def add_zip(self, zip_path: Path, *, known_classes: frozenset[str] = frozenset()) -> None:
+    def add_zip(
+        self,
+        zip_path: Path,
+        *,
+        known_classes: frozenset[str] = frozenset(),
+        negative_folder: str = NEGATIVE_LABEL,
+    ) -> None:
         """The images of a zip of class folders (or of split folders holding them), or of a
         zip whose labels.csv / labels.jsonl names each image's class. With `known_classes` (a
         new version's), it may hold one class only, and need not repeat every class in every
-        split; without, its classes are the dataset's."""
+        split; without, its classes are the dataset's. Images in a folder named
+        `negative_folder`, or listed without a label, are negative examples: of none of the
+        classes (what the model's "unknown" answer learns from)."""
         adding = bool(known_classes)
         with open_zip(zip_path, max_entries=self.settings.max_zip_entries) as archive:
             files = _relative_files(_members(archive, self.settings), known_classes=known_classes)
@@ -167,9 +176,11 @@ class Ingest:
                 candidates, has_splits = _plan_listed(files, label_list, self.report)
             else:
                 others = [(m, parts) for m, parts in files if not (listed and m is listed[0][0])]
-                candidates, has_splits = _plan_folders(others, self.report)
+                candidates, has_splits = _plan_folders(
+                    others, self.report, negative_folder=negative_folder
+                )
             _check_plan(candidates, has_splits=has_splits, adding=adding)
-            labels = {c.label for c in candidates}
+            labels = {c.label for c in candidates} - {NEGATIVE_LABEL}
             if not adding:
                 self._check_class_count(labels)
             if len(candidates) > self.settings.max_dataset_images:
@@ -268,7 +279,7 @@ class Ingest:
         """Deduplicate, check (two classes, training images in each, the limits), split the
         images that have no split yet, and write the manifest into the folder."""
         images = _deduplicate(self.images, self.report)
-        classes = sorted(self.declared_classes | {i.label for i in images})
+        classes = sorted((self.declared_classes | {i.label for i in images}) - {NEGATIVE_LABEL})
         require_two_classes(classes, what=self.what)
         self._check_class_count(classes)
         if len(images) > self.settings.max_dataset_images:
@@ -346,9 +357,16 @@ def _relative_files(
     return list(zip(files, paths, strict=True))
 
 
-def _plan_folders(files: list[RelativeFile], report: Report) -> tuple[list[_Candidate], bool]:
-    """Assign each file a split (or None) and a class from the folder layout.
-    Returns the candidates and whether the zip came with split folders."""
+def _plan_folders(
+    files: list[RelativeFile], report: Report, *, negative_folder: str
+) -> tuple[list[_Candidate], bool]:
+    """Assign each file a split (or None) and a class from the folder layout (the folder
+    `negative_folder`: negative examples). Returns the candidates and whether the zip came
+    with split folders."""
+
+    def label(folder: str) -> str:
+        return NEGATIVE_LABEL if folder == negative_folder else folder
+
     has_splits = any(p[0].lower() in SPLIT_FOLDER_NAMES and len(p) > 2 for _, p in files)
     candidates: list[_Candidate] = []
     for member, parts in files:
@@ -366,29 +384,30 @@ def _plan_folders(files: list[RelativeFile], report: Report) -> tuple[list[_Cand
             if len(parts) < 3:
                 report.skipped.append({"file": member.path, "reason": "not inside a class folder"})
                 continue
-            candidates.append(_Candidate(member=member, split=split, label=parts[1]))
+            candidates.append(_Candidate(member=member, split=split, label=label(parts[1])))
         else:
             if len(parts) < 2:
                 report.skipped.append({"file": member.path, "reason": "not inside a class folder"})
                 continue
-            candidates.append(_Candidate(member=member, split=None, label=parts[0]))
+            candidates.append(_Candidate(member=member, split=None, label=label(parts[0])))
     return candidates, has_splits
 
 
 def _plan_listed(
     files: list[RelativeFile], label_list: LabelList, report: Report
 ) -> tuple[list[_Candidate], bool]:
-    """Each file listed in `label_list` with its class and split; files it does not list
-    are skipped, and so are its bad lines (each reported with its reason)."""
+    """Each file listed in `label_list` with its class and split (a line with no label: a
+    negative example); files it does not list are skipped, and so are its bad lines (each
+    reported with its reason)."""
     by_path = {nfc(parts): member for member, parts in files if parts != (label_list.name,)}
     # Split folders or not is decided by the lines that name a file the zip has.
     has_splits = any(line.split is not None for line in label_list.lines if line.parts in by_path)
-    other_than_one = [line for line in label_list.lines if len(line.labels) != 1]
-    if other_than_one:
+    several = [line for line in label_list.lines if len(line.labels) > 1]
+    if several:
         raise BadRequestError(
-            f"{label_list.name} gives {len(other_than_one)} image(s) no label or more than "
-            f"one (line {other_than_one[0].number} first): multi-label datasets are not "
-            "supported yet, so every image needs exactly one label"
+            f"{label_list.name} gives {len(several)} image(s) more than one label (line "
+            f"{several[0].number} first): multi-label datasets are not supported yet, so an "
+            "image has one label, or none (a negative example)"
         )
     candidates: list[_Candidate] = []
     for line in label_list.lines:
@@ -398,7 +417,8 @@ def _plan_listed(
         elif has_splits and line.split is None:
             label_list.problem(line.number, "no split, while other lines give one")
         else:
-            candidates.append(_Candidate(member=member, split=line.split, label=line.labels[0]))
+            label = line.labels[0] if line.labels else NEGATIVE_LABEL
+            candidates.append(_Candidate(member=member, split=line.split, label=label))
     report.skipped.extend(label_list.problems)
     report.skipped.extend(
         {"file": member.path, "reason": f"not in {label_list.name}"}
@@ -415,7 +435,7 @@ def _check_plan(candidates: list[_Candidate], *, has_splits: bool, adding: bool)
     two classes (a zip adding to a version may hold one)."""
     if has_splits and not adding:
         _check_split_classes(candidates)
-    labels = {c.label for c in candidates}
+    labels = {c.label for c in candidates} - {NEGATIVE_LABEL}
     if too_long := sorted(label for label in labels if len(label) > MAX_CLASS_NAME_CHARS):
         raise BadRequestError(
             f"class folder names are at most {MAX_CLASS_NAME_CHARS} characters; "
@@ -432,7 +452,8 @@ def _check_split_classes(candidates: list[_Candidate]) -> None:
     by_split: dict[str, set[str]] = defaultdict(set)
     for candidate in candidates:
         assert candidate.split is not None
-        by_split[candidate.split].add(candidate.label)
+        if candidate.label != NEGATIVE_LABEL:  # negatives need not be in every split
+            by_split[candidate.split].add(candidate.label)
     if "train" not in by_split:
         raise BadRequestError("split folders were found, but no train/ folder")
     train = by_split["train"]
@@ -523,7 +544,9 @@ def _assign_splits(
 def _statistics(images: list[IngestImage], classes: list[str], report: Report) -> dict[str, Any]:
     widths = [i.width for i in images]
     heights = [i.height for i in images]
-    train_counts = Counter(i.label for i in images if i.split == "train")
+    train_counts = Counter(
+        i.label for i in images if i.split == "train" and i.label != NEGATIVE_LABEL
+    )
     for label in classes:
         if train_counts[label] < MIN_IMAGES_PER_CLASS:
             report.warnings.append(
@@ -553,6 +576,7 @@ def _statistics(images: list[IngestImage], classes: list[str], report: Report) -
         "duplicates": report.duplicates[:MAX_LISTED],
         "leakage": report.leakage[:MAX_LISTED],
         "label_conflicts": report.conflicts[:MAX_LISTED],
+        "negatives": dict(Counter(str(i.split) for i in images if i.label == NEGATIVE_LABEL)),
         "warnings": report.warnings,
     }
 
