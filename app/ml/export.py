@@ -14,9 +14,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from app.ml.builders import FrozenTop
 
 ONNX_FILE = "model.onnx"
 # Opset 17 is what ONNX Runtime releases of the last years all run, and it has every op the
@@ -190,16 +193,19 @@ def _difference(expected: list[np.ndarray], answered: list[np.ndarray]) -> float
     return largest
 
 
-def export_onnx(model: Any, path: Path, *, image_size: int) -> OnnxExport:
+def export_onnx(
+    model: Any, path: Path, *, image_size: int, frozen_top: FrozenTop | None = None
+) -> OnnxExport:
     """Convert `model` with tf2onnx into `path`, then check that ONNX Runtime answers like
     Keras on pixels of several sizes; ExportError (and no file) otherwise. Its outputs are
-    "probabilities" and, where the model has pooled features to show, "embedding"."""
+    "probabilities" and, where the model has pooled features to show, "embedding" (a
+    fine-tuned model's from its `frozen_top`, builders.FrozenTop)."""
     import tensorflow as tf
 
     from app.ml.builders import with_embedding
 
     started = time.perf_counter()
-    both = with_embedding(model)
+    both = with_embedding(model, frozen_top=frozen_top)
     serve = _serving_function(model if both is None else both)
     names = (OUTPUT_NAME,) if both is None else (OUTPUT_NAME, EMBEDDING_NAME)
     try:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,13 @@ from app.ml.export import (
 )
 from app.ml.images import DecodedImage, image_to_array
 from app.ml.outliers import OUTLIER_FILE, OutlierIndex
+
+if TYPE_CHECKING:
+    from app.ml.builders import FrozenTop
+
+# Written beside a fine-tuned model (app.ml.builders.FrozenTop; not imported here, which would
+# import Keras with this module).
+FROZEN_TOP_FILE = "frozen_top.npz"
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +56,27 @@ def write_model_files(
     metadata: dict[str, Any],
     onnx: bool = True,
     outliers: OutlierIndex | None = None,
+    frozen_top: FrozenTop | None = None,
 ) -> dict[str, Any]:
     """The files of one model version: the `.keras` model, its ONNX export (`onnx`), its labels,
-    its training features for the "unknown" answer (`outliers`) and its metadata
+    its training features for the "unknown" answer (`outliers`; a fine-tuned model's
+    `frozen_top` computes them) and its metadata
     (`metadata["input"]["image_size"]` is the size the model resizes to). Returns what was
     exported, also written to the metadata as "exports": an export that fails is recorded with
     its reason, and the version is served by Keras."""
     model.save(folder / MODEL_FILE)
     if outliers is not None:
         outliers.save(folder / OUTLIER_FILE)
+    if frozen_top is not None:
+        frozen_top.save(folder / FROZEN_TOP_FILE)
     exports: dict[str, Any] = {}
     if onnx:
         try:
             exported = export_onnx(
-                model, folder / ONNX_FILE, image_size=int(metadata["input"]["image_size"])
+                model,
+                folder / ONNX_FILE,
+                image_size=int(metadata["input"]["image_size"]),
+                frozen_top=frozen_top,
             )
             exports["onnx"] = exported.describe()
         except ExportError as exc:
@@ -271,7 +285,7 @@ def _keras_forward(folder: Path, *, image_size: int, embedding: bool) -> tuple[R
 
     model = load_keras_model(folder)
     if embedding:
-        model = with_embedding(model) or model
+        model = with_embedding(model, frozen_top=load_frozen_top(folder)) or model
 
     # One traced graph for every batch size: no retracing when the batch size changes.
     @tf.function(  # type: ignore[untyped-decorator]
@@ -378,6 +392,14 @@ def load_classifier(
         folder=folder,
         outliers=outliers,
     )
+
+
+def load_frozen_top(folder: Path) -> FrozenTop | None:
+    """A fine-tuned version's frozen top block (builders.FrozenTop), if it has one."""
+    from app.ml.builders import FrozenTop
+
+    path = folder / FROZEN_TOP_FILE
+    return FrozenTop.load(path) if path.is_file() else None
 
 
 def _outlier_index(folder: Path, metadata: dict[str, Any]) -> OutlierIndex | None:

@@ -122,6 +122,9 @@ class TrainingOutcome:
     # its "unknown" answer made from them.
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     outliers: OutlierIndex | None = None
+    # A fine-tuned model's top block before fine-tuning, which computes those features in its
+    # served graph (builders.FrozenTop); None for the others.
+    frozen_top: builders.FrozenTop | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -213,6 +216,7 @@ def _index_outliers(outcome: TrainingOutcome, splits: SplitSource, *, config: Tr
     model wrapped for a test-time flip: its served graph has no one set of features."""
     embeddings, outcome.embeddings = outcome.embeddings, {}
     if config.test_time_flip or "train" not in embeddings:
+        outcome.frozen_top = None
         return
     index = OutlierIndex.fit(
         embeddings["train"],
@@ -220,6 +224,7 @@ def _index_outliers(outcome: TrainingOutcome, splits: SplitSource, *, config: Tr
         negatives=embeddings.get(TRAIN_NEGATIVES),
     )
     if index is None:
+        outcome.frozen_top = None
         return
     outcome.outliers = index
     report: dict[str, Any] = index.describe()
@@ -229,12 +234,6 @@ def _index_outliers(outcome: TrainingOutcome, splits: SplitSource, *, config: Tr
         report["held_out_negatives"] = len(held_out)
         report["held_out_negatives_rejected"] = round(
             float(np.mean(index.scores(held_out) > index.threshold)), 4
-        )
-    refit = any("refit" in c.settings for c in outcome.candidates if c.method is outcome.method)
-    if refit:
-        report["note"] = (
-            "the model was trained again with the validation images, so their scores run low: "
-            "the threshold may turn away more new images than its target"
         )
     split = _evaluation_split(splits)
     # (not on validation, where a set has no test split: the threshold was chosen there)
@@ -298,6 +297,7 @@ def _consider_scratch(
     outcome.model, outcome.method = scratch.model, Method.SCRATCH
     outcome.evaluation, outcome.best_epoch = scratch.evaluation, scratch.best_epoch
     outcome.probabilities, outcome.embeddings = scratch.probabilities, scratch.embeddings
+    outcome.frozen_top = None
     outcome.reason = _comparison(challenger, incumbent)
     outcome.details["validation_accuracy"] = scratch.details["validation_accuracy"]
 
@@ -761,33 +761,25 @@ class PretrainedRun:
             candidates=candidates,
             reason=kept.reason,
             probabilities=kept.probabilities,
-            embeddings=self._embeddings(kept),
+            embeddings=self._embeddings(),
+            frozen_top=None
+            if kept.finetuned is None or self.start_weights is None
+            else builders.FrozenTop.of(self.base, self.spec, weights=self.start_weights[0]),
             details={
                 **self.feature_details,
                 "validation_accuracy": _accuracy(kept.probabilities, self.splits),
             },
         )
 
-    def _embeddings(self, kept: _Kept) -> dict[str, np.ndarray]:
-        """Each split's pooled features as the kept model sees them (its head's inputs): the
-        frozen base's, as cached, for a bottleneck model; for a fine-tuned one, its top
-        block's on the cached top-block inputs (a fifth of the base's compute)."""
+    def _embeddings(self) -> dict[str, np.ndarray]:
+        """Each split's pooled features of the frozen base, as cached: what the unknown
+        answer compares, for a fine-tuned model too (builders.FrozenTop says why)."""
         if self.config.test_time_flip:
             return {}  # no unknown answer for a flip-averaged model (_index_outliers)
-        present = [s for s in EMBEDDED if array_name(s, VIEWS[0], "pooled") in self.features]
-        if kept.finetuned is None:
-            return {s: self.features[array_name(s, VIEWS[0], "pooled")] for s in present}
-        top = bases.top_block(self.base, self.spec)
         return {
-            s: np.asarray(
-                top.predict(
-                    self.features[array_name(s, VIEWS[0], "top")],
-                    batch_size=self.config.batch_size,
-                    verbose=0,
-                ),
-                dtype=np.float32,
-            )
-            for s in present
+            split: self.features[name]
+            for split in EMBEDDED
+            if (name := array_name(split, VIEWS[0], "pooled")) in self.features
         }
 
 

@@ -33,7 +33,7 @@ from app.db.locks import lock_key, model_name_key
 from app.db.models import ExportStatus, ModelExport, ModelVersion
 from app.db.session import after_commit, session_scope
 from app.ml.export import ONNX_FILE
-from app.ml.serving import META_FILE, MODEL_FILE, load_keras_model
+from app.ml.serving import META_FILE, MODEL_FILE, load_frozen_top, load_keras_model
 from app.services import model_versions
 from app.services.model_versions import VersionRef
 from app.services.storage import get_storage
@@ -73,7 +73,10 @@ def add_onnx_export(ref: VersionRef) -> dict[str, Any] | None:
     model = load_keras_model(folder)
     with tempfile.TemporaryDirectory(prefix="export-", dir=get_settings().data_dir) as tmp:
         exported = export_onnx(
-            model, Path(tmp) / ONNX_FILE, image_size=int(metadata["input"]["image_size"])
+            model,
+            Path(tmp) / ONNX_FILE,
+            image_size=int(metadata["input"]["image_size"]),
+            frozen_top=load_frozen_top(folder),
         )
         with session_scope() as session:
             lock_key(session, model_name_key(ref.name))

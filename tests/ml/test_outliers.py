@@ -221,14 +221,41 @@ def test_the_onnx_export_carries_the_features_the_score_reads(version_folder: Pa
 def test_a_fine_tuned_models_index_holds_the_features_its_served_graph_computes(
     tmp_path: Path,
 ) -> None:
-    """The index is made from cached top-block inputs run through the tuned top block; the
-    served model computes its features from pixels: they must be the same features."""
-    outcome = _trained(Method.FINETUNE, tmp_path)
+    """The index is made from the frozen base's cached features; the served graph of the
+    fine-tuned model computes them from pixels through its frozen top block, saved and
+    loaded with the version, in Keras and in its ONNX export: the same features."""
+    from app.ml.export import ONNX_FILE, onnx_session
+
+    outcome = _trained(Method.FINETUNE, tmp_path / "features")
     assert outcome.method is Method.FINETUNE and outcome.outliers is not None
-    embedder = builders.with_embedding(outcome.model)
-    assert embedder is not None
-    _, features = embedder.predict(_pixels(_car_photos("train", 40)[:3]), verbose=0)
-    np.testing.assert_allclose(outcome.outliers.references[:3], normalised(features), atol=5e-3)
+    assert outcome.frozen_top is not None
+    folder = tmp_path / "version"
+    folder.mkdir()
+    write_model_files(
+        folder,
+        model=outcome.model,
+        classes=["car", "minibus"],
+        metadata={"input": {"image_size": SIZE}, "outliers": outcome.outliers.describe()},
+        outliers=outcome.outliers,
+        frozen_top=outcome.frozen_top,
+    )
+    pixels = _pixels(_car_photos("train", 40)[:3])
+    expected = outcome.outliers.references[:3]
+    # without the frozen block, the head's input is the tuned base's: other features
+    tuned = builders.with_embedding(outcome.model)
+    assert tuned is not None
+    assert np.max(np.abs(normalised(tuned.predict(pixels, verbose=0)[1]) - expected)) > 5e-3
+    classifier = load_classifier(folder, max_batch=4, name="tuned", runtime="keras")
+    try:
+        assert classifier.outliers is not None
+        scores = classifier.forward(pixels).outlier_scores
+    finally:
+        classifier.close()
+    assert scores is not None
+    np.testing.assert_allclose(scores, outcome.outliers.scores(expected), atol=5e-3)
+    session = onnx_session(folder / ONNX_FILE)
+    features = session.run(None, {"pixels": pixels})[1]
+    np.testing.assert_allclose(normalised(features), expected, atol=5e-3)
     assert math.isfinite(outcome.outliers.threshold)
 
 

@@ -241,6 +241,7 @@ def run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
             metadata=meta,
             onnx=settings.export_onnx,
             outliers=outcome.outliers,
+            frozen_top=outcome.frozen_top,
         )
         reporter.on_progress({"stage": "registering"})
         version = model_versions.register_version(
