@@ -316,23 +316,12 @@ def report(rows: list[dict[str, Any]], *, image_size: int, seeds: list[int]) -> 
     return "\n".join(lines) + "\n"
 
 
-def _negative_scores(
-    x: np.ndarray, classes: np.ndarray, negatives: np.ndarray
-) -> dict[str, np.ndarray]:
-    """The candidate scores with negatives, from the distances to the k-th nearest training
-    image of the classes (d) and of the negatives (n)."""
-    from app.ml.outliers import NEIGHBOURS, knn_distances
-
-    unit = normalised(x)
-    d = knn_distances(unit, classes, neighbours=NEIGHBOURS)
-    n = knn_distances(unit, negatives, neighbours=min(NEIGHBOURS, len(negatives)))
-    return {"distance alone": d, "d / n": d / np.maximum(n, 1e-6), "d - n": d - n}
-
-
-NEGATIVE_SCORES = ("distance alone", "d / n", "d - n")
+NEGATIVE_SCORES = ("distance alone", "d / n", "service with negatives")
 
 
 def run_negatives(*, image_size: int, cache: Path) -> list[dict[str, Any]]:
+    from app.ml.outliers import NEIGHBOURS, OutlierIndex, knn_distances
+
     names = set_names()
     data = {name: features_of(name, image_size=image_size, cache=cache) for name in names}
     rows = []
@@ -343,26 +332,35 @@ def run_negatives(*, image_size: int, cache: Path) -> list[dict[str, Any]]:
             data[name][split] for split in SPLITS
         )
         for held in range(len(data[name]["classes"])):
-            classes = normalised(train_x[train_y != held])
-            negatives = normalised(train_x[train_y == held])
-            validation = _negative_scores(validation_x[validation_y != held], classes, negatives)
-            own = _negative_scores(test_x[test_y != held], classes, negatives)
-            near = _negative_scores(test_x[test_y == held], classes, negatives)
-            far = {
-                other: _negative_scores(data[other]["test"][0], classes, negatives)
-                for other in names
-                if other != name
+            kept_train, negatives = train_x[train_y != held], train_x[train_y == held]
+            kept_validation = validation_x[validation_y != held]
+            alone = OutlierIndex.fit(kept_train, calibration=kept_validation)
+            helped = OutlierIndex.fit(kept_train, calibration=kept_validation, negatives=negatives)
+            assert alone is not None and helped is not None and helped.negatives is not None
+            unit_negatives = normalised(negatives)
+
+            def ratio(
+                x: np.ndarray, alone: OutlierIndex = alone, n: np.ndarray = unit_negatives
+            ) -> np.ndarray:
+                return alone.scores(x) / knn_distances(normalised(x), n, neighbours=NEIGHBOURS)
+
+            scorers = {
+                "distance alone": (alone.scores, alone.threshold),
+                "d / n": (ratio, threshold(ratio(kept_validation), "service")),
+                "service with negatives": (helped.scores, helped.threshold),
             }
-            for score in NEGATIVE_SCORES:
-                cut = threshold(validation[score], "service")
+            own_x, near_x = test_x[test_y != held], test_x[test_y == held]
+            for score, (scorer, cut) in scorers.items():
+                own, near = scorer(own_x), scorer(near_x)
+                far = [scorer(data[other]["test"][0]) for other in names if other != name]
                 row = {
                     "set": name,
                     "held_out": data[name]["classes"][held],
                     "score": score,
-                    "near_auroc": auroc(own[score], near[score]),
-                    "near_rejected": float(np.mean(near[score] > cut)),
-                    "own_rejected": float(np.mean(own[score] > cut)),
-                    "far_rejected_worst": min(float(np.mean(f[score] > cut)) for f in far.values()),
+                    "near_auroc": auroc(own, near),
+                    "near_rejected": float(np.mean(near > cut)),
+                    "own_rejected": float(np.mean(own > cut)),
+                    "far_rejected_worst": min(float(np.mean(f > cut)) for f in far),
                 }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -378,9 +376,11 @@ def report_negatives(rows: list[dict[str, Any]], *, image_size: int) -> str:
         "in each set of three classes or more, one class at a time is held out; its training",
         "photos are the negatives, its test photos the near outliers; the other sets' test",
         "photos are the far outliers. d: cosine distance to the 5th nearest training image of",
-        "the classes kept (the service's score); n: the same to the negatives. Threshold: the",
-        "service's rule on the kept classes' validation scores. Means over the held-out",
-        "classes. Cells: near AUROC / near rejected / own rejected / far rejected (worst set).",
+        "the classes kept (the service's score without negatives); n: the same to the",
+        "negatives; the service with negatives: the larger of d and d / n, each divided by its",
+        "validation 90th percentile (app/ml/outliers.py). Threshold: the service's rule on the",
+        "kept classes' validation scores. Means over the held-out classes. Cells: near AUROC /",
+        "near rejected / own rejected / far rejected (worst set).",
         "",
         "| set | " + " | ".join(NEGATIVE_SCORES) + " |",
         "| --- | " + " | ".join("---" for _ in NEGATIVE_SCORES) + " |",

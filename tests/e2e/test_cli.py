@@ -104,6 +104,8 @@ def test_upload_train_watch_predict_activate_download(
     assert "evaluation on the test split" in output and "precision" in output
     assert "confusion matrix" in output
     assert "saved as model pets version 1" in output
+    # 16 training images: too few validation images for the unknown answer, and it says so
+    assert "no unknown answer: fewer than 20 validation images" in output
 
     curves = tmp_path / "curves.png"
     _ok(smallvision(service, "jobs", "curves", job_id, "-o", str(curves)))
