@@ -121,7 +121,7 @@ class FrozenTop:
     the base's compute more."""
 
     top_input: str  # the layer whose output enters the top block
-    weights: dict[str, list[np.ndarray]]  # layer name -> its weights
+    weights: dict[str, list[np.ndarray]]  # layer name -> its weights, every layer after it
 
     @classmethod
     def of(cls, base: keras.Model, spec: BaseSpec, *, weights: list[np.ndarray]) -> FrozenTop:
@@ -130,7 +130,7 @@ class FrozenTop:
         frozen = keras.models.clone_model(base)
         frozen.set_weights(weights)
         names = [layer.name for layer in frozen.layers]
-        start = names.index(spec.finetune_from)
+        start = names.index(spec.top_input) + 1
         return cls(
             top_input=spec.top_input,
             weights={
@@ -141,10 +141,10 @@ class FrozenTop:
         )
 
     def block(self, base: keras.Model) -> keras.Model:
-        """This top block on a copy of `base` (which may be fine-tuned): from the output of
-        `top_input` to the pooled features."""
+        """This top block on a copy of `base`'s layers (which may be fine-tuned): from the
+        output of `top_input` to the pooled features. Only the layers after `top_input` are
+        in it, and every one of them with weights gets this block's."""
         frozen = keras.models.clone_model(base)
-        frozen.set_weights(base.get_weights())
         for name, weights in self.weights.items():
             frozen.get_layer(name).set_weights(weights)
         return keras.Model(frozen.get_layer(self.top_input).output, frozen.output)

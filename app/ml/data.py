@@ -20,6 +20,8 @@ NEGATIVE_LABEL = "_negative"
 TRAIN_NEGATIVES = "train_negatives"
 HELD_OUT_NEGATIVES = "held_out_negatives"
 SPLIT_NAMES = ("train", "validation", "test")
+# Every split a run may get, in order: the classes' three and the negatives' two.
+ALL_SPLITS = (*SPLIT_NAMES, TRAIN_NEGATIVES, HELD_OUT_NEGATIVES)
 
 
 def _in_split(item: dict[str, Any], split: str) -> bool:
@@ -133,9 +135,7 @@ class ManifestSplits:
         self.max_pixels = max_pixels
         self.on_progress = on_progress
         self.names = [
-            name
-            for name in (*SPLIT_NAMES, TRAIN_NEGATIVES, HELD_OUT_NEGATIVES)
-            if any(_in_split(item, name) for item in manifest["images"])
+            name for name in ALL_SPLITS if any(_in_split(item, name) for item in manifest["images"])
         ]
         self._arrays: dict[str, SplitArrays] = {}
 
@@ -164,7 +164,7 @@ class ManifestSplits:
 
 
 class SplitSource(Protocol):
-    """Where a training run gets its splits from: SPLIT_NAMES, and the negatives' two."""
+    """Where a training run gets its splits from: any of ALL_SPLITS."""
 
     names: list[str]
     classes: list[str]
@@ -180,8 +180,7 @@ class InMemorySplits:
     def __init__(self, splits: dict[str, SplitArrays], classes: list[str]) -> None:
         self._splits = splits
         self.classes = classes
-        every = (*SPLIT_NAMES, TRAIN_NEGATIVES, HELD_OUT_NEGATIVES)
-        self.names = [name for name in every if name in splits]
+        self.names = [name for name in ALL_SPLITS if name in splits]
 
     def labels(self, split: str) -> np.ndarray:
         return self._splits[split].labels

@@ -128,12 +128,20 @@ def _pair(values: np.ndarray) -> tuple[float, float]:
     return first, second
 
 
-def _distances(queries: np.ndarray, negatives: np.ndarray, neighbours: int) -> np.ndarray:
-    """The distance to the k-th nearest negative (fewer negatives: the farthest), floored so
-    that a ratio by it stays finite."""
-    k = min(neighbours, len(negatives))
-    floored: np.ndarray = np.maximum(knn_distances(queries, negatives, neighbours=k), 1e-6)
-    return floored
+def _ratios(
+    distances: np.ndarray, queries: np.ndarray, negatives: np.ndarray, neighbours: int
+) -> np.ndarray:
+    """`distances` over the distance to the k-th nearest negative (at least MIN_NEGATIVES of
+    them), floored so that the ratio stays finite."""
+    nearest = knn_distances(queries, negatives, neighbours=neighbours)
+    ratios: np.ndarray = distances / np.maximum(nearest, 1e-6)
+    return ratios
+
+
+def _combined(distances: np.ndarray, ratios: np.ndarray, scales: tuple[float, float]) -> np.ndarray:
+    """The score with negatives: the larger of the distance and the ratio, each scaled."""
+    combined: np.ndarray = np.maximum(distances / scales[0], ratios / scales[1])
+    return combined
 
 
 @dataclass(frozen=True)
@@ -142,8 +150,7 @@ class OutlierIndex:
 
     references: np.ndarray  # (images, features), normalised
     threshold: float
-    calibration_images: int
-    calibrated_on: str  # "validation"
+    calibration_images: int  # the validation images it was chosen on
     neighbours: int = NEIGHBOURS
     # the share of the calibration images above the threshold, and whether the rule's promise
     # holds (False: too few images to be that sure; the threshold is their largest score)
@@ -169,24 +176,22 @@ class OutlierIndex:
         the score where there are enough of them. None with fewer than
         MIN_CALIBRATION_IMAGES calibration images: training images' own scores would run low
         (the model learned them), so they cannot stand in."""
+        if calibration is None or len(calibration) < MIN_CALIBRATION_IMAGES:
+            return None
         references = _as_stored(normalised(_sampled(references)))
         if len(references) <= neighbours:
             return None
-        if calibration is None or len(calibration) < MIN_CALIBRATION_IMAGES:
-            return None
-        unit_negatives = None
         calibration = normalised(calibration)
         scores = knn_distances(calibration, references, neighbours=neighbours)
+        unit_negatives, scales = None, None
         if negatives is not None and len(negatives) >= MIN_NEGATIVES:
             unit_negatives = _as_stored(normalised(_sampled(negatives)))
-        scales = None
-        if unit_negatives is not None:
-            ratios = scores / _distances(calibration, unit_negatives, neighbours)
+            ratios = _ratios(scores, calibration, unit_negatives, neighbours)
             scales = (
                 max(float(np.quantile(scores, SCALE_QUANTILE)), 1e-6),
                 max(float(np.quantile(ratios, SCALE_QUANTILE)), 1e-6),
             )
-            scores = np.maximum(scores / scales[0], ratios / scales[1])
+            scores = _combined(scores, ratios, scales)
         ordered = np.sort(scores)
         rank, assured = threshold_rank(
             len(ordered), rejection=TARGET_REJECTION, confidence=CONFIDENCE
@@ -196,11 +201,10 @@ class OutlierIndex:
             references=references,
             threshold=threshold,
             calibration_images=len(ordered),
-            calibrated_on="validation",
             neighbours=neighbours,
             calibration_rejected=float(np.mean(ordered > threshold)),
             assured=assured,
-            negatives=unit_negatives if scales is not None else None,
+            negatives=unit_negatives,
             scales=scales,
         )
 
@@ -211,9 +215,12 @@ class OutlierIndex:
         distances = knn_distances(unit, self.references, neighbours=self.neighbours)
         if self.negatives is None or self.scales is None:
             return distances
-        ratios = distances / _distances(unit, self.negatives, self.neighbours)
-        result: np.ndarray = np.maximum(distances / self.scales[0], ratios / self.scales[1])
-        return result
+        ratios = _ratios(distances, unit, self.negatives, self.neighbours)
+        return _combined(distances, ratios, self.scales)
+
+    def turned_away(self, features: np.ndarray) -> float:
+        """The share of these images that this index answers unknown."""
+        return float(np.mean(self.scores(features) > self.threshold))
 
     def describe(self) -> dict[str, Any]:
         score = f"cosine distance to the {self.neighbours}th nearest training image"
@@ -228,7 +235,7 @@ class OutlierIndex:
             "threshold": round(self.threshold, 6),
             "neighbours": self.neighbours,
             "reference_images": len(self.references),
-            "calibrated_on": self.calibrated_on,
+            "calibrated_on": "validation",
             "calibration_images": self.calibration_images,
             "calibration_rejected": round(self.calibration_rejected, 4),
             "target_rejection": TARGET_REJECTION,
@@ -259,7 +266,6 @@ class OutlierIndex:
                 threshold=float(stored["threshold"]),
                 neighbours=int(stored["neighbours"]),
                 calibration_images=int(described.get("calibration_images", 0)),
-                calibrated_on=str(described.get("calibrated_on", "")),
                 calibration_rejected=float(described.get("calibration_rejected", 0.0)),
                 assured=bool(described.get("assured", True)),
             )

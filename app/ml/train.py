@@ -38,8 +38,8 @@ from app.ml.config import (
     refit_affordable,
 )
 from app.ml.data import (
+    ALL_SPLITS,
     HELD_OUT_NEGATIVES,
-    SPLIT_NAMES,
     TRAIN_NEGATIVES,
     SplitSource,
     balanced_class_weights,
@@ -215,16 +215,15 @@ def _index_outliers(outcome: TrainingOutcome, splits: SplitSource, *, config: Tr
     of the evaluated split's images (all of the trained classes) that it turns away. Not for a
     model wrapped for a test-time flip: its served graph has no one set of features."""
     embeddings, outcome.embeddings = outcome.embeddings, {}
-    if config.test_time_flip or "train" not in embeddings:
-        outcome.frozen_top = None
-        return
-    index = OutlierIndex.fit(
-        embeddings["train"],
-        calibration=embeddings.get("validation"),
-        negatives=embeddings.get(TRAIN_NEGATIVES),
-    )
+    index = None
+    if not config.test_time_flip and "train" in embeddings:
+        index = OutlierIndex.fit(
+            embeddings["train"],
+            calibration=embeddings.get("validation"),
+            negatives=embeddings.get(TRAIN_NEGATIVES),
+        )
     if index is None:
-        outcome.frozen_top = None
+        outcome.frozen_top = None  # no features to compute in the served graph
         return
     outcome.outliers = index
     report: dict[str, Any] = index.describe()
@@ -232,15 +231,12 @@ def _index_outliers(outcome: TrainingOutcome, splits: SplitSource, *, config: Tr
         # the negatives of validation and test, which the index has not seen: what share of
         # images like them it turns away
         report["held_out_negatives"] = len(held_out)
-        report["held_out_negatives_rejected"] = round(
-            float(np.mean(index.scores(held_out) > index.threshold)), 4
-        )
+        report["held_out_negatives_rejected"] = round(index.turned_away(held_out), 4)
     split = _evaluation_split(splits)
     # (not on validation, where a set has no test split: the threshold was chosen there)
     if split == "test" and split in embeddings:
-        scores = index.scores(embeddings[split])
         report["split"] = split
-        report["rejected"] = round(float(np.mean(scores > index.threshold)), 4)
+        report["rejected"] = round(index.turned_away(embeddings[split]), 4)
     if outcome.evaluation is not None:
         outcome.evaluation = {**outcome.evaluation, "outliers": report}
 
@@ -328,10 +324,6 @@ def _class_weights(config: TrainConfig, splits: SplitSource) -> dict[int, float]
     if not config.balance_classes:
         return None
     return balanced_class_weights(splits.labels("train"), len(splits.classes))
-
-
-# The splits whose features the "unknown" answer uses: the classes' and the negatives'.
-EMBEDDED = (*SPLIT_NAMES, TRAIN_NEGATIVES, HELD_OUT_NEGATIVES)
 
 
 def _has(splits: SplitSource, split: str) -> bool:
@@ -778,7 +770,7 @@ class PretrainedRun:
             return {}  # no unknown answer for a flip-averaged model (_index_outliers)
         return {
             split: self.features[name]
-            for split in EMBEDDED
+            for split in ALL_SPLITS
             if (name := array_name(split, VIEWS[0], "pooled")) in self.features
         }
 
@@ -871,7 +863,7 @@ def _scratch_only(
     # with test_time_flip the saved model averages each image with its mirror: judge that one
     predictor = builders.with_test_time_flip(model) if config.test_time_flip else model
     embedder = None if config.test_time_flip else builders.with_embedding(model)
-    for split in EMBEDDED:
+    for split in ALL_SPLITS:
         if not _has(splits, split):
             continue
         images = splits.arrays(split).images

@@ -67,7 +67,7 @@ def test_an_index_is_fitted_saved_and_loaded_with_its_threshold(tmp_path: Path) 
     train_features = centre + 0.3 * rng.normal(size=(200, 16))
     validation = centre + 0.3 * rng.normal(size=(60, 16))
     index = OutlierIndex.fit(train_features, calibration=validation)
-    assert index is not None and index.calibrated_on == "validation" and index.assured
+    assert index is not None and index.describe()["calibrated_on"] == "validation" and index.assured
     assert index.calibration_rejected <= 0.05
     outliers = -centre + 0.3 * rng.normal(size=(20, 16))
     assert np.all(index.scores(outliers) > index.threshold)
