@@ -236,6 +236,15 @@ def test_negative_examples_come_from_their_folder_or_an_empty_label_and_are_no_c
     assert body["class_names"] == ["cat", "dog"] and body["stats"]["negatives"] == {"train": 2}
 
 
+@pytest.mark.parametrize("folder", ["", "x" * 201])
+def test_a_negative_folder_name_out_of_bounds_is_a_422(client: TestClient, folder: str) -> None:
+    archive = make_zip(class_folders({"cat": 3, "dog": 3}))
+    response = upload(client, archive, negative_folder=folder)
+    assert response.status_code == 422, response.text
+    assert "negative_folder" in response.text
+    assert dataset_rows() == 0
+
+
 def test_skipped_lines_are_capped_in_the_response_but_counted(client: TestClient) -> None:
     images = flat_images(6)
     rows = ["path,labels"] + [f"photos/{i}.jpg,{'ab'[i % 2]}" for i in range(6)]

@@ -82,6 +82,22 @@ def test_an_index_is_fitted_saved_and_loaded_with_its_threshold(tmp_path: Path) 
     assert OutlierIndex.fit(train_features, calibration=None) is None
 
 
+def test_a_large_training_set_is_sampled_down_to_the_reference_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import app.ml.outliers as outliers
+
+    monkeypatch.setattr(outliers, "MAX_REFERENCE_IMAGES", 50)
+    rng = np.random.default_rng(3)
+    index = OutlierIndex.fit(rng.normal(size=(400, 8)), calibration=rng.normal(size=(30, 8)))
+    assert index is not None and len(index.references) == 50
+    negatives = rng.normal(size=(120, 8))
+    helped = OutlierIndex.fit(
+        rng.normal(size=(400, 8)), calibration=rng.normal(size=(30, 8)), negatives=negatives
+    )
+    assert helped is not None and helped.negatives is not None and len(helped.negatives) == 50
+
+
 def test_negative_examples_turn_away_images_like_them_and_still_the_far_ones(
     tmp_path: Path,
 ) -> None:
