@@ -106,6 +106,8 @@ class Dataset(Base):
     fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16), default=DatasetStatus.PROCESSING)
     class_names: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # multiclass (one class per image) or multilabel (any number of labels per image)
+    task: Mapped[str] = mapped_column(String(16), default="multiclass", server_default="multiclass")
     # {"train": {"cats": 1000, ...}, "validation": {...}, "test": {...}}
     split_counts: Mapped[dict[str, dict[str, int]]] = mapped_column(JSONType, default=dict)
     # image size distribution, skipped files, duplicates, warnings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import time
 from collections.abc import Callable
@@ -24,9 +25,33 @@ SPLIT_NAMES = ("train", "validation", "test")
 ALL_SPLITS = (*SPLIT_NAMES, TRAIN_NEGATIVES, HELD_OUT_NEGATIVES)
 
 
+class Task(enum.StrEnum):
+    """What a dataset's labels say of an image: one class (`multiclass`: a softmax over the
+    classes), or any number of its labels, none included (`multilabel`: a sigmoid per label)."""
+
+    MULTICLASS = "multiclass"
+    MULTILABEL = "multilabel"
+
+
+def manifest_task(manifest: dict[str, Any]) -> Task:
+    """The task of a dataset's manifest (manifests of earlier releases are multiclass)."""
+    return Task(manifest.get("task", Task.MULTICLASS))
+
+
+def item_labels(item: dict[str, Any]) -> list[str]:
+    """The labels of a manifest item: a multi-label item lists them ("labels"), a multiclass
+    item names its class ("label"); a negative example has none."""
+    if "labels" in item:
+        return list(item["labels"])
+    return [] if item["label"] == NEGATIVE_LABEL else [str(item["label"])]
+
+
 def _in_split(item: dict[str, Any], split: str) -> bool:
     """Whether a manifest item belongs to `split`: one of SPLIT_NAMES (the images of the
-    classes) or one of the negatives' two."""
+    classes) or one of the negatives' two. A multi-label item with no label is an example
+    like any other (every sigmoid's answer "no"): it stays in its split."""
+    if "labels" in item:
+        return bool(item["split"] == split)
     negative = bool(item["label"] == NEGATIVE_LABEL)
     in_train = bool(item["split"] == "train")
     if split == TRAIN_NEGATIVES:
@@ -39,7 +64,9 @@ def _in_split(item: dict[str, Any], split: str) -> bool:
 @dataclass(frozen=True)
 class SplitArrays:
     images: np.ndarray  # float32 (n, size, size, 3), pixel values 0..255
-    labels: np.ndarray  # int32 (n,), index into the class list
+    # multiclass: int32 (n,), index into the class list (-1: a negative example);
+    # multilabel: float32 (n, classes), 1 where the image has the label
+    labels: np.ndarray
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -89,7 +116,6 @@ def load_split(
     on_progress({"stage": "loading", "split": split, "images": 0, "of": len(items)})
     dataset_dir = files(items)
     images = np.zeros((len(items), image_size, image_size, 3), dtype=np.float32)
-    labels = np.zeros((len(items),), dtype=np.int32)
     reported = time.monotonic()
     for index, item in enumerate(items):
         if index and time.monotonic() - reported >= PROGRESS_INTERVAL_SECONDS:
@@ -101,8 +127,37 @@ def load_split(
             target_size=image_size,
         )
         images[index] = resize_pixels(image_to_array(decoded.image), image_size=image_size)
-        labels[index] = -1 if item["label"] == NEGATIVE_LABEL else classes.index(item["label"])
+    labels = encode_labels(items, classes, task=manifest_task(manifest))
     return SplitArrays(images=images, labels=labels)
+
+
+def encode_labels(items: list[dict[str, Any]], classes: list[str], *, task: Task) -> np.ndarray:
+    """The labels of manifest items as a run takes them: class indices (-1: a negative
+    example) for a multiclass dataset, rows of 0/1 per label for a multi-label one."""
+    index = {name: position for position, name in enumerate(classes)}
+    if task is Task.MULTILABEL:
+        rows = np.zeros((len(items), len(classes)), dtype=np.float32)
+        for row, item in enumerate(items):
+            rows[row, [index[label] for label in item_labels(item)]] = 1.0
+        return rows
+    return np.array(
+        [index[labels[0]] if (labels := item_labels(item)) else -1 for item in items],
+        dtype=np.int32,
+    )
+
+
+def balanced_label_weights(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-label set's weights per label, for its positive and its negative examples,
+    that make each label's two answers count alike ("balanced", as for classes): a label on
+    10 of 100 images weighs its positives 5 and its negatives 0.56. A label no image has (or
+    every image has) keeps weight 1."""
+    count = float(len(labels))
+    positives = labels.sum(axis=0).astype(np.float64)
+    negatives = count - positives
+    usable = (positives > 0) & (negatives > 0)
+    positive_weights = np.where(usable, count / (2 * np.maximum(positives, 1)), 1.0)
+    negative_weights = np.where(usable, count / (2 * np.maximum(negatives, 1)), 1.0)
+    return positive_weights.astype(np.float32), negative_weights.astype(np.float32)
 
 
 def balanced_class_weights(labels: np.ndarray, class_count: int) -> dict[int, float]:
@@ -130,6 +185,7 @@ class ManifestSplits:
     ) -> None:
         self.manifest = manifest
         self.classes: list[str] = manifest["classes"]
+        self.task = manifest_task(manifest)
         self.files = files
         self.image_size = image_size
         self.max_pixels = max_pixels
@@ -140,15 +196,9 @@ class ManifestSplits:
         self._arrays: dict[str, SplitArrays] = {}
 
     def labels(self, split: str) -> np.ndarray:
-        """Class indices (-1 for a negative example)."""
-        return np.array(
-            [
-                -1 if item["label"] == NEGATIVE_LABEL else self.classes.index(item["label"])
-                for item in self.manifest["images"]
-                if _in_split(item, split)
-            ],
-            dtype=np.int32,
-        )
+        """Class indices (-1 for a negative example), or rows of 0/1 per label (encode_labels)."""
+        items = [item for item in self.manifest["images"] if _in_split(item, split)]
+        return encode_labels(items, self.classes, task=self.task)
 
     def arrays(self, split: str) -> SplitArrays:
         if split not in self._arrays:
@@ -168,6 +218,7 @@ class SplitSource(Protocol):
 
     names: list[str]
     classes: list[str]
+    task: Task
 
     def labels(self, split: str) -> np.ndarray: ...
 
@@ -177,9 +228,12 @@ class SplitSource(Protocol):
 class InMemorySplits:
     """Splits already loaded as arrays."""
 
-    def __init__(self, splits: dict[str, SplitArrays], classes: list[str]) -> None:
+    def __init__(
+        self, splits: dict[str, SplitArrays], classes: list[str], task: Task = Task.MULTICLASS
+    ) -> None:
         self._splits = splits
         self.classes = classes
+        self.task = task
         self.names = [name for name in ALL_SPLITS if name in splits]
 
     def labels(self, split: str) -> np.ndarray:

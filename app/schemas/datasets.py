@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.ml.data import NEGATIVE_LABEL
+from app.ml.data import NEGATIVE_LABEL, Task
 from app.schemas.text import Text
 
 
@@ -38,6 +38,11 @@ class DatasetUploadForm(BaseModel):
         description="the class-level folder whose images are negative examples: of none of "
         "the classes (the model's unknown answer learns from them); in labels.csv / "
         "labels.jsonl, a line with no label is one",
+    )
+    task: Task | None = Field(
+        default=None,
+        description="multiclass (one label per image) or multilabel (any number); default: "
+        "multilabel where labels.csv / labels.jsonl gives an image several labels",
     )
 
 
@@ -111,6 +116,7 @@ class DatasetRead(BaseModel):
     fingerprint: str | None
     status: str
     class_names: list[str]
+    task: Task = Field(description="multiclass: one class per image; multilabel: any number")
     split_counts: dict[str, dict[str, int]]
     stats: dict[str, Any]
     created_at: datetime

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from app.core.config import Settings
 from app.db.models import Dataset
+from app.ml.data import item_labels
 from app.ml.images import decode_image
 from app.services.datasets import load_manifest, read_image
 
@@ -31,9 +32,11 @@ def dataset_preview_png(dataset: Dataset, *, settings: Settings, per_class: int)
     shown = set(classes)
     by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in manifest["images"]:
-        label = item["label"]
-        if item["split"] == "train" and label in shown and len(by_label[label]) < per_class:
-            by_label[label].append(item)
+        if item["split"] != "train":
+            continue
+        for label in item_labels(item):  # a multi-label image shows in each of its rows
+            if label in shown and len(by_label[label]) < per_class:
+                by_label[label].append(item)
     left_out = len(all_classes) - len(classes)
     width = LABEL_WIDTH + per_class * (THUMB + PAD) + PAD
     height = len(classes) * (THUMB + PAD) + PAD + (NOTE_HEIGHT if left_out else 0)

@@ -258,12 +258,6 @@ def test_skipped_lines_are_capped_in_the_response_but_counted(client: TestClient
 @pytest.mark.parametrize(
     ("files", "status", "message"),
     [
-        (
-            {"labels.csv": b"path,labels\nphotos/0.jpg,cat;dog\nphotos/1.jpg,cat\n"},
-            400,
-            "labels.csv gives 1 image(s) more than one label (line 2 first): multi-label "
-            "datasets are not supported yet",
-        ),
         # a negative example is not a class: one class and negatives are still one class
         (
             {"labels.csv": b"path,labels\nphotos/0.jpg,\nphotos/1.jpg,cat\n"},

@@ -81,6 +81,7 @@ async def upload_dataset(request: Request, session: SessionDep, principal: Train
             seed=form.seed,
             negative_folder=form.negative_folder,
             owner=principal.owner,
+            task=form.task,
         )
         dataset = await run_in_threadpool(
             datasets.ingest_zip,

@@ -19,7 +19,7 @@ from app.core.errors import ConflictError, NotFoundError
 from app.db.locks import dataset_lineage_key, lock_key, owner_jobs_key
 from app.db.models import Dataset, DatasetStatus, JobStatus, TrainingJob
 from app.db.session import after_commit
-from app.ml.data import NEGATIVE_LABEL
+from app.ml.data import NEGATIVE_LABEL, Task
 from app.services.auth import Principal, visible
 from app.services.datasets.files import publish, remove_features, remove_files, staging
 from app.services.datasets.ingest import Built, Ingest, SplitOptions
@@ -35,6 +35,7 @@ class IngestOptions:
     seed: int
     negative_folder: str = NEGATIVE_LABEL
     owner: str | None = None
+    task: Task | None = None  # None: multilabel where an image has several labels
 
 
 def ingest_zip(
@@ -48,7 +49,7 @@ def ingest_zip(
     Everything is written under a staging folder first; on any error nothing remains."""
     dataset_id = uuid.uuid4()
     with staging() as folder:
-        ingest = Ingest(folder, settings=settings, what="the zip")
+        ingest = Ingest(folder, settings=settings, what="the zip", task=options.task)
         ingest.add_zip(zip_path, negative_folder=options.negative_folder)
         built = ingest.finish(
             SplitOptions(
@@ -108,6 +109,7 @@ def record_version(
         fingerprint=built.fingerprint,
         status=DatasetStatus.READY.value,
         class_names=built.classes,
+        task=built.task.value,
         split_counts=built.split_counts,
         stats=built.stats,
     )

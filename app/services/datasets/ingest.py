@@ -20,7 +20,7 @@ from typing import Any
 
 from app.core.config import Settings
 from app.core.errors import BadRequestError, PayloadTooLargeError
-from app.ml.data import NEGATIVE_LABEL
+from app.ml.data import NEGATIVE_LABEL, Task
 from app.ml.images import ImageDecodeError, decode_image
 from app.services.archive import (
     ArchiveLimits,
@@ -35,6 +35,7 @@ from app.services.datasets.label_lists import (
     CSV_NAME,
     JSONL_NAME,
     LABEL_LIST_NAMES,
+    LABEL_SEPARATOR,
     LabelList,
     NotALabelListError,
     nfc,
@@ -77,24 +78,42 @@ class LabeledImage:
     source: str
 
 
+def label_key(labels: tuple[str, ...]) -> str:
+    """One string for an image's labels: its class where it has one (a multiclass dataset's
+    images all do, or none), NEGATIVE_LABEL where it has none, else the labels joined (a
+    label has no control character, so no two label sets share a key)."""
+    if not labels:
+        return NEGATIVE_LABEL
+    return labels[0] if len(labels) == 1 else "\n".join(labels)
+
+
 @dataclass(frozen=True)
 class _Candidate:
     member: ArchiveMember
     split: str | None  # None: class-folder layout, split later
-    label: str
+    labels: tuple[str, ...]  # sorted; () for a negative example
+
+    @property
+    def label(self) -> str:
+        return label_key(self.labels)
 
 
 @dataclass
 class IngestImage:
     sha256: str
     split: str | None
-    label: str
+    labels: tuple[str, ...]  # sorted; () for a negative example
     source: str
     width: int
     height: int
     source_format: str
     # Already in the version a new version is made from: it keeps its split and class.
     existing: bool = False
+
+    @property
+    def label(self) -> str:
+        """The image's class (NEGATIVE_LABEL: none), or the key of its several labels."""
+        return label_key(self.labels)
 
 
 @dataclass
@@ -112,6 +131,7 @@ class Built:
 
     images: list[IngestImage]
     classes: list[str]
+    task: Task
     split_counts: dict[str, dict[str, int]]
     stats: dict[str, Any]
     fingerprint: str
@@ -135,10 +155,14 @@ class Ingest:
     labeled files, the images of the version it is made from), then `finish` deduplicates,
     checks, splits and writes the manifest."""
 
-    def __init__(self, folder: Path, *, settings: Settings, what: str) -> None:
+    def __init__(
+        self, folder: Path, *, settings: Settings, what: str, task: Task | None = None
+    ) -> None:
         self.folder = folder
         self.settings = settings
         self.what = what  # "the zip", "the new version": how messages name it
+        # None: multilabel where an image has several labels, else multiclass
+        self.task = task
         self.report = Report()
         self.images: list[IngestImage] = []
         # Class folders a zip declared: each must end with training images, even if all of
@@ -179,8 +203,9 @@ class Ingest:
                 candidates, has_splits = _plan_folders(
                     others, self.report, negative_folder=negative_folder
                 )
+            self._check_task(candidates)
             _check_plan(candidates, has_splits=has_splits, adding=adding)
-            labels = {c.label for c in candidates} - {NEGATIVE_LABEL}
+            labels = _classes_of(candidates)
             if not adding:
                 self._check_class_count(labels)
             if len(candidates) > self.settings.max_dataset_images:
@@ -193,6 +218,20 @@ class Ingest:
         if not adding:
             self.declared_classes |= labels
             self.has_split_folders = has_splits
+
+    def _check_task(self, candidates: Sequence[_Candidate]) -> None:
+        """An image with several labels makes the dataset multi-label, unless it was asked to
+        be multiclass (or is: a new version keeps its parent's task)."""
+        several = next((c for c in candidates if len(c.labels) > 1), None)
+        if several is None:
+            return
+        if self.task is Task.MULTICLASS:
+            raise BadRequestError(
+                f"{several.member.path!r} has {len(several.labels)} labels, and "
+                f"{self.what} is of a multiclass dataset (one label per image): ask for "
+                "task=multilabel"
+            )
+        self.task = Task.MULTILABEL
 
     def _read_label_list(
         self, archive: zipfile.ZipFile, member: ArchiveMember, parts: tuple[str, ...]
@@ -222,7 +261,9 @@ class Ingest:
         for entry in labeled:
             try:
                 data = entry.read()
-                image = self._store(data, split=None, label=entry.label, source=entry.source)
+                image = self._store(
+                    data, split=None, labels=(entry.label,), source=entry.source
+                )
                 self.images.append(image)
             except ObjectNotFoundError:
                 gone = {"file": entry.source, "reason": "the image file is gone"}
@@ -246,7 +287,9 @@ class Ingest:
                 archive, candidate.member, max_bytes=self.settings.max_image_file_bytes
             )
             self.images.append(
-                self._store(data, split=candidate.split, label=candidate.label, source=source)
+                self._store(
+                    data, split=candidate.split, labels=candidate.labels, source=source
+                )
             )
         except EntryTooLargeError as exc:
             self.report.skipped.append({"file": source, "reason": f"file too large: {exc}"})
@@ -255,7 +298,9 @@ class Ingest:
         except zipfile.BadZipFile as exc:
             self.report.skipped.append({"file": source, "reason": f"damaged zip entry ({exc})"})
 
-    def _store(self, data: bytes, *, split: str | None, label: str, source: str) -> IngestImage:
+    def _store(
+        self, data: bytes, *, split: str | None, labels: tuple[str, ...], source: str
+    ) -> IngestImage:
         """Decode one image (ImageDecodeError if it does not) and store its file by sha256."""
         decoded = decode_image(data, max_pixels=self.settings.max_image_pixels)
         digest = hashlib.sha256(data).hexdigest()
@@ -266,7 +311,7 @@ class Ingest:
         return IngestImage(
             sha256=digest,
             split=split,
-            label=label,
+            labels=labels,
             source=source,
             width=decoded.width,
             height=decoded.height,
@@ -279,7 +324,8 @@ class Ingest:
         """Deduplicate, check (two classes, training images in each, the limits), split the
         images that have no split yet, and write the manifest into the folder."""
         images = _deduplicate(self.images, self.report)
-        classes = sorted((self.declared_classes | {i.label for i in images}) - {NEGATIVE_LABEL})
+        classes = sorted(self.declared_classes | _classes_of(images))
+        task = self.task or Task.MULTICLASS
         require_two_classes(classes, what=self.what)
         self._check_class_count(classes)
         if len(images) > self.settings.max_dataset_images:
@@ -295,6 +341,7 @@ class Ingest:
                 validation_fraction=split.validation_fraction,
                 test_fraction=0.0,
                 seed=split.seed,
+                task=task,
             )
             self.report.warnings.append(
                 f"no validation/ folder: {split.validation_fraction:.0%} of train/ per "
@@ -306,13 +353,15 @@ class Ingest:
                 validation_fraction=split.validation_fraction,
                 test_fraction=split.test_fraction,
                 seed=split.seed,
+                task=task,
             )
-        _write_manifest(self.folder, images, classes)
+        _write_manifest(self.folder, images, classes, task=task)
         return Built(
             images=images,
             classes=classes,
+            task=task,
             split_counts=_split_counts_of(images, classes),
-            stats=_statistics(images, classes, self.report),
+            stats=_statistics(images, classes, self.report, task=task),
             fingerprint=_fingerprint(images),
             report=self.report,
         )
@@ -364,8 +413,8 @@ def _plan_folders(
     `negative_folder`: negative examples). Returns the candidates and whether the zip came
     with split folders."""
 
-    def label(folder: str) -> str:
-        return NEGATIVE_LABEL if folder == negative_folder else folder
+    def label(folder: str) -> tuple[str, ...]:
+        return () if folder == negative_folder else (folder,)
 
     has_splits = any(p[0].lower() in SPLIT_FOLDER_NAMES and len(p) > 2 for _, p in files)
     candidates: list[_Candidate] = []
@@ -384,31 +433,24 @@ def _plan_folders(
             if len(parts) < 3:
                 report.skipped.append({"file": member.path, "reason": "not inside a class folder"})
                 continue
-            candidates.append(_Candidate(member=member, split=split, label=label(parts[1])))
+            candidates.append(_Candidate(member=member, split=split, labels=label(parts[1])))
         else:
             if len(parts) < 2:
                 report.skipped.append({"file": member.path, "reason": "not inside a class folder"})
                 continue
-            candidates.append(_Candidate(member=member, split=None, label=label(parts[0])))
+            candidates.append(_Candidate(member=member, split=None, labels=label(parts[0])))
     return candidates, has_splits
 
 
 def _plan_listed(
     files: list[RelativeFile], label_list: LabelList, report: Report
 ) -> tuple[list[_Candidate], bool]:
-    """Each file listed in `label_list` with its class and split (a line with no label: a
+    """Each file listed in `label_list` with its labels and split (a line with no label: a
     negative example); files it does not list are skipped, and so are its bad lines (each
     reported with its reason)."""
     by_path = {nfc(parts): member for member, parts in files if parts != (label_list.name,)}
     # Split folders or not is decided by the lines that name a file the zip has.
     has_splits = any(line.split is not None for line in label_list.lines if line.parts in by_path)
-    several = [line for line in label_list.lines if len(line.labels) > 1]
-    if several:
-        raise BadRequestError(
-            f"{label_list.name} gives {len(several)} image(s) more than one label (line "
-            f"{several[0].number} first): multi-label datasets are not supported yet, so an "
-            "image has one label, or none (a negative example)"
-        )
     candidates: list[_Candidate] = []
     for line in label_list.lines:
         member = by_path.get(line.parts)
@@ -417,8 +459,8 @@ def _plan_listed(
         elif has_splits and line.split is None:
             label_list.problem(line.number, "no split, while other lines give one")
         else:
-            label = line.labels[0] if line.labels else NEGATIVE_LABEL
-            candidates.append(_Candidate(member=member, split=line.split, label=label))
+            labels = tuple(sorted(line.labels))
+            candidates.append(_Candidate(member=member, split=line.split, labels=labels))
     report.skipped.extend(label_list.problems)
     report.skipped.extend(
         {"file": member.path, "reason": f"not in {label_list.name}"}
@@ -435,7 +477,7 @@ def _check_plan(candidates: list[_Candidate], *, has_splits: bool, adding: bool)
     two classes (a zip adding to a version may hold one)."""
     if has_splits and not adding:
         _check_split_classes(candidates)
-    labels = {c.label for c in candidates} - {NEGATIVE_LABEL}
+    labels = _classes_of(candidates)
     if too_long := sorted(label for label in labels if len(label) > MAX_CLASS_NAME_CHARS):
         raise BadRequestError(
             f"class folder names are at most {MAX_CLASS_NAME_CHARS} characters; "
@@ -448,12 +490,20 @@ def _check_plan(candidates: list[_Candidate], *, has_splits: bool, adding: bool)
         require_two_classes(labels, what="the zip")
 
 
+def _classes_of(images: Sequence[_Candidate | IngestImage]) -> set[str]:
+    """Every class (label) the images have; negatives have none."""
+    return {label for image in images for label in image.labels}
+
+
 def _check_split_classes(candidates: list[_Candidate]) -> None:
+    """Classes agree across the splits a zip gives. Where an image has several labels, a
+    rare label may be missing from validation or test, but not only be there."""
     by_split: dict[str, set[str]] = defaultdict(set)
     for candidate in candidates:
         assert candidate.split is not None
-        if candidate.label != NEGATIVE_LABEL:  # negatives need not be in every split
-            by_split[candidate.split].add(candidate.label)
+        # (negatives, which have no label, need not be in every split)
+        by_split[candidate.split].update(candidate.labels)
+    multilabel = any(len(c.labels) > 1 for c in candidates)
     if "train" not in by_split:
         raise BadRequestError("split folders were found, but no train/ folder")
     train = by_split["train"]
@@ -461,7 +511,7 @@ def _check_split_classes(candidates: list[_Candidate]) -> None:
     for split in ("validation", "test"):
         if split not in by_split:
             continue
-        if missing := sorted(train - by_split[split]):
+        if not multilabel and (missing := sorted(train - by_split[split])):
             problems.append(f"{split}/ lacks {', '.join(missing)}")
         if extra := sorted(by_split[split] - train):
             problems.append(f"{split}/ has {', '.join(extra)}, which train/ lacks")
@@ -482,7 +532,7 @@ def _deduplicate(images: list[IngestImage], report: Report) -> list[IngestImage]
     rank = {None: 0, "train": 0, "validation": 1, "test": 2}
     kept: list[IngestImage] = []
     for digest, copies in by_hash.items():
-        labels = sorted({c.label for c in copies})
+        labels = sorted({c.label.replace("\n", LABEL_SEPARATOR) for c in copies})
         if len(labels) > 1:
             report.conflicts.append(
                 {"sha256": digest, "files": [c.source for c in copies], "labels": labels}
@@ -519,10 +569,25 @@ def _split_counts(n: int, fraction: float) -> int:
 
 
 def _assign_splits(
-    images: list[IngestImage], *, validation_fraction: float, test_fraction: float, seed: int
+    images: list[IngestImage],
+    *,
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+    task: Task = Task.MULTICLASS,
 ) -> None:
     """Stratified, seeded split of the images that have no split yet (class-folder layout),
-    or of train into train + validation when validation/ was missing."""
+    or of train into train + validation when validation/ was missing. A multi-label set's
+    images with labels are split label by label (_assign_multilabel_splits); its negatives,
+    like a class's images."""
+    if task is Task.MULTILABEL:
+        _assign_multilabel_splits(
+            [i for i in images if i.labels],
+            validation_fraction=validation_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+        )
+        images = [i for i in images if not i.labels]
     by_label: dict[str, list[IngestImage]] = defaultdict(list)
     for image in images:
         by_label[image.label].append(image)
@@ -541,20 +606,54 @@ def _assign_splits(
                 image.split = "train"
 
 
-def _statistics(images: list[IngestImage], classes: list[str], report: Report) -> dict[str, Any]:
+def _assign_multilabel_splits(
+    images: list[IngestImage], *, validation_fraction: float, test_fraction: float, seed: int
+) -> None:
+    """A seeded split that keeps each label's share in every split (iterative stratification,
+    Sechidis et al., 2011): every label wants as many images in test and validation as a class
+    of its size would get (at least one where it has three or more); the images are placed
+    rarest label first, each in the split that still wants most of its rarest label, ties
+    going to the split that still wants most images overall."""
+    # Sorting by content hash first makes the split independent of the zip's file order.
+    order = sorted(images, key=lambda i: i.sha256)
+    random.Random(f"{seed}:multilabel").shuffle(order)  # noqa: S311  (a split, not a secret)
+    counts = Counter(label for image in order for label in image.labels)
+    wanted: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
+    for label, count in counts.items():
+        test = _split_counts(count, test_fraction)
+        validation = _split_counts(count - test, validation_fraction)
+        wanted["test"][label], wanted["validation"][label] = test, validation
+        wanted["train"][label] = count - test - validation
+    n_test = _split_counts(len(order), test_fraction)
+    n_validation = _split_counts(len(order) - n_test, validation_fraction)
+    room = {"test": n_test, "validation": n_validation, "train": len(order) - n_test - n_validation}
+    # Rarest label first: the images of rare labels are placed while every split has room.
+    order.sort(key=lambda i: min(counts[label] for label in i.labels))
+    for image in order:
+        rarest = min(image.labels, key=lambda label: (counts[label], label))
+        split = max(SPLITS, key=lambda s: (room[s] > 0, wanted[s][rarest], room[s], s == "train"))
+        image.split = split
+        room[split] -= 1
+        for label in image.labels:
+            wanted[split][label] -= 1
+
+
+def _statistics(
+    images: list[IngestImage], classes: list[str], report: Report, *, task: Task
+) -> dict[str, Any]:
     widths = [i.width for i in images]
     heights = [i.height for i in images]
-    train_counts = Counter(
-        i.label for i in images if i.split == "train" and i.label != NEGATIVE_LABEL
-    )
+    train_counts = Counter(label for i in images if i.split == "train" for label in i.labels)
+    what = "label" if task is Task.MULTILABEL else "class"
     for label in classes:
         if train_counts[label] < MIN_IMAGES_PER_CLASS:
             report.warnings.append(
-                f"class {label!r} has only {train_counts[label]} training images "
+                f"{what} {label!r} has only {train_counts[label]} training images "
                 f"(fewer than {MIN_IMAGES_PER_CLASS}); expect unstable results"
             )
     smallest, largest = min(train_counts.values()), max(train_counts.values())
-    if smallest and largest / smallest > MAX_IMBALANCE:
+    # (a multi-label set's labels are as common as they are: each sigmoid learns its own)
+    if task is Task.MULTICLASS and smallest and largest / smallest > MAX_IMBALANCE:
         report.warnings.append(
             f"classes are imbalanced ({largest}:{smallest} training images, worse than "
             f"1:{MAX_IMBALANCE:g}); consider class_weight='auto'"
@@ -576,7 +675,12 @@ def _statistics(images: list[IngestImage], classes: list[str], report: Report) -
         "duplicates": report.duplicates[:MAX_LISTED],
         "leakage": report.leakage[:MAX_LISTED],
         "label_conflicts": report.conflicts[:MAX_LISTED],
-        "negatives": dict(Counter(str(i.split) for i in images if i.label == NEGATIVE_LABEL)),
+        "negatives": dict(Counter(str(i.split) for i in images if not i.labels)),
+        **(
+            {"label_cardinality": round(sum(len(i.labels) for i in images) / len(images), 3)}
+            if task is Task.MULTILABEL and images
+            else {}
+        ),
         "warnings": report.warnings,
     }
 
@@ -587,8 +691,9 @@ def _fingerprint(images: list[IngestImage]) -> str:
 
 
 def _split_counts_of(images: list[IngestImage], classes: list[str]) -> dict[str, dict[str, int]]:
-    """{split: {class: images}} for every split that has images."""
-    counted = Counter((i.split, i.label) for i in images)
+    """{split: {class: images with it}} for every split that has images."""
+    counted = Counter((i.split, label) for i in images for label in i.labels)
+    counted.update((i.split, NEGATIVE_LABEL) for i in images if not i.labels)
     return {
         split: {label: counted[(split, label)] for label in classes}
         for split in SPLITS
@@ -597,7 +702,7 @@ def _split_counts_of(images: list[IngestImage], classes: list[str]) -> dict[str,
 
 
 def _require_images_per_class(images: list[IngestImage], classes: list[str]) -> None:
-    counts = Counter(i.label for i in images if i.split in (None, "train"))
+    counts = Counter(label for i in images if i.split in (None, "train") for label in i.labels)
     if empty := [label for label in classes if counts[label] == 0]:
         raise BadRequestError(
             f"no valid training images left in class(es) {', '.join(empty)} "
@@ -605,11 +710,22 @@ def _require_images_per_class(images: list[IngestImage], classes: list[str]) -> 
         )
 
 
-def _write_manifest(folder: Path, images: list[IngestImage], classes: list[str]) -> None:
+def _write_manifest(
+    folder: Path, images: list[IngestImage], classes: list[str], *, task: Task
+) -> None:
+    """The version's manifest: its task, classes and images. A multiclass item names its
+    class ("label"; NEGATIVE_LABEL for a negative example), a multi-label item lists its
+    labels ("labels", maybe none): app.ml.data.item_labels reads both."""
+
+    def labels(image: IngestImage) -> dict[str, Any]:
+        if task is Task.MULTILABEL:
+            return {"labels": list(image.labels)}
+        return {"label": image.label}
+
     items = [
         {
             "split": i.split,
-            "label": i.label,
+            **labels(i),
             "sha256": i.sha256,
             "file": f"images/{i.sha256[:2]}/{i.sha256}",
             "width": i.width,
@@ -619,4 +735,5 @@ def _write_manifest(folder: Path, images: list[IngestImage], classes: list[str])
         }
         for i in sorted(images, key=lambda i: (SPLITS.index(str(i.split)), i.label, i.sha256))
     ]
-    (folder / MANIFEST_NAME).write_text(json.dumps({"classes": classes, "images": items}))
+    manifest = {"task": task.value, "classes": classes, "images": items}
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))

@@ -20,10 +20,12 @@ from app.core.config import Settings
 from app.core.errors import BadRequestError, ConflictError, NotFoundError
 from app.db.locks import dataset_lineage_key, lock_key
 from app.db.models import Dataset
+from app.ml.data import NEGATIVE_LABEL, Task, item_labels
 from app.services.auth import Principal, visible
 from app.services.datasets.crud import get_dataset, record_version
 from app.services.datasets.files import load_manifest, local_images, staging
 from app.services.datasets.ingest import Ingest, IngestImage, LabeledImage, SplitOptions
+from app.services.datasets.label_lists import LABEL_SEPARATOR
 from models_store import ObjectNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -93,7 +95,9 @@ def add_version(
     parent_id, lineage_id, parent_number = parent.id, parent.lineage_id, parent.version
     new_id = uuid.uuid4()
     with staging() as folder:
-        ingest = Ingest(folder, settings=settings, what="the new version")
+        ingest = Ingest(
+            folder, settings=settings, what="the new version", task=Task(parent.task)
+        )
         try:
             existing, removed = _existing_images(
                 parent, remove=options.remove, images_dir=ingest.images_dir
@@ -193,7 +197,7 @@ def _existing_images(
             IngestImage(
                 sha256=item["sha256"],
                 split=item["split"],
-                label=item["label"],
+                labels=tuple(item_labels(item)),
                 source=item.get("source", item["file"]),
                 width=item["width"],
                 height=item["height"],
@@ -220,12 +224,14 @@ def _version_diff(
     parent: Dataset, images: list[IngestImage], removed: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """What the new version changed: images added and removed, per class and per split."""
-    added = [(i.split, i.label) for i in images if not i.existing]
+    added = [(i.split, LABEL_SEPARATOR.join(i.labels) or NEGATIVE_LABEL) for i in images if not i.existing]
     return {
         "parent_id": str(parent.id),
         "parent_version": parent.version,
         "added": _count_by_split_and_class(added),
-        "removed": _count_by_split_and_class([(r["split"], r["label"]) for r in removed]),
+        "removed": _count_by_split_and_class(
+            [(r["split"], LABEL_SEPARATOR.join(item_labels(r)) or NEGATIVE_LABEL) for r in removed]
+        ),
     }
 
 
