@@ -94,6 +94,7 @@ class Dataset(TypedDict):
     fingerprint: str | None
     status: str
     class_names: list[str]
+    task: Literal["multiclass", "multilabel"]  # one class per image, or any number of labels
     split_counts: dict[str, dict[str, int]]
     stats: dict[str, Any]  # image_count, skipped, duplicates, leakage, warnings, ...
     created_at: str
@@ -109,11 +110,19 @@ class ClassScores(TypedDict):
     recall: float
     f1: float
     support: int
+    average_precision: NotRequired[float | None]  # multi-label
+    threshold: NotRequired[float | None]  # multi-label: the label's threshold
+
+
+class PlattScores(TypedDict):
+    slope: float
+    intercept: float
 
 
 class CalibrationReport(TypedDict):
-    method: Literal["temperature"]
-    temperature: float  # log-probabilities are divided by it
+    method: Literal["temperature", "platt"]  # platt: per label, multi-label models
+    temperature: NotRequired[float | None]  # log-probabilities are divided by it
+    per_label: NotRequired[dict[str, PlattScores] | None]
     fitted_on_images: int
     bins: int
     split: str
@@ -142,11 +151,17 @@ class OutlierReport(TypedDict):
 
 
 class Evaluation(TypedDict):
-    accuracy: float
+    task: NotRequired[Literal["multiclass", "multilabel"] | None]  # multilabel, else absent
+    accuracy: float  # multi-label: the exact-match ratio
     samples: int
-    per_class: dict[str, ClassScores]
+    per_class: dict[str, ClassScores]  # multi-label: per label
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
     classes: list[str]
+    mean_average_precision: NotRequired[float | None]  # the rest: multi-label only
+    micro_f1: NotRequired[float | None]
+    macro_f1: NotRequired[float | None]
+    exact_match: NotRequired[float | None]
+    mean_jaccard: NotRequired[float | None]
     split: NotRequired[str | None]
     calibration: NotRequired[CalibrationReport | None]
     outliers: NotRequired[OutlierReport | None]
@@ -209,6 +224,7 @@ class JobResult(TypedDict):
     timings: NotRequired[Timings | None]
     runtime: NotRequired[RunRuntime | None]
     validation_accuracy: NotRequired[float | None]
+    validation_mean_average_precision: NotRequired[float | None]  # multi-label
     single_view_accuracy: NotRequired[float | None]
     feature_cache_hit: NotRequired[bool | None]
     feature_cache_key: NotRequired[str | None]
@@ -308,6 +324,8 @@ class Export(TypedDict):
 class LabelProbability(TypedDict):
     label: str
     probability: float
+    threshold: NotRequired[float | None]  # multi-label: the label's threshold
+    above_threshold: NotRequired[bool | None]  # multi-label: the probability reaches it
 
 
 class Explanation(TypedDict):
@@ -321,6 +339,7 @@ class Explanation(TypedDict):
 class ImagePrediction(TypedDict):
     filename: str | None
     labels: list[LabelProbability]  # most likely first, listed even when unknown
+    labels_above_threshold: NotRequired[list[str] | None]  # multi-label: the labels that pass
     unknown: NotRequired[bool]  # unlike every training image: none of the labels
     outlier_score: NotRequired[float | None]  # null: no unknown answer for this version
     explanation: NotRequired[Explanation | None]
@@ -331,6 +350,7 @@ class Prediction(TypedDict):
     version: int
     predictions: list[ImagePrediction]
     outlier_threshold: NotRequired[float | None]  # null: no unknown answers
+    task: NotRequired[str | None]  # "multilabel" for a multi-label model
     seconds: float
     runtime: str
 

@@ -66,9 +66,11 @@ def train_on_photos(
     classes: list[str],
     config: Any,
     cache: Path,
+    task: str = "multiclass",
 ) -> Any:
     """The service's training code (app.ml.train) on photos under `root` ({"split", "file",
-    "label"} each), with the offline weights of config.base_model; its TrainingOutcome."""
+    "label"} each; {"split", "file", "labels"} for a multi-label `task`), with the offline
+    weights of config.base_model; its TrainingOutcome."""
     import hashlib
     import json
 
@@ -79,7 +81,7 @@ def train_on_photos(
     from tests.zips import SHARED
 
     splits = ManifestSplits(
-        {"classes": classes, "images": images},
+        {"task": task, "classes": classes, "images": images},
         files=lambda _: root,
         image_size=config.image_size,
         max_pixels=10**8,

@@ -21,6 +21,7 @@ PAIRS = {
     client.Evaluation: "Evaluation",
     client.ClassScores: "ClassScores",
     client.CalibrationReport: "CalibrationReport",
+    client.PlattScores: "PlattScores",
     client.OutlierReport: "OutlierReport",
     client.LabelProbability: "LabelProbability",
     client.Explanation: "Explanation",

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 
 from app.ml.bases import BaseSpec, build_base
-from app.ml.config import Augmentation, TrainConfig
-from app.ml.layers import MirrorImages, Temperature, preprocessing_layer
+from app.ml.config import Augmentation, Task, TrainConfig
+from app.ml.layers import MirrorImages, PlattScaling, Temperature, preprocessing_layer
 
 
 def augmentation_block(augmentation: Augmentation, *, seed: int) -> keras.Sequential:
@@ -50,8 +50,13 @@ def augmentation_block(augmentation: Augmentation, *, seed: int) -> keras.Sequen
     return keras.Sequential(layers, name="augmentation")
 
 
-def output_layer(class_count: int) -> keras.layers.Dense:
-    """One sigmoid unit for two classes, a softmax otherwise (float32 under mixed precision)."""
+def output_layer(class_count: int, task: Task = Task.MULTICLASS) -> keras.layers.Dense:
+    """One sigmoid unit for two classes, a softmax otherwise; a sigmoid per label for a
+    multi-label model (float32 under mixed precision)."""
+    if task is Task.MULTILABEL:
+        return keras.layers.Dense(
+            class_count, activation="sigmoid", dtype="float32", name="predictions"
+        )
     if class_count == 2:
         return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="predictions")
     return keras.layers.Dense(
@@ -61,6 +66,44 @@ def output_layer(class_count: int) -> keras.layers.Dense:
 
 def loss_for(class_count: int) -> str:
     return "binary_crossentropy" if class_count == 2 else "sparse_categorical_crossentropy"
+
+
+def targets(labels: np.ndarray, class_count: int, task: Task) -> np.ndarray:
+    """What a head or a fine-tuned block fits: one-hot rows of class indices, or a multi-label
+    set's 0/1 rows as they are."""
+    if task is Task.MULTILABEL:
+        return labels.astype(np.float32)
+    encoded: np.ndarray = np.eye(class_count, dtype=np.float32)[labels]
+    return encoded
+
+
+def training_loss(
+    task: Task,
+    *,
+    label_smoothing: float,
+    label_weights: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Any:
+    """The loss a head or a fine-tuned block trains with: the cross-entropy of the softmax, or
+    the mean binary cross-entropy of each label's sigmoid, its positive and negative examples
+    weighted per label where `label_weights` gives them (data.balanced_label_weights; Keras'
+    class_weight knows one class per image)."""
+    if task is Task.MULTICLASS:
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    if label_weights is None:
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    positive = keras.ops.convert_to_tensor(label_weights[0], dtype="float32")
+    negative = keras.ops.convert_to_tensor(label_weights[1], dtype="float32")
+
+    def weighted_binary_crossentropy(y_true: Any, y_pred: Any) -> Any:
+        ops = keras.ops
+        truth = ops.cast(y_true, "float32")
+        smoothed = truth * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        p = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
+        weights = truth * positive + (1.0 - truth) * negative
+        per_label = -(smoothed * ops.log(p) + (1.0 - smoothed) * ops.log(1.0 - p))
+        return ops.mean(weights * per_label, axis=-1)
+
+    return weighted_binary_crossentropy
 
 
 def _pixel_input(image_size: int) -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -94,6 +137,12 @@ def with_test_time_flip(classifier: keras.Model) -> keras.Model:
         [classifier(inputs), classifier(mirrored)]
     )
     return keras.Model(inputs, outputs, name=f"{classifier.name}_flip_averaged")
+
+
+def with_platt(classifier: keras.Model, slopes: np.ndarray, intercepts: np.ndarray) -> keras.Model:
+    """The multi-label classifier with each label's Platt scaling as its last layer."""
+    layer = PlattScaling(slopes.tolist(), intercepts.tolist(), name="platt")
+    return keras.Model(classifier.inputs, layer(classifier.outputs[0]), name=classifier.name)
 
 
 def with_temperature(classifier: keras.Model, temperature: float) -> keras.Model:
@@ -239,7 +288,7 @@ def build_scratch_model(config: TrainConfig, *, class_count: int) -> keras.Model
         x = keras.layers.add([x, shortcut])
     x = keras.layers.GlobalAveragePooling2D(name=EMBEDDING_LAYER)(x)
     x = keras.layers.Dropout(config.dropout, seed=config.seed)(x)
-    outputs = output_layer(class_count)(x)
+    outputs = output_layer(class_count, config.task)(x)
     return keras.Model(inputs, outputs, name="scratch")
 
 

@@ -97,8 +97,16 @@ def expected_calibration_error(
 ) -> float:
     """The top answer's confidence against how often it is right, in `bins` equal-width bins
     of confidence, weighted by the share of images in each."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
+    return binned_calibration_error(
+        probabilities.max(axis=1), probabilities.argmax(axis=1) == labels, bins=bins
+    )
+
+
+def binned_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, *, bins: int = ECE_BINS
+) -> float:
+    """Confidences against how often their answers were right, in `bins` equal-width bins,
+    each bin's gap weighted by its share of the answers."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     error = 0.0
     for index in range(bins):

@@ -11,6 +11,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
+class Task(enum.StrEnum):
+    """What a dataset's labels say of an image: one class (`multiclass`: a softmax over the
+    classes), or any number of its labels, none included (`multilabel`: a sigmoid per label)."""
+
+    MULTICLASS = "multiclass"
+    MULTILABEL = "multilabel"
+
+
 class Method(enum.StrEnum):
     """How a job trains. `auto` runs the methods that fit the data and keeps the best."""
 
@@ -144,6 +152,7 @@ class TrainConfig:
     refit_on_validation: bool = True
     # scratch only when the training split has at least this many images (auto)
     scratch_min_images: int = 4000
+    task: Task = Task.MULTICLASS
 
     @property
     def most_epochs(self) -> int:

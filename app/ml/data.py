@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import functools
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from app.ml.config import Task
 from app.ml.images import decode_image, image_to_array
 
 # The manifest's label of a negative example: an image of none of the classes, which the
@@ -23,14 +23,6 @@ HELD_OUT_NEGATIVES = "held_out_negatives"
 SPLIT_NAMES = ("train", "validation", "test")
 # Every split a run may get, in order: the classes' three and the negatives' two.
 ALL_SPLITS = (*SPLIT_NAMES, TRAIN_NEGATIVES, HELD_OUT_NEGATIVES)
-
-
-class Task(enum.StrEnum):
-    """What a dataset's labels say of an image: one class (`multiclass`: a softmax over the
-    classes), or any number of its labels, none included (`multilabel`: a sigmoid per label)."""
-
-    MULTICLASS = "multiclass"
-    MULTILABEL = "multilabel"
 
 
 def manifest_task(manifest: dict[str, Any]) -> Task:

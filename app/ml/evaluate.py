@@ -6,6 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from app.ml.config import Task
+from app.ml.multilabel import binary_log_loss, mean_average_precision
+
 
 def class_probabilities(raw: np.ndarray, class_count: int) -> np.ndarray:
     """(n, class_count) probabilities from a model's output (one sigmoid unit for 2 classes)."""
@@ -53,6 +56,16 @@ def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Mean cross-entropy of the true classes (no label smoothing: comparable across runs)."""
     picked = probabilities[np.arange(len(labels)), labels]
     return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+
+
+def validation_score(
+    probabilities: np.ndarray, labels: np.ndarray, *, task: Task
+) -> tuple[float, float]:
+    """How models are compared on validation: (loss, score), the score being accuracy for a
+    multiclass model and mAP for a multi-label one (the loss: their cross-entropies)."""
+    if task is Task.MULTILABEL:
+        return binary_log_loss(probabilities, labels), mean_average_precision(probabilities, labels)
+    return log_loss(probabilities, labels), float(np.mean(probabilities.argmax(axis=1) == labels))
 
 
 def majority_rate(labels: np.ndarray, class_count: int) -> float:

@@ -19,9 +19,10 @@ import keras
 import numpy as np
 
 from app.ml import bases, builders
-from app.ml.evaluate import log_loss
+from app.ml.config import Task
+from app.ml.evaluate import validation_score
 from app.ml.fitting import TrainingHooks, fit
-from app.ml.heads import averaged, one_hot
+from app.ml.heads import averaged
 
 # Fraction of the feature map's size by which it is randomly shifted while fine-tuning.
 FEATURE_MAP_SHIFT = 0.1
@@ -70,7 +71,7 @@ class FinetuneResult:
     improved: bool  # False: no epoch beat the starting point, which was restored
     best_epoch: int | None
     validation_loss: float
-    validation_accuracy: float
+    validation_score: float  # accuracy, or mAP (evaluate.validation_score)
     validation_probabilities: np.ndarray
     test_probabilities: np.ndarray | None
 
@@ -99,6 +100,11 @@ class TopTraining:
     label_smoothing: float
     seed: int
     class_weight: dict[int, float] | None = None
+    task: Task = Task.MULTICLASS
+    label_weights: tuple[np.ndarray, np.ndarray] | None = None
+
+    def targets(self, labels: np.ndarray) -> np.ndarray:
+        return builders.targets(labels, self.class_count, self.task)
 
 
 def _trainer(
@@ -125,7 +131,7 @@ def _trainer(
     model = keras.Model(inputs, head(top(shifted)), name="finetune")
     batches = sampled_views(
         train,
-        one_hot(train_y, training.class_count),
+        training.targets(train_y),
         batch_size=training.batch_size,
         seed=training.seed,
     )
@@ -134,7 +140,11 @@ def _trainer(
         optimizer=keras.optimizers.Adam(
             _schedule(training.learning_rate, epochs=training.epochs, steps_per_epoch=steps)
         ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=training.label_smoothing),
+        loss=builders.training_loss(
+            training.task,
+            label_smoothing=training.label_smoothing,
+            label_weights=training.label_weights,
+        ),
         metrics=["accuracy"],
     )
     return model, batches
@@ -193,19 +203,16 @@ def finetune_top(
 
     def score() -> tuple[float, float, np.ndarray]:
         probabilities = averaged(model, validation_views, batch=128)
-        return (
-            log_loss(probabilities, data.validation_y),
-            float(np.mean(probabilities.argmax(axis=1) == data.validation_y)),
-            probabilities,
-        )
+        loss, value = validation_score(probabilities, data.validation_y, task=training.task)
+        return loss, value, probabilities
 
-    start_loss, start_accuracy, start_probabilities = score()
+    start_loss, start_score, start_probabilities = score()
     start_weights = [w.copy() for w in model.get_weights()]
     result = fit(
         model,
         batches,
         None,
-        (validation_views[0], one_hot(data.validation_y, training.class_count)),
+        (validation_views[0], training.targets(data.validation_y)),
         epochs=training.epochs,
         batch_size=training.batch_size,
         stage="finetune",
@@ -213,11 +220,11 @@ def finetune_top(
         hooks=hooks,
         class_weight=training.class_weight,
     )
-    loss, accuracy, probabilities = score()
+    loss, value, probabilities = score()
     improved = loss < start_loss
     if not improved:
         model.set_weights(start_weights)
-        loss, accuracy, probabilities = start_loss, start_accuracy, start_probabilities
+        loss, value, probabilities = start_loss, start_score, start_probabilities
     test_probabilities = None
     if data.test:
         test_probabilities = averaged(model, [view.astype(np.float32) for view in data.test])
@@ -225,7 +232,7 @@ def finetune_top(
         improved=improved,
         best_epoch=result.best_epoch if improved else None,
         validation_loss=loss,
-        validation_accuracy=accuracy,
+        validation_score=value,
         validation_probabilities=probabilities,
         test_probabilities=test_probabilities,
     )

@@ -16,8 +16,8 @@ import keras
 import numpy as np
 
 from app.ml import builders
-from app.ml.config import HeadKind
-from app.ml.evaluate import log_loss
+from app.ml.config import HeadKind, Task
+from app.ml.evaluate import validation_score
 from app.ml.fitting import EpochRecord, TrainingHooks, fit, recording
 
 # L2 strengths tried for the linear head (penalty on the mean loss; features standardised).
@@ -52,10 +52,16 @@ class HeadData:
 
 
 def build_head(
-    spec: HeadSpec, *, feature_dim: int, class_count: int, train_x: np.ndarray, seed: int
+    spec: HeadSpec,
+    *,
+    feature_dim: int,
+    class_count: int,
+    train_x: np.ndarray,
+    seed: int,
+    task: Task = Task.MULTICLASS,
 ) -> keras.Model:
     """Standardisation (statistics of the training features) then the classifier; softmax
-    output in float32 whatever the dtype policy."""
+    output (a sigmoid per label: multilabel) in float32 whatever the dtype policy."""
     inputs = keras.Input(shape=(feature_dim,), name="features")
     scale = keras.layers.Normalization(name="standardise")
     scale.adapt(train_x)
@@ -65,17 +71,12 @@ def build_head(
         x = keras.layers.Dropout(spec.dropout, seed=seed)(x)
     outputs = keras.layers.Dense(
         class_count,
-        activation="softmax",
+        activation="sigmoid" if task is Task.MULTILABEL else "softmax",
         dtype="float32",
         name="predictions",
         kernel_regularizer=keras.regularizers.L2(spec.l2) if spec.l2 else None,
     )(x)
     return keras.Model(inputs, outputs, name=builders.HEAD_LAYER)
-
-
-def one_hot(labels: np.ndarray, class_count: int) -> np.ndarray:
-    encoded: np.ndarray = np.eye(class_count, dtype=np.float32)[labels]
-    return encoded
 
 
 def averaged(model: keras.Model, views: list[np.ndarray], batch: int = 512) -> np.ndarray:
@@ -101,7 +102,7 @@ class HeadTrial:
     spec: HeadSpec
     model: keras.Model
     validation_loss: float
-    validation_accuracy: float
+    validation_score: float  # accuracy, or mAP (evaluate.validation_score)
     best_epoch: int | None
     epochs: list[EpochRecord]
 
@@ -117,6 +118,8 @@ def train_head(
     seed: int,
     hooks: TrainingHooks,
     class_weight: dict[int, float] | None = None,
+    task: Task = Task.MULTICLASS,
+    label_weights: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> HeadTrial:
     """Fit one head (best epoch by validation loss) and score it on validation; its epochs
     are kept in the trial, not reported."""
@@ -127,20 +130,23 @@ def train_head(
         class_count=class_count,
         train_x=data.train_x,
         seed=seed,
+        task=task,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        loss=builders.training_loss(
+            task, label_smoothing=label_smoothing, label_weights=label_weights
+        ),
         metrics=["accuracy"],
     )
     validation = None
     if data.validation_y is not None and data.validation:
-        validation = (data.validation[0], one_hot(data.validation_y, class_count))
+        validation = (data.validation[0], builders.targets(data.validation_y, class_count, task))
     records: list[EpochRecord] = []
     result = fit(
         model,
         data.train_x,
-        one_hot(data.train_y, class_count),
+        builders.targets(data.train_y, class_count, task),
         validation,
         epochs=epochs,
         batch_size=min(HEAD_BATCH, len(data.train_x)),
@@ -150,16 +156,15 @@ def train_head(
         patience=HEAD_PATIENCE,
         class_weight=class_weight,
     )
-    loss, accuracy = math.inf, 0.0
+    loss, score = math.inf, 0.0
     if data.validation_y is not None and data.validation:
         probabilities = averaged(model, data.validation)
-        loss = log_loss(probabilities, data.validation_y)
-        accuracy = float(np.mean(probabilities.argmax(axis=1) == data.validation_y))
+        loss, score = validation_score(probabilities, data.validation_y, task=task)
     return HeadTrial(
         spec=spec,
         model=model,
         validation_loss=loss,
-        validation_accuracy=accuracy,
+        validation_score=score,
         best_epoch=result.best_epoch,
         epochs=records,
     )
@@ -184,6 +189,8 @@ def choose_head(
     seed: int,
     hooks: TrainingHooks,
     class_weight: dict[int, float] | None = None,
+    task: Task = Task.MULTICLASS,
+    label_weights: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[HeadTrial, list[HeadTrial]]:
     """Every head of `kind` trained; the one with the lowest validation loss kept (the first,
     simplest one on a tie). Its epochs are reported as the job's "head" curve."""
@@ -200,6 +207,8 @@ def choose_head(
                 seed=seed,
                 hooks=hooks,
                 class_weight=class_weight,
+                task=task,
+                label_weights=label_weights,
             )
         )
         hooks.on_progress({"stage": "head", "tried": len(trials)})

@@ -58,6 +58,33 @@ class Temperature(keras.layers.Layer):  # type: ignore[misc]
         return {**config, "temperature": self.temperature}
 
 
+@keras.saving.register_keras_serializable(package="smallvision")
+class PlattScaling(keras.layers.Layer):  # type: ignore[misc]
+    """sigmoid(a * logit(p) + b) of each label's sigmoid output, with the slope a and
+    intercept b fitted for that label (app/ml/multilabel.py): a multi-label model's
+    calibration, saved with it as Temperature is for a softmax."""
+
+    def __init__(self, slopes: list[float], intercepts: list[float], **kwargs: Any) -> None:
+        super().__init__(dtype="float32", **kwargs)
+        self.slopes = [float(a) for a in slopes]
+        self.intercepts = [float(b) for b in intercepts]
+
+    def call(self, inputs: Any) -> Any:
+        ops = keras.ops
+        probabilities = ops.clip(ops.cast(inputs, "float32"), PROBABILITY_FLOOR, 1.0)
+        logit = ops.log(probabilities) - ops.log(
+            ops.clip(1.0 - probabilities, PROBABILITY_FLOOR, 1.0)
+        )
+        slopes = ops.convert_to_tensor(self.slopes, dtype="float32")
+        intercepts = ops.convert_to_tensor(self.intercepts, dtype="float32")
+        return ops.sigmoid(logit * slopes + intercepts)
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.pop("dtype", None)
+        return {**config, "slopes": self.slopes, "intercepts": self.intercepts}
+
+
 def preprocessing_layer(kind: str) -> keras.layers.Layer | None:
     """The layer that maps 0..255 pixels to what a base (or a scratch model) expects."""
     if kind == "tf":

@@ -242,6 +242,8 @@ class LoadedClassifier:
     resize: Callable[[np.ndarray], np.ndarray]
     folder: Path
     outliers: OutlierIndex | None = None  # None: this version has no "unknown" answer
+    # A multi-label version's threshold per label, in the order of `classes`; None: multiclass.
+    thresholds: np.ndarray | None = None
     _grad_cam: Any = None
     _grad_cam_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -391,7 +393,16 @@ def load_classifier(
         resize=resize,
         folder=folder,
         outliers=outliers,
+        thresholds=label_thresholds(metadata, classes),
     )
+
+
+def label_thresholds(metadata: dict[str, Any], classes: list[str]) -> np.ndarray | None:
+    """A multi-label version's thresholds (meta.json "thresholds", one per label), or None."""
+    stored = metadata.get("thresholds")
+    if metadata.get("task") != "multilabel" or not isinstance(stored, dict):
+        return None
+    return np.array([float(stored[name]) for name in classes], dtype=np.float64)
 
 
 def load_frozen_top(folder: Path) -> FrozenTop | None:
@@ -414,3 +425,20 @@ def top_k(probabilities: np.ndarray, classes: list[str], k: int) -> list[dict[st
     """The k most likely classes of one image, most likely first."""
     order = np.argsort(-probabilities, kind="stable")[:k]
     return [{"label": classes[i], "probability": float(probabilities[i])} for i in order]
+
+
+def every_label(
+    probabilities: np.ndarray, classes: list[str], thresholds: np.ndarray
+) -> list[dict[str, Any]]:
+    """A multi-label answer: every label, most likely first, with its threshold and whether
+    its probability reaches it."""
+    order = np.argsort(-probabilities, kind="stable")
+    return [
+        {
+            "label": classes[i],
+            "probability": float(probabilities[i]),
+            "threshold": float(thresholds[i]),
+            "above_threshold": bool(probabilities[i] >= thresholds[i]),
+        }
+        for i in order
+    ]

@@ -32,6 +32,7 @@ from app.ml.calibration import (
 from app.ml.config import (
     METHOD_DEFAULTS,
     Method,
+    Task,
     TrainConfig,
     finetune_epochs,
     finetune_learning_rates,
@@ -43,8 +44,14 @@ from app.ml.data import (
     TRAIN_NEGATIVES,
     SplitSource,
     balanced_class_weights,
+    balanced_label_weights,
 )
-from app.ml.evaluate import beats_chance, class_probabilities, evaluate_predictions, log_loss
+from app.ml.evaluate import (
+    beats_chance,
+    class_probabilities,
+    evaluate_predictions,
+    validation_score,
+)
 from app.ml.export import ExportError
 from app.ml.features import (
     VIEWS,
@@ -60,6 +67,16 @@ from app.ml.features import (
 from app.ml.finetune import FinetuneResult, TopData, TopTraining, finetune_top, refit_top
 from app.ml.fitting import CancelledError, EpochRecord, TrainingHooks, fit, recording
 from app.ml.heads import HeadData, averaged, choose_head
+from app.ml.multilabel import (
+    DEFAULT_THRESHOLD,
+    PlattCalibration,
+    best_f1_thresholds,
+    evaluate_multilabel,
+    fit_platt,
+    multilabel_calibration_error,
+    platt_scaled,
+)
+from app.ml.multilabel import beats_chance as beats_chance_of_labels
 from app.ml.outliers import OutlierIndex
 
 __all__ = ["CancelledError", "PretrainedSource", "TrainingOutcome", "train"]
@@ -89,8 +106,9 @@ class Candidate:
 
     method: Method
     settings: dict[str, Any]
-    validation: dict[str, float] | None = None  # accuracy, loss
-    test: dict[str, float] | None = None  # accuracy
+    # accuracy (multilabel: mean_average_precision) and loss
+    validation: dict[str, float] | None = None
+    test: dict[str, float] | None = None
     seconds: float = 0.0
     skipped: str | None = None  # why it was not trained
 
@@ -125,6 +143,8 @@ class TrainingOutcome:
     # A fine-tuned model's top block before fine-tuning, which computes those features in its
     # served graph (builders.FrozenTop); None for the others.
     frozen_top: builders.FrozenTop | None = None
+    # A multi-label model's threshold per label (chosen on validation); None: multiclass.
+    thresholds: np.ndarray | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -143,6 +163,7 @@ def train(
     pretrained: PretrainedSource | None = None,
 ) -> TrainingOutcome:
     """Run `config.method`; CancelledError if the job is cancelled on the way."""
+    config = dataclasses.replace(config, task=splits.task)  # the data says what it is
     seed_everything(config.seed)
     epochs_reported: list[int] = []
     hooks = _counting(hooks, epochs_reported)
@@ -178,6 +199,9 @@ def _calibrate(outcome: TrainingOutcome, splits: SplitSource) -> None:
     only the probabilities change), with the calibration error before and after. A refit
     model's validation answers are those of the model before its refit (the refit trained on
     validation): its temperature comes from them, and the test split checks it."""
+    if splits.task is Task.MULTILABEL:
+        _calibrate_labels(outcome, splits)
+        return
     validation = outcome.probabilities.get("validation")
     labels = _labels(splits, "validation")
     split = _evaluation_split(splits)
@@ -209,6 +233,47 @@ def _calibrate(outcome: TrainingOutcome, splits: SplitSource) -> None:
     }
 
 
+def _calibrate_labels(outcome: TrainingOutcome, splits: SplitSource) -> None:
+    """Stage, multi-label: each label's Platt scaling fitted on the kept model's validation
+    answers becomes the saved model's last layer (where validation has MIN_CALIBRATION_IMAGES
+    images), then each label's threshold is the best-F1 one on the calibrated validation
+    answers, and the evaluation is of the calibrated answers at those thresholds. As for a
+    temperature, a refit model's validation answers are those from before its refit."""
+    validation = outcome.probabilities.get("validation")
+    labels = _labels(splits, "validation")
+    split = _evaluation_split(splits)
+    if validation is None or labels is None or split is None:
+        return
+    calibration = None
+    if len(labels) >= MIN_CALIBRATION_IMAGES:
+        slopes, intercepts = fit_platt(validation, labels)
+        judged = outcome.probabilities.get(split)
+        assert judged is not None
+        calibrated = {
+            name: None if answers is None else platt_scaled(answers, slopes, intercepts)
+            for name, answers in outcome.probabilities.items()
+        }
+        judged_after = calibrated[split]
+        assert judged_after is not None
+        calibration = PlattCalibration(
+            slopes=slopes,
+            intercepts=intercepts,
+            classes=splits.classes,
+            fitted_on=len(labels),
+            split=split,
+            ece_before=multilabel_calibration_error(judged, splits.labels(split)),
+            ece_after=multilabel_calibration_error(judged_after, splits.labels(split)),
+        )
+        outcome.model = builders.with_platt(outcome.model, slopes, intercepts)
+        outcome.probabilities = calibrated
+    calibrated_validation = outcome.probabilities["validation"]
+    assert calibrated_validation is not None
+    outcome.thresholds = best_f1_thresholds(calibrated_validation, labels)
+    outcome.evaluation = _evaluation(outcome.probabilities, splits, thresholds=outcome.thresholds)
+    if outcome.evaluation is not None and calibration is not None:
+        outcome.evaluation["calibration"] = calibration.describe()
+
+
 def _index_outliers(outcome: TrainingOutcome, splits: SplitSource, *, config: TrainConfig) -> None:
     """Stage: the kept model's training features become the index of its "unknown" answer,
     with a threshold from the validation images' scores, and the evaluation reports the share
@@ -216,7 +281,9 @@ def _index_outliers(outcome: TrainingOutcome, splits: SplitSource, *, config: Tr
     model wrapped for a test-time flip: its served graph has no one set of features."""
     embeddings, outcome.embeddings = outcome.embeddings, {}
     index = None
-    if not config.test_time_flip and "train" in embeddings:
+    # (a multi-label model answers "none of these" itself: no label passes its threshold)
+    multiclass = splits.task is Task.MULTICLASS
+    if multiclass and not config.test_time_flip and "train" in embeddings:
         index = OutlierIndex.fit(
             embeddings["train"],
             calibration=embeddings.get("validation"),
@@ -295,7 +362,7 @@ def _consider_scratch(
     outcome.probabilities, outcome.embeddings = scratch.probabilities, scratch.embeddings
     outcome.frozen_top = None
     outcome.reason = _comparison(challenger, incumbent)
-    outcome.details["validation_accuracy"] = scratch.details["validation_accuracy"]
+    outcome.details.update(_validation_details(scratch.probabilities, splits))
 
 
 def _scratch_settings(config: TrainConfig) -> dict[str, Any]:
@@ -310,8 +377,8 @@ def _single_view_accuracy(
     model: keras.Model, splits: SplitSource, *, batch_size: int
 ) -> float | None:
     split = _evaluation_split(splits)
-    if split is None:
-        return None
+    if split is None or splits.task is Task.MULTILABEL:
+        return None  # (a multi-label model's evaluation says its mAP; no accuracy to compare)
     raw = model.predict(splits.arrays(split).images, batch_size=batch_size, verbose=0)
     predicted = class_probabilities(raw, len(splits.classes)).argmax(axis=1)
     return float(np.mean(predicted == splits.labels(split)))
@@ -321,9 +388,18 @@ def _single_view_accuracy(
 
 
 def _class_weights(config: TrainConfig, splits: SplitSource) -> dict[int, float] | None:
-    if not config.balance_classes:
+    if not config.balance_classes or splits.task is Task.MULTILABEL:
         return None
     return balanced_class_weights(splits.labels("train"), len(splits.classes))
+
+
+def _label_weights(
+    config: TrainConfig, splits: SplitSource
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A multi-label run's balance: per label, in its loss (builders.training_loss)."""
+    if not config.balance_classes or splits.task is Task.MULTICLASS:
+        return None
+    return balanced_label_weights(splits.labels("train"))
 
 
 def _has(splits: SplitSource, split: str) -> bool:
@@ -443,23 +519,37 @@ def _top_data(features: dict[str, np.ndarray], splits: SplitSource) -> TopData:
     )
 
 
-def _scores(probabilities: np.ndarray | None, labels: np.ndarray | None) -> dict[str, float] | None:
+# What candidates are compared by on validation (beside the loss), per task.
+SCORE_NAMES = {Task.MULTICLASS: "accuracy", Task.MULTILABEL: "mean_average_precision"}
+
+
+def _scores(
+    probabilities: np.ndarray | None, labels: np.ndarray | None, task: Task
+) -> dict[str, float] | None:
     if probabilities is None or labels is None or not len(labels):
         return None
-    return {
-        "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
-        "loss": log_loss(probabilities, labels),
-    }
+    loss, score = validation_score(probabilities, labels, task=task)
+    return {SCORE_NAMES[task]: score, "loss": loss}
 
 
 def _evaluation(
-    probabilities: dict[str, np.ndarray | None], splits: SplitSource
+    probabilities: dict[str, np.ndarray | None],
+    splits: SplitSource,
+    *,
+    thresholds: np.ndarray | None = None,
 ) -> dict[str, Any] | None:
+    """The evaluation of the answers on the test split (else validation); a multi-label
+    model's at `thresholds` (DEFAULT_THRESHOLD until the calibration stage chooses them)."""
     split = _evaluation_split(splits)
     chosen = probabilities.get(split) if split else None
     if split is None or chosen is None:
         return None
-    return {**evaluate_predictions(splits.labels(split), chosen, splits.classes), "split": split}
+    labels = splits.labels(split)
+    if splits.task is Task.MULTILABEL:
+        if thresholds is None:
+            thresholds = np.full(len(splits.classes), DEFAULT_THRESHOLD)
+        return {**evaluate_multilabel(labels, chosen, thresholds, splits.classes), "split": split}
+    return {**evaluate_predictions(labels, chosen, splits.classes), "split": split}
 
 
 @dataclass
@@ -487,6 +577,7 @@ class PretrainedRun:
     features: dict[str, np.ndarray]
     feature_details: dict[str, Any]
     class_weight: dict[int, float] | None
+    label_weights: tuple[np.ndarray, np.ndarray] | None = None
     head: keras.Model | None = None
     head_epochs_reported: int = 0
     # The base's and the head's weights fine-tuning (and its refit) start from.
@@ -520,6 +611,7 @@ class PretrainedRun:
             features=features,
             feature_details=details,
             class_weight=_class_weights(config, splits),
+            label_weights=_label_weights(config, splits),
         )
 
     @property
@@ -552,6 +644,8 @@ class PretrainedRun:
             seed=config.seed,
             hooks=self.hooks,
             class_weight=self.class_weight,
+            task=self.splits.task,
+            label_weights=self.label_weights,
             epochs=config.epochs
             if self.only_head and config.epochs is not None
             else config.head_epochs,
@@ -573,8 +667,8 @@ class PretrainedRun:
                     for t in trials
                 ],
             },
-            validation=_scores(validation, data.validation_y),
-            test=_scores(test, data.test_y),
+            validation=_scores(validation, data.validation_y, self.splits.task),
+            test=_scores(test, data.test_y, self.splits.task),
             seconds=self.feature_details["feature_seconds"] + time.perf_counter() - started,
         )
         # Copied: if the bottleneck model is kept, it must be the head as it was.
@@ -616,8 +710,8 @@ class PretrainedRun:
                 "label_smoothing": config.label_smoothing,
                 "improved_on_its_start": tuned.improved,
             },
-            validation=_scores(tuned.validation_probabilities, data.validation_y),
-            test=_scores(tuned.test_probabilities, data.test_y),
+            validation=_scores(tuned.validation_probabilities, data.validation_y, self.splits.task),
+            test=_scores(tuned.test_probabilities, data.test_y, self.splits.task),
             seconds=time.perf_counter() - started,
         )
         if config.method is not Method.FINETUNE and not _better(finetune, bottleneck):
@@ -669,12 +763,12 @@ class PretrainedRun:
             tried.append(
                 {
                     "learning_rate": rate,
-                    "validation_accuracy": tuned.validation_accuracy,
+                    f"validation_{SCORE_NAMES[self.splits.task]}": tuned.validation_score,
                     "validation_loss": round(tuned.validation_loss, 4),
                 }
             )
-            score = _rank(tuned.validation_accuracy, tuned.validation_loss)
-            if best is None or score > _rank(best[1].validation_accuracy, best[1].validation_loss):
+            score = _rank(tuned.validation_score, tuned.validation_loss)
+            if best is None or score > _rank(best[1].validation_score, best[1].validation_loss):
                 best = (rate, tuned, self.base.get_weights(), self.head.get_weights())
                 best_records = records
         assert best is not None
@@ -716,7 +810,7 @@ class PretrainedRun:
             "epochs": epochs,
             "learning_rate": rate,
             "seconds": round(time.perf_counter() - started, 2),
-            "test": _scores(test, _labels(splits, "test")),
+            "test": _scores(test, _labels(splits, "test"), splits.task),
         }
         finetune.settings["refit"] = summary
         reason = kept.reason + (
@@ -737,6 +831,8 @@ class PretrainedRun:
             label_smoothing=config.label_smoothing,
             seed=config.seed,
             class_weight=self.class_weight,
+            task=self.splits.task,
+            label_weights=self.label_weights,
         )
 
     def outcome(self, candidates: list[Candidate], kept: _Kept) -> TrainingOutcome:
@@ -759,7 +855,7 @@ class PretrainedRun:
             else builders.FrozenTop.of(self.base, self.spec, weights=self.start_weights[0]),
             details={
                 **self.feature_details,
-                "validation_accuracy": _accuracy(kept.probabilities, self.splits),
+                **_validation_details(kept.probabilities, self.splits),
             },
         )
 
@@ -791,31 +887,40 @@ def _pretrained(
     return run.outcome(candidates, kept)
 
 
-def _accuracy(probabilities: dict[str, np.ndarray | None], splits: SplitSource) -> float | None:
-    chosen = probabilities.get("validation")
-    if chosen is None:
-        return None
-    return float(np.mean(chosen.argmax(axis=1) == splits.labels("validation")))
+def _validation_details(
+    probabilities: dict[str, np.ndarray | None], splits: SplitSource
+) -> dict[str, float | None]:
+    """The kept model's validation accuracy (multilabel: its mAP), for the job's result."""
+    scores = _scores(probabilities.get("validation"), _labels(splits, "validation"), splits.task)
+    name = SCORE_NAMES[splits.task]
+    return {f"validation_{name}": None if scores is None else scores[name]}
 
 
-def _rank(accuracy: float, loss: float) -> tuple[float, float]:
-    """How models are compared on validation, candidates and fine-tuning tries alike: higher
-    accuracy wins; on equal accuracy, lower loss."""
-    return accuracy, -loss
+def _rank(score: float, loss: float) -> tuple[float, float]:
+    """How models are compared on validation, candidates and fine-tuning tries alike: the
+    higher score (accuracy; multilabel: mAP) wins; on an equal score, the lower loss."""
+    return score, -loss
+
+
+def _score_name(scores: dict[str, float]) -> str:
+    return next(name for name in SCORE_NAMES.values() if name in scores)
 
 
 def _better(challenger: Candidate, incumbent: Candidate) -> bool:
     assert challenger.validation is not None and incumbent.validation is not None
     a, b = challenger.validation, incumbent.validation
-    return _rank(a["accuracy"], a["loss"]) > _rank(b["accuracy"], b["loss"])
+    name = _score_name(a)
+    return _rank(a[name], a["loss"]) > _rank(b[name], b["loss"])
 
 
 def _comparison(kept: Candidate, other: Candidate) -> str:
     assert kept.validation is not None and other.validation is not None
     a, b = kept.validation, other.validation
+    name = _score_name(a)
+    shown = "mAP" if name == SCORE_NAMES[Task.MULTILABEL] else name
     return (
-        f"{kept.method.value} validates better than {other.method.value}: accuracy "
-        f"{a['accuracy']:.3f} vs {b['accuracy']:.3f}, loss {a['loss']:.3f} vs {b['loss']:.3f}"
+        f"{kept.method.value} validates better than {other.method.value}: {shown} "
+        f"{a[name]:.3f} vs {b[name]:.3f}, loss {a['loss']:.3f} vs {b['loss']:.3f}"
     )
 
 
@@ -838,7 +943,11 @@ def _scratch_only(
         optimizer=keras.optimizers.Adam(
             keras.optimizers.schedules.CosineDecay(config.learning_rate, max(steps, 1))
         ),
-        loss=builders.loss_for(class_count),
+        loss=builders.loss_for(class_count)
+        if splits.task is Task.MULTICLASS
+        else builders.training_loss(
+            Task.MULTILABEL, label_smoothing=0.0, label_weights=_label_weights(config, splits)
+        ),
         metrics=["accuracy"],
     )
     validation = None
@@ -877,8 +986,10 @@ def _scratch_only(
     candidate = Candidate(
         method=Method.SCRATCH,
         settings=_scratch_settings(config),
-        validation=_scores(probabilities.get("validation"), _labels(splits, "validation")),
-        test=_scores(probabilities.get("test"), _labels(splits, "test")),
+        validation=_scores(
+            probabilities.get("validation"), _labels(splits, "validation"), splits.task
+        ),
+        test=_scores(probabilities.get("test"), _labels(splits, "test"), splits.task),
         seconds=time.perf_counter() - started,
     )
     return TrainingOutcome(
@@ -888,7 +999,7 @@ def _scratch_only(
         best_epoch=result.best_epoch,
         candidates=[candidate],
         reason="scratch was asked for",
-        details={"validation_accuracy": _accuracy(probabilities, splits)},
+        details=_validation_details(probabilities, splits),
         probabilities=probabilities,
         embeddings=embeddings,
     )
@@ -900,13 +1011,21 @@ def _labels(splits: SplitSource, split: str) -> np.ndarray | None:
 
 def _judge_against_chance(outcome: TrainingOutcome, splits: SplitSource) -> None:
     """No silent junk: a model whose validation accuracy is not clearly above always answering
-    the most common class is flagged (the service saves it but does not activate it)."""
-    accuracy = outcome.details.get("validation_accuracy")
+    the most common class (multilabel: whose mAP is not clearly above a ranking by chance) is
+    flagged (the service saves it but does not activate it)."""
+    name = SCORE_NAMES[splits.task]
+    score = outcome.details.get(f"validation_{name}")
     labels = _labels(splits, "validation")
-    if accuracy is None or labels is None:
+    if score is None or labels is None:
         return
-    if beats_chance(accuracy, labels, len(splits.classes)):
-        return
+    if splits.task is Task.MULTILABEL:
+        if beats_chance_of_labels(score, labels):
+            return
+        chance = f"a ranking by chance gives about {float(labels.mean(axis=0).mean()):.2f}"
+    else:
+        if beats_chance(score, labels, len(splits.classes)):
+            return
+        chance = f"the most common class alone gives {np.bincount(labels).max() / len(labels):.2f}"
     outcome.beats_chance = False
     count = len(splits.labels("train"))
     hint = (
@@ -914,8 +1033,8 @@ def _judge_against_chance(outcome: TrainingOutcome, splits: SplitSource) -> None
         if outcome.method is Method.SCRATCH
         else "check the labels, or add images"
     )
+    shown = "mAP" if splits.task is Task.MULTILABEL else "accuracy"
     outcome.warnings.append(
         f"{outcome.method.value} on {count} training images stayed at chance (validation "
-        f"accuracy {accuracy:.2f}, the most common class alone gives "
-        f"{np.bincount(labels).max() / len(labels):.2f}): saved but not activated; {hint}"
+        f"{shown} {score:.2f}, {chance}): saved but not activated; {hint}"
     )

@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.ml.data import NEGATIVE_LABEL, Task
+from app.ml.config import Task
+from app.ml.data import NEGATIVE_LABEL
 from app.schemas.text import Text
 
 

@@ -37,8 +37,15 @@ class PredictOptions(BaseModel):
         ge=0.0,
         le=2.0,
         description="the outlier score above which an image is unknown; default: the "
-        "version's own, chosen on its validation images (GET /models/{name}/versions/{v}: "
-        "metadata.outliers)",
+        "version's own, chosen on its validation images (its job's evaluation.outliers)",
+    )
+    label_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="multi-label models: the probability every label must reach to pass; "
+        "default: each label's own threshold, chosen on the version's validation images "
+        "(GET /models/{name}/versions/{v}: metrics_summary.thresholds)",
     )
 
 
@@ -56,6 +63,12 @@ class PredictJSONRequest(PredictOptions):
 class LabelProbability(BaseModel):
     label: str
     probability: float
+    threshold: float | None = Field(
+        default=None, description="multi-label models: the label's threshold (else absent)"
+    )
+    above_threshold: bool | None = Field(
+        default=None, description="multi-label models: the probability reaches it"
+    )
 
 
 class Explanation(BaseModel):
@@ -68,7 +81,15 @@ class Explanation(BaseModel):
 
 class ImagePrediction(BaseModel):
     filename: str | None
-    labels: list[LabelProbability] = Field(description="most likely first")
+    labels: list[LabelProbability] = Field(
+        description="most likely first: the top_k of a multiclass model, every label of a "
+        "multi-label one"
+    )
+    labels_above_threshold: list[str] | None = Field(
+        default=None,
+        description="multi-label models: the labels that pass their thresholds, most likely "
+        "first (empty: none of them); absent for a multiclass model",
+    )
     unknown: bool = Field(
         default=False,
         description="the image is unlike every training image: none of the labels is its "
@@ -90,6 +111,9 @@ class PredictResponse(BaseModel):
     predictions: list[ImagePrediction]
     outlier_threshold: float | None = Field(
         default=None, description="the threshold applied; null: no unknown answers"
+    )
+    task: str | None = Field(
+        default=None, description="multilabel for a multi-label model; absent otherwise"
     )
     seconds: float = Field(description="time spent in the service: decoding and inference")
     runtime: str = Field(description="what ran the model: onnxruntime or keras")

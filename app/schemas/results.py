@@ -13,21 +13,45 @@ from app.ml.config import Method
 
 
 class ClassScores(BaseModel):
+    """A class's scores; a multi-label model's label's, at its threshold, with its average
+    precision."""
+
     precision: float
     recall: float
     f1: float
     support: int
+    average_precision: float | None = Field(
+        default=None, description="multi-label: the area under the label's precision-recall curve"
+    )
+    threshold: float | None = Field(
+        default=None, description="multi-label: the label's threshold (best F1 on validation)"
+    )
+
+
+class PlattScores(BaseModel):
+    slope: float
+    intercept: float
 
 
 class CalibrationReport(BaseModel):
     """How the saved model's probabilities were calibrated, and the check on held-out images."""
 
-    method: Literal["temperature"]
-    temperature: float = Field(description="log-probabilities are divided by it (1: unchanged)")
+    method: Literal["temperature", "platt"] = Field(
+        description="temperature (multiclass) or platt (per label, multi-label)"
+    )
+    temperature: float | None = Field(
+        default=None, description="log-probabilities are divided by it (1: unchanged)"
+    )
+    per_label: dict[str, PlattScores] | None = Field(
+        default=None, description="platt: each label's sigmoid(slope * logit(p) + intercept)"
+    )
     fitted_on_images: int = Field(description="validation images the temperature was fitted on")
     bins: int = Field(description="equal-width confidence bins of the calibration error")
     split: str = Field(description="where the errors were measured: test, or validation")
-    ece_before: float = Field(description="expected calibration error before calibration")
+    ece_before: float = Field(
+        description="expected calibration error before calibration (multi-label: of every "
+        "image's every label's probability)"
+    )
     ece_after: float = Field(description="expected calibration error after calibration")
 
 
@@ -69,13 +93,30 @@ class OutlierReport(BaseModel):
 
 
 class Evaluation(BaseModel):
-    """A model's answers on one split: accuracy, per-class scores, the confusion matrix."""
+    """A model's answers on one split: accuracy, per-class scores, the confusion matrix; for
+    a multi-label model, per-label scores and the set scores below."""
 
-    accuracy: float
+    task: Literal["multiclass", "multilabel"] | None = Field(
+        default=None, description="multilabel for a multi-label model (else absent)"
+    )
+    accuracy: float = Field(description="multi-label: the exact-match ratio")
     samples: int
     per_class: dict[str, ClassScores]
-    confusion_matrix: list[list[int]] = Field(description="rows: true class, columns: predicted")
+    confusion_matrix: list[list[int]] = Field(
+        description="rows: true class, columns: predicted (multi-label: empty)"
+    )
     classes: list[str]
+    mean_average_precision: float | None = Field(
+        default=None, description="multi-label: the mean of the labels' average precision"
+    )
+    micro_f1: float | None = Field(default=None, description="multi-label: over every answer")
+    macro_f1: float | None = Field(default=None, description="multi-label: the labels' mean F1")
+    exact_match: float | None = Field(
+        default=None, description="multi-label: the share of images with every label right"
+    )
+    mean_jaccard: float | None = Field(
+        default=None, description="multi-label: mean |answered and true| / |answered or true|"
+    )
     split: str | None = Field(default=None, description="test, or validation without a test split")
     calibration: CalibrationReport | None = None
     outliers: OutlierReport | None = None
@@ -86,8 +127,12 @@ class Candidate(BaseModel):
 
     method: Method
     settings: dict[str, Any] = Field(description="what it was trained with (method-specific)")
-    validation: dict[str, float] | None = Field(default=None, description="accuracy, loss")
-    test: dict[str, float] | None = Field(default=None, description="accuracy")
+    validation: dict[str, float] | None = Field(
+        default=None, description="accuracy (multi-label: mean_average_precision), loss"
+    )
+    test: dict[str, float] | None = Field(
+        default=None, description="accuracy (multi-label: mean_average_precision), loss"
+    )
     seconds: float = 0.0
     skipped: str | None = Field(default=None, description="why it was not trained")
 
@@ -158,6 +203,9 @@ class JobResult(BaseModel):
     timings: Timings | None = None
     runtime: RunRuntime | None = None
     validation_accuracy: float | None = None
+    validation_mean_average_precision: float | None = Field(
+        default=None, description="multi-label: the kept model's validation mAP"
+    )
     single_view_accuracy: float | None = Field(
         default=None, description="test_time_flip: the accuracy of the image alone"
     )

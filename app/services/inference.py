@@ -247,6 +247,9 @@ class PredictionResult:
     # has no unknown answer, or the request turned it off).
     outlier_scores: np.ndarray | None = None
     outlier_threshold: float | None = None
+    # A multi-label version's threshold per label (the request's where it set one); None:
+    # multiclass.
+    thresholds: np.ndarray | None = None
 
     @property
     def unknown(self) -> list[bool]:
@@ -383,10 +386,12 @@ async def predict_images(
     explain: bool = False,
     detect_unknown: bool = True,
     outlier_threshold: float | None = None,
+    label_threshold: float | None = None,
 ) -> PredictionResult:
     """Class probabilities of each image from the chosen version, whether each is unknown
     (unlike every training image: `detect_unknown`, at the version's threshold or
-    `outlier_threshold`), and with `explain` a Grad-CAM of each image for its top label.
+    `outlier_threshold`), and with `explain` a Grad-CAM of each image for its top label. A
+    multi-label version's labels pass at their own thresholds, or all at `label_threshold`.
     Database, decoding, the forward pass and the explanations all run off the event loop."""
     started = time.perf_counter()
     settings = get_settings()
@@ -419,6 +424,9 @@ async def predict_images(
             threshold = classifier.outliers.threshold
     else:
         scores = None
+    thresholds = classifier.thresholds
+    if thresholds is not None and label_threshold is not None:
+        thresholds = np.full(len(thresholds), label_threshold)
     explanations = None
     if explain:
         explain_all = functools.partial(
@@ -442,6 +450,7 @@ async def predict_images(
         explanations=explanations,
         outlier_scores=scores,
         outlier_threshold=threshold,
+        thresholds=thresholds,
     )
     # Answers below the model's review threshold, and unknown ones, are kept for people to
     # label (no database work at all for models without a review threshold).
@@ -453,6 +462,7 @@ async def predict_images(
         probabilities=probabilities,
         unknown=result.unknown,
         images=images,
+        thresholds=thresholds,
     )
     return result
 

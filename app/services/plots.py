@@ -58,6 +58,11 @@ def confusion_png(job: TrainingJob) -> bytes:
     evaluation = (job.result or {}).get("evaluation")
     if not evaluation:
         raise ConflictError(f"job {job.id} has no evaluation (status {job.status})")
+    if evaluation.get("task") == "multilabel":
+        raise ConflictError(
+            f"job {job.id} trained a multi-label model, which has no confusion matrix: its "
+            "evaluation lists each label's precision, recall, F1 and average precision"
+        )
     classes = evaluation["classes"]
     matrix = evaluation["confusion_matrix"]
     size = max(4.0, 0.6 * len(classes) + 2)

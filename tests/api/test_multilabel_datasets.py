@@ -8,9 +8,16 @@ from collections import Counter
 
 from fastapi.testclient import TestClient
 
-from app.ml.data import Task
+from app.ml.config import Task
 from app.services.datasets.ingest import IngestImage, _assign_multilabel_splits
-from tests.api.test_datasets import created, dataset_rows, flat_images, leftovers, manifest_of, upload
+from tests.api.test_datasets import (
+    created,
+    dataset_rows,
+    flat_images,
+    leftovers,
+    manifest_of,
+    upload,
+)
 from tests.zips import class_folders, make_zip
 
 # Label sets of 40 images: "sky" is common, "boat" rare (3 images), 4 images have none.
@@ -104,7 +111,8 @@ def test_a_label_only_in_validation_is_refused_but_one_missing_there_is_not(
     rows = [("a", "b")] * 6 + [("a",)] * 4
     splits = ["train"] * 8 + ["validation"] * 2
     text = "path,labels,split\n" + "".join(
-        f"photos/{i}.jpg,{';'.join(s)},{split}\n" for i, (s, split) in enumerate(zip(rows, splits))
+        f"photos/{i}.jpg,{';'.join(s)},{split}\n"
+        for i, (s, split) in enumerate(zip(rows, splits, strict=True))
     )
     body = created(client, make_zip({**flat_images(10), "labels.csv": text.encode()}))
     assert body["split_counts"]["validation"] == {"a": 2, "b": 0}
@@ -118,8 +126,13 @@ def test_the_multilabel_split_keeps_each_labels_share_and_its_seed() -> None:
     def images() -> list[IngestImage]:
         return [
             IngestImage(
-                sha256=f"{i:064x}", split=None, labels=s, source=f"{i}.jpg",
-                width=64, height=64, source_format="JPEG",
+                sha256=f"{i:064x}",
+                split=None,
+                labels=s,
+                source=f"{i}.jpg",
+                width=64,
+                height=64,
+                source_format="JPEG",
             )
             for i, s in enumerate(LABEL_SETS[:36] * 5)  # 180 images, no negatives
         ]

@@ -309,3 +309,63 @@ def test_queued_job_cancel_is_immediate(stack, dataset_id: str) -> None:
     assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "cancelled"
     training.run_job(job_id=job_id, worker_id="late-delivery/1")
     assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_a_multilabel_dataset_trains_a_model_with_thresholds_that_predict_applies(
+    stack, tmp_path: Path
+) -> None:
+    """A labels.csv of side-by-side photo pairs (pet + vehicle): the default (auto) job trains
+    sigmoid outputs, reports mAP, stores a threshold per label, and /predict lists them."""
+    import zipfile
+
+    from benchmarks.multilabel_sets import MultilabelSet, build
+
+    client, log = stack
+    spec = MultilabelSet(
+        "pairs",
+        ("cats_vs_dogs_small", "car_vs_minibus_tiny"),
+        {"train": 24, "validation": 20, "test": 12},
+    )
+    folder = build(spec, tmp_path, seed=2)
+    archive = tmp_path / "pairs.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zipped.write(path, str(path.relative_to(folder)))
+    response = client.post(
+        "/datasets", files={"file": ("pairs.zip", archive.read_bytes())}, data={"name": "pairs"}
+    )
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert dataset["task"] == "multilabel"
+    assert dataset["class_names"] == ["car", "cats", "dogs", "minibus"]
+    job_id = _start(
+        client, dataset_id=dataset["id"], epochs=1, head_epochs=2, model_name="pairs", **TINY
+    )
+    job = _finished(client, job_id, log)
+    assert job["status"] == "succeeded", (job["error"], log.read_text()[-3000:])
+    result = job["result"]
+    evaluation = client.get(f"/jobs/{job_id}/metrics").json()["evaluation"]
+    assert evaluation["task"] == "multilabel" and evaluation["samples"] == 12
+    assert 0.0 <= evaluation["mean_average_precision"] <= 1.0
+    assert set(evaluation["per_class"]["car"]) >= {"threshold", "average_precision"}
+    assert evaluation["calibration"]["method"] == "platt"
+    for candidate in result["candidates"]:
+        if candidate.get("validation"):
+            assert set(candidate["validation"]) == {"mean_average_precision", "loss"}
+    assert client.get(f"/jobs/{job_id}/confusion.png").status_code == 409
+    version = client.get("/models/pairs/versions/1").json()
+    thresholds = version["metrics_summary"]["thresholds"]
+    assert set(thresholds) == set(dataset["class_names"])
+    photo = folder / "images" / "test-0000.jpg"
+    answer = client.post(
+        "/predict", files={"file": (photo.name, photo.read_bytes())}, data={"model": "pairs"}
+    )
+    assert answer.status_code == 200, answer.text
+    prediction = answer.json()["predictions"][0]
+    assert [x["threshold"] for x in prediction["labels"]] == [
+        pytest.approx(thresholds[x["label"]], abs=1e-6) for x in prediction["labels"]
+    ]
+    assert prediction["labels_above_threshold"] == [
+        x["label"] for x in prediction["labels"] if x["above_threshold"]
+    ]

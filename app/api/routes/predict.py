@@ -16,7 +16,7 @@ from app.api.bodies import (
 )
 from app.api.deps import DecodeBudgetDep, ModelCacheDep, PredictJSONBody, Predictor
 from app.core.config import get_settings
-from app.ml.serving import top_k
+from app.ml.serving import every_label, top_k
 from app.schemas.predict import (
     PredictJSONRequest,
     PredictOptions,
@@ -64,13 +64,23 @@ def _response(result: PredictionResult, filenames: list[str | None], k: int) -> 
         if result.outlier_scores is None
         else [round(float(score), 6) for score in result.outlier_scores]
     )
+    thresholds = result.thresholds
+
+    def labels(row: Any) -> dict[str, Any]:
+        if thresholds is None:
+            return {"labels": top_k(row, result.classes, k)}
+        listed = every_label(row, result.classes, thresholds)
+        passed = [entry["label"] for entry in listed if entry["above_threshold"]]
+        return {"labels": listed, "labels_above_threshold": passed}
+
     body = {
         "model": result.version.name,
         "version": result.version.version,
+        **({"task": "multilabel"} if thresholds is not None else {}),
         "predictions": [
             {
                 "filename": filename,
-                "labels": top_k(row, result.classes, k),
+                **labels(row),
                 "unknown": unknown,
                 "outlier_score": score,
                 "explanation": explained.as_dict() if explained else None,
@@ -119,6 +129,7 @@ async def predict(
         explain=options.explain,
         detect_unknown=options.detect_unknown,
         outlier_threshold=options.outlier_threshold,
+        label_threshold=options.label_threshold,
     )
     return _response(result, [f.filename for f in files], options.top_k)
 
@@ -147,6 +158,7 @@ async def predict_json(
         explain=body.explain,
         detect_unknown=body.detect_unknown,
         outlier_threshold=body.outlier_threshold,
+        label_threshold=body.label_threshold,
     )
     return _response(result, [image.filename for image in body.images], body.top_k)
 

@@ -19,7 +19,8 @@ from app.core.errors import ConflictError, NotFoundError
 from app.db.locks import dataset_lineage_key, lock_key, owner_jobs_key
 from app.db.models import Dataset, DatasetStatus, JobStatus, TrainingJob
 from app.db.session import after_commit
-from app.ml.data import NEGATIVE_LABEL, Task
+from app.ml.config import Task
+from app.ml.data import NEGATIVE_LABEL
 from app.services.auth import Principal, visible
 from app.services.datasets.files import publish, remove_features, remove_files, staging
 from app.services.datasets.ingest import Built, Ingest, SplitOptions

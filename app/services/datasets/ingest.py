@@ -20,7 +20,8 @@ from typing import Any
 
 from app.core.config import Settings
 from app.core.errors import BadRequestError, PayloadTooLargeError
-from app.ml.data import NEGATIVE_LABEL, Task
+from app.ml.config import Task
+from app.ml.data import NEGATIVE_LABEL
 from app.ml.images import ImageDecodeError, decode_image
 from app.services.archive import (
     ArchiveLimits,
@@ -261,9 +262,7 @@ class Ingest:
         for entry in labeled:
             try:
                 data = entry.read()
-                image = self._store(
-                    data, split=None, labels=(entry.label,), source=entry.source
-                )
+                image = self._store(data, split=None, labels=(entry.label,), source=entry.source)
                 self.images.append(image)
             except ObjectNotFoundError:
                 gone = {"file": entry.source, "reason": "the image file is gone"}
@@ -287,9 +286,7 @@ class Ingest:
                 archive, candidate.member, max_bytes=self.settings.max_image_file_bytes
             )
             self.images.append(
-                self._store(
-                    data, split=candidate.split, labels=candidate.labels, source=source
-                )
+                self._store(data, split=candidate.split, labels=candidate.labels, source=source)
             )
         except EntryTooLargeError as exc:
             self.report.skipped.append({"file": source, "reason": f"file too large: {exc}"})

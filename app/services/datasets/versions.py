@@ -20,7 +20,8 @@ from app.core.config import Settings
 from app.core.errors import BadRequestError, ConflictError, NotFoundError
 from app.db.locks import dataset_lineage_key, lock_key
 from app.db.models import Dataset
-from app.ml.data import NEGATIVE_LABEL, Task, item_labels
+from app.ml.config import Task
+from app.ml.data import NEGATIVE_LABEL, item_labels
 from app.services.auth import Principal, visible
 from app.services.datasets.crud import get_dataset, record_version
 from app.services.datasets.files import load_manifest, local_images, staging
@@ -95,9 +96,7 @@ def add_version(
     parent_id, lineage_id, parent_number = parent.id, parent.lineage_id, parent.version
     new_id = uuid.uuid4()
     with staging() as folder:
-        ingest = Ingest(
-            folder, settings=settings, what="the new version", task=Task(parent.task)
-        )
+        ingest = Ingest(folder, settings=settings, what="the new version", task=Task(parent.task))
         try:
             existing, removed = _existing_images(
                 parent, remove=options.remove, images_dir=ingest.images_dir
@@ -224,7 +223,11 @@ def _version_diff(
     parent: Dataset, images: list[IngestImage], removed: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """What the new version changed: images added and removed, per class and per split."""
-    added = [(i.split, LABEL_SEPARATOR.join(i.labels) or NEGATIVE_LABEL) for i in images if not i.existing]
+    added = [
+        (i.split, LABEL_SEPARATOR.join(i.labels) or NEGATIVE_LABEL)
+        for i in images
+        if not i.existing
+    ]
     return {
         "parent_id": str(parent.id),
         "parent_version": parent.version,

@@ -44,6 +44,15 @@ def _clean_filename(filename: str | None) -> str | None:
     return filename.replace("\x00", "")[:MAX_FILENAME_CHARS] or None
 
 
+def label_near_threshold(
+    row: np.ndarray, thresholds: np.ndarray, *, review_threshold: float
+) -> bool:
+    """Whether a multi-label answer has a label near its threshold: within 1 - the review
+    threshold of it (a review threshold of 0.8 keeps the images with a label between its
+    threshold - 0.2 and + 0.2), the same margin a multiclass answer of that threshold has."""
+    return bool(np.any(np.abs(row - thresholds) < 1.0 - review_threshold))
+
+
 def capture_uncertain(
     *,
     principal: Principal,
@@ -53,18 +62,26 @@ def capture_uncertain(
     probabilities: np.ndarray,
     images: Sequence[_Image],
     unknown: Sequence[bool] | None = None,
+    thresholds: np.ndarray | None = None,
 ) -> int:
     """Keep the images whose top probability is below the model's review threshold, or that
     were answered unknown, in the caller's queue (the same image again refreshes its item);
-    returns how many were kept."""
+    returns how many were kept. A multi-label model's image is kept where a label is near its
+    threshold (`label_near_threshold`)."""
     threshold = THRESHOLDS.get(model_name)
     if threshold is None:
         return 0
     unknown = unknown or [False] * len(images)
+
+    def unsure(row: np.ndarray) -> bool:
+        if thresholds is not None:
+            return label_near_threshold(row, thresholds, review_threshold=threshold)
+        return float(np.max(row)) < threshold
+
     uncertain = [
         (image, row)
         for image, row, outlier in zip(images, probabilities, unknown, strict=True)
-        if outlier or float(np.max(row)) < threshold
+        if outlier or unsure(row)
     ]
     if not uncertain:
         return 0
@@ -131,6 +148,7 @@ async def keep_uncertain(
     probabilities: np.ndarray,
     images: Sequence[_Image],
     unknown: Sequence[bool] | None = None,
+    thresholds: np.ndarray | None = None,
 ) -> None:
     """`capture_uncertain` off the event loop. It never fails the prediction that asked: a
     queue that cannot be written is logged, and the client still gets its answer."""
@@ -147,6 +165,7 @@ async def keep_uncertain(
                 probabilities=probabilities,
                 images=images,
                 unknown=unknown,
+                thresholds=thresholds,
             )
         )
     except Exception:

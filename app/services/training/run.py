@@ -3,6 +3,7 @@ its curves and progress in SQL, the model saved and registered as the next versi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -17,7 +18,7 @@ from app.core.config import get_settings
 from app.db.base import utcnow
 from app.db.models import Dataset, EpochMetric, TrainingJob
 from app.db.session import session_scope
-from app.ml.config import Method
+from app.ml.config import Method, Task
 from app.schemas.results import (
     Candidate,
     Chosen,
@@ -150,9 +151,18 @@ class JobReporter:
             )
 
 
+def _output_description(method: Method, task: Task, class_count: int) -> str:
+    """What the saved model's output is, in words (meta.json)."""
+    if task is Task.MULTILABEL:
+        return "sigmoid per label (each label's probability; thresholds per label)"
+    if method is Method.SCRATCH and class_count == 2:
+        return "sigmoid (probability of classes[1])"
+    return "softmax over classes"
+
+
 def run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
     from app.ml.config import PRETRAINED_METHODS
-    from app.ml.data import ManifestSplits
+    from app.ml.data import ManifestSplits, manifest_task
     from app.ml.fitting import CancelledError, TrainingHooks
     from app.ml.runtime import configure_devices
     from app.ml.serving import write_model_files
@@ -179,7 +189,8 @@ def run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
             "fingerprint": fingerprint,
         }
     gpus = configure_devices(mixed_precision=settings.mixed_precision)
-    config = parameters.to_train_config()
+    # the dataset says the task: one class per image, or any number of labels
+    config = dataclasses.replace(parameters.to_train_config(), task=manifest_task(manifest))
     reporter = JobReporter(job_id, worker_id, config.most_epochs)
     hooks = TrainingHooks(
         on_epoch_end=reporter.on_epoch_end,
@@ -204,6 +215,11 @@ def run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
     except CancelledError as exc:
         raise JobCancelledError(str(exc)) from exc
     trained = time.perf_counter()
+    thresholds = (
+        None
+        if outcome.thresholds is None
+        else dict(zip(manifest["classes"], outcome.thresholds.tolist(), strict=True))
+    )
     summary = {
         "method": outcome.method.value,
         "requested_method": method,
@@ -211,6 +227,18 @@ def run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
         "test_accuracy": outcome.evaluation["accuracy"] if outcome.evaluation else None,
         "evaluated_on": outcome.evaluation["split"] if outcome.evaluation else None,
         "validation_accuracy": outcome.details.get("validation_accuracy"),
+        **(
+            {
+                "test_mean_average_precision": outcome.evaluation["mean_average_precision"],
+                "validation_mean_average_precision": outcome.details.get(
+                    "validation_mean_average_precision"
+                ),
+                # what /predict applies: GET /models/{name}/versions/{v} shows them
+                "thresholds": thresholds,
+            }
+            if outcome.evaluation and thresholds
+            else {}
+        ),
         "warnings": outcome.warnings,
         "dataset": dataset_record,
     }
@@ -224,9 +252,9 @@ def run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
             "pixels": "RGB 0..255, any size; the model resizes and preprocesses",
             "image_size": config.image_size,
         },
-        "output": "softmax over classes"
-        if outcome.method is not Method.SCRATCH or len(manifest["classes"]) != 2
-        else "sigmoid (probability of classes[1])",
+        "task": config.task.value,
+        "output": _output_description(outcome.method, config.task, len(manifest["classes"])),
+        **({"thresholds": thresholds} if thresholds else {}),
         "summary": summary,
         "gpus": gpus,
         **({"outliers": outcome.outliers.describe()} if outcome.outliers else {}),
