@@ -157,12 +157,23 @@ class Commands:
 
     def datasets_list(self, _args: argparse.Namespace) -> ExitCode:
         table = Table(
-            _id_column(), "name", "classes", "images", "warnings", _time_column("uploaded")
+            _id_column(),
+            "name",
+            "task",
+            "classes",
+            "images",
+            "warnings",
+            _time_column("uploaded"),
         )
-        for d in self.client.list_datasets():
+        datasets = self.client.list_datasets()
+        if not datasets:
+            self.out.print("no dataset yet: smallvision datasets upload <zip>")
+            return ExitCode.OK
+        for d in datasets:
             table.add_row(
                 d["id"],
                 d["name"],
+                d.get("task", "multiclass"),
                 str(len(d["class_names"])),
                 str(d["stats"].get("image_count", "")),
                 str(len(d["stats"].get("warnings", []))),
@@ -187,6 +198,8 @@ class Commands:
                 validation_fraction=args.validation_fraction,
                 test_fraction=args.test_fraction,
                 seed=args.seed,
+                task=args.task,
+                negative_folder=args.negative_folder,
             )
         self._print_dataset(dataset)
         return ExitCode.OK
@@ -203,12 +216,26 @@ class Commands:
 
     def _print_dataset(self, dataset: Dataset) -> None:
         stats = dataset["stats"]
-        self.out.print(
+        multilabel = dataset.get("task") == "multilabel"
+        kind, kinds = ("label", "labels") if multilabel else ("class", "classes")
+        summary = (
             f"dataset {dataset['name']}  id {dataset['id']}  "
-            f"{stats.get('image_count', 0)} images, {len(dataset['class_names'])} classes",
+            f"{stats.get('image_count', 0)} images, {len(dataset['class_names'])} {kinds}"
         )
+        if multilabel:
+            average = stats.get("label_cardinality", 0)
+            summary += f" (multi-label: {average} labels per image on average)"
+        self.out.print(summary)
+        if negatives := sum((stats.get("negatives") or {}).values()):
+            self.out.print(f"{negatives} negative examples (none of the {kinds})")
         splits = ("train", "validation", "test")
-        counts = Table("class", *splits, title="images per class and split")
+        counts = Table(
+            kind,
+            *splits,
+            title="images with each label, per split"
+            if multilabel
+            else "images per class and split",
+        )
         for name in dataset["class_names"]:
             counts.add_row(
                 name, *(str(dataset["split_counts"].get(s, {}).get(name, 0)) for s in splits)
@@ -354,11 +381,12 @@ class Commands:
         return ExitCode.OK
 
     def _print_results(self, job: Job, metrics: JobMetrics) -> None:
-        if metrics["evaluation"]:
-            self.out.print(evaluation_table(metrics["evaluation"]))
-            self.out.print(confusion_table(metrics["evaluation"]))
-            self.out.print(calibration_line(metrics["evaluation"]))
-            self.out.print(outliers_line(metrics["evaluation"]))
+        if evaluation := metrics["evaluation"]:
+            self.out.print(evaluation_table(evaluation))
+            if evaluation.get("task") != "multilabel":  # (no confusion matrix of labels)
+                self.out.print(confusion_table(evaluation))
+            self.out.print(calibration_line(evaluation))
+            self.out.print(outliers_line(evaluation))
         chosen = metrics["chosen"]
         if chosen:
             self.out.print(f"kept: {chosen['method']}. {chosen['reason']}")
@@ -430,26 +458,40 @@ class Commands:
             top_k=args.top_k,
             detect_unknown=not args.no_unknown,
             outlier_threshold=args.outlier_threshold,
+            label_threshold=args.label_threshold,
         )
+        multilabel = answer.get("task") == "multilabel"
+        columns = ["image", "answer", "rank", "label", "probability"]
         table = Table(
-            "image",
-            "answer",
-            "rank",
-            "label",
-            "probability",
+            *columns,
+            *(("threshold", "passes") if multilabel else ()),
             title=f"{answer['model']} v{answer['version']}",
         )
         for image in answer["predictions"]:
             for rank, label in enumerate(image["labels"], start=1):
+                threshold = label.get("threshold")
                 table.add_row(
                     (image["filename"] or "") if rank == 1 else "",
                     _answer(image) if rank == 1 else "",
                     str(rank),
                     label["label"],
                     _percent(label["probability"]),
+                    *(
+                        (
+                            _percent(threshold),
+                            "yes" if label.get("above_threshold") else "no",
+                        )
+                        if multilabel
+                        else ()
+                    ),
                     end_section=rank == len(image["labels"]),
                 )
         self.out.print(table)
+        if multilabel:
+            self.out.print(
+                "multi-label: the answer is every label whose probability reaches its threshold "
+                '(chosen on the version\'s validation images); "none" when no label does'
+            )
         threshold = answer.get("outlier_threshold")
         if threshold is not None:
             self.out.print(
@@ -569,8 +611,11 @@ def _scores(epoch: Epoch) -> str:
 
 
 def evaluation_table(evaluation: Evaluation) -> Table:
-    """Per-class precision, recall and F1 with the overall accuracy."""
+    """Per-class precision, recall and F1 with the overall accuracy; a multi-label model's
+    per-label scores (with average precision and threshold) and its set scores."""
     split = evaluation.get("split", "held-out")
+    if evaluation.get("task") == "multilabel":
+        return _labels_table(evaluation, split=split)
     table = Table(
         "class",
         "precision",
@@ -592,14 +637,49 @@ def evaluation_table(evaluation: Evaluation) -> Table:
     return table
 
 
+def _labels_table(evaluation: Evaluation, *, split: str | None) -> Table:
+    table = Table(
+        "label",
+        "precision",
+        "recall",
+        "F1",
+        "average precision",
+        "threshold",
+        "images",
+        title=f"evaluation on the {split} split of {evaluation['samples']} images: mAP "
+        f"{_number(evaluation.get('mean_average_precision'))}, micro F1 "
+        f"{_number(evaluation.get('micro_f1'))}, macro F1 {_number(evaluation.get('macro_f1'))}"
+        f", exact match {_number(evaluation.get('exact_match'))}, mean Jaccard "
+        f"{_number(evaluation.get('mean_jaccard'))}",
+    )
+    for name in evaluation["classes"]:
+        scores = evaluation["per_class"][name]
+        table.add_row(
+            name,
+            f"{scores['precision']:.3f}",
+            f"{scores['recall']:.3f}",
+            f"{scores['f1']:.3f}",
+            _number(scores.get("average_precision")),
+            _number(scores.get("threshold")),
+            str(scores["support"]),
+        )
+    return table
+
+
 def _answer(image: ImagePrediction) -> str:
-    """The image's answer: its top label, or "unknown" with its outlier score."""
+    """The image's answer: its top label, or "unknown" with its outlier score; a multi-label
+    model's labels above their thresholds ("none" where no label passes)."""
     if image.get("unknown"):
         return f"unknown ({image.get('outlier_score') or 0:.3f})"
+    passed = image.get("labels_above_threshold")
+    if passed is not None:
+        return ", ".join(passed) or "none"
     return image["labels"][0]["label"] if image["labels"] else ""
 
 
 def outliers_line(evaluation: Evaluation) -> str:
+    if evaluation.get("task") == "multilabel":
+        return 'a multi-label model answers "none of these" itself: no label passes its threshold'
     outliers = evaluation.get("outliers")
     if not outliers:
         return (
@@ -622,9 +702,14 @@ def calibration_line(evaluation: Evaluation) -> str:
     calibration = evaluation.get("calibration")
     if not calibration:
         return "probabilities not calibrated (fewer than 20 validation images)"
+    how = (
+        "Platt scaling per label"
+        if calibration["method"] == "platt"
+        else f"temperature {calibration.get('temperature') or 1.0:.2f}"
+    )
     return (
         f"probabilities calibrated on {calibration['fitted_on_images']} validation images "
-        f"(temperature {calibration['temperature']:.2f}): calibration error on the "
+        f"({how}): calibration error on the "
         f"{calibration['split']} split {calibration['ece_before']:.3f} before, "
         f"{calibration['ece_after']:.3f} after"
     )
@@ -673,6 +758,15 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--validation-fraction", type=float)
     upload.add_argument("--test-fraction", type=float)
     upload.add_argument("--seed", type=int)
+    upload.add_argument(
+        "--task",
+        choices=("multiclass", "multilabel"),
+        help="default: multilabel where labels.csv / labels.jsonl gives an image several labels",
+    )
+    upload.add_argument(
+        "--negative-folder",
+        help='the folder of "none of these" images (default: _negative)',
+    )
     for action, text in (("show", "a dataset's ingest report"), ("delete", "delete a dataset")):
         on_datasets.add_parser(action, help=text, parents=[after]).add_argument(
             "dataset", help="name or id"
@@ -721,6 +815,12 @@ def _parser() -> argparse.ArgumentParser:
         "--outlier-threshold",
         type=float,
         help="the outlier score above which an image is unknown (default: the version's own)",
+    )
+    predict.add_argument(
+        "--label-threshold",
+        type=float,
+        help="multi-label models: the probability every label must reach (default: each "
+        "label's own threshold)",
     )
 
     models = commands.add_parser("models", help="the model registry")

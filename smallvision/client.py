@@ -454,14 +454,20 @@ class Client:
         validation_fraction: float | None = None,
         test_fraction: float | None = None,
         seed: int | None = None,
+        task: Literal["multiclass", "multilabel"] | None = None,
+        negative_folder: str | None = None,
     ) -> Dataset:
-        """Upload a zip of class folders (read from `archive` as it is sent, so a file object
-        that reports its reads can show upload progress); returns the ingest report."""
+        """Upload a zip of class folders, or of images and a labels.csv / labels.jsonl (read
+        from `archive` as it is sent, so a file object that reports its reads can show upload
+        progress); returns the ingest report. `task`: default multilabel where the list gives
+        an image several labels; `negative_folder`: the folder of "none of these" images."""
         form = {"name": name}
         for field, value in (
             ("validation_fraction", validation_fraction),
             ("test_fraction", test_fraction),
             ("seed", seed),
+            ("task", task),
+            ("negative_folder", negative_folder),
         ):
             if value is not None:
                 form[field] = str(value)
@@ -628,11 +634,13 @@ class Client:
         top_k: int = 5,
         detect_unknown: bool = True,
         outlier_threshold: float | None = None,
+        label_threshold: float | None = None,
     ) -> Prediction:
         """Top-k labels of each image from `model` (default: the only active model) at
         `version` (default: its active version), and whether each is unknown (unlike every
         training image; `detect_unknown=False` turns it off, `outlier_threshold` overrides the
-        version's threshold)."""
+        version's threshold). A multi-label model lists every label, and the labels above
+        their thresholds (`label_threshold`: one for all of them)."""
         form: dict[str, str] = {"top_k": str(top_k)}
         if model is not None:
             form["model"] = model
@@ -642,6 +650,8 @@ class Client:
             form["detect_unknown"] = "false"
         if outlier_threshold is not None:
             form["outlier_threshold"] = str(outlier_threshold)
+        if label_threshold is not None:
+            form["label_threshold"] = str(label_threshold)
         files = [("files", (path.name, path.read_bytes())) for path in images]
         return cast(Prediction, self._json("POST", "/predict", data=form, files=files))
 

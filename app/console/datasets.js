@@ -13,6 +13,7 @@ export async function datasetsView(container) {
   const datasets = await api("/datasets");
   const rows = datasets.map((d) => [
     el("a", { href: `#/datasets/${d.id}`, class: "dataset-link" }, d.name),
+    d.task === "multilabel" ? "multi-label" : "one class per image",
     d.class_names.length,
     imageCount(d),
     (d.stats.warnings || []).length,
@@ -24,7 +25,7 @@ export async function datasetsView(container) {
     uploadForm(),
     el("h2", {}, "Your datasets"),
     datasets.length
-      ? table(["name", "classes", "images", "warnings", "uploaded"], rows, { id: "datasets-table" })
+      ? table(["name", "labels", "classes", "images", "warnings", "uploaded"], rows, { id: "datasets-table" })
       : el("p", { class: "muted" }, "No dataset yet: upload a zip above."),
   );
 }
@@ -36,10 +37,17 @@ function uploadForm() {
   const progress = el("div", { class: "upload-progress", hidden: true });
   const message = el("p", { class: "error", role: "alert", hidden: true });
   const submit = el("button", { type: "submit", id: "upload-button" }, "Upload");
+  const task = el(
+    "select",
+    { id: "dataset-task" },
+    el("option", { value: "" }, "as the labels say (multi-label where an image has several)"),
+    el("option", { value: "multiclass" }, "one class per image"),
+    el("option", { value: "multilabel" }, "multi-label: any number of labels per image"),
+  );
   const { zone } = dropZone({
     accept: ".zip,application/zip",
     multiple: false,
-    prompt: "Drop a zip of class folders here (cats/…, dogs/…, or train/ validation/ test/ each holding them, or any folders with a labels.csv naming each image's class), or click to choose one.",
+    prompt: "Drop a zip of class folders here (cats/…, dogs/…, or train/ validation/ test/ each holding them), or of images with a labels.csv naming each image's labels (several per image make a multi-label dataset), or click to choose one.",
     onFiles: ([file]) => {
       archive = file;
       fill(chosen, `${file.name} (${bytes(file.size)})`);
@@ -54,6 +62,8 @@ function uploadForm() {
     chosen,
     el("label", { for: "dataset-name" }, "Name"),
     name,
+    el("label", { for: "dataset-task" }, "Labels per image"),
+    task,
     submit,
     progress,
     message,
@@ -68,6 +78,7 @@ function uploadForm() {
     }
     const body = new FormData();
     body.append("name", name.value);
+    if (task.value) body.append("task", task.value);
     body.append("file", archive, archive.name);
     submit.disabled = true;
     progress.hidden = false;
@@ -103,9 +114,9 @@ export async function datasetView(container, { id }) {
       el("a", { class: "button", href: `#/train?dataset=${dataset.id}`, id: "train-this" }, "Train a model on it"),
       deleteButton(dataset),
     ),
-    el("p", { class: "muted" }, `${imageCount(dataset)} images, ${dataset.class_names.length} classes · uploaded ${when(dataset.created_at)} · id ${dataset.id}`),
+    el("p", { class: "muted", id: "dataset-summary" }, summary(dataset)),
     warnings(stats.warnings || []),
-    el("h2", {}, "Classes and splits"),
+    el("h2", {}, dataset.task === "multilabel" ? "Labels and splits" : "Classes and splits"),
     countsTable(dataset),
     el("h2", {}, "Preview"),
     preview,
@@ -117,6 +128,16 @@ export async function datasetView(container, { id }) {
   );
 }
 
+function summary(dataset) {
+  const stats = dataset.stats;
+  const negatives = Object.values(stats.negatives || {}).reduce((a, b) => a + b, 0);
+  const labels = dataset.task === "multilabel"
+    ? `${dataset.class_names.length} labels (multi-label: ${stats.label_cardinality ?? 0} per image on average)`
+    : `${dataset.class_names.length} classes`;
+  const none = negatives ? ` · ${negatives} negative examples (none of them)` : "";
+  return `${imageCount(dataset)} images, ${labels}${none} · uploaded ${when(dataset.created_at)} · id ${dataset.id}`;
+}
+
 function warnings(list) {
   if (!list.length) return el("p", { class: "ok" }, "No warnings.");
   return el("ul", { class: "warnings", id: "dataset-warnings" }, list.map((w) => el("li", {}, w)));
@@ -125,6 +146,10 @@ function warnings(list) {
 function countsTable(dataset) {
   const counts = dataset.split_counts;
   const rows = dataset.class_names.map((name) => [name, ...SPLITS.map((split) => counts[split]?.[name] ?? 0)]);
+  if (dataset.task === "multilabel") {
+    // an image with several labels counts under each: a column's sum is not its images
+    return table(["label (images with it)", ...SPLITS], rows, { id: "split-counts" });
+  }
   rows.push([el("strong", {}, "total"), ...SPLITS.map((split) => Object.values(counts[split] || {}).reduce((a, b) => a + b, 0))]);
   return table(["class", ...SPLITS], rows, { id: "split-counts" });
 }

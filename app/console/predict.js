@@ -91,6 +91,18 @@ function unknownNote(prediction) {
   );
 }
 
+/** A multi-label answer: the labels that pass their thresholds ("none of them" if none). */
+function labelsNote(prediction) {
+  if (!prediction.labels_above_threshold) return "";
+  const passed = prediction.labels_above_threshold;
+  return el("div", { class: "answer", id: "labels-above-threshold" }, passed.length ? `Labels: ${passed.join(", ")}` : "None of the labels");
+}
+
+function labelItem(l) {
+  const passes = l.above_threshold == null ? "" : el("span", { class: l.above_threshold ? "passes" : "muted" }, l.above_threshold ? ` ✓ over ${l.threshold.toFixed(2)}` : ` (threshold ${l.threshold.toFixed(2)})`);
+  return el("li", {}, el("span", { class: "label" }, l.label), passes, bar(l.probability));
+}
+
 function predictionCard(file, prediction) {
   const image = el("img", { alt: prediction.filename ?? "image", class: "thumb" });
   const url = URL.createObjectURL(file);
@@ -105,7 +117,8 @@ function predictionCard(file, prediction) {
       {},
       el("div", { class: "filename" }, prediction.filename ?? ""),
       unknownNote(prediction),
-      el("ol", { class: "labels" }, prediction.labels.map((l) => el("li", {}, el("span", { class: "label" }, l.label), bar(l.probability)))),
+      labelsNote(prediction),
+      el("ol", { class: "labels" }, prediction.labels.map(labelItem)),
     ),
   );
 }

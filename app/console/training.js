@@ -178,11 +178,15 @@ function jobResults(job, metrics) {
   if (metrics.warnings.length) parts.push(el("ul", { class: "warnings" }, metrics.warnings.map((w) => el("li", {}, w))));
   if (metrics.evaluation) parts.push(evaluationView(metrics.evaluation));
   if (metrics.candidates.length) {
+    // multi-label candidates are compared by mAP, the others by accuracy
+    const multilabel = metrics.evaluation?.task === "multilabel";
+    const score = multilabel ? (s) => number(s?.mean_average_precision) : (s) => percent(s?.accuracy);
+    const name = multilabel ? "mAP" : "accuracy";
     parts.push(el("h2", {}, "Candidates"));
     parts.push(
       table(
-        ["method", "validation accuracy", "validation loss", "test accuracy", "seconds", "note"],
-        metrics.candidates.map((c) => [c.method, percent(c.validation?.accuracy), number(c.validation?.loss), percent(c.test?.accuracy), c.seconds, c.skipped || refitNote(c.settings?.refit)]),
+        ["method", `validation ${name}`, "validation loss", `test ${name}`, "seconds", "note"],
+        metrics.candidates.map((c) => [c.method, score(c.validation), number(c.validation?.loss), score(c.test), c.seconds, c.skipped || refitNote(c.settings?.refit)]),
         { id: "candidates" },
       ),
     );
@@ -194,7 +198,8 @@ function jobResults(job, metrics) {
 // then trained again with the validation images, and saved as that.
 function refitNote(refit) {
   if (!refit) return "";
-  return `then trained again with the validation images (${refit.images} images, ${refit.epochs} epoch${refit.epochs === 1 ? "" : "s"}): test accuracy ${percent(refit.test?.accuracy)}`;
+  const test = refit.test?.mean_average_precision != null ? `test mAP ${number(refit.test.mean_average_precision)}` : `test accuracy ${percent(refit.test?.accuracy)}`;
+  return `then trained again with the validation images (${refit.images} images, ${refit.epochs} epoch${refit.epochs === 1 ? "" : "s"}): ${test}`;
 }
 
 /** What calibrating the probabilities did, in words (nothing when it was not done). */
@@ -202,10 +207,11 @@ function calibrationNote(calibration) {
   if (!calibration) {
     return el("p", { class: "muted", id: "calibration" }, "Probabilities are not calibrated (fewer than 20 validation images).");
   }
+  const how = calibration.method === "platt" ? "Platt scaling per label" : `temperature ${calibration.temperature.toFixed(2)}`;
   return el(
     "p",
     { id: "calibration" },
-    `Probabilities calibrated on ${calibration.fitted_on_images} validation images (temperature ${calibration.temperature.toFixed(2)}): ` +
+    `Probabilities calibrated on ${calibration.fitted_on_images} validation images (${how}): ` +
       `calibration error on the ${calibration.split} split ${number(calibration.ece_before)} before, ${number(calibration.ece_after)} after.`,
   );
 }
@@ -224,8 +230,34 @@ function outliersNote(outliers) {
   );
 }
 
+/** A multi-label model's scores: mAP and the set scores, then each label's precision, recall,
+ * F1 (at its threshold), average precision and threshold. No confusion matrix: an image may
+ * have any number of labels. */
+function labelsEvaluationView(evaluation) {
+  const perLabel = evaluation.classes.map((name) => {
+    const s = evaluation.per_class[name];
+    return [name, number(s.precision), number(s.recall), number(s.f1), number(s.average_precision), number(s.threshold), s.support];
+  });
+  return el(
+    "section",
+    { id: "evaluation" },
+    el("h2", {}, `Evaluation on the ${evaluation.split ?? "held-out"} split`),
+    el("p", { class: "big" }, `mAP ${number(evaluation.mean_average_precision)} on ${evaluation.samples} images`),
+    el(
+      "p",
+      { id: "set-scores" },
+      `micro F1 ${number(evaluation.micro_f1)} · macro F1 ${number(evaluation.macro_f1)} · exact match ${number(evaluation.exact_match)} (the share of images with every label right) · mean Jaccard ${number(evaluation.mean_jaccard)}`,
+    ),
+    calibrationNote(evaluation.calibration),
+    el("p", { class: "muted" }, "An image is answered with every label whose probability reaches that label's threshold (chosen on validation for the best F1); none of them when no label does."),
+    el("h3", {}, "Per label"),
+    table(["label", "precision", "recall", "F1", "average precision", "threshold", "images"], perLabel, { id: "per-label" }),
+  );
+}
+
 /** Accuracy, the confusion matrix (rows: true class, columns: predicted) and per-class scores. */
 export function evaluationView(evaluation) {
+  if (evaluation.task === "multilabel") return labelsEvaluationView(evaluation);
   const classes = evaluation.classes;
   const matrix = evaluation.confusion_matrix;
   const largest = Math.max(1, ...matrix.flat());

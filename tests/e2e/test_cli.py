@@ -318,3 +318,62 @@ def test_ctrl_c_while_watching_asks_whether_to_cancel(
     wait_until(
         lambda: client.get_job(job_id)["status"] == "cancelled", timeout=120, what="the job to stop"
     )
+
+
+def test_a_multilabel_dataset_through_the_command(service: LiveService, tmp_path: Path) -> None:
+    """Upload a labels.csv of photo pairs, train, and read labels above their thresholds."""
+    from benchmarks.multilabel_sets import MultilabelSet, build
+
+    spec = MultilabelSet(
+        "pairs",
+        ("cats_vs_dogs_small", "car_vs_minibus_tiny"),
+        {"train": 20, "validation": 20, "test": 8},
+    )
+    folder = build(spec, tmp_path, seed=3)
+    with zipfile.ZipFile(tmp_path / "pairs.zip", "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, str(path.relative_to(folder)))
+    output = _ok(smallvision(service, "datasets", "upload", "pairs.zip", cwd=tmp_path))
+    assert "4 labels (multi-label:" in output and "images with each label, per split" in output
+    assert "multilabel" in _ok(smallvision(service, "datasets", "list"))
+
+    run = smallvision(
+        service,
+        "train",
+        "pairs",
+        "--method",
+        "bottleneck",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--model-name",
+        "pairs",
+        "--watch",
+    )
+    output = _ok(run)
+    assert "mAP" in output and "average precision" in output and "threshold" in output
+    assert "exact match" in output and "confusion matrix" not in output
+    assert "Platt scaling per label" in output
+    assert 'answers "none of these" itself' in output
+
+    photos = [str(folder / "images" / f"test-000{i}.jpg") for i in range(2)]
+    table = _ok(smallvision(service, "predict", *photos, "--model", "pairs", "--version", "1"))
+    assert "threshold" in table and "passes" in table
+    assert "multi-label: the answer is every label whose probability reaches" in table
+    # every label must reach 1.0: no label passes, and the answer says "none"
+    strict = _ok(
+        smallvision(
+            service,
+            "predict",
+            photos[0],
+            "--model",
+            "pairs",
+            "--version",
+            "1",
+            "--label-threshold",
+            "1.0",
+        )
+    )
+    assert "none" in strict and "yes" not in strict

@@ -94,19 +94,20 @@ def browser() -> Iterator[Any]:
 class Walk:
     """The page, with numbered screenshots and the checks every page gets."""
 
-    def __init__(self, page: Any, base: str) -> None:
+    def __init__(self, page: Any, base: str, folder: Path = ARTIFACTS) -> None:
         self.page = page
         self.base = base
         self.count = 0
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for old in ARTIFACTS.glob("*.png"):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):
             old.unlink()
 
     def shot(self, name: str) -> Path:
         """Screenshot the whole page, after checking that no user string became markup."""
         assert self.page.locator('img[src="x"], img[onerror]').count() == 0
         self.count += 1
-        path = ARTIFACTS / f"{self.count:02d}-{name}.png"
+        path = self.folder / f"{self.count:02d}-{name}.png"
         self.page.screenshot(path=path, full_page=True)
         return path
 
@@ -450,6 +451,75 @@ def _jobs_list_and_delete(walk: Walk, job_id: str) -> None:
     ("path", "rendered"),
     [("/docs", ".swagger-ui .info .title"), ("/redoc", "[data-section-id]")],
 )
+def test_a_multilabel_dataset_in_the_console(
+    service: LiveService, browser: Any, tmp_path: Path
+) -> None:
+    """Upload a labels.csv of photo pairs as multi-label, see its labels, the job's per-label
+    scores, and the labels above their thresholds in Try it."""
+    from benchmarks.multilabel_sets import MultilabelSet, build
+
+    spec = MultilabelSet(
+        "pairs",
+        ("cats_vs_dogs_small", "car_vs_minibus_tiny"),
+        {"train": 20, "validation": 20, "test": 8},
+    )
+    folder = build(spec, tmp_path, seed=4)
+    archive = tmp_path / "pairs.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zipped.write(path, str(path.relative_to(folder)))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch = PageWatch(page)
+    walk = Walk(page, service.url, ARTIFACTS / "multilabel")
+    page.set_default_timeout(30_000)
+    page.goto(f"{service.url}/ui")
+    page.fill("#api-key", service.admin_key)
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("#upload-form")
+    page.set_input_files("#upload-form input[type=file]", str(archive))
+    page.select_option("#dataset-task", "multilabel")
+    page.click("#upload-button")
+    page.wait_for_selector("#dataset-title", timeout=60_000)
+    assert "4 labels (multi-label:" in walk.text("#dataset-summary")
+    assert "label (images with it)" in walk.text("#split-counts")
+    walk.shot("multilabel-dataset")
+    dataset_id = page.url.rsplit("/", 1)[-1]
+
+    headers = {"Authorization": f"Bearer {service.admin_key}"}
+    request = {"dataset_id": dataset_id, "method": "bottleneck", "image_size": 32, "epochs": 2}
+    accepted = httpx.post(
+        f"{service.url}/jobs", json={**request, "model_name": "pairs"}, headers=headers
+    )
+    assert accepted.status_code == 202, accepted.text
+    page.goto(f"{service.url}/ui#/jobs/{accepted.json()['id']}")
+    page.wait_for_selector("#per-label", timeout=120_000)
+    assert "mAP" in walk.text("#evaluation .big")
+    assert "exact match" in walk.text("#set-scores")
+    assert "average precision" in walk.text("#per-label thead")
+    assert page.locator("#per-label tbody tr").count() == 4
+    assert page.locator("#confusion-matrix").count() == 0
+    assert "Platt scaling per label" in walk.text("#calibration")
+    assert "validation mAP" in walk.text("#candidates thead")
+    walk.shot("multilabel-job")
+
+    page.click("#job-model a:has-text('try it')")
+    page.wait_for_selector("#predict-model")
+    page.wait_for_function("() => document.querySelector('#predict-version').value === '1'")
+    page.set_input_files(".drop-zone input[type=file]", [str(folder / "images" / "test-0000.jpg")])
+    _wait_for_predictions(walk, 1)
+    card = page.locator("figure.prediction").first
+    assert card.locator(".label").count() == 4  # every label, with its threshold
+    answer = card.locator("#labels-above-threshold").text_content() or ""
+    assert answer.startswith("Labels: ") or answer == "None of the labels"
+    assert "threshold" in (card.inner_text() or "") or "over" in (card.inner_text() or "")
+    walk.shot("multilabel-try-it")
+    assert not watch.errors, watch.errors
+    assert not watch.dialogs, watch.dialogs
+    context.close()
+
+
 def test_the_api_docs_render_offline_and_cannot_be_framed(
     service: LiveService, browser: Any, path: str, rendered: str
 ) -> None:
