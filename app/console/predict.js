@@ -48,7 +48,7 @@ export async function predictView(container, { query }) {
       const answer = await api("/predict", { method: "POST", form });
       fill(
         results,
-        el("p", { class: "muted", id: "predict-summary" }, `${answer.model} v${answer.version} · ${(answer.seconds * 1000).toFixed(0)} ms in the service`),
+        el("p", { class: "muted", id: "predict-summary" }, `${answer.model} v${answer.version} · ${(answer.seconds * 1000).toFixed(0)} ms in the service${answer.task === "multilabel" ? " · multi-label: every label is listed with its threshold (Top does not apply)" : ""}`),
         answer.predictions.map((prediction, i) => predictionCard(files[i], prediction)),
       );
     } catch (error) {

@@ -77,6 +77,15 @@ def targets(labels: np.ndarray, class_count: int, task: Task) -> np.ndarray:
     return encoded
 
 
+def epoch_metrics(task: Task) -> list[Any]:
+    """What the job's curves show as accuracy per epoch: the share of images answered right,
+    or for a multi-label model the share of (image, label) answers right at 0.5 (Keras'
+    "accuracy" would compare the argmax of the labels: meaningless with several)."""
+    if task is Task.MULTILABEL:
+        return [keras.metrics.BinaryAccuracy(name="accuracy")]
+    return ["accuracy"]
+
+
 def training_loss(
     task: Task,
     *,

@@ -145,7 +145,7 @@ def _trainer(
             label_smoothing=training.label_smoothing,
             label_weights=training.label_weights,
         ),
-        metrics=["accuracy"],
+        metrics=builders.epoch_metrics(training.task),
     )
     return model, batches
 

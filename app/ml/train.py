@@ -948,7 +948,7 @@ def _scratch_only(
         else builders.training_loss(
             Task.MULTILABEL, label_smoothing=0.0, label_weights=_label_weights(config, splits)
         ),
-        metrics=["accuracy"],
+        metrics=builders.epoch_metrics(splits.task),
     )
     validation = None
     if _has(splits, "validation"):

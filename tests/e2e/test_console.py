@@ -447,10 +447,6 @@ def _jobs_list_and_delete(walk: Walk, job_id: str) -> None:
     walk.shot("dataset-deleted")
 
 
-@pytest.mark.parametrize(
-    ("path", "rendered"),
-    [("/docs", ".swagger-ui .info .title"), ("/redoc", "[data-section-id]")],
-)
 def test_a_multilabel_dataset_in_the_console(
     service: LiveService, browser: Any, tmp_path: Path
 ) -> None:
@@ -520,6 +516,10 @@ def test_a_multilabel_dataset_in_the_console(
     context.close()
 
 
+@pytest.mark.parametrize(
+    ("path", "rendered"),
+    [("/docs", ".swagger-ui .info .title"), ("/redoc", "[data-section-id]")],
+)
 def test_the_api_docs_render_offline_and_cannot_be_framed(
     service: LiveService, browser: Any, path: str, rendered: str
 ) -> None:

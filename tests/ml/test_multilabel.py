@@ -93,6 +93,38 @@ def test_platt_scaling_lowers_the_calibration_error_of_an_overconfident_model() 
     assert fit_platt(np.full((10, 1), 0.3), constant) == (np.ones(1), np.zeros(1))
 
 
+def test_the_curves_accuracy_of_a_multilabel_head_is_of_every_label_answer() -> None:
+    """The epoch's val_accuracy is the share of (image, label) answers right at 0.5: checked
+    against the kept (best-epoch) head's answers on the validation features."""
+    from app.ml.config import HeadKind, Task
+    from app.ml.fitting import TrainingHooks
+    from app.ml.heads import HeadData, HeadSpec, averaged, train_head
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(120, 8)).astype(np.float32)
+    labels = (features[:, :3] + rng.normal(0, 0.5, (120, 3)) > 0.8).astype(np.float32)
+    data = HeadData(
+        train_x=features[:80],
+        train_y=labels[:80],
+        validation=[features[80:]],
+        validation_y=labels[80:],
+    )
+    trial = train_head(
+        HeadSpec(HeadKind.LINEAR, l2=1e-3),
+        data,
+        class_count=3,
+        label_smoothing=0.0,
+        epochs=5,
+        learning_rate=3e-2,
+        seed=1,
+        hooks=TrainingHooks(),
+        task=Task.MULTILABEL,
+    )
+    best = next(e for e in trial.epochs if e.epoch == trial.best_epoch)
+    answers = averaged(trial.model, data.validation)
+    assert best.val_accuracy == pytest.approx(np.mean((answers > 0.5) == (labels[80:] > 0)))
+
+
 # --- trained on real photos ---------------------------------------------------------------
 
 
@@ -288,3 +320,22 @@ def test_a_label_near_its_threshold_goes_to_the_review_queue(pairs_client: Any, 
     assert unsure  # (every image has a label within 0.5 of its threshold, or nearly)
     items = pairs_client.get("/review/items", params={"model": "pairs"}).json()
     assert {item["filename"] for item in items} == unsure
+
+
+def test_a_feature_that_never_varies_in_training_is_centred_not_scaled() -> None:
+    from app.ml.heads import standardisation
+
+    train = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    train[:, 1] = 0.25  # constant: no spread to divide by
+    layer = standardisation(train)
+    new = np.array([[0.0, 0.35, 0.0]], dtype=np.float32)
+    out = keras_numpy(layer(new))
+    assert out[0, 1] == pytest.approx(0.1, abs=1e-6)  # 0.35 - 0.25, not 0.1 / 1e-7
+    varied = standardisation(np.random.default_rng(1).normal(size=(20, 3)).astype(np.float32))
+    assert abs(keras_numpy(varied(new))).max() < 10
+
+
+def keras_numpy(tensor: Any) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(tensor))
