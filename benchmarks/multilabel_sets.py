@@ -26,6 +26,7 @@ DATA = SHARED / "data"
 TILE = 160
 GREY = (128, 128, 128)
 SINGLE_SHARE = 0.25  # images with one photo (and one label)
+NEGATIVE_SHARE = 0.1  # with a `negatives` source: images of none of the labels
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class MultilabelSet:
     name: str
     sources: tuple[str, str]  # two sets of ../shared/data: their classes are the labels
     sizes: dict[str, int]  # images per split
+    # a third set whose photos (beside a grey tile) are negative examples: no label
+    negatives: str | None = None
 
 
 SETS = (
@@ -83,14 +86,18 @@ def build(spec: MultilabelSet, out: Path, *, seed: int = 0) -> Path:
     rows: list[tuple[str, str, str]] = []
     for split, count in spec.sizes.items():
         pools = [_photos(source, split) for source in spec.sources]
-        for pool in pools:
+        others = _photos(spec.negatives, split) if spec.negatives else []
+        for pool in [*pools, others]:
             rng.shuffle(pool)
         for index in range(count):
             first, second = (pool[index % len(pool)] for pool in pools)
             chosen = [first, second]
             if rng.random() < SINGLE_SHARE:
                 chosen = [rng.choice(chosen)]
-            photos: list[tuple[Path, str] | None] = [*chosen, None][:2]
+            shown = chosen
+            if others and rng.random() < NEGATIVE_SHARE:
+                chosen, shown = [], [others[index % len(others)]]
+            photos: list[tuple[Path, str] | None] = [*shown, None][:2]
             rng.shuffle(photos)
             name = f"images/{split}-{index:04d}.jpg"
             compose(*(p[0] if p else None for p in photos)).save(folder / name, quality=90)

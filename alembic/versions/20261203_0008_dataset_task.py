@@ -20,9 +20,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("datasets") as batch:
         batch.add_column(
-            sa.Column(
-                "task", sa.String(length=16), nullable=False, server_default="multiclass"
-            )
+            sa.Column("task", sa.String(length=16), nullable=False, server_default="multiclass")
         )
 
 

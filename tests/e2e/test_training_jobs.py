@@ -314,8 +314,9 @@ def test_queued_job_cancel_is_immediate(stack, dataset_id: str) -> None:
 def test_a_multilabel_dataset_trains_a_model_with_thresholds_that_predict_applies(
     stack, tmp_path: Path
 ) -> None:
-    """A labels.csv of side-by-side photo pairs (pet + vehicle): the default (auto) job trains
-    sigmoid outputs, reports mAP, stores a threshold per label, and /predict lists them."""
+    """A labels.csv of side-by-side photo pairs (pet + vehicle; some flower photos with no
+    label: negative examples): the default (auto) job trains sigmoid outputs, reports mAP,
+    stores a threshold per label, and /predict lists them."""
     import zipfile
 
     from benchmarks.multilabel_sets import MultilabelSet, build
@@ -325,8 +326,12 @@ def test_a_multilabel_dataset_trains_a_model_with_thresholds_that_predict_applie
         "pairs",
         ("cats_vs_dogs_small", "car_vs_minibus_tiny"),
         {"train": 24, "validation": 20, "test": 12},
+        negatives="flowers_small",
     )
     folder = build(spec, tmp_path, seed=2)
+    listed = (folder / "labels.csv").read_text().splitlines()
+    negatives = [line for line in listed if ",," in line]
+    assert negatives  # (the seeded draw gives some images no label)
     archive = tmp_path / "pairs.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in sorted(folder.rglob("*")):
@@ -339,6 +344,7 @@ def test_a_multilabel_dataset_trains_a_model_with_thresholds_that_predict_applie
     dataset = response.json()
     assert dataset["task"] == "multilabel"
     assert dataset["class_names"] == ["car", "cats", "dogs", "minibus"]
+    assert sum(dataset["stats"]["negatives"].values()) == len(negatives)
     job_id = _start(
         client, dataset_id=dataset["id"], epochs=1, head_epochs=2, model_name="pairs", **TINY
     )
@@ -346,6 +352,7 @@ def test_a_multilabel_dataset_trains_a_model_with_thresholds_that_predict_applie
     assert job["status"] == "succeeded", (job["error"], log.read_text()[-3000:])
     result = job["result"]
     evaluation = client.get(f"/jobs/{job_id}/metrics").json()["evaluation"]
+    # the test split's negatives are evaluated too (every label's answer is "no")
     assert evaluation["task"] == "multilabel" and evaluation["samples"] == 12
     assert 0.0 <= evaluation["mean_average_precision"] <= 1.0
     assert set(evaluation["per_class"]["car"]) >= {"threshold", "average_precision"}
@@ -369,3 +376,56 @@ def test_a_multilabel_dataset_trains_a_model_with_thresholds_that_predict_applie
     assert prediction["labels_above_threshold"] == [
         x["label"] for x in prediction["labels"] if x["above_threshold"]
     ]
+
+
+def test_negative_examples_train_the_unknown_answer_of_a_multiclass_model(
+    stack, tmp_path: Path
+) -> None:
+    """A `_negative/` folder of flower photos beside cats and dogs: no class, counted apart,
+    and compared with by the model's unknown answer, which reports how many it learned from
+    and the share of the held-out ones it turns away."""
+    import zipfile
+
+    client, log = stack
+    flowers = sorted((SHARED / "data" / "flowers_small" / "train").rglob("*.jpg"))
+    archive = tmp_path / "with-negatives.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for split, count in (("train", 12), ("validation", 12), ("test", 4)):
+            for label in ("cats", "dogs"):
+                for photo in sorted(
+                    (SHARED / "data" / "cats_vs_dogs_small" / split / label).iterdir()
+                )[:count]:
+                    zipped.write(photo, f"{split}/{label}/{photo.name}")
+        for index, photo in enumerate(flowers[:16]):
+            split = ("train", "train", "validation", "test")[index % 4]
+            zipped.write(photo, f"{split}/_negative/{photo.name}")
+    response = client.post(
+        "/datasets", files={"file": ("n.zip", archive.read_bytes())}, data={"name": "negatives"}
+    )
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert dataset["class_names"] == ["cats", "dogs"]
+    assert dataset["stats"]["negatives"] == {"train": 8, "validation": 4, "test": 4}
+    job_id = _start(
+        client,
+        dataset_id=dataset["id"],
+        method="bottleneck",
+        epochs=2,
+        model_name="negatives",
+        **TINY,
+    )
+    job = _finished(client, job_id, log)
+    assert job["status"] == "succeeded", (job["error"], log.read_text()[-3000:])
+    outliers = job["result"]["evaluation"]["outliers"]
+    assert outliers["negatives"] == 8
+    assert outliers["held_out_negatives"] == 8
+    assert 0.0 <= outliers["held_out_negatives_rejected"] <= 1.0
+    # the negatives are no class: the model answers cats or dogs, never "_negative"
+    photo = flowers[-1]
+    answer = client.post(
+        "/predict",
+        files={"file": (photo.name, photo.read_bytes())},
+        data={"model": "negatives", "version": "1"},  # (active or not: 32 px may stay at chance)
+    ).json()
+    assert {x["label"] for x in answer["predictions"][0]["labels"]} == {"cats", "dogs"}
+    assert answer["outlier_threshold"] is not None
