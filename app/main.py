@@ -14,9 +14,14 @@ from fastapi.openapi.utils import get_openapi
 
 from app.api.bodies import DOCUMENTED_BODIES, request_body_limit
 from app.api.errors import register_error_handlers
-from app.api.middleware import RequestContextMiddleware, RequestLimitsMiddleware
+from app.api.middleware import (
+    CustomVisionPathMiddleware,
+    RequestContextMiddleware,
+    RequestLimitsMiddleware,
+)
 from app.api.routes import (
     console,
+    customvision,
     datasets,
     docs,
     health,
@@ -104,6 +109,8 @@ def create_app() -> FastAPI:
         idle_timeout=lambda: get_settings().body_read_timeout_seconds,
     )
     app.add_middleware(RequestContextMiddleware)
+    # First of all: Custom Vision's capitalised paths become the routes' (the limits read them).
+    app.add_middleware(CustomVisionPathMiddleware)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(datasets.router)
@@ -113,6 +120,7 @@ def create_app() -> FastAPI:
     app.include_router(review.router)
     app.include_router(tfserving.router)
     app.include_router(open_inference.router)
+    app.include_router(customvision.router)
     app.include_router(console.router)
     app.include_router(docs.router)
     app.openapi = lambda: _openapi_with_our_errors(app)  # type: ignore[method-assign]

@@ -65,6 +65,11 @@ async def current_principal(
     that keeps sending keys that are not valid is refused (429) before the database is asked:
     each such key costs a lookup, and only valid keys are remembered."""
     key = bearer.credentials if bearer else header_key
+    return await principal_for(request, key)
+
+
+async def principal_for(request: Request, key: str | None) -> Principal:
+    """The caller behind `key`, however it was presented (current_principal says how)."""
     if key and (principal := auth.recently_verified.get(key)) is not None:
         return principal
     if not key:
@@ -99,6 +104,27 @@ async def _rate_limited_predictor(
     return principal
 
 
+async def _custom_vision_trainer(request: Request) -> Principal:
+    """Custom Vision's Training API: the key in `Training-Key` (any case; the SDK's
+    CognitiveServicesCredentials sends `Ocp-Apim-Subscription-Key`), with the train scope."""
+    headers = request.headers
+    key = headers.get("training-key") or headers.get("ocp-apim-subscription-key")
+    return auth.require_scope(await principal_for(request, key), (Scope.TRAIN,))
+
+
+async def _custom_vision_predictor(request: Request) -> Principal:
+    """Custom Vision's Prediction API: the key in `Prediction-Key`, with the predict scope and
+    the key's request rate, as every prediction route."""
+    headers = request.headers
+    key = headers.get("prediction-key") or headers.get("ocp-apim-subscription-key")
+    principal = auth.require_scope(await principal_for(request, key), (Scope.PREDICT,))
+    limiter: PredictRateLimiter = request.app.state.predict_rate_limiter
+    await limiter.acquire(principal.key_id)
+    return principal
+
+
+CustomVisionTrainer = Annotated[Principal, Depends(_custom_vision_trainer)]
+CustomVisionPredictor = Annotated[Principal, Depends(_custom_vision_predictor)]
 Admin = Annotated[Principal, requires(Scope.ADMIN)]
 Trainer = Annotated[Principal, requires(Scope.TRAIN)]
 # Prediction endpoints: the predict scope, and the key's request rate (429 over it).

@@ -1,7 +1,8 @@
 """How errors become HTTP responses: domain errors, validation, database failures.
 
 Every error is `{"error": code, "detail": ...}`, except on the TF Serving (`/v1`) and Open
-Inference Protocol (`/v2`) paths, whose clients read `{"error": "<message>"}`.
+Inference Protocol (`/v2`) paths, whose clients read `{"error": "<message>"}`, and on the
+Custom Vision compatible API (`/customvision/...`), whose SDKs read `{"code", "message"}`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import AppError, error_body
 from app.core.logging import request_id_var
+from app.services.customvision.errors import custom_vision_code, is_custom_vision_path
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,12 @@ def error_response(
     if path.startswith(PROTOCOL_PATH_PREFIXES):
         message = detail if isinstance(detail, str) else f"{code}: {detail}"
         return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+    if is_custom_vision_path(path):
+        message = detail if isinstance(detail, str) else f"{code}: {detail}"
+        body = {"code": custom_vision_code(code), "message": message}
+        # (Custom Vision answers a request it cannot read 400, never 422)
+        status_code = 400 if status_code == 422 else status_code
+        return JSONResponse(body, status_code=status_code, headers=headers)
     return JSONResponse(error_body(code, detail), status_code=status_code, headers=headers)
 
 

@@ -41,6 +41,71 @@ def _route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
+# The fixed words of Custom Vision's paths. Its portal and quickstarts spell some capitalised
+# (`/customvision/v3.0/Prediction/...`); the service's routes are lower case, so these words
+# are lowered before routing. Ids and published names (any other segment) keep their case.
+CUSTOM_VISION_WORDS = frozenset(
+    {
+        "customvision",
+        "training",
+        "prediction",
+        "domains",
+        "projects",
+        "tags",
+        "images",
+        "iterations",
+        "classify",
+        "detect",
+        "image",
+        "url",
+        "nostore",
+        "files",
+        "tagged",
+        "untagged",
+        "count",
+        "id",
+        "publish",
+        "export",
+        "performance",
+        "train",
+        "predictions",
+        "query",
+        "quicktest",
+        "regions",
+        "metadata",
+        "suggested",
+        "artifacts",
+        "import",
+        "urls",
+        "regionproposals",
+        "tagsandregions",
+        "suggestions",
+    }
+)
+
+
+class CustomVisionPathMiddleware:
+    """`/CustomVision/V3.0/Prediction/...` (and `//customvision/...`) routes as
+    `/customvision/v3.0/prediction/...`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.lstrip("/")[:13].lower() == "customvision/":
+            # (an endpoint set with a trailing slash, as the portal shows it, makes the SDK
+            # send `//customvision/...`)
+            parts = ("/" + path.lstrip("/")).split("/")
+            for index, part in enumerate(parts):
+                lowered = part.lower()
+                if lowered in CUSTOM_VISION_WORDS or (index == 2 and lowered.startswith("v3.")):
+                    parts[index] = lowered
+            scope = {**scope, "path": "/".join(parts)}
+            scope.pop("raw_path", None)  # (routing reads `path`; a stale raw path would not match)
+        await self.app(scope, receive, send)
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

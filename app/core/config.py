@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     # key's prediction requests (a token bucket per key: `predict_rate_per_second` sustained,
     # bursts up to `predict_burst`; over it, 429 with Retry-After).
     max_dataset_images: int = Field(default=100_000, gt=0)
+    # Custom Vision compatible API: projects per owner (Azure's S0 tier allows 100).
+    max_custom_vision_projects: int = Field(default=100, gt=0)
     max_active_jobs_per_owner: int = Field(default=4, gt=0)
     predict_rate_per_second: float = Field(default=50.0, gt=0)
     predict_burst: int = Field(default=100, gt=0)

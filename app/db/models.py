@@ -288,3 +288,8 @@ class ReviewItem(Base):
     label: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     labeled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# The Custom Vision compatible API's tables live in their own module; imported here so that
+# this module registers every table on Base.metadata (Alembic and the migration test read it).
+from app.db import customvision  # noqa: E402, F401

@@ -1,0 +1,10 @@
+"""The Azure Custom Vision compatible API: its Training and Prediction routes under
+`/customvision/{version}/...`, so code written for Custom Vision runs here by changing the
+endpoint and the key (README, "Coming from Azure Custom Vision")."""
+
+from fastapi import APIRouter
+
+from app.api.routes.customvision import training
+
+router = APIRouter()
+router.include_router(training.router)

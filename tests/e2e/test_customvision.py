@@ -1,0 +1,186 @@
+"""The Azure Custom Vision compatible API driven by the official Python SDK
+(azure-cognitiveservices-vision-customvision 3.1.1, with msrest) and by raw HTTP in the
+portal's style, against a live server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from azure.cognitiveservices.vision.customvision.training import CustomVisionTrainingClient
+from azure.cognitiveservices.vision.customvision.training.models import (
+    CustomVisionErrorException,
+)
+from msrest.authentication import ApiKeyCredentials
+
+from app.core.config import ENV_PREFIX
+from tests.conftest import api_key, migrate, reset_caches
+from tests.processes import free_port, running_api
+
+GENERAL = "ee85a74c-405e-4adc-bb47-ffa8ca0c9f31"
+GENERAL_COMPACT = "0732100f-1a38-4e49-a514-c9b44c697ab5"
+OBJECT_DETECTION = "da2e3a8a-40a5-4171-82f4-58522f70fbc1"
+
+
+@dataclass(frozen=True)
+class Live:
+    url: str
+    training_key: str  # the train scope
+    prediction_key: str  # the predict scope only
+    other_owner_key: str  # another owner's train key
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("customvision")
+    database = f"sqlite:///{tmp / 'cv.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {
+            "DATA_DIR": str(tmp / "data"),
+            "ENVIRONMENT": "test",
+            "DATABASE_URL": database,
+        }.items():
+            patch.setenv(ENV_PREFIX + key, value)
+        reset_caches()
+        migrate(database)
+        keys = Live(
+            url="",
+            training_key=api_key("train", owner="azure-user"),
+            prediction_key=api_key("predict", owner="azure-user"),
+            other_owner_key=api_key("train", owner="someone-else"),
+        )
+        with running_api(tmp / "api.log", port=free_port()) as url:
+            # the portal shows endpoints with a trailing slash; the SDK then sends `//customvision`
+            yield Live(f"{url}/", keys.training_key, keys.prediction_key, keys.other_owner_key)
+        reset_caches()
+
+
+def trainer(live: Live, key: str | None = None) -> CustomVisionTrainingClient:
+    credentials = ApiKeyCredentials(in_headers={"Training-key": key or live.training_key})
+    return CustomVisionTrainingClient(live.url, credentials)
+
+
+def test_domains_projects_and_tags_through_the_sdk(live: Live) -> None:
+    client = trainer(live)
+    domains = {domain.id: domain for domain in client.get_domains()}
+    assert domains[GENERAL].name == "General" and domains[GENERAL].type == "Classification"
+    assert (
+        domains[GENERAL_COMPACT].exportable
+        and "ONNX" in domains[GENERAL_COMPACT].exportable_platforms
+    )
+    assert domains[OBJECT_DETECTION].type == "ObjectDetection"
+    assert client.get_domain(GENERAL).name == "General"
+
+    project = client.create_project("pets", description="cats and dogs")
+    assert project.settings.domain_id == GENERAL  # the default
+    assert project.settings.classification_type == "Multiclass"
+    assert project.created is not None and project.last_modified is not None
+    labels = client.create_project(
+        "scenes",
+        domain_id=GENERAL_COMPACT,
+        classification_type="Multilabel",
+        target_export_platforms=["ONNX"],
+    )
+    assert labels.settings.classification_type == "Multilabel"
+    assert labels.settings.target_export_platforms == ["ONNX"]
+    assert {p.id for p in client.get_projects()} == {project.id, labels.id}
+    assert client.get_project(project.id).name == "pets"
+
+    project.name, project.description = "pets v2", "renamed"
+    updated = client.update_project(project.id, project)
+    assert (updated.name, updated.description) == ("pets v2", "renamed")
+
+    cat = client.create_tag(project.id, "cat", description="a cat")
+    dog = client.create_tag(project.id, "dog")
+    other = client.create_tag(project.id, "Not a pet", type="Negative")
+    assert (cat.type, other.type, cat.image_count) == ("Regular", "Negative", 0)
+    assert {t.name for t in client.get_tags(project.id)} == {"cat", "dog", "Not a pet"}
+    dog.name = "puppy"
+    assert client.update_tag(project.id, dog.id, dog).name == "puppy"
+    assert client.get_tag(project.id, dog.id).name == "puppy"
+    client.delete_tag(project.id, dog.id)
+    assert {t.name for t in client.get_tags(project.id)} == {"cat", "Not a pet"}
+
+    client.delete_project(labels.id)
+    assert [p.id for p in client.get_projects()] == [project.id]
+
+
+def _sdk_error(call) -> tuple[str, str]:
+    with pytest.raises(CustomVisionErrorException) as raised:
+        call()
+    error = raised.value.error
+    return error.code, error.message
+
+
+def test_errors_are_custom_vision_errors_the_sdk_raises(live: Live) -> None:
+    client = trainer(live)
+    project = client.create_project("errors")
+    missing = "00000000-0000-4000-8000-000000000000"
+    assert _sdk_error(lambda: client.get_project(missing))[0] == "NotFoundProject"
+    assert _sdk_error(lambda: client.get_tag(project.id, missing))[0] == "NotFoundTag"
+    assert _sdk_error(lambda: client.get_domain(missing))[0] == "NotFoundDomain"
+    assert _sdk_error(lambda: client.get_project("not-a-guid"))[0] == "BadRequestInvalidIds"
+    code, message = _sdk_error(lambda: client.create_project("boxes", domain_id=OBJECT_DETECTION))
+    assert code == "BadRequestNotSupported" and "object detection" in message
+    assert _sdk_error(lambda: client.create_project("x", classification_type="Regression"))[0] == (
+        "BadRequestProjectUnknownClassification"
+    )
+    assert _sdk_error(lambda: client.create_project("  "))[0] == "BadRequestProjectName"
+    client.create_tag(project.id, "cat")
+    assert (
+        _sdk_error(lambda: client.create_tag(project.id, "Cat"))[0] == "BadRequestTagNameNotUnique"
+    )
+    client.create_tag(project.id, "none", type="Negative")
+    assert _sdk_error(lambda: client.create_tag(project.id, "nothing", type="Negative"))[0] == (
+        "BadRequestMultipleNegativeTag"
+    )
+    # a bad key, a key of the predict scope only, and another owner's key
+    assert _sdk_error(lambda: trainer(live, "sv_not_a_key").get_projects())[0] == "Unauthorized"
+    assert _sdk_error(lambda: trainer(live, live.prediction_key).get_projects())[0] == "Forbidden"
+    other = trainer(live, live.other_owner_key)
+    assert other.get_projects() == []
+    assert _sdk_error(lambda: other.get_project(project.id))[0] == "NotFoundProject"
+
+
+def test_raw_http_in_the_portals_spelling(live: Live) -> None:
+    base = live.url.rstrip("/")
+    headers = {"Training-Key": live.training_key}
+    listed = httpx.get(f"{base}/CustomVision/v3.3/Training/Domains", headers=headers)
+    assert listed.status_code == 200 and len(listed.json()) >= 10
+    created = httpx.post(
+        f"{base}/customvision/v3.0/training/projects", params={"name": "raw"}, headers=headers
+    )
+    assert created.status_code == 200, created.text
+    assert set(created.json()) >= {
+        "id",
+        "name",
+        "description",
+        "settings",
+        "created",
+        "lastModified",
+    }
+    assert set(created.json()["settings"]) >= {"domainId", "classificationType"}
+    unknown = httpx.get(f"{base}/customvision/v2.9/training/domains", headers=headers)
+    assert unknown.status_code == 404 and unknown.json()["code"] == "NotFound"
+    no_key = httpx.get(f"{base}/customvision/v3.0/training/projects")
+    assert no_key.status_code == 401
+    assert set(no_key.json()) == {"code", "message"} and no_key.json()["code"] == "Unauthorized"
+    too_long = httpx.post(
+        f"{base}/customvision/v3.0/training/projects",
+        params={"name": "x" * 5000},
+        headers=headers,
+    )
+    assert too_long.status_code == 400 and too_long.json()["code"] == "BadRequest"
+    unknown_route = httpx.get(f"{base}/customvision/v3.0/training/nothing", headers=headers)
+    assert unknown_route.status_code == 404 and set(unknown_route.json()) == {"code", "message"}
+
+
+def test_owners_do_not_see_each_others_projects(live: Live, tmp_path: Path) -> None:
+    mine = trainer(live).create_project("mine")
+    other = trainer(live, live.other_owner_key)
+    assert mine.id not in {p.id for p in other.get_projects()}
+    assert _sdk_error(lambda: other.delete_project(mine.id))[0] == "NotFoundProject"
+    assert _sdk_error(lambda: other.create_tag(mine.id, "x"))[0] == "NotFoundProject"
