@@ -39,6 +39,9 @@ MAX_TEXT_FIELDS = 32
 MAX_TEXT_BYTES = 256 * 1024  # all text fields of one form together
 # (A part's headers are bounded by python-multipart: 8 lines of 4 KB at most, else a 400.)
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and text fields beside the file
+# receive_files(file_fields={ANY_PART}): every part is a file, whatever its name (Custom
+# Vision's clients send the image as `imageData`, `image`, or a part of any other name).
+ANY_PART = "*"
 
 
 @dataclass
@@ -219,7 +222,7 @@ class _MemoryFilesCollector(_FormCollector):
         self._data = bytearray()
 
     def start_file(self, name: str, filename: str | None) -> bool:
-        if name not in self.file_fields:
+        if ANY_PART not in self.file_fields and name not in self.file_fields:
             return False
         if len(self.files) >= self.max_files:
             raise PayloadTooLargeError(

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     max_dataset_images: int = Field(default=100_000, gt=0)
     # Custom Vision compatible API: projects per owner (Azure's S0 tier allows 100).
     max_custom_vision_projects: int = Field(default=100, gt=0)
+    # ... and the largest image file it takes for training, and for a prediction (Azure's
+    # limits: 6 MB and 4 MB).
+    max_custom_vision_training_image_bytes: int = Field(default=6 * 1024**2, gt=0)
+    max_custom_vision_prediction_image_bytes: int = Field(default=4 * 1024**2, gt=0)
     max_active_jobs_per_owner: int = Field(default=4, gt=0)
     predict_rate_per_second: float = Field(default=50.0, gt=0)
     predict_burst: int = Field(default=100, gt=0)

@@ -71,3 +71,84 @@ class TagUpdate(_Wire):
     name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
     type: TagType | None = None
+
+
+class ImageTag(_Wire):
+    tag_id: str
+    tag_name: str
+    created: datetime
+
+
+class Image(_Wire):
+    id: str
+    created: datetime
+    width: int
+    height: int
+    resized_image_uri: str
+    thumbnail_uri: str
+    original_image_uri: str
+    tags: list[ImageTag] | None = None
+    regions: list[dict[str, object]] | None = None
+    metadata: dict[str, str] | None = None
+
+
+ImageCreateStatus = Literal[
+    "OK",
+    "OKDuplicate",
+    "ErrorSource",
+    "ErrorImageFormat",
+    "ErrorImageSize",
+    "ErrorStorage",
+    "ErrorLimitExceed",
+    "ErrorTagLimitExceed",
+    "ErrorRegionLimitExceed",
+    "ErrorUnknown",
+    "ErrorNegativeAndRegularTagOnSameImage",
+    "ErrorImageDimensions",
+]
+
+
+class ImageCreateResult(_Wire):
+    source_url: str | None = None
+    status: ImageCreateStatus
+    image: Image | None = None
+
+
+class ImageCreateSummary(_Wire):
+    is_batch_successful: bool
+    images: list[ImageCreateResult]
+
+
+# At most this many images per create call (Azure's), and per page of a listing.
+MAX_IMAGES_PER_BATCH = 64
+MAX_IMAGES_PER_PAGE = 256
+
+
+class ImageFileCreateEntry(_Wire):
+    name: str | None = Field(default=None, max_length=1000)
+    contents: str | None = Field(default=None, description="the image file, base64")
+    tag_ids: list[str] | None = Field(default=None, max_length=100)
+    regions: list[dict[str, object]] | None = Field(default=None, max_length=0)
+
+
+class ImageFileCreateBatch(_Wire):
+    images: list[ImageFileCreateEntry] = Field(default_factory=list)
+    tag_ids: list[str] | None = Field(default=None, max_length=100)
+    metadata: dict[str, str] | None = None
+
+
+class ImageTagCreateEntry(_Wire):
+    image_id: str
+    tag_id: str
+
+
+class ImageTagCreateBatch(_Wire):
+    tags: list[ImageTagCreateEntry] = Field(
+        default_factory=list, max_length=MAX_IMAGES_PER_BATCH * 100
+    )
+
+
+class ImageTagCreateSummary(_Wire):
+    created: list[ImageTagCreateEntry] = Field(default_factory=list)
+    duplicated: list[ImageTagCreateEntry] = Field(default_factory=list)
+    exceeded: list[ImageTagCreateEntry] = Field(default_factory=list)

@@ -29,6 +29,8 @@ class Storage:
     features: ObjectStore
     review: ObjectStore
     explanations: ObjectStore
+    # The Custom Vision compatible API's project images (by project and content hash).
+    projects: ObjectStore
     # This machine's copies of objects read from a bucket (unused by local storage).
     cache_dir: Path
 
@@ -56,6 +58,7 @@ def build_storage(settings: Settings) -> Storage:
             features=LocalObjectStore(settings.feature_cache_dir),
             review=LocalObjectStore(settings.review_dir),
             explanations=LocalObjectStore(settings.data_dir / "explanations"),
+            projects=LocalObjectStore(settings.data_dir / "projects"),
             cache_dir=settings.cache_dir,
         )
     assert settings.s3_bucket is not None  # Settings refuses s3 without a bucket
@@ -78,6 +81,7 @@ def build_storage(settings: Settings) -> Storage:
         features=area("features"),
         review=area("review"),
         explanations=area("explanations"),
+        projects=area("projects"),
         cache_dir=settings.cache_dir,
     )
 

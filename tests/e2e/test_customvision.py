@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -184,3 +185,111 @@ def test_owners_do_not_see_each_others_projects(live: Live, tmp_path: Path) -> N
     assert mine.id not in {p.id for p in other.get_projects()}
     assert _sdk_error(lambda: other.delete_project(mine.id))[0] == "NotFoundProject"
     assert _sdk_error(lambda: other.create_tag(mine.id, "x"))[0] == "NotFoundProject"
+
+
+def _photos(count: int, label: str = "cats") -> list[Path]:
+    from tests.zips import PHOTOS
+
+    return sorted((PHOTOS / "train" / label).iterdir())[:count]
+
+
+def test_images_uploaded_tagged_listed_and_removed_through_the_sdk(live: Live) -> None:
+    from azure.cognitiveservices.vision.customvision.training.models import (
+        ImageFileCreateBatch,
+        ImageFileCreateEntry,
+        ImageTagCreateEntry,
+    )
+
+    client = trainer(live)
+    project = client.create_project("images")
+    cat, dog = client.create_tag(project.id, "cat"), client.create_tag(project.id, "dog")
+    cats, dogs = _photos(3, "cats"), _photos(2, "dogs")
+    entries = [
+        ImageFileCreateEntry(name=p.name, contents=p.read_bytes(), tag_ids=[cat.id]) for p in cats
+    ]
+    summary = client.create_images_from_files(project.id, ImageFileCreateBatch(images=entries))
+    assert summary.is_batch_successful
+    assert [i.status for i in summary.images] == ["OK", "OK", "OK"]
+    assert summary.images[0].image.tags[0].tag_name == "cat"
+    assert summary.images[0].image.width > 0
+    # the quickstart's other way: one image per call, as multipart `imageData`
+    for photo in dogs:
+        added = client.create_images_from_data(project.id, photo.read_bytes(), tag_ids=[dog.id])
+        assert added.is_batch_successful and added.images[0].status == "OK"
+    again = client.create_images_from_data(project.id, dogs[0].read_bytes(), tag_ids=[dog.id])
+    assert again.images[0].status == "OKDuplicate"
+    plain = client.create_images_from_data(project.id, _photos(4, "cats")[3].read_bytes())
+    untagged_id = plain.images[0].image.id
+
+    assert client.get_tagged_image_count(project.id) == 5
+    assert client.get_tagged_image_count(project.id, tag_ids=[dog.id]) == 2
+    assert client.get_untagged_image_count(project.id) == 1
+    assert {t.name: t.image_count for t in client.get_tags(project.id)} == {"cat": 3, "dog": 2}
+    page = client.get_tagged_images(project.id, take=2, skip=0)
+    rest = client.get_tagged_images(project.id, take=256, skip=2)
+    assert len(page) == 2 and len(rest) == 3
+    assert len({i.id for i in page} | {i.id for i in rest}) == 5
+    assert [i.id for i in client.get_untagged_images(project.id)] == [untagged_id]
+    assert client.get_images_by_ids(project.id, image_ids=[untagged_id])[0].tags is None
+    original = httpx.get(page[0].original_image_uri, headers={"Training-Key": live.training_key})
+    assert original.status_code == 200 and original.content[:2] == b"\xff\xd8"
+
+    tagged = client.create_image_tags(
+        project.id, tags=[ImageTagCreateEntry(image_id=untagged_id, tag_id=cat.id)]
+    )
+    assert len(tagged.created) == 1 and not tagged.duplicated
+    assert client.get_untagged_image_count(project.id) == 0
+    client.delete_image_tags(project.id, [untagged_id], [cat.id])
+    assert client.get_untagged_image_count(project.id) == 1
+    client.delete_images(project.id, image_ids=[untagged_id])
+    assert client.get_image_count(project.id) == 5
+    client.delete_images(project.id, all_images=True)
+    assert client.get_image_count(project.id) == 0
+
+
+def test_bad_images_get_their_status_and_bad_batches_an_error(live: Live) -> None:
+    from azure.cognitiveservices.vision.customvision.training.models import (
+        ImageFileCreateBatch,
+        ImageFileCreateEntry,
+    )
+
+    client = trainer(live)
+    project = client.create_project("bad images")
+    cat = client.create_tag(project.id, "cat")
+    nothing = client.create_tag(project.id, "nothing", type="Negative")
+    good = _photos(1)[0].read_bytes()
+    entries = [
+        ImageFileCreateEntry(name="good.jpg", contents=good, tag_ids=[cat.id]),
+        ImageFileCreateEntry(name="text.jpg", contents=b"not an image", tag_ids=[cat.id]),
+        ImageFileCreateEntry(name="big.jpg", contents=b"\xff" * (6 * 1024**2 + 1)),
+        ImageFileCreateEntry(
+            name="both.jpg", contents=_photos(2)[1].read_bytes(), tag_ids=[cat.id, nothing.id]
+        ),
+    ]
+    too_many = ImageFileCreateBatch(images=entries[:1] * 65)
+    code = _sdk_error(lambda: client.create_images_from_files(project.id, too_many))[0]
+    assert code == "BadRequestImageBatch"
+    raw = client.create_images_from_files(
+        project.id, ImageFileCreateBatch(images=entries), raw=True
+    )
+    assert raw.response.status_code == 207
+    statuses = [image.status for image in raw.output.images]
+    assert statuses == [
+        "OK",
+        "ErrorImageFormat",
+        "ErrorImageSize",
+        "ErrorNegativeAndRegularTagOnSameImage",
+    ]
+    assert not raw.output.is_batch_successful
+    code = _sdk_error(
+        lambda: client.create_images_from_data(project.id, good, tag_ids=[str(uuid4())])
+    )[0]
+    assert code == "BadRequestImageTags"
+    # raw HTTP: base64 that is not base64, and a batch of 65
+    url = f"{live.url.rstrip('/')}/customvision/v3.3/training/projects/{project.id}/images/files"
+    headers = {"Training-Key": live.training_key}
+    body = {"images": [{"name": "x.jpg", "contents": "%%% not base64 %%%"}]}
+    answer = httpx.post(url, json=body, headers=headers)
+    assert answer.status_code == 207 and answer.json()["images"][0]["status"] == "ErrorSource"
+    many = httpx.post(url, json={"images": [{"contents": "AA=="}] * 65}, headers=headers)
+    assert many.status_code == 400 and many.json()["code"] == "BadRequestImageBatch"

@@ -5,13 +5,33 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
+from app.api.bodies import ANY_PART, json_body_openapi, read_json_model, receive_files
 from app.api.deps import CustomVisionTrainer, SessionDep
 from app.api.routes.customvision.versions import ApiVersion
-from app.schemas.customvision import Domain, Project, ProjectUpdate, Tag, TagUpdate
-from app.services.customvision import domains, projects
+from app.core.config import get_settings
+from app.schemas.customvision import (
+    MAX_IMAGES_PER_BATCH,
+    MAX_IMAGES_PER_PAGE,
+    Domain,
+    Image,
+    ImageCreateSummary,
+    ImageFileCreateBatch,
+    ImageTagCreateBatch,
+    ImageTagCreateSummary,
+    Project,
+    ProjectUpdate,
+    Tag,
+    TagUpdate,
+)
+from app.services.customvision import domains, images, projects
+from app.services.customvision.errors import CustomVisionError
 from app.services.customvision.projects import parse_id
+from app.services.review.images import image_media_type
+from models_store import ObjectNotFoundError
 
 router = APIRouter(prefix="/customvision/{api_version}/training", tags=["custom vision"])
 
@@ -155,3 +175,344 @@ def delete_tag(
     project = projects.get_project(session, project_id=project_id, principal=principal)
     projects.delete_tag(session, tag=projects.get_tag(session, project=project, tag_id=tag_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- images --------------------------------------------------------------------------------
+
+_ORDER = {"newest": True, "oldest": False}
+
+
+def _page(take: int, skip: int) -> tuple[int, int]:
+    if not 0 <= take <= MAX_IMAGES_PER_PAGE or skip < 0:
+        raise CustomVisionError(
+            "BadRequest", f"take is 0 to {MAX_IMAGES_PER_PAGE} and skip at least 0"
+        )
+    return take, skip
+
+
+def _newest_first(order_by: str | None) -> bool:
+    if order_by is None:
+        return True
+    if (newest := _ORDER.get(order_by.lower())) is None:
+        raise CustomVisionError("BadRequest", "orderBy is Newest or Oldest")
+    return newest
+
+
+def _summary_response(summary: ImageCreateSummary, successful: bool) -> JSONResponse:
+    """200 when every image was added (or was there), 207 with each image's status if not."""
+    return JSONResponse(
+        summary.model_dump(mode="json", by_alias=True),
+        status_code=status.HTTP_200_OK if successful else status.HTTP_207_MULTI_STATUS,
+    )
+
+
+@router.post(
+    "/projects/{project_id}/images/files",
+    response_model=ImageCreateSummary,
+    openapi_extra=json_body_openapi(ImageFileCreateBatch),
+)
+async def create_images_from_files(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> JSONResponse:
+    """Images as base64 in a JSON batch (at most 64), each with its tags."""
+    batch = await read_json_model(request, ImageFileCreateBatch)
+    new = [
+        images.NewImage(
+            data=images.decode_base64(entry.contents),
+            tag_ids=entry.tag_ids or [],
+            source=entry.name,
+        )
+        for entry in batch.images
+    ]
+
+    def add() -> tuple[ImageCreateSummary, bool]:
+        project = projects.get_project(session, project_id=project_id, principal=principal)
+        return images.add_images(
+            session,
+            project=project,
+            images=new,
+            batch_tag_ids=batch.tag_ids or [],
+            base_url=str(request.base_url),
+        )
+
+    return _summary_response(*await run_in_threadpool(add))
+
+
+@router.post("/projects/{project_id}/images", response_model=ImageCreateSummary)
+async def create_images_from_data(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    tag_ids: Annotated[str | None, Query(alias="tagIds", max_length=MAX_QUERY_TEXT)] = None,
+) -> JSONResponse:
+    """Images as multipart parts (the SDK sends one, `imageData`, without a file name; any
+    part name is taken), each tagged with `tagIds`."""
+    settings = get_settings()
+    files, _fields = await receive_files(
+        request,
+        file_fields=frozenset({ANY_PART}),
+        max_files=MAX_IMAGES_PER_BATCH,
+        max_file_bytes=settings.max_custom_vision_training_image_bytes,
+    )
+    new = [images.NewImage(data=f.data, tag_ids=[], source=f.filename) for f in files]
+
+    def add() -> tuple[ImageCreateSummary, bool]:
+        project = projects.get_project(session, project_id=project_id, principal=principal)
+        return images.add_images(
+            session,
+            project=project,
+            images=new,
+            batch_tag_ids=_csv(tag_ids),
+            base_url=str(request.base_url),
+        )
+
+    return _summary_response(*await run_in_threadpool(add))
+
+
+def _listing(
+    project_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    *,
+    tagging: str | None,
+    tag_ids: str | None,
+    order_by: str | None,
+    take: int,
+    skip: int,
+) -> list[Image]:
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    take, skip = _page(take, skip)
+    return images.list_images(
+        session,
+        project=project,
+        tagging=tagging,
+        tag_ids=_csv(tag_ids),
+        newest_first=_newest_first(order_by),
+        take=take,
+        skip=skip,
+        base_url=str(request.base_url),
+    )
+
+
+Take = Annotated[int, Query()]
+TagIds = Annotated[str | None, Query(alias="tagIds", max_length=MAX_QUERY_TEXT)]
+OrderBy = Annotated[str | None, Query(alias="orderBy", max_length=20)]
+
+
+@router.get("/projects/{project_id}/images/tagged", response_model=list[Image])
+def get_tagged_images(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    tag_ids: TagIds = None,
+    order_by: OrderBy = None,
+    take: Take = 50,
+    skip: Take = 0,
+) -> list[Image]:
+    return _listing(
+        project_id,
+        request,
+        session,
+        principal,
+        tagging="Tagged",
+        tag_ids=tag_ids,
+        order_by=order_by,
+        take=take,
+        skip=skip,
+    )
+
+
+@router.get("/projects/{project_id}/images/untagged", response_model=list[Image])
+def get_untagged_images(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    order_by: OrderBy = None,
+    take: Take = 50,
+    skip: Take = 0,
+) -> list[Image]:
+    return _listing(
+        project_id,
+        request,
+        session,
+        principal,
+        tagging="Untagged",
+        tag_ids=None,
+        order_by=order_by,
+        take=take,
+        skip=skip,
+    )
+
+
+@router.get("/projects/{project_id}/images", response_model=list[Image])
+def get_images(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    tag_ids: TagIds = None,
+    tagging_status: Annotated[str | None, Query(alias="taggingStatus", max_length=20)] = None,
+    order_by: OrderBy = None,
+    take: Take = 50,
+    skip: Take = 0,
+) -> list[Image]:
+    tagging = None
+    if tagging_status is not None:
+        tagging = {"all": None, "tagged": "Tagged", "untagged": "Untagged"}.get(
+            tagging_status.lower(), "?"
+        )
+        if tagging == "?":
+            raise CustomVisionError("BadRequest", "taggingStatus is All, Tagged or Untagged")
+    return _listing(
+        project_id,
+        request,
+        session,
+        principal,
+        tagging=tagging,
+        tag_ids=tag_ids,
+        order_by=order_by,
+        take=take,
+        skip=skip,
+    )
+
+
+def _count(
+    project_id: str, session: SessionDep, principal: CustomVisionTrainer, **filters: object
+) -> int:
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    return images.count_images(session, project=project, **filters)  # type: ignore[arg-type]
+
+
+@router.get("/projects/{project_id}/images/tagged/count", response_model=int)
+def get_tagged_image_count(
+    project_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    tag_ids: TagIds = None,
+) -> int:
+    return _count(project_id, session, principal, tagging="Tagged", tag_ids=_csv(tag_ids))
+
+
+@router.get("/projects/{project_id}/images/untagged/count", response_model=int)
+def get_untagged_image_count(
+    project_id: str, _: ApiVersion, session: SessionDep, principal: CustomVisionTrainer
+) -> int:
+    return _count(project_id, session, principal, tagging="Untagged", tag_ids=[])
+
+
+@router.get("/projects/{project_id}/images/count", response_model=int)
+def get_image_count(
+    project_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    tag_ids: TagIds = None,
+) -> int:
+    return _count(project_id, session, principal, tagging=None, tag_ids=_csv(tag_ids))
+
+
+@router.get("/projects/{project_id}/images/id", response_model=list[Image])
+def get_images_by_ids(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    image_ids: Annotated[str | None, Query(alias="imageIds", max_length=MAX_QUERY_TEXT * 4)] = None,
+) -> list[Image]:
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    ids = _csv(image_ids)
+    if len(ids) > MAX_IMAGES_PER_PAGE:
+        raise CustomVisionError("BadRequestInvalidIds", f"at most {MAX_IMAGES_PER_PAGE} imageIds")
+    return images.images_by_ids(
+        session, project=project, image_ids=ids, base_url=str(request.base_url)
+    )
+
+
+@router.delete("/projects/{project_id}/images", status_code=status.HTTP_204_NO_CONTENT)
+def delete_images(
+    project_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    image_ids: Annotated[str | None, Query(alias="imageIds", max_length=MAX_QUERY_TEXT * 4)] = None,
+    all_images: Annotated[bool, Query(alias="allImages")] = False,
+    all_iterations: Annotated[bool, Query(alias="allIterations")] = False,  # noqa: ARG001  (images belong to no iteration here: trainings snapshot them)
+) -> Response:
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    images.delete_images(session, project=project, image_ids=_csv(image_ids), all_images=all_images)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/projects/{project_id}/images/tags",
+    response_model=ImageTagCreateSummary,
+    openapi_extra=json_body_openapi(ImageTagCreateBatch),
+)
+async def create_image_tags(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> ImageTagCreateSummary:
+    batch = await read_json_model(request, ImageTagCreateBatch)
+
+    def tag() -> ImageTagCreateSummary:
+        project = projects.get_project(session, project_id=project_id, principal=principal)
+        return images.add_image_tags(session, project=project, pairs=batch.tags)
+
+    return await run_in_threadpool(tag)
+
+
+@router.delete("/projects/{project_id}/images/tags", status_code=status.HTTP_204_NO_CONTENT)
+def delete_image_tags(
+    project_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    image_ids: Annotated[str | None, Query(alias="imageIds", max_length=MAX_QUERY_TEXT * 4)] = None,
+    tag_ids: TagIds = None,
+) -> Response:
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    images.remove_image_tags(
+        session, project=project, image_ids=_csv(image_ids), tag_ids=_csv(tag_ids)
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/projects/{project_id}/images/{image_id}/original",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}},
+)
+def get_original_image(
+    project_id: str,
+    image_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> Response:
+    """The image file as it was sent (each Image's originalImageUri; with the key)."""
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    image = images.get_image(session, project=project, image_id=image_id)
+    try:
+        data = images.read_image(image)
+    except ObjectNotFoundError:
+        raise CustomVisionError(
+            "NotFoundImage", f"image {image.id}'s file is gone", status_code=404
+        ) from None
+    return Response(data, media_type=image_media_type(data))
