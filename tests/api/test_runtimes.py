@@ -195,3 +195,24 @@ def test_a_failed_export_says_why_and_can_be_tried_again(
     exports.run_export(export_id=uuid.UUID(sent[1]), worker_id="a-worker/1")
     assert client.get(url, params=savedmodel).status_code == 200
     assert client.post("/models/pets/versions/1/exports/keras").status_code == 422
+
+
+@pytest.mark.parametrize("module", ["app.main", "worker.tasks"])
+def test_the_api_and_the_worker_start_without_importing_keras(module: str) -> None:
+    """TensorFlow is imported by the first model loaded with Keras, or the first job: an API
+    serving ONNX Runtime never pays for it (hundreds of MB and seconds at start), and a worker's
+    job state is seen `running` while it loads. An import of Keras at module level anywhere on
+    the way (app.ml.evaluate importing the calibration module once did) fails here."""
+    import subprocess
+    import sys
+
+    from app.core.config import PROJECT_ROOT
+
+    code = (
+        f"import sys, {module}; "
+        "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout
