@@ -152,3 +152,42 @@ class ImageTagCreateSummary(_Wire):
     created: list[ImageTagCreateEntry] = Field(default_factory=list)
     duplicated: list[ImageTagCreateEntry] = Field(default_factory=list)
     exceeded: list[ImageTagCreateEntry] = Field(default_factory=list)
+
+
+class Iteration(_Wire):
+    id: str
+    name: str
+    status: str  # Training, Completed or Failed
+    created: datetime
+    last_modified: datetime
+    trained_at: datetime | None = None
+    project_id: str
+    exportable: bool
+    exportable_to: list[str] = Field(default_factory=list)
+    domain_id: str | None = None
+    classification_type: ClassificationType | None = None
+    training_type: Literal["Regular", "Advanced"] = "Regular"
+    reserved_budget_in_hours: int = 0
+    training_time_in_minutes: int = 0
+    publish_name: str | None = None
+    original_publish_resource_id: str | None = None
+    training_error_details: str | None = None
+
+
+class IterationUpdate(_Wire):
+    name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+
+
+class Prediction(_Wire):
+    probability: float
+    tag_id: str
+    tag_name: str
+    tag_type: Literal["Regular", "Negative"] = "Regular"
+
+
+class ImagePrediction(_Wire):
+    id: str
+    project: str
+    iteration: str
+    created: datetime
+    predictions: list[Prediction]

@@ -4,7 +4,8 @@ endpoint and the key (README, "Coming from Azure Custom Vision")."""
 
 from fastapi import APIRouter
 
-from app.api.routes.customvision import training
+from app.api.routes.customvision import prediction, training
 
 router = APIRouter()
 router.include_router(training.router)
+router.include_router(prediction.router)

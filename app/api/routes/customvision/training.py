@@ -22,12 +22,14 @@ from app.schemas.customvision import (
     ImageFileCreateBatch,
     ImageTagCreateBatch,
     ImageTagCreateSummary,
+    Iteration,
+    IterationUpdate,
     Project,
     ProjectUpdate,
     Tag,
     TagUpdate,
 )
-from app.services.customvision import domains, images, projects
+from app.services.customvision import domains, images, iterations, projects
 from app.services.customvision.errors import CustomVisionError
 from app.services.customvision.projects import parse_id
 from app.services.review.images import image_media_type
@@ -516,3 +518,143 @@ def get_original_image(
             "NotFoundImage", f"image {image.id}'s file is gone", status_code=404
         ) from None
     return Response(data, media_type=image_media_type(data))
+
+
+# --- training, iterations, publishing ----------------------------------------------------------
+
+
+@router.post("/projects/{project_id}/train", response_model=Iteration)
+async def train_project(
+    project_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    training_type: Annotated[str | None, Query(alias="trainingType", max_length=20)] = None,
+    reserved_budget_in_hours: Annotated[int, Query(alias="reservedBudgetInHours")] = 0,
+    force_train: Annotated[bool, Query(alias="forceTrain")] = False,
+    notification_email_address: Annotated[  # noqa: ARG001  (no mail is sent from here)
+        str | None, Query(alias="notificationEmailAddress", max_length=320)
+    ] = None,
+) -> Iteration:
+    """Snapshot the tagged images as a dataset and start the default training job on them:
+    both training types run `auto` (reservedBudgetInHours is recorded)."""
+
+    def train() -> Iteration:
+        project = projects.get_project(session, project_id=project_id, principal=principal)
+        iteration = iterations.train_project(
+            session,
+            project=project,
+            principal=principal,
+            settings=get_settings(),
+            training_type=training_type,
+            reserved_budget_in_hours=reserved_budget_in_hours,
+            force_train=force_train,
+        )
+        return iterations.iteration_wire(session, iteration)
+
+    return await run_in_threadpool(train)
+
+
+@router.get("/projects/{project_id}/iterations", response_model=list[Iteration])
+def get_iterations(
+    project_id: str, _: ApiVersion, session: SessionDep, principal: CustomVisionTrainer
+) -> list[Iteration]:
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    return [
+        iterations.iteration_wire(session, i)
+        for i in iterations.list_iterations(session, project=project)
+    ]
+
+
+@router.get("/projects/{project_id}/iterations/{iteration_id}", response_model=Iteration)
+def get_iteration(
+    project_id: str,
+    iteration_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> Iteration:
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    iteration = iterations.get_iteration(session, project=project, iteration_id=iteration_id)
+    return iterations.iteration_wire(session, iteration)
+
+
+@router.patch("/projects/{project_id}/iterations/{iteration_id}", response_model=Iteration)
+def update_iteration(
+    project_id: str,
+    iteration_id: str,
+    update: Annotated[IterationUpdate, Body()],
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> Iteration:
+    """Rename an iteration (its name is all that may change)."""
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    iteration = iterations.get_iteration(session, project=project, iteration_id=iteration_id)
+    if update.name is not None:
+        if not update.name.strip():
+            raise CustomVisionError("BadRequestIterationName", "an iteration name is not empty")
+        iteration.name = update.name.strip()
+        session.flush()
+    return iterations.iteration_wire(session, iteration)
+
+
+@router.delete(
+    "/projects/{project_id}/iterations/{iteration_id}", status_code=status.HTTP_204_NO_CONTENT
+)
+def delete_iteration(
+    project_id: str,
+    iteration_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> Response:
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    iteration = iterations.get_iteration(session, project=project, iteration_id=iteration_id)
+    iterations.delete_iteration(session, iteration=iteration)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/projects/{project_id}/iterations/{iteration_id}/publish", response_model=bool)
+def publish_iteration(
+    project_id: str,
+    iteration_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    publish_name: Annotated[
+        str | None, Query(alias="publishName", max_length=MAX_QUERY_TEXT)
+    ] = None,
+    prediction_id: Annotated[str | None, Query(alias="predictionId", max_length=1024)] = None,
+    overwrite: bool = False,
+) -> bool:
+    """Publish under a name (predictionId, Azure's prediction resource, is only recorded:
+    the keys of predict scope of the same owner predict with it)."""
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    iteration = iterations.get_iteration(session, project=project, iteration_id=iteration_id)
+    iterations.publish(
+        session,
+        project=project,
+        iteration=iteration,
+        publish_name=publish_name,
+        prediction_id=prediction_id,
+        overwrite=overwrite,
+    )
+    return True
+
+
+@router.delete(
+    "/projects/{project_id}/iterations/{iteration_id}/publish",
+    status_code=status.HTTP_204_NO_CONTENT,
+)
+def unpublish_iteration(
+    project_id: str,
+    iteration_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> Response:
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    iteration = iterations.get_iteration(session, project=project, iteration_id=iteration_id)
+    iterations.unpublish(session, iteration=iteration)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,122 @@
+"""Custom Vision's Prediction API: classify an image with a project's published iteration
+(the SDK's CustomVisionPredictionClient, and the portal's "Prediction URL")."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+
+from app.api.bodies import ANY_PART, read_body, receive_files
+from app.api.deps import CustomVisionPredictor, DecodeBudgetDep, ModelCacheDep, SessionDep
+from app.api.routes.customvision.versions import ApiVersion
+from app.core.config import get_settings
+from app.core.errors import BadRequestError, UnsupportedMediaTypeError
+from app.db.base import utcnow
+from app.schemas.customvision import ImagePrediction, Prediction
+from app.services import inference
+from app.services.customvision import iterations, projects
+from app.services.customvision.errors import CustomVisionError
+from app.services.inference import ImagePayload
+
+router = APIRouter(prefix="/customvision/{api_version}/prediction", tags=["custom vision"])
+
+
+async def _image(request: Request) -> bytes:
+    """The image: any one multipart part (the SDK's `imageData` has no file name, a browser's
+    form names it `image`), or the whole body (application/octet-stream); at most
+    `max_custom_vision_prediction_image_bytes` (4 MB, as Azure)."""
+    limit = get_settings().max_custom_vision_prediction_image_bytes
+    if request.headers.get("content-type", "").lower().startswith("multipart/"):
+        files, _ = await receive_files(
+            request, file_fields=frozenset({ANY_PART}), max_files=1, max_file_bytes=limit
+        )
+        data = files[0].data if files else b""
+    else:
+        data = await read_body(request, limit=limit)
+    if not data:
+        raise CustomVisionError("BadRequestImageStream", "the request has no image")
+    return data
+
+
+async def _classify(
+    project_id: str,
+    published_name: str,
+    request: Request,
+    session: SessionDep,
+    principal: CustomVisionPredictor,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+) -> ImagePrediction:
+    data = await _image(request)
+
+    def resolve() -> tuple[str, str, int, dict[str, tuple[str, str]]]:
+        project = projects.get_project(session, project_id=project_id, principal=principal)
+        iteration = iterations.published(session, project=project, publish_name=published_name)
+        version = iterations.model_version(session, iteration)
+        if version is None:
+            raise CustomVisionError("BadRequestIterationIsNotTrained", "it is not trained")
+        tags = {t.name: (str(t.id), t.type) for t in projects.list_tags(session, project=project)}
+        return str(project.id), str(iteration.id), version, tags
+
+    project, iteration, version, tags = await run_in_threadpool(resolve)
+    try:
+        result = await inference.predict_images(
+            cache=cache,
+            budget=budget,
+            principal=principal,
+            images=[ImagePayload(data=data)],
+            model=iterations.model_name_of(project),
+            version=version,
+        )
+    except (BadRequestError, UnsupportedMediaTypeError) as exc:
+        raise CustomVisionError("BadRequestImageFormat", exc.detail) from exc
+    predictions = [
+        Prediction(probability=float(p), tag_id=tags[name][0], tag_name=name)
+        for name, p in zip(result.classes, result.probabilities[0], strict=True)
+        if name in tags
+    ]
+    predictions.sort(key=lambda p: p.probability, reverse=True)
+    return ImagePrediction(
+        id=str(uuid.uuid4()),
+        project=project,
+        iteration=iteration,
+        created=utcnow(),
+        predictions=predictions,
+    )
+
+
+@router.post(
+    "/{project_id}/classify/iterations/{published_name}/image", response_model=ImagePrediction
+)
+async def classify_image(
+    project_id: str,
+    published_name: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionPredictor,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+) -> ImagePrediction:
+    """Classify an image (Azure also stores it with its prediction; not yet here)."""
+    return await _classify(project_id, published_name, request, session, principal, cache, budget)
+
+
+@router.post(
+    "/{project_id}/classify/iterations/{published_name}/image/nostore",
+    response_model=ImagePrediction,
+)
+async def classify_image_with_no_store(
+    project_id: str,
+    published_name: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionPredictor,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+) -> ImagePrediction:
+    """Classify an image, keeping nothing of it."""
+    return await _classify(project_id, published_name, request, session, principal, cache, budget)

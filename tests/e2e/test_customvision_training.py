@@ -1,0 +1,164 @@
+"""The Custom Vision Python quickstart's flow over HTTP, with the official SDK, against a live
+`make run` service (API and worker): a project, tags, images in batches, train, poll until
+Completed, publish, classify with and without store; and its failures as SDK exceptions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from azure.cognitiveservices.vision.customvision.prediction import CustomVisionPredictionClient
+from azure.cognitiveservices.vision.customvision.prediction.models import (
+    CustomVisionErrorException as PredictionError,
+)
+from azure.cognitiveservices.vision.customvision.training import CustomVisionTrainingClient
+from azure.cognitiveservices.vision.customvision.training.models import (
+    CustomVisionErrorException,
+    ImageFileCreateBatch,
+    ImageFileCreateEntry,
+)
+from msrest.authentication import ApiKeyCredentials
+
+from app.core.config import PROJECT_ROOT
+from tests.processes import LiveService, running_service, weights_settings
+from tests.zips import PHOTOS
+
+CATS = sorted((PHOTOS / "train" / "cats").iterdir())[:8]
+DOGS = sorted((PHOTOS / "train" / "dogs").iterdir())[:8]
+TEST_DOG = sorted((PHOTOS / "test" / "dogs").iterdir())[0]
+
+
+@dataclass(frozen=True)
+class Keys:
+    training: str
+    prediction: str
+
+
+def _key(service: LiveService, scopes: str) -> str:
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "keys",
+            "create",
+            "--name",
+            "azure",
+            "--owner",
+            "azure-user",
+            "--scopes",
+            scopes,
+        ],
+        cwd=PROJECT_ROOT,
+        env=service.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return created.stdout.strip().splitlines()[-1].strip()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory) -> Iterator[tuple[LiveService, Keys]]:
+    tmp = tmp_path_factory.mktemp("customvision-training")
+    with running_service(tmp / "var", tmp / "run.log", settings=weights_settings()) as live:
+        yield live, Keys(training=_key(live, "train"), prediction=_key(live, "predict"))
+
+
+def _sdk_code(call) -> str:
+    with pytest.raises((CustomVisionErrorException, PredictionError)) as raised:
+        call()
+    return str(raised.value.error.code)
+
+
+def test_the_quickstart_flow(service: tuple[LiveService, Keys]) -> None:
+    live, keys = service
+    endpoint = f"{live.url}/"
+    trainer = CustomVisionTrainingClient(
+        endpoint, ApiKeyCredentials(in_headers={"Training-key": keys.training})
+    )
+    predictor = CustomVisionPredictionClient(
+        endpoint, ApiKeyCredentials(in_headers={"Prediction-key": keys.prediction})
+    )
+    project = trainer.create_project("pets")
+    cat, dog = trainer.create_tag(project.id, "cat"), trainer.create_tag(project.id, "dog")
+    code = _sdk_code(lambda: trainer.train_project(project.id))
+    assert code == "BadRequestTrainingValidationFailed"  # no image yet
+    for photos, tag in ((CATS, cat), (DOGS, dog)):
+        batch = ImageFileCreateBatch(
+            images=[
+                ImageFileCreateEntry(name=p.name, contents=p.read_bytes(), tag_ids=[tag.id])
+                for p in photos
+            ]
+        )
+        assert trainer.create_images_from_files(project.id, batch).is_batch_successful
+
+    iteration = trainer.train_project(project.id)
+    assert iteration.status == "Training"
+    assert _sdk_code(lambda: trainer.train_project(project.id)) == (
+        "BadRequestTrainingAlreadyInProgress"
+    )
+    deadline = time.monotonic() + 600
+    while iteration.status == "Training" and time.monotonic() < deadline:
+        time.sleep(2)
+        iteration = trainer.get_iteration(project.id, iteration.id)
+    assert iteration.status == "Completed", (iteration.training_error_details, iteration.status)
+    assert iteration.trained_at is not None
+    assert [i.id for i in trainer.get_iterations(project.id)] == [iteration.id]
+    assert _sdk_code(lambda: trainer.train_project(project.id)) == "BadRequestTrainingNotNeeded"
+
+    assert trainer.publish_iteration(project.id, iteration.id, "pets-model", "resource") is True
+    assert trainer.get_iteration(project.id, iteration.id).publish_name == "pets-model"
+    answer = predictor.classify_image(project.id, "pets-model", TEST_DOG.read_bytes())
+    assert (answer.project, answer.iteration) == (project.id, iteration.id)
+    names = [p.tag_name for p in answer.predictions]
+    assert sorted(names) == ["cat", "dog"]
+    probabilities = [p.probability for p in answer.predictions]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert abs(sum(probabilities) - 1) < 1e-3
+    assert {p.tag_id for p in answer.predictions} == {cat.id, dog.id}
+    quiet = predictor.classify_image_with_no_store(project.id, "pets-model", TEST_DOG.read_bytes())
+    assert [p.tag_name for p in quiet.predictions] == names
+
+    # an unknown publish name, a bad key, the portal's spelling, a browser's form and a body
+    assert (
+        _sdk_code(lambda: predictor.classify_image(project.id, "nope", TEST_DOG.read_bytes()))
+        == "NotFoundIteration"
+    )
+    bad = CustomVisionPredictionClient(
+        endpoint, ApiKeyCredentials(in_headers={"Prediction-key": "sv_wrong"})
+    )
+    assert _sdk_code(lambda: bad.classify_image(project.id, "pets-model", b"x")) == "Unauthorized"
+    url = (
+        f"{live.url}/customvision/v3.0/Prediction/{project.id}/classify/iterations/pets-model/image"
+    )
+    headers = {"Prediction-Key": keys.prediction}
+    browser = httpx.post(url, files={"image": TEST_DOG.read_bytes()}, headers=headers)
+    assert browser.status_code == 200, browser.text
+    assert [p["tagName"] for p in browser.json()["predictions"]] == names
+    body = httpx.post(
+        url,
+        content=TEST_DOG.read_bytes(),
+        headers={**headers, "Content-Type": "application/octet-stream"},
+    )
+    assert body.status_code == 200 and body.json()["predictions"][0]["tagName"] == names[0]
+    not_image = httpx.post(url, content=b"plain text", headers=headers)
+    assert not_image.status_code in (400, 415)
+    assert not_image.json()["code"] == "BadRequestImageFormat"
+    big = httpx.post(url, content=b"\xff" * (4 * 1024**2 + 1), headers=headers)
+    assert big.status_code == 413 and big.json()["code"] == "BadRequestImageSizeBytes"
+
+    # unpublished, the name answers nothing; a published iteration cannot be deleted
+    assert _sdk_code(lambda: trainer.delete_iteration(project.id, iteration.id)) == (
+        "BadRequestIterationIsPublished"
+    )
+    trainer.unpublish_iteration(project.id, iteration.id)
+    assert (
+        _sdk_code(lambda: predictor.classify_image(project.id, "pets-model", TEST_DOG.read_bytes()))
+        == "NotFoundIteration"
+    )
