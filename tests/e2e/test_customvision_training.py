@@ -162,3 +162,62 @@ def test_the_quickstart_flow(service: tuple[LiveService, Keys]) -> None:
         _sdk_code(lambda: predictor.classify_image(project.id, "pets-model", TEST_DOG.read_bytes()))
         == "NotFoundIteration"
     )
+
+
+def test_a_multilabel_project_with_a_negative_tag(
+    service: tuple[LiveService, Keys], tmp_path
+) -> None:
+    """Photo pairs with both photos' tags, and flower photos under the Negative tag: the
+    iteration is a multi-label model, every label has its own probability, and the Negative
+    tag is answered as no label being there."""
+    from benchmarks.multilabel_sets import MultilabelSet, build, read_labels
+
+    live, keys = service
+    endpoint = f"{live.url}/"
+    trainer = CustomVisionTrainingClient(
+        endpoint, ApiKeyCredentials(in_headers={"Training-key": keys.training})
+    )
+    predictor = CustomVisionPredictionClient(
+        endpoint, ApiKeyCredentials(in_headers={"Prediction-key": keys.prediction})
+    )
+    spec = MultilabelSet(
+        "pairs",
+        ("cats_vs_dogs_small", "car_vs_minibus_tiny"),
+        {"train": 40},
+        negatives="flowers_small",
+    )
+    folder = build(spec, tmp_path, seed=5)
+    classes, by_split = read_labels(folder)
+    project = trainer.create_project("scenes", classification_type="Multilabel")
+    tags = {name: trainer.create_tag(project.id, name).id for name in classes}
+    nothing = trainer.create_tag(project.id, "nothing", type="Negative")
+    entries = [
+        ImageFileCreateEntry(
+            name=path,
+            contents=(folder / path).read_bytes(),
+            tag_ids=[tags[label] for label in labels] or [nothing.id],
+        )
+        for path, labels in by_split["train"]
+    ]
+    for start in range(0, len(entries), 20):
+        batch = ImageFileCreateBatch(images=entries[start : start + 20])
+        assert trainer.create_images_from_files(project.id, batch).is_batch_successful
+    iteration = trainer.train_project(project.id)
+    assert iteration.classification_type == "Multilabel"
+    deadline = time.monotonic() + 600
+    while iteration.status == "Training" and time.monotonic() < deadline:
+        time.sleep(2)
+        iteration = trainer.get_iteration(project.id, iteration.id)
+    assert iteration.status == "Completed", iteration.training_error_details
+    trainer.publish_iteration(project.id, iteration.id, "scenes", "resource")
+    photo = folder / by_split["train"][0][0]
+    answer = predictor.classify_image_with_no_store(project.id, "scenes", photo.read_bytes())
+    by_name = {p.tag_name: p for p in answer.predictions}
+    assert set(by_name) == {*classes, "nothing"}
+    assert by_name["nothing"].tag_type == "Negative"
+    regular = [p.probability for name, p in by_name.items() if name != "nothing"]
+    # sigmoids: each label on its own (they need not sum to one); "nothing" is all absent
+    expected = 1.0
+    for probability in regular:
+        expected *= 1 - probability
+    assert abs(by_name["nothing"].probability - expected) < 1e-6

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
@@ -72,11 +73,23 @@ async def _classify(
         )
     except (BadRequestError, UnsupportedMediaTypeError) as exc:
         raise CustomVisionError("BadRequestImageFormat", exc.detail) from exc
+    probabilities = result.probabilities[0]
     predictions = [
         Prediction(probability=float(p), tag_id=tags[name][0], tag_name=name)
-        for name, p in zip(result.classes, result.probabilities[0], strict=True)
+        for name, p in zip(result.classes, probabilities, strict=True)
         if name in tags
     ]
+    negative = next(((name, i) for name, (i, kind) in tags.items() if kind == "Negative"), None)
+    if negative is not None and result.thresholds is not None:
+        # A multi-label model answers each label alone: "none of them" is every label
+        # absent, the product of 1 - p (its labels' answers taken as independent). A
+        # multiclass model's Negative tag has no probability to give: it is left out.
+        none = float(np.prod(1.0 - np.asarray(probabilities, dtype=np.float64)))
+        predictions.append(
+            Prediction(
+                probability=none, tag_id=negative[1], tag_name=negative[0], tag_type="Negative"
+            )
+        )
     predictions.sort(key=lambda p: p.probability, reverse=True)
     return ImagePrediction(
         id=str(uuid.uuid4()),
