@@ -191,3 +191,22 @@ class ImagePrediction(_Wire):
     iteration: str
     created: datetime
     predictions: list[Prediction]
+
+
+class TagPerformance(_Wire):
+    id: str
+    name: str
+    precision: float
+    precision_std_deviation: float
+    recall: float
+    recall_std_deviation: float
+    average_precision: float
+
+
+class IterationPerformance(_Wire):
+    per_tag_performance: list[TagPerformance]
+    precision: float
+    precision_std_deviation: float
+    recall: float
+    recall_std_deviation: float
+    average_precision: float

@@ -111,6 +111,23 @@ def test_the_quickstart_flow(service: tuple[LiveService, Keys]) -> None:
     assert iteration.trained_at is not None
     assert [i.id for i in trainer.get_iterations(project.id)] == [iteration.id]
     assert _sdk_code(lambda: trainer.train_project(project.id)) == "BadRequestTrainingNotNeeded"
+    # performance on the images the training held out, at a threshold (twice: once computed)
+    for _ in range(2):
+        performance = trainer.get_iteration_performance(project.id, iteration.id, threshold=0.5)
+        assert {t.name for t in performance.per_tag_performance} == {"cat", "dog"}
+        assert {t.id for t in performance.per_tag_performance} == {cat.id, dog.id}
+        assert all(
+            0 <= t.precision <= 1 and 0 <= t.recall <= 1 for t in performance.per_tag_performance
+        )
+        assert 0 < performance.average_precision <= 1
+    strict = trainer.get_iteration_performance(project.id, iteration.id, threshold=1.0)
+    assert strict.recall <= performance.recall
+    assert (
+        _sdk_code(
+            lambda: trainer.get_iteration_performance(project.id, iteration.id, threshold=1.5)
+        )
+        == "BadRequest"
+    )
 
     assert trainer.publish_iteration(project.id, iteration.id, "pets-model", "resource") is True
     assert trainer.get_iteration(project.id, iteration.id).publish_name == "pets-model"

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from app.api.bodies import ANY_PART, json_body_openapi, read_json_model, receive_files
-from app.api.deps import CustomVisionTrainer, SessionDep
+from app.api.deps import CustomVisionTrainer, DecodeBudgetDep, ModelCacheDep, SessionDep
 from app.api.routes.customvision.versions import ApiVersion
 from app.core.config import get_settings
+from app.db.customvision import CvIteration
 from app.schemas.customvision import (
     MAX_IMAGES_PER_BATCH,
     MAX_IMAGES_PER_PAGE,
@@ -23,15 +25,18 @@ from app.schemas.customvision import (
     ImageTagCreateBatch,
     ImageTagCreateSummary,
     Iteration,
+    IterationPerformance,
     IterationUpdate,
     Project,
     ProjectUpdate,
     Tag,
     TagUpdate,
 )
-from app.services.customvision import domains, images, iterations, projects
+from app.services import inference
+from app.services.customvision import domains, images, iterations, performance, projects
 from app.services.customvision.errors import CustomVisionError
 from app.services.customvision.projects import parse_id
+from app.services.inference import ImagePayload
 from app.services.review.images import image_media_type
 from models_store import ObjectNotFoundError
 
@@ -658,3 +663,59 @@ def unpublish_iteration(
     iteration = iterations.get_iteration(session, project=project, iteration_id=iteration_id)
     iterations.unpublish(session, iteration=iteration)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/projects/{project_id}/iterations/{iteration_id}/performance",
+    response_model=IterationPerformance,
+)
+async def get_iteration_performance(
+    project_id: str,
+    iteration_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+    threshold: float = 0.5,
+    overlap_threshold: Annotated[  # noqa: ARG001  (object detection's; not done here)
+        float | None, Query(alias="overlapThreshold")
+    ] = None,
+) -> IterationPerformance:
+    """Per-tag precision and recall at `threshold`, and average precision, on the images the
+    iteration's training held out (its model answers them once, then this process keeps
+    the answers)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise CustomVisionError("BadRequest", "threshold is 0 to 1")
+
+    def resolve() -> tuple[CvIteration, int, dict[str, str]]:
+        project = projects.get_project(session, project_id=project_id, principal=principal)
+        iteration = iterations.get_iteration(session, project=project, iteration_id=iteration_id)
+        version = iterations.model_version(session, iteration)
+        if version is None or iteration.dataset_id is None:
+            raise CustomVisionError(
+                "BadRequestIterationIsNotTrained", f"iteration {iteration.id} is not trained"
+            )
+        tags = {t.name: str(t.id) for t in projects.list_tags(session, project=project)}
+        return iteration, version, tags
+
+    iteration, version, tag_ids = await run_in_threadpool(resolve)
+    held_out = performance.remembered(iteration)
+    if held_out is None:
+        classes, files, truth = await run_in_threadpool(performance.held_out_images, iteration)
+        chunk = get_settings().max_predict_images
+        answers = [np.zeros((0, len(classes)))]
+        for start in range(0, len(files), chunk):
+            result = await inference.predict_images(
+                cache=cache,
+                budget=budget,
+                principal=principal,
+                images=[ImagePayload(data=data) for data in files[start : start + chunk]],
+                model=iterations.model_name_of(str(iteration.project_id)),
+                version=version,
+                detect_unknown=False,
+            )
+            answers.append(result.probabilities)
+        held_out = performance.HeldOut(classes, np.concatenate(answers), truth)
+        performance.remember(iteration, held_out)
+    return performance.performance(held_out, threshold=threshold, tag_ids=tag_ids)
