@@ -33,6 +33,7 @@ from rich.progress import (
 from rich.prompt import Confirm
 from rich.table import Column, Table
 
+from smallvision.azure_import import AzureError, AzureProject, dataset_zip, fetch, task_of
 from smallvision.client import (
     FINISHED_STATUSES,
     KEY_VARIABLE,
@@ -180,6 +181,59 @@ class Commands:
                 _time(d["created_at"]),
             )
         self.out.print(table)
+        return ExitCode.OK
+
+    def import_azure(self, args: argparse.Namespace) -> ExitCode:
+        """An Azure Custom Vision project's tagged images and tags as a dataset here."""
+        work: Path = (
+            args.work_dir or Path.home() / ".cache" / "smallvision" / "azure" / args.project
+        )
+        azure = AzureProject(args.endpoint, training_key=args.training_key, project_id=args.project)
+        progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.out,
+        )
+        try:
+            with progress:
+                task = progress.add_task("downloading the tagged images", total=None)
+
+                def advance(done: int, total: int) -> None:
+                    progress.update(task, completed=done, total=total)
+
+                report = fetch(azure, work, on_image=advance)
+        except AzureError as exc:
+            raise CommandError(f"Custom Vision: {exc}", ExitCode.REFUSED) from exc
+        finally:
+            azure.close()
+        project = report.project
+        self.out.print(
+            f"project {project.get('name')} ({task_of(project)}): {report.images} tagged images, "
+            f"{report.downloaded} downloaded, {report.reused} from an earlier run (in {work}), "
+            f"{len(report.skipped)} skipped"
+        )
+        if report.skipped:
+            table = Table("image", "reason", title=f"skipped ({len(report.skipped)})")
+            for item in report.skipped:
+                table.add_row(item["image"], item["reason"])
+            self.out.print(table)
+        if not report.labels:
+            raise CommandError("no image could be fetched: nothing to upload", ExitCode.REFUSED)
+        archive = dataset_zip(report, work)
+        uploading = _transfer_progress(self.out)
+        with (
+            uploading,
+            uploading.open(archive, "rb", description="uploading the dataset") as reader,
+        ):
+            dataset = self.client.upload_dataset(
+                reader,
+                name=args.name or str(project.get("name") or args.project),
+                filename=archive.name,
+                task=task_of(project),
+            )
+        self._print_dataset(dataset)
         return ExitCode.OK
 
     def datasets_upload(self, args: argparse.Namespace) -> ExitCode:
@@ -747,6 +801,21 @@ def _parser() -> argparse.ArgumentParser:
     after = _connection_options(argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    azure = commands.add_parser(
+        "import-azure",
+        help="make a dataset of an Azure Custom Vision project's tagged images",
+        parents=[after],
+    )
+    azure.add_argument("--endpoint", required=True, help="the Custom Vision resource's endpoint")
+    azure.add_argument("--training-key", required=True, help="its Training key")
+    azure.add_argument("--project", required=True, help="the project's id")
+    azure.add_argument("--name", help="the dataset's name (default: the project's)")
+    azure.add_argument(
+        "--work-dir",
+        type=Path,
+        help="where the images are kept as they arrive, so a second run goes on where one "
+        "stopped (default ~/.cache/smallvision/azure/<project>)",
+    )
     datasets = commands.add_parser("datasets", help="upload, list, show and delete datasets")
     on_datasets = datasets.add_subparsers(dest="action", required=True)
     on_datasets.add_parser("list", help="your datasets, newest first", parents=[after])
@@ -845,7 +914,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _handler(commands: Commands, args: argparse.Namespace) -> Callable[..., ExitCode]:
-    name = args.command if args.command in {"train", "predict"} else f"{args.command}_{args.action}"
+    single = {"train", "predict", "import-azure"}
+    name = args.command if args.command in single else f"{args.command}_{args.action}"
+    name = name.replace("-", "_")
     handler: Callable[[argparse.Namespace], ExitCode] = getattr(commands, name)
     return handler
 

@@ -4,6 +4,9 @@ portal's style, against a live server."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,3 +296,82 @@ def test_bad_images_get_their_status_and_bad_batches_an_error(live: Live) -> Non
     assert answer.status_code == 207 and answer.json()["images"][0]["status"] == "ErrorSource"
     many = httpx.post(url, json={"images": [{"contents": "AA=="}] * 65}, headers=headers)
     assert many.status_code == 400 and many.json()["code"] == "BadRequestImageBatch"
+
+
+def test_import_azure_makes_a_dataset_of_a_project_and_resumes(live: Live, tmp_path: Path) -> None:
+    """`smallvision import-azure` against this service's own Custom Vision API, standing in for
+    Azure: the project's tagged images and tags become a dataset here; a second run fetches
+    only what the first did not keep."""
+    from azure.cognitiveservices.vision.customvision.training.models import (
+        ImageFileCreateBatch,
+        ImageFileCreateEntry,
+    )
+
+    client = trainer(live)
+    project = client.create_project("to move", classification_type="Multilabel")
+    cat, dog = client.create_tag(project.id, "cat"), client.create_tag(project.id, "dog")
+    none = client.create_tag(project.id, "none", type="Negative")
+    cats, dogs = _photos(5, "cats"), _photos(5, "dogs")
+    entries = [ImageFileCreateEntry(contents=p.read_bytes(), tag_ids=[cat.id]) for p in cats]
+    entries += [ImageFileCreateEntry(contents=p.read_bytes(), tag_ids=[dog.id]) for p in dogs[:4]]
+    entries.append(ImageFileCreateEntry(contents=dogs[4].read_bytes(), tag_ids=[cat.id, dog.id]))
+    negatives = sorted(
+        (Path(__file__).parents[3] / "shared/data/flowers_small/train/daisy").iterdir()
+    )
+    entries += [
+        ImageFileCreateEntry(contents=p.read_bytes(), tag_ids=[none.id]) for p in negatives[:2]
+    ]
+    client.create_images_from_files(project.id, ImageFileCreateBatch(images=entries))
+    client.create_images_from_data(project.id, _photos(7, "cats")[6].read_bytes())  # untagged
+
+    command = Path(sys.executable).with_name("smallvision")
+    env = {
+        **os.environ,
+        "SMALLVISION_URL": live.url.rstrip("/"),
+        "SMALLVISION_API_KEY": live.training_key,
+        "COLUMNS": "200",
+    }
+    work = tmp_path / "work"
+    argv = [
+        str(command),
+        "import-azure",
+        "--endpoint",
+        live.url,
+        "--training-key",
+        live.training_key,
+        "--project",
+        project.id,
+        "--work-dir",
+        str(work),
+    ]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*argv, *extra], env=env, capture_output=True, text=True, timeout=300)
+
+    first = run()
+    assert first.returncode == 0, (first.stdout, first.stderr)
+    assert "12 tagged images, 12 downloaded, 0 from an earlier run" in first.stdout
+    assert "2 negative examples" in first.stdout
+    listed = httpx.get(
+        f"{live.url.rstrip('/')}/datasets",
+        headers={"Authorization": f"Bearer {live.training_key}"},
+    ).json()
+    dataset = next(d for d in listed if d["name"] == "to move")
+    assert dataset["task"] == "multilabel" and dataset["class_names"] == ["cat", "dog"]
+    assert dataset["stats"]["image_count"] == 12
+    assert sum(dataset["stats"]["negatives"].values()) == 2
+    counts = {
+        label: sum(s.get(label, 0) for s in dataset["split_counts"].values())
+        for label in ("cat", "dog")
+    }
+    assert counts == {"cat": 6, "dog": 5}
+
+    # a run stopped partway left some images: the next one fetches only the others
+    next(iter(sorted((work / "images").iterdir()))).unlink()
+    again = run("--name", "moved again")
+    assert again.returncode == 0, again.stderr
+    assert "12 tagged images, 1 downloaded, 11 from an earlier run" in again.stdout
+
+    missing = run("--project", "00000000-0000-4000-8000-000000000000")
+    assert missing.returncode == 5
+    assert "NotFoundProject" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
