@@ -210,3 +210,31 @@ class IterationPerformance(_Wire):
     recall: float
     recall_std_deviation: float
     average_precision: float
+
+
+class CustomVisionErrorBody(BaseModel):
+    """Custom Vision's error: what its SDKs raise CustomVisionErrorException from."""
+
+    code: str = Field(
+        description="Custom Vision's code, e.g. NotFoundProject, BadRequestImageFormat"
+    )
+    message: str
+
+
+def _error(description: str) -> dict[str, object]:
+    return {"model": CustomVisionErrorBody, "description": description}
+
+
+# The errors every Custom Vision route may answer, in its shape (this service's other routes
+# answer {"error", "detail"}).
+CUSTOM_VISION_RESPONSES: dict[int | str, dict[str, object]] = {
+    400: _error("a bad request (the code says what), or a field that does not validate"),
+    401: _error("Unauthorized: no key, or an invalid or revoked one"),
+    403: _error("Forbidden: the key lacks the scope (train or predict)"),
+    404: _error("no such project, tag, image, iteration or API version"),
+    413: _error("an image or the request is over a limit"),
+    415: _error("not an image"),
+    422: _error("(never: validation errors are answered 400)"),
+    429: _error("over the key's rate"),
+    503: _error("the database or the broker is unreachable"),
+}

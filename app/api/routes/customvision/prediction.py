@@ -15,13 +15,17 @@ from app.api.routes.customvision.versions import ApiVersion
 from app.core.config import get_settings
 from app.core.errors import BadRequestError, UnsupportedMediaTypeError
 from app.db.base import utcnow
-from app.schemas.customvision import ImagePrediction, Prediction
+from app.schemas.customvision import CUSTOM_VISION_RESPONSES, ImagePrediction, Prediction
 from app.services import inference
 from app.services.customvision import iterations, projects
 from app.services.customvision.errors import CustomVisionError
 from app.services.inference import ImagePayload
 
-router = APIRouter(prefix="/customvision/{api_version}/prediction", tags=["custom vision"])
+router = APIRouter(
+    prefix="/customvision/{api_version}/prediction",
+    tags=["custom vision"],
+    responses=CUSTOM_VISION_RESPONSES,
+)
 
 
 async def _image(request: Request) -> bytes:

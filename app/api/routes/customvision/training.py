@@ -16,6 +16,7 @@ from app.api.routes.customvision.versions import ApiVersion
 from app.core.config import get_settings
 from app.db.customvision import CvIteration
 from app.schemas.customvision import (
+    CUSTOM_VISION_RESPONSES,
     MAX_IMAGES_PER_BATCH,
     MAX_IMAGES_PER_PAGE,
     Domain,
@@ -40,7 +41,11 @@ from app.services.inference import ImagePayload
 from app.services.review.images import image_media_type
 from models_store import ObjectNotFoundError
 
-router = APIRouter(prefix="/customvision/{api_version}/training", tags=["custom vision"])
+router = APIRouter(
+    prefix="/customvision/{api_version}/training",
+    tags=["custom vision"],
+    responses=CUSTOM_VISION_RESPONSES,
+)
 
 MAX_QUERY_TEXT = 4000  # a name, description or list of ids in a query string
 
