@@ -104,7 +104,7 @@ async def _rate_limited_predictor(
     return principal
 
 
-async def _custom_vision_trainer(request: Request) -> Principal:
+async def custom_vision_trainer(request: Request) -> Principal:
     """Custom Vision's Training API: the key in `Training-Key` (any case; the SDK's
     CognitiveServicesCredentials sends `Ocp-Apim-Subscription-Key`), with the train scope."""
     headers = request.headers
@@ -112,7 +112,7 @@ async def _custom_vision_trainer(request: Request) -> Principal:
     return auth.require_scope(await principal_for(request, key), (Scope.TRAIN,))
 
 
-async def _custom_vision_predictor(request: Request) -> Principal:
+async def custom_vision_predictor(request: Request) -> Principal:
     """Custom Vision's Prediction API: the key in `Prediction-Key`, with the predict scope and
     the key's request rate, as every prediction route."""
     headers = request.headers
@@ -123,8 +123,8 @@ async def _custom_vision_predictor(request: Request) -> Principal:
     return principal
 
 
-CustomVisionTrainer = Annotated[Principal, Depends(_custom_vision_trainer)]
-CustomVisionPredictor = Annotated[Principal, Depends(_custom_vision_predictor)]
+CustomVisionTrainer = Annotated[Principal, Depends(custom_vision_trainer)]
+CustomVisionPredictor = Annotated[Principal, Depends(custom_vision_predictor)]
 Admin = Annotated[Principal, requires(Scope.ADMIN)]
 Trainer = Annotated[Principal, requires(Scope.TRAIN)]
 # Prediction endpoints: the predict scope, and the key's request rate (429 over it).

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.layers import PROBABILITY_FLOOR
-
+# Probabilities are clipped to this before their log is taken (here and in the saved
+# models' calibration layers, app.ml.layers: NumPy and Keras alike).
+PROBABILITY_FLOOR = 1e-12
 ECE_BINS = 15
 # Fewer validation images than this, and one temperature is a guess: the model is left as is.
 MIN_CALIBRATION_IMAGES = 20

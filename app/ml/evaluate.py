@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from app.ml.config import Task
+from app.ml.multilabel import binary_log_loss, mean_average_precision
 
 
 def class_probabilities(raw: np.ndarray, class_count: int) -> np.ndarray:
@@ -63,10 +64,6 @@ def validation_score(
     """How models are compared on validation: (loss, score), the score being accuracy for a
     multiclass model and mAP for a multi-label one (the loss: their cross-entropies)."""
     if task is Task.MULTILABEL:
-        # (here, not at the top: app.ml.serving imports this module, and the API process must
-        # not import Keras through the calibration module's)
-        from app.ml.multilabel import binary_log_loss, mean_average_precision
-
         return binary_log_loss(probabilities, labels), mean_average_precision(probabilities, labels)
     return log_loss(probabilities, labels), float(np.mean(probabilities.argmax(axis=1) == labels))
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import keras
 
+from app.ml.calibration import PROBABILITY_FLOOR
+
 # ImageNet channel means in BGR order, as keras.applications' "caffe" preprocessing uses.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -26,10 +28,6 @@ class MirrorImages(keras.layers.Layer):  # type: ignore[misc]
 
     def call(self, inputs: Any) -> Any:
         return keras.ops.flip(inputs, axis=-2)
-
-
-# Probabilities are clipped to this before their log is taken.
-PROBABILITY_FLOOR = 1e-12
 
 
 @keras.saving.register_keras_serializable(package="smallvision")

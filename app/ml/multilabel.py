@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.calibration import ECE_BINS, binned_calibration_error
-from app.ml.layers import PROBABILITY_FLOOR
+from app.ml.calibration import ECE_BINS, PROBABILITY_FLOOR, binned_calibration_error
 
 # A label validation never shows (or shows on every image) has no best-F1 point: this.
 DEFAULT_THRESHOLD = 0.5

@@ -76,8 +76,11 @@ def test_every_endpoint_but_health_needs_a_key(app_client: TestClient) -> None:
     for method, path in operations:
         response = app_client.request(method, _concrete(path))
         assert response.status_code == 401, (method, path, response.text)
-        error = response.json()["error"]  # /v1 and /v2 carry the message in "error"
-        assert error == "unauthorized" or "API key is required" in error, (path, error)
+        if path.startswith("/customvision/"):  # Custom Vision's shape, for its SDKs
+            assert response.json()["code"] == "Unauthorized", (path, response.text)
+        else:
+            error = response.json()["error"]  # /v1 and /v2 carry the message in "error"
+            assert error == "unauthorized" or "API key is required" in error, (path, error)
         assert response.headers["www-authenticate"] == "Bearer"
     for path in OPEN_PATHS - {"/v2/health/ready"}:
         assert app_client.get(path).status_code == 200, path

@@ -202,7 +202,8 @@ def test_the_api_and_the_worker_start_without_importing_keras(module: str) -> No
     """TensorFlow is imported by the first model loaded with Keras, or the first job: an API
     serving ONNX Runtime never pays for it (hundreds of MB and seconds at start), and a worker's
     job state is seen `running` while it loads. An import of Keras at module level anywhere on
-    the way (app.ml.evaluate importing the calibration module once did) fails here."""
+    the way (the NumPy calibration module taking a constant from the Keras layers' module
+    once did) fails here."""
     import subprocess
     import sys
 

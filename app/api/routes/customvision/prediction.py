@@ -6,11 +6,17 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.bodies import ANY_PART, read_body, receive_files
-from app.api.deps import CustomVisionPredictor, DecodeBudgetDep, ModelCacheDep, SessionDep
+from app.api.deps import (
+    CustomVisionPredictor,
+    DecodeBudgetDep,
+    ModelCacheDep,
+    SessionDep,
+    custom_vision_predictor,
+)
 from app.api.routes.customvision.versions import ApiVersion
 from app.core.config import get_settings
 from app.core.errors import BadRequestError, UnsupportedMediaTypeError
@@ -25,6 +31,8 @@ router = APIRouter(
     prefix="/customvision/{api_version}/prediction",
     tags=["custom vision"],
     responses=CUSTOM_VISION_RESPONSES,
+    # the key first (before the path's API version is checked): no key, no other answer
+    dependencies=[Depends(custom_vision_predictor)],
 )
 
 

@@ -6,12 +6,18 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Body, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from app.api.bodies import ANY_PART, json_body_openapi, read_json_model, receive_files
-from app.api.deps import CustomVisionTrainer, DecodeBudgetDep, ModelCacheDep, SessionDep
+from app.api.deps import (
+    CustomVisionTrainer,
+    DecodeBudgetDep,
+    ModelCacheDep,
+    SessionDep,
+    custom_vision_trainer,
+)
 from app.api.routes.customvision.versions import ApiVersion
 from app.core.config import get_settings
 from app.db.customvision import CvIteration
@@ -45,6 +51,8 @@ router = APIRouter(
     prefix="/customvision/{api_version}/training",
     tags=["custom vision"],
     responses=CUSTOM_VISION_RESPONSES,
+    # the key first (before the path's API version is checked): no key, no other answer
+    dependencies=[Depends(custom_vision_trainer)],
 )
 
 MAX_QUERY_TEXT = 4000  # a name, description or list of ids in a query string
