@@ -118,6 +118,7 @@ def upgrade() -> None:
         sa.Column("classification_type", sa.String(length=16), nullable=False),
         sa.Column("publish_name", sa.String(length=200), nullable=True),
         sa.Column("prediction_resource_id", sa.String(length=1024), nullable=True),
+        sa.Column("export_token", sa.String(length=64), nullable=True),
         sa.Column("settings", _json(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_modified_at", sa.DateTime(timezone=True), nullable=False),
@@ -137,6 +138,7 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "project_id", "publish_name", name=op.f("uq_cv_iterations_project_id_publish_name")
         ),
+        sa.UniqueConstraint("export_token", name=op.f("uq_cv_iterations_export_token")),
     )
     with op.batch_alter_table("cv_iterations", schema=None) as batch_op:
         batch_op.create_index(

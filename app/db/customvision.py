@@ -102,6 +102,9 @@ class CvIteration(Base):
     classification_type: Mapped[str] = mapped_column(String(16))
     publish_name: Mapped[str | None] = mapped_column(String(200))
     prediction_resource_id: Mapped[str | None] = mapped_column(String(1024))
+    # The secret part of its export's download link (as Azure's are signed storage links, it
+    # works without a key); None until an export is asked for.
+    export_token: Mapped[str | None] = mapped_column(String(64), unique=True)
     # What the training reported (the job's result), kept when the job row goes.
     settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -20,6 +20,11 @@ EXPECTED_TABLES = {
     "model_names",
     "review_items",
     "model_exports",
+    "cv_projects",
+    "cv_tags",
+    "cv_images",
+    "cv_image_tags",
+    "cv_iterations",
 }
 
 
