@@ -238,3 +238,11 @@ CUSTOM_VISION_RESPONSES: dict[int | str, dict[str, object]] = {
     429: _error("over the key's rate"),
     503: _error("the database or the broker is unreachable"),
 }
+
+
+class Export(_Wire):
+    platform: str
+    status: Literal["Exporting", "Failed", "Done"]
+    download_uri: str | None = None
+    flavor: str | None = None
+    newer_version_available: bool = False

@@ -129,6 +129,23 @@ def test_the_quickstart_flow(service: tuple[LiveService, Keys]) -> None:
         == "BadRequest"
     )
 
+    # the ONNX export, downloaded by its link without a key (as Azure's signed links are)
+    assert trainer.get_exports(project.id, iteration.id) == []
+    exported = trainer.export_iteration(project.id, iteration.id, "ONNX")
+    assert exported.status == "Done" and exported.platform == "ONNX"
+    assert [e.download_uri for e in trainer.get_exports(project.id, iteration.id)] == [
+        exported.download_uri
+    ]
+    model_file = httpx.get(exported.download_uri)
+    assert model_file.status_code == 200 and len(model_file.content) > 100_000
+    import onnx
+
+    assert onnx.load_from_string(model_file.content).graph.input[0].name == "pixels"
+    assert httpx.get(exported.download_uri[:-4] + "xxxx").status_code == 404
+    assert (
+        _sdk_code(lambda: trainer.export_iteration(project.id, iteration.id, "CoreML"))
+        == "BadRequestExportValidationFailed"
+    )
     assert trainer.publish_iteration(project.id, iteration.id, "pets-model", "resource") is True
     assert trainer.get_iteration(project.id, iteration.id).publish_name == "pets-model"
     answer = predictor.classify_image(project.id, "pets-model", TEST_DOG.read_bytes())

@@ -5,6 +5,7 @@ becomes the iteration's model, and publishing gives that version a name predicti
 from __future__ import annotations
 
 import json
+import secrets
 import tempfile
 import uuid
 import zipfile
@@ -19,7 +20,7 @@ from app.db.base import utcnow
 from app.db.customvision import CvImage, CvImageTag, CvIteration, CvProject, CvTag
 from app.db.models import JobStatus, TrainingJob
 from app.ml.config import Task
-from app.schemas.customvision import Iteration
+from app.schemas.customvision import Export, Iteration
 from app.schemas.jobs import JobCreate
 from app.services import jobs
 from app.services.auth import Principal
@@ -323,3 +324,54 @@ def published(session: Session, *, project: CvProject, publish_name: str) -> CvI
             f"no iteration of project {project.id} is published as {publish_name!r}",
         )
     return iteration
+
+
+# What an iteration exports to here: every model version has its ONNX export.
+EXPORT_PLATFORM = "ONNX"
+EXPORT_FLAVORS = (None, "ONNX10", "ONNX12")
+
+
+def _check_platform(platform: str | None, flavor: str | None) -> str:
+    if (platform or "").upper() != EXPORT_PLATFORM:
+        raise CustomVisionError(
+            "BadRequestExportValidationFailed",
+            f"platform {platform!r} is not exported here: {EXPORT_PLATFORM} (with flavor "
+            "ONNX10, ONNX12 or none)",
+        )
+    if flavor is not None and flavor.upper() not in {f for f in EXPORT_FLAVORS if f}:
+        raise CustomVisionError("BadRequestExportValidationFailed", f"no ONNX flavor {flavor!r}")
+    return EXPORT_PLATFORM
+
+
+def export(
+    session: Session, *, iteration: CvIteration, platform: str | None, flavor: str | None
+) -> CvIteration:
+    """The iteration's ONNX export, with a download link of its own (made once)."""
+    _check_platform(platform, flavor)
+    if _status(session, iteration) != "Completed" or model_version(session, iteration) is None:
+        raise CustomVisionError(
+            "BadRequestIterationIsNotTrained", f"iteration {iteration.id} is not trained"
+        )
+    if iteration.export_token is None:
+        iteration.export_token = secrets.token_urlsafe(32)
+        iteration.settings = {**iteration.settings, "export_flavor": flavor}
+        session.flush()
+    return iteration
+
+
+def export_wire(iteration: CvIteration, *, base_url: str) -> Export:
+    return Export(
+        platform=EXPORT_PLATFORM,
+        status="Done",
+        download_uri=f"{base_url.rstrip('/')}/customvision/exports/{iteration.export_token}",
+        flavor=iteration.settings.get("export_flavor"),
+    )
+
+
+def exported(session: Session, *, token: str) -> tuple[str, int]:
+    """The model name and version of the export this link's token names (NotFound if none)."""
+    iteration = session.scalar(select(CvIteration).where(CvIteration.export_token == token))
+    version = None if iteration is None else model_version(session, iteration)
+    if iteration is None or version is None:
+        raise not_found("NotFound", "no such export")
+    return model_name_of(str(iteration.project_id)), version

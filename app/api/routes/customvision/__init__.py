@@ -4,8 +4,9 @@ endpoint and the key (README, "Coming from Azure Custom Vision")."""
 
 from fastapi import APIRouter
 
-from app.api.routes.customvision import prediction, training
+from app.api.routes.customvision import downloads, prediction, training
 
 router = APIRouter()
 router.include_router(training.router)
 router.include_router(prediction.router)
+router.include_router(downloads.router)

@@ -26,6 +26,7 @@ from app.schemas.customvision import (
     MAX_IMAGES_PER_BATCH,
     MAX_IMAGES_PER_PAGE,
     Domain,
+    Export,
     Image,
     ImageCreateSummary,
     ImageFileCreateBatch,
@@ -732,3 +733,38 @@ async def get_iteration_performance(
         held_out = performance.HeldOut(classes, np.concatenate(answers), truth)
         performance.remember(iteration, held_out)
     return performance.performance(held_out, threshold=threshold, tag_ids=tag_ids)
+
+
+@router.post("/projects/{project_id}/iterations/{iteration_id}/export", response_model=Export)
+def export_iteration(
+    project_id: str,
+    iteration_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    platform: Annotated[str | None, Query(max_length=40)] = None,
+    flavor: Annotated[str | None, Query(max_length=40)] = None,
+) -> Export:
+    """The iteration's ONNX export (every model here has one: it is Done at once), with a
+    download link that works without a key, as Azure's do."""
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    iteration = iterations.get_iteration(session, project=project, iteration_id=iteration_id)
+    iteration = iterations.export(session, iteration=iteration, platform=platform, flavor=flavor)
+    return iterations.export_wire(iteration, base_url=str(request.base_url))
+
+
+@router.get("/projects/{project_id}/iterations/{iteration_id}/export", response_model=list[Export])
+def get_exports(
+    project_id: str,
+    iteration_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> list[Export]:
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    iteration = iterations.get_iteration(session, project=project, iteration_id=iteration_id)
+    if iteration.export_token is None:
+        return []
+    return [iterations.export_wire(iteration, base_url=str(request.base_url))]
