@@ -246,3 +246,50 @@ class Export(_Wire):
     download_uri: str | None = None
     flavor: str | None = None
     newer_version_available: bool = False
+
+
+class PredictionQueryTag(_Wire):
+    id: str
+    min_threshold: float = 0.0
+    max_threshold: float = 1.0
+
+
+class PredictionQueryToken(_Wire):
+    session: str | None = None
+    continuation: str | None = Field(default=None, max_length=40)
+    max_count: int = 50
+    order_by: Literal["Newest", "Oldest", "Suggested"] = "Newest"
+    tags: list[PredictionQueryTag] | None = Field(default=None, max_length=500)
+    iteration_id: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    application: str | None = None
+
+
+class StoredImagePrediction(_Wire):
+    resized_image_uri: str
+    thumbnail_uri: str
+    original_image_uri: str
+    domain: str
+    id: str
+    project: str
+    iteration: str
+    created: datetime
+    predictions: list[Prediction]
+
+
+class PredictionQueryResult(_Wire):
+    token: PredictionQueryToken
+    results: list[StoredImagePrediction]
+
+
+class ImageIdCreateEntry(_Wire):
+    id: str
+    tag_ids: list[str] | None = Field(default=None, max_length=100)
+    regions: list[dict[str, object]] | None = Field(default=None, max_length=0)
+
+
+class ImageIdCreateBatch(_Wire):
+    images: list[ImageIdCreateEntry] = Field(default_factory=list)
+    tag_ids: list[str] | None = Field(default=None, max_length=100)
+    metadata: dict[str, str] | None = None

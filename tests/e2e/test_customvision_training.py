@@ -21,6 +21,10 @@ from azure.cognitiveservices.vision.customvision.training.models import (
     CustomVisionErrorException,
     ImageFileCreateBatch,
     ImageFileCreateEntry,
+    ImageIdCreateBatch,
+    ImageIdCreateEntry,
+    PredictionQueryTag,
+    PredictionQueryToken,
 )
 from msrest.authentication import ApiKeyCredentials
 
@@ -158,6 +162,30 @@ def test_the_quickstart_flow(service: tuple[LiveService, Keys]) -> None:
     assert {p.tag_id for p in answer.predictions} == {cat.id, dog.id}
     quiet = predictor.classify_image_with_no_store(project.id, "pets-model", TEST_DOG.read_bytes())
     assert [p.tag_name for p in quiet.predictions] == names
+    # the stored one is found by query_predictions (the nostore one is not), and becomes an
+    # image of the project
+    other = sorted((PHOTOS / "test" / "cats").iterdir())[0]
+    predictor.classify_image_with_no_store(project.id, "pets-model", other.read_bytes())
+    stored = trainer.query_predictions(project.id, PredictionQueryToken(max_count=10))
+    assert len(stored.results) == 1 and stored.token.continuation is None
+    kept = stored.results[0]
+    assert (kept.project, kept.iteration) == (project.id, iteration.id)
+    assert [p.tag_name for p in kept.predictions] == names
+    assert httpx.get(kept.original_image_uri, headers={"Training-Key": keys.training}).content == (
+        TEST_DOG.read_bytes()
+    )
+    only_cats = PredictionQueryToken(tags=[PredictionQueryTag(id=cat.id, min_threshold=0.999)])
+    confident = trainer.query_predictions(project.id, only_cats).results
+    assert all(
+        p.probability >= 0.999 for r in confident for p in r.predictions if p.tag_id == cat.id
+    )
+    made = trainer.create_images_from_predictions(
+        project.id, ImageIdCreateBatch(images=[ImageIdCreateEntry(id=kept.id, tag_ids=[dog.id])])
+    )
+    assert made.images[0].status == "OK"
+    assert trainer.get_tagged_image_count(project.id, tag_ids=[dog.id]) == len(DOGS) + 1
+    trainer.delete_prediction(project.id, ids=[kept.id])
+    assert trainer.query_predictions(project.id, PredictionQueryToken()).results == []
 
     # an unknown publish name, a bad key, the portal's spelling, a browser's form and a body
     assert (

@@ -83,6 +83,27 @@ def capture_uncertain(
         for image, row, outlier in zip(images, probabilities, unknown, strict=True)
         if outlier or unsure(row)
     ]
+    return keep_answers(
+        principal=principal,
+        model_name=model_name,
+        model_version=model_version,
+        classes=classes,
+        answers=uncertain,
+    )
+
+
+def keep_answers(
+    *,
+    principal: Principal,
+    model_name: str,
+    model_version: int,
+    classes: Sequence[str],
+    answers: Sequence[tuple[_Image, np.ndarray]],
+) -> int:
+    """Keep these images with their answers (each row: every class's probability) in the
+    caller's queue, whatever their scores: the same image again refreshes its item, and the
+    queue's limits drop the oldest. Returns how many were kept."""
+    uncertain = list(answers)
     if not uncertain:
         return 0
     settings = get_settings()

@@ -24,6 +24,7 @@ from app.db.base import utcnow
 from app.schemas.customvision import CUSTOM_VISION_RESPONSES, ImagePrediction, Prediction
 from app.services import inference
 from app.services.customvision import iterations, projects
+from app.services.customvision import predictions as predictions_store
 from app.services.customvision.errors import CustomVisionError
 from app.services.inference import ImagePayload
 
@@ -61,7 +62,11 @@ async def _classify(
     principal: CustomVisionPredictor,
     cache: ModelCacheDep,
     budget: DecodeBudgetDep,
+    *,
+    keep: bool,
 ) -> ImagePrediction:
+    """Classify the request's image; with `keep`, store it and the answer where the Training
+    API's query_predictions finds them."""
     data = await _image(request)
 
     def resolve() -> tuple[str, str, int, dict[str, tuple[str, str]]]:
@@ -86,6 +91,17 @@ async def _classify(
     except (BadRequestError, UnsupportedMediaTypeError) as exc:
         raise CustomVisionError("BadRequestImageFormat", exc.detail) from exc
     probabilities = result.probabilities[0]
+    if keep:
+        await run_in_threadpool(
+            lambda: predictions_store.store(
+                principal=principal,
+                project_id=project,
+                version=version,
+                classes=result.classes,
+                probabilities=probabilities,
+                image=ImagePayload(data=data),
+            )
+        )
     predictions = [
         Prediction(probability=float(p), tag_id=tags[name][0], tag_name=name)
         for name, p in zip(result.classes, probabilities, strict=True)
@@ -125,8 +141,10 @@ async def classify_image(
     cache: ModelCacheDep,
     budget: DecodeBudgetDep,
 ) -> ImagePrediction:
-    """Classify an image (Azure also stores it with its prediction; not yet here)."""
-    return await _classify(project_id, published_name, request, session, principal, cache, budget)
+    """Classify an image, and store it with its answer (query_predictions finds them)."""
+    return await _classify(
+        project_id, published_name, request, session, principal, cache, budget, keep=True
+    )
 
 
 @router.post(
@@ -144,4 +162,6 @@ async def classify_image_with_no_store(
     budget: DecodeBudgetDep,
 ) -> ImagePrediction:
     """Classify an image, keeping nothing of it."""
-    return await _classify(project_id, published_name, request, session, principal, cache, budget)
+    return await _classify(
+        project_id, published_name, request, session, principal, cache, budget, keep=False
+    )

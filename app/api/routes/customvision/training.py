@@ -30,18 +30,28 @@ from app.schemas.customvision import (
     Image,
     ImageCreateSummary,
     ImageFileCreateBatch,
+    ImageIdCreateBatch,
     ImageTagCreateBatch,
     ImageTagCreateSummary,
     Iteration,
     IterationPerformance,
     IterationUpdate,
+    PredictionQueryResult,
+    PredictionQueryToken,
     Project,
     ProjectUpdate,
     Tag,
     TagUpdate,
 )
 from app.services import inference
-from app.services.customvision import domains, images, iterations, performance, projects
+from app.services.customvision import (
+    domains,
+    images,
+    iterations,
+    performance,
+    predictions,
+    projects,
+)
 from app.services.customvision.errors import CustomVisionError
 from app.services.customvision.projects import parse_id
 from app.services.inference import ImagePayload
@@ -768,3 +778,109 @@ def get_exports(
     if iteration.export_token is None:
         return []
     return [iterations.export_wire(iteration, base_url=str(request.base_url))]
+
+
+# --- stored predictions ------------------------------------------------------------------------
+
+
+@router.post(
+    "/projects/{project_id}/predictions/query",
+    response_model=PredictionQueryResult,
+    openapi_extra=json_body_openapi(PredictionQueryToken),
+)
+async def query_predictions(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> PredictionQueryResult:
+    """The project's stored predictions (classify calls that store), a page at a time."""
+    token = await read_json_model(request, PredictionQueryToken)
+
+    def query() -> PredictionQueryResult:
+        project = projects.get_project(session, project_id=project_id, principal=principal)
+        return predictions.query(
+            session,
+            project=project,
+            principal=principal,
+            token=token,
+            base_url=str(request.base_url),
+        )
+
+    return await run_in_threadpool(query)
+
+
+@router.get(
+    "/projects/{project_id}/predictions/{prediction_id}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}},
+)
+def get_prediction_image(
+    project_id: str,
+    prediction_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> Response:
+    """A stored prediction's image (its originalImageUri; with the key)."""
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    item = predictions.get_item(
+        session, project=project, principal=principal, prediction_id=prediction_id
+    )
+    try:
+        data = predictions.image_of(item)
+    except ObjectNotFoundError:
+        raise CustomVisionError("NotFound", "the image is gone", status_code=404) from None
+    return Response(data, media_type=image_media_type(data))
+
+
+@router.delete("/projects/{project_id}/predictions", status_code=status.HTTP_204_NO_CONTENT)
+def delete_prediction(
+    project_id: str,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    ids: Annotated[str | None, Query(max_length=MAX_QUERY_TEXT * 4)] = None,
+) -> Response:
+    project = projects.get_project(session, project_id=project_id, principal=principal)
+    predictions.delete(session, project=project, principal=principal, ids=_csv(ids))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/projects/{project_id}/images/predictions",
+    response_model=ImageCreateSummary,
+    openapi_extra=json_body_openapi(ImageIdCreateBatch),
+)
+async def create_images_from_predictions(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> JSONResponse:
+    """Stored predictions' images become images of the project, with the tags asked for."""
+    batch = await read_json_model(request, ImageIdCreateBatch)
+
+    def add() -> tuple[ImageCreateSummary, bool]:
+        project = projects.get_project(session, project_id=project_id, principal=principal)
+        new = []
+        for entry in batch.images:
+            item = predictions.get_item(
+                session, project=project, principal=principal, prediction_id=entry.id
+            )
+            try:
+                data: bytes | None = predictions.image_of(item)
+            except ObjectNotFoundError:
+                data = None
+            new.append(images.NewImage(data=data, tag_ids=entry.tag_ids or [], source=entry.id))
+        return images.add_images(
+            session,
+            project=project,
+            images=new,
+            batch_tag_ids=batch.tag_ids or [],
+            base_url=str(request.base_url),
+        )
+
+    return _summary_response(*await run_in_threadpool(add))
