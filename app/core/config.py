@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     # limits: 6 MB and 4 MB).
     max_custom_vision_training_image_bytes: int = Field(default=6 * 1024**2, gt=0)
     max_custom_vision_prediction_image_bytes: int = Field(default=4 * 1024**2, gt=0)
+    # Images given by URL (classify_image_url, create_images_from_urls) are fetched from
+    # public addresses only: a loopback, private or link-local one is refused (the service
+    # would otherwise reach into its own network for a caller) unless this allows it; and
+    # within this many seconds.
+    custom_vision_fetch_private_urls: bool = False
+    custom_vision_fetch_timeout_seconds: float = Field(default=10.0, gt=0)
     max_active_jobs_per_owner: int = Field(default=4, gt=0)
     predict_rate_per_second: float = Field(default=50.0, gt=0)
     predict_burst: int = Field(default=100, gt=0)

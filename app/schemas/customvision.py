@@ -293,3 +293,19 @@ class ImageIdCreateBatch(_Wire):
     images: list[ImageIdCreateEntry] = Field(default_factory=list)
     tag_ids: list[str] | None = Field(default=None, max_length=100)
     metadata: dict[str, str] | None = None
+
+
+class ImageUrl(_Wire):
+    url: str = Field(max_length=2048)
+
+
+class ImageUrlCreateEntry(_Wire):
+    url: str = Field(max_length=2048)
+    tag_ids: list[str] | None = Field(default=None, max_length=100)
+    regions: list[dict[str, object]] | None = Field(default=None, max_length=0)
+
+
+class ImageUrlCreateBatch(_Wire):
+    images: list[ImageUrlCreateEntry] = Field(default_factory=list)
+    tag_ids: list[str] | None = Field(default=None, max_length=100)
+    metadata: dict[str, str] | None = None

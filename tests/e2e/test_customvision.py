@@ -46,6 +46,8 @@ def live(tmp_path_factory) -> Iterator[Live]:
             "DATA_DIR": str(tmp / "data"),
             "ENVIRONMENT": "test",
             "DATABASE_URL": database,
+            # images by URL come from a server on loopback here (the guard: tests/services)
+            "CUSTOM_VISION_FETCH_PRIVATE_URLS": "true",
         }.items():
             patch.setenv(ENV_PREFIX + key, value)
         reset_caches()
@@ -375,3 +377,53 @@ def test_import_azure_makes_a_dataset_of_a_project_and_resumes(live: Live, tmp_p
     missing = run("--project", "00000000-0000-4000-8000-000000000000")
     assert missing.returncode == 5
     assert "NotFoundProject" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def image_server(tmp_path: Path) -> Iterator[str]:
+    """A plain HTTP server on loopback serving two photos and a text file."""
+    import functools
+    import http.server
+    import threading
+
+    for index, photo in enumerate(_photos(2, "dogs")):
+        (tmp_path / f"dog{index}.jpg").write_bytes(photo.read_bytes())
+    (tmp_path / "notes.txt").write_text("not an image")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_images_from_urls(live: Live, image_server: str) -> None:
+    from azure.cognitiveservices.vision.customvision.training.models import (
+        ImageUrlCreateBatch,
+        ImageUrlCreateEntry,
+    )
+
+    client = trainer(live)
+    project = client.create_project("by url")
+    dog = client.create_tag(project.id, "dog")
+    batch = ImageUrlCreateBatch(
+        images=[
+            ImageUrlCreateEntry(url=f"{image_server}/dog0.jpg", tag_ids=[dog.id]),
+            ImageUrlCreateEntry(url=f"{image_server}/dog1.jpg", tag_ids=[dog.id]),
+            ImageUrlCreateEntry(url=f"{image_server}/missing.jpg", tag_ids=[dog.id]),
+            ImageUrlCreateEntry(url=f"{image_server}/notes.txt", tag_ids=[dog.id]),
+            ImageUrlCreateEntry(url="ftp://example.com/x.jpg", tag_ids=[dog.id]),
+        ]
+    )
+    raw = client.create_images_from_urls(project.id, batch, raw=True)
+    assert raw.response.status_code == 207
+    assert [i.status for i in raw.output.images] == [
+        "OK",
+        "OK",
+        "ErrorSource",
+        "ErrorImageFormat",
+        "ErrorSource",
+    ]
+    assert raw.output.images[0].source_url == f"{image_server}/dog0.jpg"
+    assert client.get_tagged_image_count(project.id) == 2

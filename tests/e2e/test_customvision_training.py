@@ -215,6 +215,11 @@ def test_the_quickstart_flow(service: tuple[LiveService, Keys]) -> None:
     big = httpx.post(url, content=b"\xff" * (4 * 1024**2 + 1), headers=headers)
     assert big.status_code == 413 and big.json()["code"] == "BadRequestImageSizeBytes"
 
+    # an image by URL: this service's own network is not fetched from (by default)
+    own = f"{live.url}/health"
+    assert _sdk_code(lambda: predictor.classify_image_url(project.id, "pets-model", url=own)) == (
+        "BadRequestImageUrl"
+    )
     # unpublished, the name answers nothing; a published iteration cannot be deleted
     assert _sdk_code(lambda: trainer.delete_iteration(project.id, iteration.id)) == (
         "BadRequestIterationIsPublished"

@@ -43,6 +43,8 @@ class NewImage:
     data: bytes | None
     tag_ids: Sequence[str]
     source: str | None = None  # its name or URL, as the caller gave it
+    # Why its bytes could not be had (a status such as ErrorImageSize); None: see `data`.
+    failed: str | None = None
 
 
 def image_key(project_id: uuid.UUID, sha256: str) -> str:
@@ -160,6 +162,8 @@ def _add_one(
     max_pixels: int,
     stored: list[str],
 ) -> tuple[str, CvImage | None]:
+    if new.failed is not None:
+        return new.failed, None
     if new.data is None:
         return "ErrorSource", None
     if len(new.data) > max_bytes:

@@ -9,7 +9,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.bodies import ANY_PART, read_body, receive_files
+from app.api.bodies import (
+    ANY_PART,
+    json_body_openapi,
+    read_body,
+    read_json_model,
+    receive_files,
+)
 from app.api.deps import (
     CustomVisionPredictor,
     DecodeBudgetDep,
@@ -21,11 +27,17 @@ from app.api.routes.customvision.versions import ApiVersion
 from app.core.config import get_settings
 from app.core.errors import BadRequestError, UnsupportedMediaTypeError
 from app.db.base import utcnow
-from app.schemas.customvision import CUSTOM_VISION_RESPONSES, ImagePrediction, Prediction
+from app.schemas.customvision import (
+    CUSTOM_VISION_RESPONSES,
+    ImagePrediction,
+    ImageUrl,
+    Prediction,
+)
 from app.services import inference
 from app.services.customvision import iterations, projects
 from app.services.customvision import predictions as predictions_store
 from app.services.customvision.errors import CustomVisionError
+from app.services.customvision.urls import fetch_image
 from app.services.inference import ImagePayload
 
 router = APIRouter(
@@ -54,6 +66,20 @@ async def _image(request: Request) -> bytes:
     return data
 
 
+async def _image_at_url(request: Request) -> bytes:
+    """The image at the URL of the body (`{"url": ...}`), fetched under the SSRF guards."""
+    body = await read_json_model(request, ImageUrl)
+    settings = get_settings()
+    return await run_in_threadpool(
+        lambda: fetch_image(
+            body.url,
+            max_bytes=settings.max_custom_vision_prediction_image_bytes,
+            timeout=settings.custom_vision_fetch_timeout_seconds,
+            allow_private=settings.custom_vision_fetch_private_urls,
+        )
+    )
+
+
 async def _classify(
     project_id: str,
     published_name: str,
@@ -64,10 +90,12 @@ async def _classify(
     budget: DecodeBudgetDep,
     *,
     keep: bool,
+    url: bool = False,
 ) -> ImagePrediction:
-    """Classify the request's image; with `keep`, store it and the answer where the Training
-    API's query_predictions finds them."""
-    data = await _image(request)
+    """Classify the request's image (or, with `url`, the image at the URL its JSON body
+    names); with `keep`, store it and the answer where the Training API's query_predictions
+    finds them."""
+    data = await (_image_at_url(request) if url else _image(request))
 
     def resolve() -> tuple[str, str, int, dict[str, tuple[str, str]]]:
         project = projects.get_project(session, project_id=project_id, principal=principal)
@@ -164,4 +192,46 @@ async def classify_image_with_no_store(
     """Classify an image, keeping nothing of it."""
     return await _classify(
         project_id, published_name, request, session, principal, cache, budget, keep=False
+    )
+
+
+@router.post(
+    "/{project_id}/classify/iterations/{published_name}/url",
+    response_model=ImagePrediction,
+    openapi_extra=json_body_openapi(ImageUrl),
+)
+async def classify_image_url(
+    project_id: str,
+    published_name: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionPredictor,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+) -> ImagePrediction:
+    """Classify the image at a URL (public addresses only), and store it with its answer."""
+    return await _classify(
+        project_id, published_name, request, session, principal, cache, budget, keep=True, url=True
+    )
+
+
+@router.post(
+    "/{project_id}/classify/iterations/{published_name}/url/nostore",
+    response_model=ImagePrediction,
+    openapi_extra=json_body_openapi(ImageUrl),
+)
+async def classify_image_url_with_no_store(
+    project_id: str,
+    published_name: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionPredictor,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+) -> ImagePrediction:
+    """Classify the image at a URL (public addresses only), keeping nothing of it."""
+    return await _classify(
+        project_id, published_name, request, session, principal, cache, budget, keep=False, url=True
     )

@@ -33,6 +33,7 @@ from app.schemas.customvision import (
     ImageIdCreateBatch,
     ImageTagCreateBatch,
     ImageTagCreateSummary,
+    ImageUrlCreateBatch,
     Iteration,
     IterationPerformance,
     IterationUpdate,
@@ -54,6 +55,7 @@ from app.services.customvision import (
 )
 from app.services.customvision.errors import CustomVisionError
 from app.services.customvision.projects import parse_id
+from app.services.customvision.urls import fetch_image
 from app.services.inference import ImagePayload
 from app.services.review.images import image_media_type
 from models_store import ObjectNotFoundError
@@ -875,6 +877,67 @@ async def create_images_from_predictions(
             except ObjectNotFoundError:
                 data = None
             new.append(images.NewImage(data=data, tag_ids=entry.tag_ids or [], source=entry.id))
+        return images.add_images(
+            session,
+            project=project,
+            images=new,
+            batch_tag_ids=batch.tag_ids or [],
+            base_url=str(request.base_url),
+        )
+
+    return _summary_response(*await run_in_threadpool(add))
+
+
+def _fetched(url: str) -> images.NewImage:
+    """The image at a URL of a create batch, or the status that says why it is not there."""
+    settings = get_settings()
+    try:
+        data = fetch_image(
+            url,
+            max_bytes=settings.max_custom_vision_training_image_bytes,
+            timeout=settings.custom_vision_fetch_timeout_seconds,
+            allow_private=settings.custom_vision_fetch_private_urls,
+        )
+    except CustomVisionError as exc:
+        failed = "ErrorImageSize" if exc.code == "BadRequestImageSizeBytes" else "ErrorSource"
+        return images.NewImage(data=None, tag_ids=[], source=url, failed=failed)
+    return images.NewImage(data=data, tag_ids=[], source=url)
+
+
+@router.post(
+    "/projects/{project_id}/images/urls",
+    response_model=ImageCreateSummary,
+    openapi_extra=json_body_openapi(ImageUrlCreateBatch),
+)
+async def create_images_from_urls(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+) -> JSONResponse:
+    """Images fetched from URLs (public addresses only; at most 64 per call), each with its
+    tags; one that cannot be fetched is ErrorSource."""
+    batch = await read_json_model(request, ImageUrlCreateBatch)
+    if len(batch.images) > MAX_IMAGES_PER_BATCH:
+        raise CustomVisionError(
+            "BadRequestImageBatch", f"{len(batch.images)} images; at most {MAX_IMAGES_PER_BATCH}"
+        )
+
+    def add() -> tuple[ImageCreateSummary, bool]:
+        project = projects.get_project(session, project_id=project_id, principal=principal)
+        # (fetched before anything is written: no transaction waits on the network)
+        fetched_all = [_fetched(entry.url) for entry in batch.images]
+        new = []
+        for entry, fetched in zip(batch.images, fetched_all, strict=True):
+            new.append(
+                images.NewImage(
+                    data=fetched.data,
+                    tag_ids=entry.tag_ids or [],
+                    source=entry.url,
+                    failed=fetched.failed,
+                )
+            )
         return images.add_images(
             session,
             project=project,
