@@ -133,6 +133,11 @@ def test_the_quickstart_flow(service: tuple[LiveService, Keys]) -> None:
         == "BadRequest"
     )
 
+    # a quick test needs no publishing: the given iteration, else the latest trained
+    tested = trainer.quick_test_image(project.id, TEST_DOG.read_bytes(), iteration_id=iteration.id)
+    assert tested.iteration == iteration.id and len(tested.predictions) == 2
+    latest = trainer.quick_test_image(project.id, TEST_DOG.read_bytes(), store=False)
+    assert [p.tag_name for p in latest.predictions] == [p.tag_name for p in tested.predictions]
     # the ONNX export, downloaded by its link without a key (as Azure's signed links are)
     assert trainer.get_exports(project.id, iteration.id) == []
     exported = trainer.export_iteration(project.id, iteration.id, "ONNX")

@@ -375,3 +375,15 @@ def exported(session: Session, *, token: str) -> tuple[str, int]:
     if iteration is None or version is None:
         raise not_found("NotFound", "no such export")
     return model_name_of(str(iteration.project_id)), version
+
+
+def latest_trained(session: Session, *, project: CvProject) -> CvIteration:
+    """The project's newest trained iteration (a quick test without an iterationId uses it)."""
+    trained = [
+        i
+        for i in list_iterations(session, project=project)
+        if model_version(session, i) is not None
+    ]
+    if not trained:
+        raise not_found("NotFoundProjectDefaultIteration", "the project has no trained iteration")
+    return trained[-1]

@@ -80,9 +80,9 @@ async def _image_at_url(request: Request) -> bytes:
     )
 
 
-async def _classify(
+async def classify(
     project_id: str,
-    published_name: str,
+    published_name: str | None,
     request: Request,
     session: SessionDep,
     principal: CustomVisionPredictor,
@@ -91,15 +91,24 @@ async def _classify(
     *,
     keep: bool,
     url: bool = False,
+    iteration_id: str | None = None,
 ) -> ImagePrediction:
     """Classify the request's image (or, with `url`, the image at the URL its JSON body
     names); with `keep`, store it and the answer where the Training API's query_predictions
-    finds them."""
+    finds them. The iteration: the one published as `published_name`; without one (the
+    Training API's quick test), `iteration_id`, else the project's latest trained one."""
     data = await (_image_at_url(request) if url else _image(request))
 
     def resolve() -> tuple[str, str, int, dict[str, tuple[str, str]]]:
         project = projects.get_project(session, project_id=project_id, principal=principal)
-        iteration = iterations.published(session, project=project, publish_name=published_name)
+        if published_name is not None:
+            iteration = iterations.published(session, project=project, publish_name=published_name)
+        elif iteration_id is not None:
+            iteration = iterations.get_iteration(
+                session, project=project, iteration_id=iteration_id
+            )
+        else:
+            iteration = iterations.latest_trained(session, project=project)
         version = iterations.model_version(session, iteration)
         if version is None:
             raise CustomVisionError("BadRequestIterationIsNotTrained", "it is not trained")
@@ -170,7 +179,7 @@ async def classify_image(
     budget: DecodeBudgetDep,
 ) -> ImagePrediction:
     """Classify an image, and store it with its answer (query_predictions finds them)."""
-    return await _classify(
+    return await classify(
         project_id, published_name, request, session, principal, cache, budget, keep=True
     )
 
@@ -190,7 +199,7 @@ async def classify_image_with_no_store(
     budget: DecodeBudgetDep,
 ) -> ImagePrediction:
     """Classify an image, keeping nothing of it."""
-    return await _classify(
+    return await classify(
         project_id, published_name, request, session, principal, cache, budget, keep=False
     )
 
@@ -211,7 +220,7 @@ async def classify_image_url(
     budget: DecodeBudgetDep,
 ) -> ImagePrediction:
     """Classify the image at a URL (public addresses only), and store it with its answer."""
-    return await _classify(
+    return await classify(
         project_id, published_name, request, session, principal, cache, budget, keep=True, url=True
     )
 
@@ -232,6 +241,6 @@ async def classify_image_url_with_no_store(
     budget: DecodeBudgetDep,
 ) -> ImagePrediction:
     """Classify the image at a URL (public addresses only), keeping nothing of it."""
-    return await _classify(
+    return await classify(
         project_id, published_name, request, session, principal, cache, budget, keep=False, url=True
     )

@@ -18,6 +18,7 @@ from app.api.deps import (
     SessionDep,
     custom_vision_trainer,
 )
+from app.api.routes.customvision import prediction
 from app.api.routes.customvision.versions import ApiVersion
 from app.core.config import get_settings
 from app.db.customvision import CvIteration
@@ -31,8 +32,10 @@ from app.schemas.customvision import (
     ImageCreateSummary,
     ImageFileCreateBatch,
     ImageIdCreateBatch,
+    ImagePrediction,
     ImageTagCreateBatch,
     ImageTagCreateSummary,
+    ImageUrl,
     ImageUrlCreateBatch,
     Iteration,
     IterationPerformance,
@@ -947,3 +950,63 @@ async def create_images_from_urls(
         )
 
     return _summary_response(*await run_in_threadpool(add))
+
+
+# --- quick test ------------------------------------------------------------------------------
+
+
+@router.post("/projects/{project_id}/quicktest/image", response_model=ImagePrediction)
+async def quick_test_image(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+    iteration_id: Annotated[str | None, Query(alias="iterationId", max_length=100)] = None,
+    store: bool = True,
+) -> ImagePrediction:
+    """Classify an image with an iteration, published or not (default: the latest trained)."""
+    return await prediction.classify(
+        project_id,
+        None,
+        request,
+        session,
+        principal,
+        cache,
+        budget,
+        keep=store,
+        iteration_id=iteration_id,
+    )
+
+
+@router.post(
+    "/projects/{project_id}/quicktest/url",
+    response_model=ImagePrediction,
+    openapi_extra=json_body_openapi(ImageUrl),
+)
+async def quick_test_image_url(
+    project_id: str,
+    request: Request,
+    _: ApiVersion,
+    session: SessionDep,
+    principal: CustomVisionTrainer,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+    iteration_id: Annotated[str | None, Query(alias="iterationId", max_length=100)] = None,
+    store: bool = True,
+) -> ImagePrediction:
+    """Classify the image at a URL (public addresses only) with an iteration."""
+    return await prediction.classify(
+        project_id,
+        None,
+        request,
+        session,
+        principal,
+        cache,
+        budget,
+        keep=store,
+        url=True,
+        iteration_id=iteration_id,
+    )
