@@ -4,6 +4,7 @@ portal's style, against a live server."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -35,6 +36,7 @@ class Live:
     training_key: str  # the train scope
     prediction_key: str  # the predict scope only
     other_owner_key: str  # another owner's train key
+    data_dir: Path
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +59,11 @@ def live(tmp_path_factory) -> Iterator[Live]:
             training_key=api_key("train", owner="azure-user"),
             prediction_key=api_key("predict", owner="azure-user"),
             other_owner_key=api_key("train", owner="someone-else"),
+            data_dir=tmp / "data",
         )
         with running_api(tmp / "api.log", port=free_port()) as url:
             # the portal shows endpoints with a trailing slash; the SDK then sends `//customvision`
-            yield Live(f"{url}/", keys.training_key, keys.prediction_key, keys.other_owner_key)
+            yield dataclasses.replace(keys, url=f"{url}/")
         reset_caches()
 
 
@@ -250,6 +253,12 @@ def test_images_uploaded_tagged_listed_and_removed_through_the_sdk(live: Live) -
     assert client.get_image_count(project.id) == 5
     client.delete_images(project.id, all_images=True)
     assert client.get_image_count(project.id) == 0
+    # a project's removal takes its image files with it
+    kept = client.create_images_from_data(project.id, cats[0].read_bytes()).images[0].image
+    files = live.data_dir / "projects" / project.id
+    assert any(files.rglob("*"))
+    client.delete_project(project.id)
+    assert not [p for p in files.rglob("*") if p.is_file()], kept.id
 
 
 def test_bad_images_get_their_status_and_bad_batches_an_error(live: Live) -> None:

@@ -383,3 +383,9 @@ def remove_image_tags(
     )
     project.last_modified_at = utcnow()
     session.flush()
+
+
+def remove_files_after_commit(session: Session, *, project: CvProject) -> None:
+    """Once the project's removal has committed, its image files go too (its rows cascade)."""
+    digests = session.scalars(select(CvImage.sha256).where(CvImage.project_id == project.id))
+    after_commit(session, _remover([image_key(project.id, digest) for digest in digests]))

@@ -149,6 +149,7 @@ def delete_project(
     project_id: str, _: ApiVersion, session: SessionDep, principal: CustomVisionTrainer
 ) -> Response:
     project = projects.get_project(session, project_id=project_id, principal=principal)
+    images.remove_files_after_commit(session, project=project)
     projects.delete_project(session, project=project)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
