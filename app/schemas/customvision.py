@@ -185,7 +185,7 @@ class Prediction(_Wire):
     tag_type: Literal["Regular", "Negative"] = "Regular"
 
 
-class ImagePrediction(_Wire):
+class ClassifiedImage(_Wire):
     id: str
     project: str
     iteration: str

@@ -29,7 +29,7 @@ from app.core.errors import BadRequestError, UnsupportedMediaTypeError
 from app.db.base import utcnow
 from app.schemas.customvision import (
     CUSTOM_VISION_RESPONSES,
-    ImagePrediction,
+    ClassifiedImage,
     ImageUrl,
     Prediction,
 )
@@ -92,7 +92,7 @@ async def classify(
     keep: bool,
     url: bool = False,
     iteration_id: str | None = None,
-) -> ImagePrediction:
+) -> ClassifiedImage:
     """Classify the request's image (or, with `url`, the image at the URL its JSON body
     names); with `keep`, store it and the answer where the Training API's query_predictions
     finds them. The iteration: the one published as `published_name`; without one (the
@@ -156,7 +156,7 @@ async def classify(
             )
         )
     predictions.sort(key=lambda p: p.probability, reverse=True)
-    return ImagePrediction(
+    return ClassifiedImage(
         id=str(uuid.uuid4()),
         project=project,
         iteration=iteration,
@@ -166,7 +166,7 @@ async def classify(
 
 
 @router.post(
-    "/{project_id}/classify/iterations/{published_name}/image", response_model=ImagePrediction
+    "/{project_id}/classify/iterations/{published_name}/image", response_model=ClassifiedImage
 )
 async def classify_image(
     project_id: str,
@@ -177,7 +177,7 @@ async def classify_image(
     principal: CustomVisionPredictor,
     cache: ModelCacheDep,
     budget: DecodeBudgetDep,
-) -> ImagePrediction:
+) -> ClassifiedImage:
     """Classify an image, and store it with its answer (query_predictions finds them)."""
     return await classify(
         project_id, published_name, request, session, principal, cache, budget, keep=True
@@ -186,7 +186,7 @@ async def classify_image(
 
 @router.post(
     "/{project_id}/classify/iterations/{published_name}/image/nostore",
-    response_model=ImagePrediction,
+    response_model=ClassifiedImage,
 )
 async def classify_image_with_no_store(
     project_id: str,
@@ -197,7 +197,7 @@ async def classify_image_with_no_store(
     principal: CustomVisionPredictor,
     cache: ModelCacheDep,
     budget: DecodeBudgetDep,
-) -> ImagePrediction:
+) -> ClassifiedImage:
     """Classify an image, keeping nothing of it."""
     return await classify(
         project_id, published_name, request, session, principal, cache, budget, keep=False
@@ -206,7 +206,7 @@ async def classify_image_with_no_store(
 
 @router.post(
     "/{project_id}/classify/iterations/{published_name}/url",
-    response_model=ImagePrediction,
+    response_model=ClassifiedImage,
     openapi_extra=json_body_openapi(ImageUrl),
 )
 async def classify_image_url(
@@ -218,7 +218,7 @@ async def classify_image_url(
     principal: CustomVisionPredictor,
     cache: ModelCacheDep,
     budget: DecodeBudgetDep,
-) -> ImagePrediction:
+) -> ClassifiedImage:
     """Classify the image at a URL (public addresses only), and store it with its answer."""
     return await classify(
         project_id, published_name, request, session, principal, cache, budget, keep=True, url=True
@@ -227,7 +227,7 @@ async def classify_image_url(
 
 @router.post(
     "/{project_id}/classify/iterations/{published_name}/url/nostore",
-    response_model=ImagePrediction,
+    response_model=ClassifiedImage,
     openapi_extra=json_body_openapi(ImageUrl),
 )
 async def classify_image_url_with_no_store(
@@ -239,7 +239,7 @@ async def classify_image_url_with_no_store(
     principal: CustomVisionPredictor,
     cache: ModelCacheDep,
     budget: DecodeBudgetDep,
-) -> ImagePrediction:
+) -> ClassifiedImage:
     """Classify the image at a URL (public addresses only), keeping nothing of it."""
     return await classify(
         project_id, published_name, request, session, principal, cache, budget, keep=False, url=True

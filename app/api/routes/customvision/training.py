@@ -26,13 +26,13 @@ from app.schemas.customvision import (
     CUSTOM_VISION_RESPONSES,
     MAX_IMAGES_PER_BATCH,
     MAX_IMAGES_PER_PAGE,
+    ClassifiedImage,
     Domain,
     Export,
     Image,
     ImageCreateSummary,
     ImageFileCreateBatch,
     ImageIdCreateBatch,
-    ImagePrediction,
     ImageTagCreateBatch,
     ImageTagCreateSummary,
     ImageUrl,
@@ -956,7 +956,7 @@ async def create_images_from_urls(
 # --- quick test ------------------------------------------------------------------------------
 
 
-@router.post("/projects/{project_id}/quicktest/image", response_model=ImagePrediction)
+@router.post("/projects/{project_id}/quicktest/image", response_model=ClassifiedImage)
 async def quick_test_image(
     project_id: str,
     request: Request,
@@ -967,7 +967,7 @@ async def quick_test_image(
     budget: DecodeBudgetDep,
     iteration_id: Annotated[str | None, Query(alias="iterationId", max_length=100)] = None,
     store: bool = True,
-) -> ImagePrediction:
+) -> ClassifiedImage:
     """Classify an image with an iteration, published or not (default: the latest trained)."""
     return await prediction.classify(
         project_id,
@@ -984,7 +984,7 @@ async def quick_test_image(
 
 @router.post(
     "/projects/{project_id}/quicktest/url",
-    response_model=ImagePrediction,
+    response_model=ClassifiedImage,
     openapi_extra=json_body_openapi(ImageUrl),
 )
 async def quick_test_image_url(
@@ -997,7 +997,7 @@ async def quick_test_image_url(
     budget: DecodeBudgetDep,
     iteration_id: Annotated[str | None, Query(alias="iterationId", max_length=100)] = None,
     store: bool = True,
-) -> ImagePrediction:
+) -> ClassifiedImage:
     """Classify the image at a URL (public addresses only) with an iteration."""
     return await prediction.classify(
         project_id,
