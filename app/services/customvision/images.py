@@ -177,9 +177,10 @@ def _add_one(
         select(CvImage).where(CvImage.project_id == project.id, CvImage.sha256 == digest)
     )
     if existing is not None:
-        have = {t.id for t in _image_tags(session, [existing.id])[existing.id]}
-        if _mixes_negative([*_image_tags(session, [existing.id])[existing.id], *tags]):
+        current = _image_tags(session, [existing.id])[existing.id]
+        if _mixes_negative([*current, *tags]):
             return "ErrorNegativeAndRegularTagOnSameImage", None
+        have = {t.id for t in current}
         for tag in tags:
             if tag.id not in have:
                 session.add(CvImageTag(image_id=existing.id, tag_id=tag.id))
