@@ -212,6 +212,19 @@ class IterationPerformance(_Wire):
     average_precision: float
 
 
+class ImagePerformance(_Wire):
+    """One held-out image of an iteration's training: its tags then and the model's answer."""
+
+    id: str
+    created: datetime
+    width: int
+    height: int
+    image_uri: str
+    thumbnail_uri: str
+    tags: list[ImageTag]
+    predictions: list[Prediction]
+
+
 class CustomVisionErrorBody(BaseModel):
     """Custom Vision's error: what its SDKs raise CustomVisionErrorException from."""
 

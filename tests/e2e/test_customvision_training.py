@@ -132,6 +132,29 @@ def test_the_quickstart_flow(service: tuple[LiveService, Keys]) -> None:
         )
         == "BadRequest"
     )
+    # image by image: the held-out images with their tags then and the model's answer
+    held_out = trainer.get_image_performance_count(project.id, iteration.id)
+    assert 2 <= held_out < len(CATS) + len(DOGS)
+    every = trainer.get_image_performances(project.id, iteration.id, take=256)
+    assert len(every) == held_out
+    project_images = {i.id for i in trainer.get_tagged_images(project.id, take=256)}
+    assert {i.id for i in every} <= project_images
+    for image in every:
+        assert len(image.tags) == 1 and image.tags[0].tag_id in {cat.id, dog.id}
+        probabilities = [p.probability for p in image.predictions]
+        assert probabilities == sorted(probabilities, reverse=True) and len(probabilities) == 2
+    cats_only = trainer.get_image_performances(project.id, iteration.id, tag_ids=[cat.id])
+    assert cats_only and all(i.tags[0].tag_id == cat.id for i in cats_only)
+    assert trainer.get_image_performance_count(project.id, iteration.id, tag_ids=[cat.id]) == len(
+        cats_only
+    )
+    second = trainer.get_image_performances(project.id, iteration.id, take=1, skip=1)
+    assert [i.id for i in second] == [every[1].id]
+    # the tags as the iteration trained on them: a tag made since is not among them
+    trainer.create_tag(project.id, "later")
+    trained = trainer.get_tags(project.id, iteration_id=iteration.id)
+    assert {(t.name, t.image_count) for t in trained} == {("cat", len(CATS)), ("dog", len(DOGS))}
+    assert len(trainer.get_tags(project.id)) == 3
 
     # a quick test needs no publishing: the given iteration, else the latest trained
     tested = trainer.quick_test_image(project.id, TEST_DOG.read_bytes(), iteration_id=iteration.id)

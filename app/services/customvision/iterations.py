@@ -20,14 +20,14 @@ from app.db.base import utcnow
 from app.db.customvision import CvImage, CvImageTag, CvIteration, CvProject, CvTag
 from app.db.models import JobStatus, TrainingJob
 from app.ml.config import Task
-from app.schemas.customvision import Export, Iteration
+from app.schemas.customvision import Export, Iteration, Tag
 from app.schemas.jobs import JobCreate
 from app.services import jobs
 from app.services.auth import Principal
 from app.services.customvision.domains import BY_ID
 from app.services.customvision.errors import CustomVisionError, not_found
 from app.services.customvision.images import image_key
-from app.services.customvision.projects import parse_id
+from app.services.customvision.projects import list_tags, parse_id, tag_wire
 from app.services.datasets import IngestOptions, ingest_zip
 from app.services.storage import get_storage
 
@@ -161,6 +161,17 @@ def train_project(
         )
     tagged = _tagged(session, project)
     _check_trainable(project, tagged)
+    counts = Counter(t.id for tags in tagged.values() for t in tags)
+    trained_tags = [
+        {
+            "id": str(t.id),
+            "name": t.name,
+            "description": t.description,
+            "type": t.type,
+            "image_count": counts.get(t.id, 0),
+        }
+        for t in list_tags(session, project=project)
+    ]
     number = len(iterations) + 1
     dataset_id = _snapshot(
         session,
@@ -188,10 +199,21 @@ def train_project(
         reserved_budget_in_hours=reserved_budget_in_hours,
         domain_id=project.domain_id,
         classification_type=project.classification_type,
+        settings={"tags": trained_tags},
     )
     session.add(iteration)
     session.flush()
     return iteration
+
+
+def trained_tags(session: Session, *, project: CvProject, iteration: CvIteration) -> list[Tag]:
+    """The project's tags as the iteration trained on them, with their image counts then
+    (an iteration that recorded none, from before they were recorded: today's tags)."""
+    recorded = iteration.settings.get("tags")
+    if isinstance(recorded, list):
+        return [Tag.model_validate(tag) for tag in recorded]
+    tags = list_tags(session, project=project)
+    return [tag_wire(tag, 0) for tag in tags]
 
 
 def list_iterations(session: Session, *, project: CvProject) -> list[CvIteration]:
@@ -251,6 +273,14 @@ def iteration_wire(session: Session, iteration: CvIteration) -> Iteration:
         original_publish_resource_id=iteration.prediction_resource_id,
         training_error_details=(job.error if job is not None and status == "Failed" else None),
     )
+
+
+def rename(session: Session, *, iteration: CvIteration, name: str) -> None:
+    if not name.strip():
+        raise CustomVisionError("BadRequestIterationName", "an iteration name is not empty")
+    iteration.name = name.strip()
+    iteration.last_modified_at = utcnow()
+    session.flush()
 
 
 def delete_iteration(session: Session, *, iteration: CvIteration) -> None:

@@ -23,7 +23,7 @@ from app.api.deps import (
     SessionDep,
     custom_vision_predictor,
 )
-from app.api.routes.customvision.versions import ApiVersion
+from app.api.routes.customvision.versions import api_version
 from app.core.config import get_settings
 from app.core.errors import BadRequestError, UnsupportedMediaTypeError
 from app.db.base import utcnow
@@ -45,7 +45,7 @@ router = APIRouter(
     tags=["custom vision"],
     responses=CUSTOM_VISION_RESPONSES,
     # the key first (before the path's API version is checked): no key, no other answer
-    dependencies=[Depends(custom_vision_predictor)],
+    dependencies=[Depends(custom_vision_predictor), Depends(api_version)],
 )
 
 
@@ -172,7 +172,6 @@ async def classify_image(
     project_id: str,
     published_name: str,
     request: Request,
-    _: ApiVersion,
     session: SessionDep,
     principal: CustomVisionPredictor,
     cache: ModelCacheDep,
@@ -192,7 +191,6 @@ async def classify_image_with_no_store(
     project_id: str,
     published_name: str,
     request: Request,
-    _: ApiVersion,
     session: SessionDep,
     principal: CustomVisionPredictor,
     cache: ModelCacheDep,
@@ -213,7 +211,6 @@ async def classify_image_url(
     project_id: str,
     published_name: str,
     request: Request,
-    _: ApiVersion,
     session: SessionDep,
     principal: CustomVisionPredictor,
     cache: ModelCacheDep,
@@ -234,7 +231,6 @@ async def classify_image_url_with_no_store(
     project_id: str,
     published_name: str,
     request: Request,
-    _: ApiVersion,
     session: SessionDep,
     principal: CustomVisionPredictor,
     cache: ModelCacheDep,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Path
+from fastapi import Path
 
 from app.services.customvision.errors import not_found
 
@@ -17,6 +17,3 @@ def api_version(version: Annotated[str, Path(alias="api_version")]) -> str:
     if version not in API_VERSIONS:
         raise not_found("NotFound", f"no API version {version[:40]!r}: {', '.join(API_VERSIONS)}")
     return version
-
-
-ApiVersion = Annotated[str, Depends(api_version)]
