@@ -1,5 +1,5 @@
 """Command line: `python -m app.cli migrate | run | worker | keys create|list|revoke |
-export-onnx | storage-orphans`."""
+export-onnx | export-edge | storage-orphans`."""
 
 from __future__ import annotations
 
@@ -156,6 +156,47 @@ def _export_onnx_command(*, name: str | None, version: int | None) -> int:
     return 1 if failed else 0
 
 
+def _export_edge_command(*, name: str | None, version: int | None, formats: list[str]) -> int:
+    """Build and check the formats for devices of stored versions; 1 if any failed."""
+    from app.services import exports
+    from app.services.exports import DownloadFormat
+
+    if version is not None and name is None:
+        print("error: --version needs --name", file=sys.stderr)
+        return 2
+    try:
+        wanted = [DownloadFormat(f) for f in formats]
+    except ValueError:
+        names = ", ".join(sorted(f.value for f in exports.EDGE_FORMATS))
+        print(f"error: --formats takes {names}", file=sys.stderr)
+        return 2
+    if not set(wanted) <= exports.EDGE_FORMATS:
+        print("error: --formats takes only formats for devices", file=sys.stderr)
+        return 2
+    refs = exports.stored_versions(name=name, version=version)
+    if not refs:
+        print("no stored versions matched", file=sys.stderr)
+        return 1 if name is not None else 0
+    failed = 0
+    for ref in refs:
+        for fmt in wanted:
+            built, now = exports.build_now(ref, fmt, worker_id=f"cli/{os.getpid()}")
+            check = built.report or {}
+            if built.status != "ready":
+                failed += built.status == "failed"
+                print(f"{ref.name} v{ref.version} {fmt}: {built.status}: {built.error or ''}")
+                continue
+            degraded = " DEGRADED" if check.get("degraded") else ""
+            when = "built" if now else "built before"
+            print(
+                f"{ref.name} v{ref.version} {fmt}: {when}: {built.size_bytes} bytes, accuracy "
+                f"{check.get('accuracy', 0):.4f} (float {check.get('float_accuracy', 0):.4f}), "
+                f"agreement {check.get('agreement', 0):.4f} on {check.get('images')} "
+                f"{check.get('evaluated_on')} images{degraded}"
+            )
+    return 1 if failed else 0
+
+
 def run_all(*, host: str, port: int) -> int:
     """Migrate, then run the API and one Celery worker until Ctrl-C (or until one of them exits)."""
     migrate()
@@ -248,6 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument("--name", help="only this model (default: every model)")
     export.add_argument("--version", type=int, help="only this version of --name")
+    edge = sub.add_parser(
+        "export-edge",
+        help="build and check the formats for devices (TFLite, int8) of stored versions",
+    )
+    edge.add_argument("--name", help="only this model (default: every model)")
+    edge.add_argument("--version", type=int, help="only this version of --name")
+    edge.add_argument(
+        "--formats",
+        default="tflite,tflite_fp16,tflite_int8,onnx_int8",
+        help="comma-separated (default: all four)",
+    )
     orphans = sub.add_parser(
         "storage-orphans",
         help="list stored files no database row accounts for (left by a crash); --delete "
@@ -275,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "export-onnx":
         return _export_onnx_command(name=args.name, version=args.version)
+    if args.command == "export-edge":
+        return _export_edge_command(
+            name=args.name,
+            version=args.version,
+            formats=[f.strip() for f in args.formats.split(",") if f.strip()],
+        )
     if args.command == "storage-orphans":
         return _orphans_command(delete=args.delete, grace_seconds=args.grace_seconds)
     os.execv(sys.executable, worker_command(concurrency=args.concurrency))  # noqa: S606

@@ -3,7 +3,7 @@
     smallvision datasets upload pets.zip --name pets
     smallvision train pets --method auto --watch
     smallvision predict a.jpg b.jpg --top-k 3
-    smallvision models list | activate pets 2 | download pets 2
+    smallvision models list | show pets 2 | activate pets 2 | download pets 2 --format tflite_int8
 
 The server is $SMALLVISION_URL (default http://127.0.0.1:8000), the key $SMALLVISION_API_KEY
 (or --url and --key). Exit codes, for scripts: see `ExitCode`.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import enum
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -41,6 +42,7 @@ from smallvision.client import (
     ApiError,
     Client,
     Dataset,
+    DownloadFormat,
     Epoch,
     Evaluation,
     Export,
@@ -586,9 +588,56 @@ class Commands:
         self.out.print(f"model {version['name']} now answers with version {version['version']}")
         return ExitCode.OK
 
+    def models_show(self, args: argparse.Namespace) -> ExitCode:
+        version = self.client.get_version(args.name, args.version)
+        summary = version["metrics_summary"]
+        active = " (active)" if version["is_active"] else ""
+        self.out.print(
+            f"{version['name']} v{version['version']}{active}: {summary.get('method', '')}, "
+            f"test accuracy {_percent(summary.get('test_accuracy'))}, "
+            f"created {_time(version['created_at'])}"
+        )
+        table = Table(
+            "format", "status", "size", "accuracy", "float model", "agreement", "checked on"
+        )
+        table.add_row("keras, onnx", "ready", "", "", "", "", "")
+        for export in version.get("exports", []):
+            check = export.get("report")
+            size = f"{export['size_bytes'] / 1e6:.1f} MB" if export["size_bytes"] else ""
+            status = export["status"] + (" DEGRADED" if check and check["degraded"] else "")
+            if export["error"]:
+                status += f": {export['error'][:60]}"
+            table.add_row(
+                export["format"],
+                status,
+                size,
+                _percent(check["accuracy"]) if check else "",
+                _percent(check["float_accuracy"]) if check else "",
+                _percent(check["agreement"]) if check else "",
+                f"{check['images']} {check['evaluated_on']} images" if check else "",
+            )
+        self.out.print(table)
+        checks = [e.get("report") for e in version.get("exports", [])]
+        if any(check and check["degraded"] for check in checks):
+            self.out.print(
+                "a DEGRADED export lost more accuracy than allowed against the float model: "
+                "`download --allow-degraded` downloads it anyway"
+            )
+        return ExitCode.OK
+
     def models_download(self, args: argparse.Namespace) -> ExitCode:
-        suffix = {"keras": ".keras", "onnx": ".onnx", "savedmodel": "-savedmodel.tar.gz"}
-        target: Path = args.output or Path(f"{args.name}-v{args.version}{suffix[args.format]}")
+        suffix = {
+            "keras": ".keras",
+            "onnx": ".onnx",
+            "savedmodel": "-savedmodel.tar.gz",
+            "tflite": ".tflite",
+            "tflite_fp16": "_fp16.tflite",
+            "tflite_int8": "_int8.tflite",
+            "onnx_int8": "_int8.onnx",
+        }[args.format]
+        if args.bundle:
+            suffix = f"-{args.format}.zip"
+        target: Path = args.output or Path(f"{args.name}-v{args.version}{suffix}")
         partial = target.with_name(target.name + ".part")
         with _transfer_progress(self.out) as progress, partial.open("wb") as file:
             task: TaskID | None = None  # the bar appears once the file starts (not for a 404)
@@ -608,6 +657,8 @@ class Commands:
                     args.version,
                     file,
                     format=args.format,
+                    bundle=args.bundle,
+                    allow_degraded=args.allow_degraded,
                     on_progress=advance,
                     on_waiting=waiting,
                 )
@@ -896,19 +947,31 @@ def _parser() -> argparse.ArgumentParser:
     on_models = models.add_subparsers(dest="action", required=True)
     on_models.add_parser("list", help="models and their versions", parents=[after])
     for action, text in (
+        ("show", "a version: its evaluation and its exports, with their accuracy checks"),
         ("activate", "serve this version"),
-        ("download", "save the version's file (.keras, or --format onnx | savedmodel)"),
+        ("download", "save the version in a format (default .keras; --bundle: a zip to run)"),
     ):
         command = on_models.add_parser(action, help=text, parents=[after])
         command.add_argument("name")
         command.add_argument("version", type=int)
-    on_models.choices["download"].add_argument("-o", "--output", type=Path)
-    on_models.choices["download"].add_argument(
+    download = on_models.choices["download"]
+    download.add_argument("-o", "--output", type=Path)
+    download.add_argument(
         "--format",
-        choices=("keras", "onnx", "savedmodel"),
+        choices=typing.get_args(DownloadFormat),
         default="keras",
-        help="savedmodel: a TF Serving archive, built by a worker on the first download "
-        "(waits for it)",
+        help="savedmodel: a TF Serving archive; tflite, tflite_fp16, tflite_int8, onnx_int8: "
+        "for devices, checked on the test split. Those a worker builds are waited for",
+    )
+    download.add_argument(
+        "--bundle",
+        action="store_true",
+        help="a zip: the model, labels.json, preprocessing.json and predict.py",
+    )
+    download.add_argument(
+        "--allow-degraded",
+        action="store_true",
+        help="download an export its check found worse than the float model by more than allowed",
     )
     return parser
 

@@ -294,6 +294,43 @@ class Model(TypedDict):
     updated_at: str
 
 
+DownloadFormat = Literal[
+    "keras", "onnx", "savedmodel", "tflite", "tflite_fp16", "tflite_int8", "onnx_int8"
+]
+
+
+class ExportCheck(TypedDict):
+    """A format for devices run by its own runtime on the version's held-out images, beside
+    the float model."""
+
+    format: str
+    runtime: Literal["litert", "onnxruntime"]
+    evaluated_on: Literal["test", "validation"]
+    images: int
+    accuracy: float
+    float_accuracy: float
+    accuracy_loss_points: float
+    agreement: float  # the share of images answered as the float model answers them
+    max_probability_difference: float
+    max_loss_points: float
+    degraded: bool  # its download answers 409 unless allow_degraded
+    size_bytes: int
+    seconds: float
+
+
+class Export(TypedDict):
+    """A version in another format, built by a worker (with its check, for devices)."""
+
+    format: str
+    status: Literal["queued", "running", "ready", "failed"]
+    size_bytes: int | None
+    sha256: str | None
+    error: str | None
+    report: NotRequired[ExportCheck | None]
+    created_at: str
+    finished_at: str | None
+
+
 class ModelVersion(TypedDict):
     id: str
     name: str
@@ -303,22 +340,8 @@ class ModelVersion(TypedDict):
     sha256: str
     size_bytes: int
     metrics_summary: dict[str, Any]  # method, validation_accuracy, test_accuracy, warnings
+    exports: NotRequired[list[Export]]  # the exports asked for so far
     created_at: str
-
-
-DownloadFormat = Literal["keras", "onnx", "savedmodel"]
-
-
-class Export(TypedDict):
-    """A version in another format, built by a worker when first asked for."""
-
-    format: str
-    status: Literal["queued", "running", "ready", "failed"]
-    size_bytes: int | None
-    sha256: str | None
-    error: str | None
-    created_at: str
-    finished_at: str | None
 
 
 class LabelProbability(TypedDict):
@@ -569,6 +592,10 @@ class Client:
         """The model's versions, newest first."""
         return cast(list[ModelVersion], self._json("GET", f"/models/{_path(name)}/versions"))
 
+    def get_version(self, name: str, version: int) -> ModelVersion:
+        """One version, with its evaluation summary and its exports."""
+        return cast(ModelVersion, self._json("GET", f"/models/{_path(name)}/versions/{version}"))
+
     def activate_version(self, name: str, version: int) -> ModelVersion:
         return cast(
             ModelVersion,
@@ -582,20 +609,28 @@ class Client:
         destination: IO[bytes],
         *,
         format: DownloadFormat = "keras",
+        bundle: bool = False,
+        allow_degraded: bool = False,
         on_progress: Callable[[int, int | None], None] | None = None,
         on_waiting: Callable[[Export], None] | None = None,
         wait_seconds: float = 600.0,
     ) -> int:
-        """Write the version's file in `format` (keras, onnx or savedmodel) to `destination`;
-        `on_progress(received, total)` after each chunk. A savedmodel archive is built by a
-        worker when first asked for: until it is ready (at most `wait_seconds`) the server
-        answers 202 and this waits as it says, calling `on_waiting(export)`. Returns the
-        number of bytes written."""
+        """Write the version's file in `format` to `destination` (with `bundle`, a zip of it
+        with labels.json, preprocessing.json and predict.py); `on_progress(received, total)`
+        after each chunk. The formats a worker builds (savedmodel and those for devices): until
+        ready (at most `wait_seconds`) the server answers 202 and this waits as it says,
+        calling `on_waiting(export)`. A degraded export is an ApiError 409 (export_degraded)
+        unless `allow_degraded`. Returns the number of bytes written."""
         path = f"/models/{_path(name)}/versions/{version}/download"
+        params: dict[str, str] = {"format": format}
+        if bundle:
+            params["bundle"] = "true"
+        if allow_degraded:
+            params["allow_degraded"] = "true"
         deadline = time.monotonic() + wait_seconds
         try:
             while True:
-                with self._http.stream("GET", path, params={"format": format}) as response:
+                with self._http.stream("GET", path, params=params) as response:
                     if response.status_code == 202:
                         response.read()
                         pause = float(response.headers.get("retry-after", "5"))

@@ -29,6 +29,10 @@ POSTGRES_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+# Versions trained in tests get no formats for devices after training (four conversions and
+# checks per version would double a training test's time); tests/e2e/test_edge_exports.py
+# turns them on.
+os.environ.setdefault(ENV_PREFIX + "EDGE_EXPORT_FORMATS", "")
 
 
 def service_unavailable(what: str, reason: str) -> None:

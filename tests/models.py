@@ -37,14 +37,18 @@ def register_tiny_model(
     seed: int = 0,
     owner: str | None = None,
     onnx: bool = True,
+    dataset_id: str | None = None,
 ) -> ModelVersion:
     """Build the scratch CNN (random weights, seeded), write it as training does (with its
-    ONNX export unless `onnx` is False: a version saved before exports existed), register it."""
+    ONNX export unless `onnx` is False: a version saved before exports existed), register it
+    (as trained on `dataset_id`, if given)."""
     from app.ml.serving import write_model_files
     from app.services import model_versions
 
     model = scratch_model(len(classes), image_size=image_size, seed=seed)
-    metadata = {"input": {"image_size": image_size}, "classes": list(classes)}
+    metadata: dict[str, Any] = {"input": {"image_size": image_size}, "classes": list(classes)}
+    if dataset_id is not None:
+        metadata.update(dataset={"id": dataset_id}, task="multiclass")
     with tempfile.TemporaryDirectory() as tmp:
         write_model_files(
             Path(tmp), model=model, classes=list(classes), metadata=metadata, onnx=onnx

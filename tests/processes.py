@@ -215,6 +215,7 @@ def running_service(
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
     env[ENV_PREFIX + "DATA_DIR"] = str(data_dir)
+    env[ENV_PREFIX + "EDGE_EXPORT_FORMATS"] = ""  # (tests/conftest.py says why)
     env.update({ENV_PREFIX + name: value for name, value in settings.items()})
     with log.open("wb") as out:
         launcher = subprocess.Popen(

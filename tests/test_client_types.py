@@ -38,6 +38,7 @@ PAIRS = {
     client.Model: "ModelRead",
     client.ModelVersion: "ModelVersionRead",
     client.Export: "ExportRead",
+    client.ExportCheck: "ExportCheck",
 }
 
 

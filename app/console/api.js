@@ -81,6 +81,11 @@ export async function blobUrl(path) {
     throw new ApiError(0, "unreachable", null);
   }
   if (!response.ok) throw await errorFrom(response);
+  if (response.status === 202) {
+    // an export a worker is building: its state, and when to ask again
+    const wait = response.headers.get("Retry-After") || "5";
+    throw new ApiError(202, "export_pending", `It is being built by a worker: try again in ${wait} s.`);
+  }
   return URL.createObjectURL(await response.blob());
 }
 

@@ -1,4 +1,5 @@
-// The model registry: names, versions with their metrics, activate, download.
+// The model registry: names, versions with their metrics, activate, and every download format
+// (the formats for devices with the accuracy their check measured).
 
 import { api, blobUrl } from "./api.js";
 import { bytes, el, fill, percent, table, when } from "./dom.js";
@@ -34,7 +35,7 @@ function modelCard(model, versions, problem) {
         "span",
         { class: "row-actions" },
         v.is_active ? null : el("button", { type: "button", class: "activate", "data-version": String(v.version), onclick: () => activate(model.name, v.version, problem) }, "Activate"),
-        el("button", { type: "button", class: "secondary download", "data-version": String(v.version), onclick: (event) => download(model.name, v.version, event.target, problem) }, "Download"),
+        el("button", { type: "button", class: "secondary download", "data-version": String(v.version), onclick: (event) => download(model.name, v.version, "keras", event.target, problem) }, "Download"),
         el("a", { class: "button secondary", href: `#/predict?model=${encodeURIComponent(model.name)}&version=${v.version}` }, "Try it"),
         v.job_id ? el("a", { href: `#/jobs/${v.job_id}` }, "job") : null,
       ),
@@ -45,7 +46,64 @@ function modelCard(model, versions, problem) {
     { class: "card model", "data-model": model.name },
     el("h2", {}, model.name),
     el("p", { class: "muted" }, `${model.versions} version(s); active: ${model.active_version ? `v${model.active_version}` : "none"}`),
-    table(["version", "method", "validation accuracy", "test accuracy", "warnings", "size", "created", ""], rows),
+    el("div", { class: "table-scroll" }, table(["version", "method", "validation accuracy", "test accuracy", "warnings", "stored", "created", ""], rows)),
+    versions.map((v) => downloads(model.name, v, problem)),
+  );
+}
+
+// The version's own files, then the formats a worker builds (ready or not).
+const OWN_FORMATS = [
+  ["keras", "Keras (.keras)"],
+  ["onnx", "ONNX"],
+];
+const BUILT_FORMATS = [
+  ["savedmodel", "TF Serving SavedModel"],
+  ["tflite", "TFLite float32"],
+  ["tflite_fp16", "TFLite float16"],
+  ["tflite_int8", "TFLite int8"],
+  ["onnx_int8", "ONNX int8"],
+];
+
+function downloads(name, version, problem) {
+  const built = Object.fromEntries((version.exports || []).map((e) => [e.format, e]));
+  const rows = [...OWN_FORMATS, ...BUILT_FORMATS].map(([format, title]) => {
+    const own = OWN_FORMATS.some(([f]) => f === format);
+    const exported = built[format];
+    const check = exported?.report;
+    const state = own ? "ready" : exported ? exported.status : "made on first download";
+    const degraded = Boolean(check?.degraded);
+    const button = (bundle) =>
+      el(
+        "button",
+        {
+          type: "button",
+          class: "secondary",
+          "data-format": format,
+          "data-bundle": String(bundle),
+          onclick: (event) => download(name, version.version, format, event.target, problem, { bundle, degraded }),
+        },
+        bundle ? "zip with predict.py" : "file",
+      );
+    return [
+      title,
+      el("span", { class: degraded ? "status failed" : "" }, degraded ? "degraded" : state),
+      exported?.size_bytes ? bytes(exported.size_bytes) : "",
+      check ? `${percent(check.accuracy)} (float ${percent(check.float_accuracy)})` : "",
+      check ? percent(check.agreement) : "",
+      check ? `${check.images} ${check.evaluated_on} images` : "",
+      el("span", { class: "row-actions" }, button(false), button(true)),
+    ];
+  });
+  return el(
+    "details",
+    { class: "downloads", "data-version": String(version.version) },
+    el("summary", {}, `v${version.version} downloads`),
+    el(
+      "p",
+      { class: "muted" },
+      "Every format takes raw RGB pixels of any size. The formats for devices are checked by their own runtime on the test split beside the float model; a degraded one lost more accuracy than allowed.",
+    ),
+    el("div", { class: "table-scroll" }, table(["format", "state", "size", "accuracy", "agrees with float", "checked on", ""], rows)),
   );
 }
 
@@ -58,13 +116,28 @@ async function activate(name, version, problem) {
   }
 }
 
-async function download(name, version, button, problem) {
+const SUFFIX = {
+  keras: ".keras",
+  onnx: ".onnx",
+  savedmodel: "-savedmodel.tar.gz",
+  tflite: ".tflite",
+  tflite_fp16: "_fp16.tflite",
+  tflite_int8: "_int8.tflite",
+  onnx_int8: "_int8.onnx",
+};
+
+async function download(name, version, format, button, problem, { bundle = false, degraded = false } = {}) {
+  if (degraded && !window.confirm(`The ${format} export of ${name} v${version} lost more accuracy than allowed against the float model. Download it anyway?`)) return;
   const label = button.textContent;
   button.disabled = true;
   button.textContent = "Downloading…";
   try {
-    const url = await blobUrl(`/models/${encodeURIComponent(name)}/versions/${version}/download`);
-    const link = el("a", { href: url, download: `${name}-v${version}.keras`, hidden: true });
+    const query = new URLSearchParams({ format });
+    if (bundle) query.set("bundle", "true");
+    if (degraded) query.set("allow_degraded", "true");
+    const url = await blobUrl(`/models/${encodeURIComponent(name)}/versions/${version}/download?${query}`);
+    const file = bundle ? `${name}-v${version}-${format}.zip` : `${name}-v${version}${SUFFIX[format]}`;
+    const link = el("a", { href: url, download: file, hidden: true });
     document.body.append(link);
     link.click();
     link.remove();

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "SMALLVISION_"
+
+# The formats for devices (app/ml/edge.py's EdgeFormat).
+EdgeExportName = Literal["tflite", "tflite_fp16", "tflite_int8", "onnx_int8"]
+
+
+def _comma_separated(value: object) -> object:
+    """`a,b` from the environment, or a list as it is."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -149,6 +161,15 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(default=0, ge=0)
     # Export every new model version to ONNX when it is saved (a few seconds per version).
     export_onnx: bool = True
+    # Formats for devices a worker builds once training has registered a version, each
+    # checked on the version's test split (comma separated; empty: none after training, each
+    # is then built when first downloaded).
+    edge_export_formats: Annotated[
+        list[EdgeExportName], NoDecode, BeforeValidator(_comma_separated)
+    ] = Field(default_factory=lambda: list(get_args(EdgeExportName)))
+    # An export whose accuracy is more than this many points below its float model's on the
+    # check is degraded: its download answers 409 unless the request says allow_degraded=true.
+    edge_export_max_loss_points: float = 1.5
     # Workers without a GPU extract features with ONNX Runtime (the base exported once per
     # base, weights and size, about 20 s; then 2.7x Keras' images/s on 2 cores).
     onnx_feature_extraction: bool = True

@@ -63,6 +63,13 @@ class ConflictError(AppError):
     code = "conflict"
 
 
+class DegradedExportError(ConflictError):
+    """An export whose accuracy check found it worse than its float model by more than
+    allowed: not handed over unless the caller says it accepts that."""
+
+    code = "export_degraded"
+
+
 class PayloadTooLargeError(AppError):
     status_code = 413
     code = "payload_too_large"

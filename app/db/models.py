@@ -220,6 +220,10 @@ class ModelVersion(Base):
     metrics_summary: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Its exports asked for so far (read along with it; the rows go with it in the database).
+    exports: Mapped[list[ModelExport]] = relationship(
+        viewonly=True, lazy="selectin", order_by="ModelExport.format"
+    )
 
 
 class ExportStatus(enum.StrEnum):
@@ -230,8 +234,8 @@ class ExportStatus(enum.StrEnum):
 
 
 class ModelExport(Base):
-    """A version in another format (a TF Serving SavedModel archive), built once per version
-    by a worker when it is first asked for, and kept beside the version's files (under its
+    """A version in another format (a TF Serving SavedModel archive, a format for devices),
+    built once per version by a worker, and kept beside the version's files (under its
     folder, outside its manifest: loading the version never reads it) until the version goes."""
 
     __tablename__ = "model_exports"
@@ -248,6 +252,8 @@ class ModelExport(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None] = mapped_column(Text)
+    # A format for devices: its accuracy check (app/ml/edge.py EdgeReport.describe), once ready.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     worker_id: Mapped[str | None] = mapped_column(String(255))
     # When its task was last sent to the workers (sent again if nobody took it for long).
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # Versions are numbered 1, 2, 3... in a 32-bit INTEGER column.
 MAX_VERSION_NUMBER = 2_147_483_647
@@ -22,6 +22,41 @@ class ModelRead(BaseModel):
     updated_at: datetime
 
 
+class ExportCheck(BaseModel):
+    """A format for devices checked by its own runtime on the version's held-out images,
+    beside the float model (accuracy: top-1, or exact label sets for multi-label)."""
+
+    format: str
+    runtime: Literal["litert", "onnxruntime"]
+    evaluated_on: Literal["test", "validation"]
+    images: int
+    accuracy: float
+    float_accuracy: float
+    accuracy_loss_points: float
+    agreement: float = Field(description="share of images answered as the float model does")
+    max_probability_difference: float
+    max_loss_points: float = Field(description="the loss past which the export is degraded")
+    degraded: bool = Field(description="downloads answer 409 unless allow_degraded=true")
+    size_bytes: int
+    seconds: float = Field(description="conversion time")
+
+
+class ExportRead(BaseModel):
+    """A version's export in another format (built by a worker), with its check for the
+    formats for devices."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    format: str
+    status: Literal["queued", "running", "ready", "failed"]
+    size_bytes: int | None
+    sha256: str | None
+    error: str | None
+    report: ExportCheck | None = None
+    created_at: datetime
+    finished_at: datetime | None
+
+
 class ModelVersionRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -33,18 +68,7 @@ class ModelVersionRead(BaseModel):
     sha256: str
     size_bytes: int
     metrics_summary: dict[str, Any]
+    exports: list[ExportRead] = Field(
+        default_factory=list, description="exports asked for so far (besides keras and onnx)"
+    )
     created_at: datetime
-
-
-class ExportRead(BaseModel):
-    """A version's export in another format (built by a worker when first asked for)."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    format: str
-    status: Literal["queued", "running", "ready", "failed"]
-    size_bytes: int | None
-    sha256: str | None
-    error: str | None
-    created_at: datetime
-    finished_at: datetime | None

@@ -96,13 +96,15 @@ def register_version(
     metrics_summary: dict[str, Any],
     may_activate: bool = True,
     still_valid: Callable[[Session], None] = lambda _: None,
+    on_registered: Callable[[Session, ModelVersion], object] = lambda _session, _row: None,
 ) -> ModelVersion:
     """Store source_dir as the next version of `name` and record it; the first version of a
     name becomes active (unless `may_activate` is False: a model no better than chance is
     kept, never served by default). Ownership of the name is checked again here, under the
     name's lock (another owner may have claimed it since the job was submitted), and
     `still_valid(session)` may refuse the registration in that same transaction (a job taken
-    over by another worker)."""
+    over by another worker); `on_registered(session, row)` adds to it (the exports training
+    asks for)."""
     store = model_store()
     for _ in range(MAX_VERSION_ATTEMPTS):
         version = _next_version(name=name, owner=owner, store=store)
@@ -137,6 +139,8 @@ def register_version(
                     is_active=may_activate and has_active is None,
                 )
                 session.add(row)
+                session.flush()
+                on_registered(session, row)
             return row
         except BaseException:
             store.delete_version(stored.relative_path)  # never a folder without its row

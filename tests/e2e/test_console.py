@@ -18,22 +18,9 @@ import httpx
 import pytest
 
 from app.core.config import PROJECT_ROOT
-from tests.conftest import service_unavailable
 from tests.processes import MISSING_WEIGHTS_FILE, LiveService, running_service, weights_settings
 from tests.zips import LEAKED_PHOTO, PHOTOS, report_subjects, tiny_photo_zip
 
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-# Playwright's own browser download does not work here: Debian's chromium, headless.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", PROJECT_ROOT / "test-artifacts")) / "console"
 HOSTILE = "<img src=x onerror=alert(1)>"  # a class name, and part of the dataset's name
 DATASET_NAME = f"pets {HOSTILE}"
@@ -75,20 +62,6 @@ class PageWatch:
     def _dialog(self, dialog: Any) -> None:
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
         dialog.dismiss()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        service_unavailable(f"chromium at {CHROMIUM}", "apt-get install chromium; .ci/run does")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 class Walk:
@@ -357,6 +330,25 @@ def _activate_and_download(walk: Walk) -> None:
         page.locator("section.model[data-model=pets] button.download[data-version='1']").click()
     assert download.value.suggested_filename == "pets-v1.keras"
     assert zipfile.is_zipfile(download.value.path())  # a .keras file is a zip
+    # every format is offered; the ONNX one as a zip with its predict.py
+    details = model.locator("details.downloads[data-version='1']")
+    details.locator("summary").click()
+    formats = details.locator("button[data-bundle=false]").evaluate_all(
+        "buttons => buttons.map(b => b.dataset.format)"
+    )
+    assert formats == [
+        "keras",
+        "onnx",
+        "savedmodel",
+        "tflite",
+        "tflite_fp16",
+        "tflite_int8",
+        "onnx_int8",
+    ]
+    with page.expect_download() as download:
+        details.locator("button[data-format=onnx][data-bundle=true]").click()
+    assert download.value.suggested_filename == "pets-v1-onnx.zip"
+    assert "predict.py" in zipfile.ZipFile(download.value.path()).namelist()
     walk.shot("models")
 
 

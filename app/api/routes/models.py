@@ -18,6 +18,15 @@ from app.services.model_versions import VersionRef
 
 router = APIRouter(prefix="/models", tags=["models"])
 
+# The formats a worker builds (POST .../exports/{format} asks for one).
+BuiltFormat = Literal[
+    DownloadFormat.SAVEDMODEL,
+    DownloadFormat.TFLITE,
+    DownloadFormat.TFLITE_FP16,
+    DownloadFormat.TFLITE_INT8,
+    DownloadFormat.ONNX_INT8,
+]
+
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "unknown model or version"}}
 
 
@@ -80,10 +89,12 @@ def activate_version(
 _EXPORT_PENDING: dict[int | str, dict[str, Any]] = {
     202: {
         "model": ExportRead,
-        "description": "a savedmodel archive is being built by a worker: ask again after "
-        "Retry-After seconds",
+        "description": "the export is being built by a worker: ask again after Retry-After seconds",
     },
-    409: {"description": "the export failed (the message says why)"},
+    409: {
+        "description": "the export failed, or its accuracy check found it degraded (the "
+        "message gives the figures; allow_degraded=true downloads it anyway)"
+    },
 }
 
 
@@ -102,27 +113,37 @@ def download_version(
     session: SessionDep,
     principal: Trainer,
     format: DownloadFormat = DownloadFormat.KERAS,
+    bundle: bool = False,
+    allow_degraded: bool = False,
 ) -> Response:
-    """The version as a file: `keras` (the `.keras` model), `onnx` (for ONNX Runtime) or
-    `savedmodel` (a .tar.gz in TF Serving's `<name>/<version>/` layout). All take raw RGB
-    pixels of any size, float32 0..255, shape (batch, height, width, 3). A savedmodel archive
-    is built once per version by a worker: the first requests answer 202 with Retry-After
-    until it is ready."""
+    """The version as a file: `keras` (the `.keras` model), `onnx` (for ONNX Runtime),
+    `savedmodel` (a .tar.gz in TF Serving's `<name>/<version>/` layout), or for devices
+    `tflite` (float32), `tflite_fp16`, `tflite_int8` (full integer, uint8 in and out) and
+    `onnx_int8`. All take raw RGB pixels of any size, 0..255 (float32; uint8 for
+    tflite_int8). The exports a worker builds answer 202 with Retry-After until ready; a
+    device format whose accuracy check found it degraded answers 409 with the figures unless
+    `allow_degraded=true`. `bundle=true`: a zip of the model with labels.json,
+    preprocessing.json, predict.py and a README."""
     row = model_versions.get_version(session, name=name, version=version, principal=principal)
     ref = VersionRef.of(row)
-    filename = exports.download_name(ref, format)
+    check: dict[str, Any] | None = None
     if format not in exports.BUILT_ON_DEMAND:
+        path = exports.version_file(ref, format)
+    else:
+        export = exports.request_export(session, version=row, fmt=format)
+        exports.refuse_failed(export, ref=ref)
+        if export.status != ExportStatus.READY:
+            return _pending(export)
+        exports.refuse_degraded(export, ref=ref, allow=allow_degraded)
+        path, check = exports.ready_file(export), export.report
+    if bundle:
         return FileResponse(
-            exports.version_file(ref, format),
-            media_type="application/octet-stream",
-            filename=filename,
+            exports.bundle(ref, format, model_path=path, check=check),
+            media_type="application/zip",
+            filename=exports.bundle_name(ref, format),
         )
-    export = exports.request_export(session, version=row, fmt=format)
-    exports.refuse_failed(export, ref=ref)
-    if export.status != ExportStatus.READY:
-        return _pending(export)
     return FileResponse(
-        exports.ready_file(export), media_type="application/gzip", filename=filename
+        path, media_type=exports.media_type(format), filename=exports.download_name(ref, format)
     )
 
 
@@ -155,12 +176,13 @@ def list_exports(
 def request_export(
     name: str,
     version: VersionNumber,
-    format: Literal[DownloadFormat.SAVEDMODEL],
+    format: BuiltFormat,
     session: SessionDep,
     principal: Trainer,
 ) -> ExportRead:
     """Have a worker build the version in `format` (or try a failed export again), without
-    downloading it; its state is in `GET .../exports`."""
+    downloading it; its state (and a device format's accuracy check) is in `GET
+    .../exports` and the version's `exports`."""
     row = model_versions.get_version(session, name=name, version=version, principal=principal)
     return ExportRead.model_validate(
         exports.request_export(session, version=row, fmt=DownloadFormat(format), retry=True)

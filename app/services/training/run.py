@@ -29,7 +29,7 @@ from app.schemas.results import (
     Timings,
 )
 from app.schemas.training import StoredParameters
-from app.services import model_versions
+from app.services import exports, model_versions
 from app.services.datasets import load_manifest, local_images
 from app.services.storage import ObjectMirror, get_storage, owner_key
 from app.services.training.ownership import (
@@ -283,6 +283,7 @@ def run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
             still_valid=lambda session: allow_registration(
                 session, job_id=job_id, worker_id=worker_id
             ),
+            on_registered=lambda session, row: exports.request_after_training(session, version=row),
         )
     result = JobResult(
         method=outcome.method,
