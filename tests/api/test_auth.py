@@ -22,7 +22,7 @@ from tests.zips import image_bytes
 OPEN_PATHS = {"/health", "/ready", "/v2/health/live", "/v2/health/ready", "/v2"}
 # Links that are their own credential: an export's download link (a random token, made for
 # that export), as Azure Custom Vision's signed storage links are.
-CAPABILITY_PATHS = {"/customvision/exports/{token}"}
+CAPABILITY_PATHS = {"/customvision/exports/{token}/{export}"}
 
 
 @pytest.fixture

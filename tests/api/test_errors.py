@@ -65,9 +65,11 @@ def test_broker_down_at_a_first_export_is_503_and_the_export_is_sent_later(
         with session_scope() as session:
             assert [e.status for e in session.query(ModelExport)] == ["queued"]
         sent: list[str] = []
-        monkeypatch.setattr(exports, "send_task", lambda name, *, args, queue: sent.extend(args))
+        monkeypatch.setattr(
+            exports.tracking, "send_task", lambda name, *, args, queue: sent.extend(args)
+        )
         assert client.get(url, params=savedmodel).status_code == 202
         assert sent == []  # asked again at once: the task is not sent twice
-        monkeypatch.setattr(exports, "REQUEUE_AFTER_SECONDS", 0.0)
+        monkeypatch.setattr(exports.tracking, "REQUEUE_AFTER_SECONDS", 0.0)
         assert client.get(url, params=savedmodel).status_code == 202
         assert len(sent) == 1

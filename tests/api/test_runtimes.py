@@ -135,7 +135,9 @@ def test_saved_model_download_is_tf_serving_layout_and_answers_like_predict(
     from app.services import exports
 
     sent: list[str] = []
-    monkeypatch.setattr(exports, "send_task", lambda name, *, args, queue: sent.extend(args))
+    monkeypatch.setattr(
+        exports.tracking, "send_task", lambda name, *, args, queue: sent.extend(args)
+    )
     register_tiny_model("pets", image_size=128, classes=("cats", "dogs", "birds"))
     response = client.post("/predict", files={"file": ("dog.jpg", PHOTO)}, data={"top_k": "3"})
     served = {x["label"]: x["probability"] for x in response.json()["predictions"][0]["labels"]}
@@ -165,7 +167,8 @@ def test_saved_model_download_is_tf_serving_layout_and_answers_like_predict(
     np.testing.assert_allclose(
         output.numpy()[0], [served["cats"], served["dogs"], served["birds"]], atol=1e-5
     )
-    assert client.get(url, params={"format": "tflite"}).status_code == 422
+    unknown = client.get(url, params={"format": "coreml"})
+    assert unknown.status_code == 422 and "tflite_int8" in unknown.text  # names what exists
 
 
 def test_a_failed_export_says_why_and_can_be_tried_again(
@@ -174,7 +177,9 @@ def test_a_failed_export_says_why_and_can_be_tried_again(
     from app.services import exports
 
     sent: list[str] = []
-    monkeypatch.setattr(exports, "send_task", lambda name, *, args, queue: sent.extend(args))
+    monkeypatch.setattr(
+        exports.tracking, "send_task", lambda name, *, args, queue: sent.extend(args)
+    )
     register_tiny_model("pets", image_size=32)
 
     def broken(*args, **kwargs):
@@ -183,7 +188,7 @@ def test_a_failed_export_says_why_and_can_be_tried_again(
     url, savedmodel = "/models/pets/versions/1/download", {"format": "savedmodel"}
     assert client.get(url, params=savedmodel).status_code == 202
     with monkeypatch.context() as patch:
-        patch.setattr(exports, "_saved_model_archive", broken)
+        patch.setattr(exports.builds, "_saved_model_archive", broken)
         exports.run_export(export_id=uuid.UUID(sent[0]), worker_id="a-worker/1")
     failed = client.get(url, params=savedmodel)
     assert failed.status_code == 409, failed.text

@@ -101,7 +101,9 @@ def test_features_and_exports_go_with_their_dataset_and_version(
 
         register_tiny_model("pets", owner="tester")
         sent: list[str] = []
-        monkeypatch.setattr(exports, "send_task", lambda name, *, args, queue: sent.extend(args))
+        monkeypatch.setattr(
+            exports.tracking, "send_task", lambda name, *, args, queue: sent.extend(args)
+        )
         assert (
             client.get(
                 "/models/pets/versions/1/download", params={"format": "savedmodel"}

@@ -4,11 +4,15 @@ Completed, publish, classify with and without store; and its failures as SDK exc
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -74,13 +78,21 @@ def service(tmp_path_factory) -> Iterator[tuple[LiveService, Keys]]:
         yield live, Keys(training=_key(live, "train"), prediction=_key(live, "predict"))
 
 
+def _zip_of(link: str, folder: Path) -> Path:
+    """The export's zip, fetched without a key and unpacked into `folder`."""
+    fetched = httpx.get(link, timeout=60)
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "application/zip"
+    zipfile.ZipFile(io.BytesIO(fetched.content)).extractall(folder)
+    return folder
+
+
 def _sdk_code(call) -> str:
     with pytest.raises((CustomVisionErrorException, PredictionError)) as raised:
         call()
     return str(raised.value.error.code)
 
 
-def test_the_quickstart_flow(service: tuple[LiveService, Keys]) -> None:
+def test_the_quickstart_flow(service: tuple[LiveService, Keys], tmp_path: Path) -> None:
     live, keys = service
     endpoint = f"{live.url}/"
     trainer = CustomVisionTrainingClient(
@@ -161,19 +173,41 @@ def test_the_quickstart_flow(service: tuple[LiveService, Keys]) -> None:
     assert tested.iteration == iteration.id and len(tested.predictions) == 2
     latest = trainer.quick_test_image(project.id, TEST_DOG.read_bytes(), store=False)
     assert [p.tag_name for p in latest.predictions] == [p.tag_name for p in tested.predictions]
-    # the ONNX export, downloaded by its link without a key (as Azure's signed links are)
+    # the ONNX export, downloaded by its link without a key (as Azure's signed links are):
+    # a zip with the model and labels.txt, as Azure's are
     assert trainer.get_exports(project.id, iteration.id) == []
     exported = trainer.export_iteration(project.id, iteration.id, "ONNX")
     assert exported.status == "Done" and exported.platform == "ONNX"
     assert [e.download_uri for e in trainer.get_exports(project.id, iteration.id)] == [
         exported.download_uri
     ]
-    model_file = httpx.get(exported.download_uri)
-    assert model_file.status_code == 200 and len(model_file.content) > 100_000
+    onnx_zip = _zip_of(exported.download_uri, tmp_path / "onnx")
     import onnx
 
-    assert onnx.load_from_string(model_file.content).graph.input[0].name == "pixels"
+    assert onnx.load(onnx_zip / "model.onnx").graph.input[0].name == "pixels"
+    assert (onnx_zip / "labels.txt").read_text().split() == ["cat", "dog"]
     assert httpx.get(exported.download_uri[:-4] + "xxxx").status_code == 404
+    # TensorFlow Lite: Exporting until a worker has built it and checked its accuracy, then
+    # Done; the zip's predict.py gives the quick test's answer
+    lite = trainer.export_iteration(project.id, iteration.id, "TensorFlow", flavor="TensorFlowLite")
+    assert (lite.platform, lite.flavor) == ("TensorFlow", "TensorFlowLite")
+    deadline = time.monotonic() + 180
+    while lite.status == "Exporting" and time.monotonic() < deadline:
+        time.sleep(1)
+        lite = next(e for e in trainer.get_exports(project.id, iteration.id) if e.flavor)
+    assert lite.status == "Done" and lite.download_uri != exported.download_uri
+    lite_zip = _zip_of(lite.download_uri, tmp_path / "tflite")
+    assert {"model.tflite", "labels.txt", "predict.py"} <= {p.name for p in lite_zip.iterdir()}
+    ran = subprocess.run(
+        [sys.executable, "predict.py", str(TEST_DOG)],
+        cwd=lite_zip,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lite_answer = json.loads(ran.stdout)["probabilities"]
+    for prediction in tested.predictions:
+        assert abs(lite_answer[prediction.tag_name] - prediction.probability) < 1e-3
     assert (
         _sdk_code(lambda: trainer.export_iteration(project.id, iteration.id, "CoreML"))
         == "BadRequestExportValidationFailed"

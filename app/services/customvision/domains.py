@@ -1,7 +1,8 @@
 """Custom Vision's domains, by Azure's well-known ids, each trained here by a base model: every
 classification domain by MobileNetV2 (this service's default and best-measured base); the
-compact ones are exportable (every model here is exported to ONNX). Object detection domains
-are listed, as Azure lists them, and refused for projects (this service classifies images)."""
+compact ones are exportable (to ONNX, and to TensorFlow as a SavedModel or TensorFlow Lite).
+Object detection domains are listed, as Azure lists them, and refused for projects (this
+service classifies images)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from app.schemas.customvision import Domain
 from app.services.customvision.errors import CustomVisionError, not_found
 
 # What an exportable domain's iterations can be exported to, here.
-EXPORT_PLATFORMS = ["ONNX"]
+EXPORT_PLATFORMS = ["ONNX", "TensorFlow"]
 
 
 @dataclass(frozen=True)

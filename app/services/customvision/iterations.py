@@ -5,7 +5,6 @@ becomes the iteration's model, and publishing gives that version a name predicti
 from __future__ import annotations
 
 import json
-import secrets
 import tempfile
 import uuid
 import zipfile
@@ -20,11 +19,11 @@ from app.db.base import utcnow
 from app.db.customvision import CvImage, CvImageTag, CvIteration, CvProject, CvTag
 from app.db.models import JobStatus, TrainingJob
 from app.ml.config import Task
-from app.schemas.customvision import Export, Iteration, Tag
+from app.schemas.customvision import Iteration, Tag
 from app.schemas.jobs import JobCreate
 from app.services import jobs
 from app.services.auth import Principal
-from app.services.customvision.domains import BY_ID
+from app.services.customvision.domains import BY_ID, EXPORT_PLATFORMS
 from app.services.customvision.errors import CustomVisionError, not_found
 from app.services.customvision.images import image_key
 from app.services.customvision.projects import list_tags, parse_id, tag_wire
@@ -263,7 +262,7 @@ def iteration_wire(session: Session, iteration: CvIteration) -> Iteration:
         trained_at=job.finished_at if job is not None and status == "Completed" else None,
         project_id=str(iteration.project_id),
         exportable=BY_ID[iteration.domain_id].compact,
-        exportable_to=["ONNX"] if BY_ID[iteration.domain_id].compact else [],
+        exportable_to=list(EXPORT_PLATFORMS) if BY_ID[iteration.domain_id].compact else [],
         domain_id=str(iteration.domain_id),
         classification_type=iteration.classification_type,
         training_type=iteration.training_type,
@@ -354,57 +353,6 @@ def published(session: Session, *, project: CvProject, publish_name: str) -> CvI
             f"no iteration of project {project.id} is published as {publish_name!r}",
         )
     return iteration
-
-
-# What an iteration exports to here: every model version has its ONNX export.
-EXPORT_PLATFORM = "ONNX"
-EXPORT_FLAVORS = (None, "ONNX10", "ONNX12")
-
-
-def _check_platform(platform: str | None, flavor: str | None) -> str:
-    if (platform or "").upper() != EXPORT_PLATFORM:
-        raise CustomVisionError(
-            "BadRequestExportValidationFailed",
-            f"platform {platform!r} is not exported here: {EXPORT_PLATFORM} (with flavor "
-            "ONNX10, ONNX12 or none)",
-        )
-    if flavor is not None and flavor.upper() not in {f for f in EXPORT_FLAVORS if f}:
-        raise CustomVisionError("BadRequestExportValidationFailed", f"no ONNX flavor {flavor!r}")
-    return EXPORT_PLATFORM
-
-
-def export(
-    session: Session, *, iteration: CvIteration, platform: str | None, flavor: str | None
-) -> CvIteration:
-    """The iteration's ONNX export, with a download link of its own (made once)."""
-    _check_platform(platform, flavor)
-    if _status(session, iteration) != "Completed" or model_version(session, iteration) is None:
-        raise CustomVisionError(
-            "BadRequestIterationIsNotTrained", f"iteration {iteration.id} is not trained"
-        )
-    if iteration.export_token is None:
-        iteration.export_token = secrets.token_urlsafe(32)
-        iteration.settings = {**iteration.settings, "export_flavor": flavor}
-        session.flush()
-    return iteration
-
-
-def export_wire(iteration: CvIteration, *, base_url: str) -> Export:
-    return Export(
-        platform=EXPORT_PLATFORM,
-        status="Done",
-        download_uri=f"{base_url.rstrip('/')}/customvision/exports/{iteration.export_token}",
-        flavor=iteration.settings.get("export_flavor"),
-    )
-
-
-def exported(session: Session, *, token: str) -> tuple[str, int]:
-    """The model name and version of the export this link's token names (NotFound if none)."""
-    iteration = session.scalar(select(CvIteration).where(CvIteration.export_token == token))
-    version = None if iteration is None else model_version(session, iteration)
-    if iteration is None or version is None:
-        raise not_found("NotFound", "no such export")
-    return model_name_of(str(iteration.project_id)), version
 
 
 def latest_trained(session: Session, *, project: CvProject) -> CvIteration:

@@ -56,14 +56,16 @@ def _classification(value: str | None) -> str:
 
 
 def _export_platforms(values: Sequence[str] | None) -> list[str]:
+    """The platforms, spelled as Custom Vision spells them (it matches them in any case)."""
+    known = {platform.upper(): platform for platform in EXPORT_PLATFORMS}
     platforms = [value for value in values or [] if value]
-    if unsupported := [p for p in platforms if p.upper() not in EXPORT_PLATFORMS]:
+    if unsupported := [p for p in platforms if p.upper() not in known]:
         raise CustomVisionError(
             "BadRequestProjectUnsupportedExportPlatform",
             f"export platform(s) {', '.join(unsupported)} are not made here; "
             f"this service exports {', '.join(EXPORT_PLATFORMS)}",
         )
-    return [p.upper() for p in platforms]
+    return [known[p.upper()] for p in platforms]
 
 
 def _domain_id(value: str | None) -> uuid.UUID | None:

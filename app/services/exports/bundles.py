@@ -6,6 +6,7 @@ README.md. The bundle of a file is made once and kept in this machine's cache.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 import zipfile
@@ -261,20 +262,27 @@ def bundle_file(
     model_path: Path,
     metadata: dict[str, Any],
     check: dict[str, Any] | None,
+    model_file: str | None = None,
+    labels_txt: bool = False,
 ) -> Path:
-    """The zip of `model_path` in `fmt` with its labels, preprocessing, predict.py and
-    README.md, from this machine's cache (made there once per model file)."""
+    """The zip of `model_path` in `fmt` (named `model_file` in it; default its download
+    name) with its labels (also as labels.txt, a class per line, as Azure Custom Vision's
+    exports have them), preprocessing, predict.py and README.md, from this machine's cache
+    (made there once per model file and layout)."""
+    model_file = model_file or download_name(ref, fmt)
     digest = file_sha256(model_path)
-    cached = get_storage().cache_dir / "bundles" / f"{digest}-{fmt.value}.zip"
+    layout = hashlib.sha256(f"{model_file}|{labels_txt}".encode()).hexdigest()[:12]
+    cached = get_storage().cache_dir / "bundles" / f"{digest}-{fmt.value}-{layout}.zip"
     if cached.is_file():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
-    model_file = download_name(ref, fmt)
     partial = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
     try:
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.write(model_path, model_file, compress_type=zipfile.ZIP_STORED)
             archive.writestr("labels.json", json.dumps(labels_document(metadata), indent=2))
+            if labels_txt:
+                archive.writestr("labels.txt", "".join(f"{c}\n" for c in metadata["classes"]))
             archive.writestr(
                 "preprocessing.json", json.dumps(preprocessing_document(fmt, metadata), indent=2)
             )
@@ -289,11 +297,25 @@ def bundle_file(
 
 
 def bundle(
-    ref: VersionRef, fmt: DownloadFormat, *, model_path: Path, check: dict[str, Any] | None
+    ref: VersionRef,
+    fmt: DownloadFormat,
+    *,
+    model_path: Path,
+    check: dict[str, Any] | None,
+    model_file: str | None = None,
+    labels_txt: bool = False,
 ) -> Path:
     """The bundle of the version's file in `fmt` (bundle_file, with the version's metadata)."""
     metadata = json.loads((model_versions.served_folder(ref) / META_FILE).read_text())
-    return bundle_file(ref, fmt, model_path=model_path, metadata=metadata, check=check)
+    return bundle_file(
+        ref,
+        fmt,
+        model_path=model_path,
+        metadata=metadata,
+        check=check,
+        model_file=model_file,
+        labels_txt=labels_txt,
+    )
 
 
 def bundle_name(ref: VersionRef, fmt: DownloadFormat) -> str:

@@ -1,6 +1,6 @@
 """An exported iteration's download link: `downloadUri` of Custom Vision's Export, which its
 users fetch without a key (Azure's are signed storage links; here the link's token, made for
-that export, is what grants it)."""
+that iteration's exports, is what grants it)."""
 
 from __future__ import annotations
 
@@ -11,23 +11,18 @@ from fastapi.responses import FileResponse
 
 from app.api.deps import SessionDep
 from app.schemas.customvision import CUSTOM_VISION_RESPONSES
-from app.services import exports, model_versions
-from app.services.customvision import iterations
-from app.services.exports import DownloadFormat
-from app.services.model_versions import VersionRef
+from app.services.customvision import exports
 
 router = APIRouter(tags=["custom vision"], responses=CUSTOM_VISION_RESPONSES)
 
 
-@router.get("/customvision/exports/{token}", response_class=FileResponse)
+@router.get("/customvision/exports/{token}/{export}", response_class=FileResponse)
 def download_export(
-    token: Annotated[str, Path(min_length=20, max_length=64)], session: SessionDep
+    token: Annotated[str, Path(min_length=20, max_length=64)],
+    export: Annotated[str, Path(min_length=1, max_length=64)],
+    session: SessionDep,
 ) -> FileResponse:
-    name, version = iterations.exported(session, token=token)
-    row = model_versions.get_version(session, name=name, version=version, principal=None)
-    ref = VersionRef.of(row)
-    return FileResponse(
-        exports.version_file(ref, DownloadFormat.ONNX),
-        media_type="application/octet-stream",
-        filename=exports.download_name(ref, DownloadFormat.ONNX),
-    )
+    """A zip, as Azure's exports are: the model, labels.txt, and this service's labels.json,
+    preprocessing.json, predict.py and README.md."""
+    found = exports.download(session, token=token, slug=export)
+    return FileResponse(found.path, media_type="application/zip", filename=found.filename)

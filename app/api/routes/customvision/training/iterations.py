@@ -30,6 +30,7 @@ from app.schemas.customvision import (
     IterationUpdate,
 )
 from app.services.auth import Principal
+from app.services.customvision import exports as cv_exports
 from app.services.customvision import iterations, performance
 from app.services.customvision.errors import CustomVisionError
 from app.services.inference import MemoryBudget, ModelCache
@@ -240,14 +241,15 @@ def export_iteration(
     platform: Annotated[str | None, Query(max_length=40)] = None,
     flavor: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Export:
-    """The iteration's ONNX export (every model here has one: it is Done at once), with a
-    download link that works without a key, as Azure's do."""
-    iteration = iterations.export(session, iteration=iteration, platform=platform, flavor=flavor)
-    return iterations.export_wire(iteration, base_url=str(request.base_url))
+    """Ask for the iteration's export: ONNX is Done at once (every model here has one); a
+    TensorFlow Lite file is Exporting until a worker has built and checked it. Its download
+    link works without a key, as Azure's do."""
+    iteration, kind = cv_exports.export(
+        session, iteration=iteration, platform=platform, flavor=flavor
+    )
+    return cv_exports.wire(session, iteration, kind, base_url=str(request.base_url))
 
 
 @router.get("/projects/{project_id}/iterations/{iteration_id}/export", response_model=list[Export])
-def get_exports(iteration: IterationDep, request: Request) -> list[Export]:
-    if iteration.export_token is None:
-        return []
-    return [iterations.export_wire(iteration, base_url=str(request.base_url))]
+def get_exports(iteration: IterationDep, request: Request, session: SessionDep) -> list[Export]:
+    return cv_exports.list_exports(session, iteration=iteration, base_url=str(request.base_url))
