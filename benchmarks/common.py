@@ -139,3 +139,21 @@ def machine() -> str:
             model = line.split(":", 1)[1].strip()
             break
     return f"{cpus} cores ({model}), Python {sys.version.split()[0]}"
+
+
+def download_version(
+    base: str,
+    headers: dict[str, str],
+    name: str,
+    target: Path,
+    **params: str,
+) -> Path:
+    """Version 1 of model `name` as downloaded with `params` (format, bundle), into target."""
+    import httpx
+
+    response = httpx.get(
+        f"{base}/models/{name}/versions/1/download", params=params, timeout=120, headers=headers
+    )
+    response.raise_for_status()
+    target.write_bytes(response.content)
+    return target

@@ -15,7 +15,8 @@ Then the API alone, once with SERVING_RUNTIME=keras and once with onnxruntime:
   4. throughput at 1, 4 and 16 concurrent clients (threads, keep-alive), fixed duration each;
   5. the API's RSS with one and two versions loaded (the cache holds two), then while other
      versions are loaded and evicted in turn (nine evictions).
-Writes the "predict" section of docs/BENCHMARKS.md.
+Writes the "predict" section of docs/BENCHMARKS.md. Then (or alone with `--only int8`)
+benchmarks/predict_int8.py: float32 against the int8 ONNX export, in its own section.
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.common import SHARED, live_service, machine, memory_kb, write_section
+from benchmarks import predict_int8
+from benchmarks.common import (
+    SHARED,
+    download_version,
+    live_service,
+    machine,
+    memory_kb,
+    write_section,
+)
 
 IMAGE_SIZE = 160
 CLIENTS = (1, 4, 16)
@@ -97,18 +106,6 @@ def train_versions(
         if time.monotonic() > deadline:
             raise RuntimeError("the model was not loaded")
         time.sleep(0.5)
-
-
-def download(base: str, headers: dict[str, str], fmt: str, target: Path) -> Path:
-    response = httpx.get(
-        f"{base}/models/bench/versions/1/download",
-        params={"format": fmt},
-        timeout=120,
-        headers=headers,
-    )
-    response.raise_for_status()
-    target.write_bytes(response.content)
-    return target
 
 
 def median_ms(call: Callable[[], Any], runs: int) -> float:
@@ -498,9 +495,23 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per client count")
     # the runtime comes from SMALLVISION_SERVING_RUNTIME, as in the API
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--int8-memory-probe", choices=("float32", "int8"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only",
+        choices=("runtimes", "int8"),
+        help="runtimes: Keras against ONNX Runtime; int8: float32 against the int8 ONNX "
+        "export (default: both)",
+    )
     args = parser.parse_args()
     if args.memory_probe:
         memory_probe()
+        return
+    if args.int8_memory_probe:
+        predict_int8.memory_probe(args.int8_memory_probe)
+        return
+    if args.only != "runtimes":
+        print(predict_int8.run(args.requests))
+    if args.only == "int8":
         return
     photo_path = sorted((SHARED / "data" / "cats_vs_dogs_small" / "test" / "cats").iterdir())[0]
     photo = photo_path.read_bytes()
@@ -514,8 +525,12 @@ def main() -> None:
             model_refresh_seconds="1",
         ) as live:
             train_versions(live.base, work, live.headers)
-            keras_file = download(live.base, live.headers, "keras", work / "bench.keras")
-            onnx_file = download(live.base, live.headers, "onnx", work / "bench.onnx")
+            keras_file = download_version(
+                live.base, live.headers, "bench", work / "bench.keras", format="keras"
+            )
+            onnx_file = download_version(
+                live.base, live.headers, "bench", work / "bench.onnx", format="onnx"
+            )
         raw = raw_forward(keras_file, onnx_file, photo, runs=args.requests)
         print("raw forward", raw, flush=True)
         features = feature_extraction(work)

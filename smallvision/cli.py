@@ -4,6 +4,7 @@
     smallvision train pets --method auto --watch
     smallvision predict a.jpg b.jpg --top-k 3
     smallvision models list | show pets 2 | activate pets 2 | download pets 2 --format tflite_int8
+    smallvision models serve pets 2 --precision int8
 
 The server is $SMALLVISION_URL (default http://127.0.0.1:8000), the key $SMALLVISION_API_KEY
 (or --url and --key). Exit codes, for scripts: see `ExitCode`.
@@ -50,6 +51,7 @@ from smallvision.client import (
     Job,
     JobMetrics,
     JobResult,
+    Precision,
     ServiceUnreachableError,
 )
 
@@ -515,13 +517,14 @@ class Commands:
             detect_unknown=not args.no_unknown,
             outlier_threshold=args.outlier_threshold,
             label_threshold=args.label_threshold,
+            precision=args.precision,
         )
         multilabel = answer.get("task") == "multilabel"
         columns = ["image", "answer", "rank", "label", "probability"]
         table = Table(
             *columns,
             *(("threshold", "passes") if multilabel else ()),
-            title=f"{answer['model']} v{answer['version']}",
+            title=f"{answer['model']} v{answer['version']} ({answer['runtime']})",
         )
         for image in answer["predictions"]:
             for rank, label in enumerate(image["labels"], start=1):
@@ -588,6 +591,15 @@ class Commands:
         self.out.print(f"model {version['name']} now answers with version {version['version']}")
         return ExitCode.OK
 
+    def models_serve(self, args: argparse.Namespace) -> ExitCode:
+        version = self.client.set_serving(args.name, args.version, precision=args.precision)
+        self.out.print(
+            f"{version['name']} v{version['version']} now answers /predict in "
+            f"{version.get('serving_precision', 'float32')} (a request may still ask for the "
+            "other with precision)"
+        )
+        return ExitCode.OK
+
     def models_show(self, args: argparse.Namespace) -> ExitCode:
         version = self.client.get_version(args.name, args.version)
         summary = version["metrics_summary"]
@@ -595,6 +607,7 @@ class Commands:
         self.out.print(
             f"{version['name']} v{version['version']}{active}: {summary.get('method', '')}, "
             f"test accuracy {_percent(summary.get('test_accuracy'))}, "
+            f"served in {version.get('serving_precision', 'float32')}, "
             f"created {_time(version['created_at'])}"
         )
         table = Table(
@@ -942,6 +955,12 @@ def _parser() -> argparse.ArgumentParser:
         help="multi-label models: the probability every label must reach (default: each "
         "label's own threshold)",
     )
+    predict.add_argument(
+        "--precision",
+        choices=typing.get_args(Precision),
+        help="int8: the version's int8 ONNX export (once its accuracy check passed); "
+        "default: the version's serving precision",
+    )
 
     models = commands.add_parser("models", help="the model registry")
     on_models = models.add_subparsers(dest="action", required=True)
@@ -950,10 +969,17 @@ def _parser() -> argparse.ArgumentParser:
         ("show", "a version: its evaluation and its exports, with their accuracy checks"),
         ("activate", "serve this version"),
         ("download", "save the version in a format (default .keras; --bundle: a zip to run)"),
+        ("serve", "what /predict runs for the version: --precision int8 or float32"),
     ):
         command = on_models.add_parser(action, help=text, parents=[after])
         command.add_argument("name")
         command.add_argument("version", type=int)
+    on_models.choices["serve"].add_argument(
+        "--precision",
+        choices=typing.get_args(Precision),
+        required=True,
+        help="int8: its int8 ONNX export (refused until that passed its accuracy check)",
+    )
     download = on_models.choices["download"]
     download.add_argument("-o", "--output", type=Path)
     download.add_argument(

@@ -331,6 +331,10 @@ class Export(TypedDict):
     finished_at: str | None
 
 
+# What /predict runs: the version's model, or its int8 ONNX export.
+Precision = Literal["float32", "int8"]
+
+
 class ModelVersion(TypedDict):
     id: str
     name: str
@@ -341,6 +345,7 @@ class ModelVersion(TypedDict):
     size_bytes: int
     metrics_summary: dict[str, Any]  # method, validation_accuracy, test_accuracy, warnings
     exports: NotRequired[list[Export]]  # the exports asked for so far
+    serving_precision: NotRequired[Precision]  # what /predict runs by default
     created_at: str
 
 
@@ -602,6 +607,18 @@ class Client:
             self._json("POST", f"/models/{_path(name)}/versions/{version}/activate"),
         )
 
+    def set_serving(self, name: str, version: int, *, precision: Precision) -> ModelVersion:
+        """What /predict runs for the version by default (int8: its int8 ONNX export, once
+        that passed its accuracy check; the service answers 409 before)."""
+        return cast(
+            ModelVersion,
+            self._json(
+                "PUT",
+                f"/models/{_path(name)}/versions/{version}/serving",
+                json={"precision": precision},
+            ),
+        )
+
     def download_version(
         self,
         name: str,
@@ -670,12 +687,14 @@ class Client:
         detect_unknown: bool = True,
         outlier_threshold: float | None = None,
         label_threshold: float | None = None,
+        precision: Precision | None = None,
     ) -> Prediction:
         """Top-k labels of each image from `model` (default: the only active model) at
         `version` (default: its active version), and whether each is unknown (unlike every
         training image; `detect_unknown=False` turns it off, `outlier_threshold` overrides the
         version's threshold). A multi-label model lists every label, and the labels above
-        their thresholds (`label_threshold`: one for all of them)."""
+        their thresholds (`label_threshold`: one for all of them). `precision` int8 asks for
+        the version's int8 ONNX export (default: the version's serving precision)."""
         form: dict[str, str] = {"top_k": str(top_k)}
         if model is not None:
             form["model"] = model
@@ -687,6 +706,8 @@ class Client:
             form["outlier_threshold"] = str(outlier_threshold)
         if label_threshold is not None:
             form["label_threshold"] = str(label_threshold)
+        if precision is not None:
+            form["precision"] = precision
         files = [("files", (path.name, path.read_bytes())) for path in images]
         return cast(Prediction, self._json("POST", "/predict", data=form, files=files))
 

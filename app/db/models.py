@@ -219,6 +219,11 @@ class ModelVersion(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     metrics_summary: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What /predict runs by default: "float32" (its own model) or "int8" (its ONNX int8
+    # export, only once that export passed its accuracy check)
+    serving_precision: Mapped[str] = mapped_column(
+        String(16), default="float32", server_default="float32"
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Its exports asked for so far (read along with it; the rows go with it in the database).
     exports: Mapped[list[ModelExport]] = relationship(

@@ -221,6 +221,8 @@ class Runtime(enum.StrEnum):
 
     KERAS = "keras"
     ONNXRUNTIME = "onnxruntime"
+    # the version's int8 ONNX export (static QDQ), run by ONNX Runtime
+    ONNXRUNTIME_INT8 = "onnxruntime_int8"
 
 
 # "auto": ONNX Runtime when the version has an ONNX export, Keras otherwise.
@@ -347,10 +349,13 @@ def load_classifier(
     runtime: str = "auto",
     onnx_threads: int = 0,
     on_batch: Callable[[int], None] = lambda _: None,
+    int8_onnx: Path | None = None,
 ) -> LoadedClassifier:
     """Load a model version directory (already checksum-verified by the caller) and warm it.
     `runtime`: "auto" (ONNX Runtime when the version has an ONNX export), "keras" or
-    "onnxruntime". `on_batch(images)` is called after every forward pass (for metrics)."""
+    "onnxruntime"; `int8_onnx` (the version's int8 ONNX export, checked by the caller) is run
+    by ONNX Runtime instead of them. `on_batch(images)` is called after every forward pass
+    (for metrics)."""
     if runtime not in RUNTIME_CHOICES:
         raise ValueError(f"unknown runtime {runtime!r}; one of {', '.join(RUNTIME_CHOICES)}")
     metadata: dict[str, Any] = json.loads((folder / META_FILE).read_text())
@@ -361,7 +366,11 @@ def load_classifier(
         raise FileNotFoundError(f"{name} has no {ONNX_FILE} (export it first)")
     outliers = _outlier_index(folder, metadata)
     chosen = Runtime.ONNXRUNTIME if has_onnx and runtime != Runtime.KERAS else Runtime.KERAS
-    if chosen is Runtime.ONNXRUNTIME:
+    if int8_onnx is not None:
+        chosen = Runtime.ONNXRUNTIME_INT8
+        raw, device = _onnx_forward(int8_onnx, threads=onnx_threads)
+        resize = _onnx_resize(image_size)
+    elif chosen is Runtime.ONNXRUNTIME:
         raw, device = _onnx_forward(folder / ONNX_FILE, threads=onnx_threads)
         resize = _onnx_resize(image_size)
     else:

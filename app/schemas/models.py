@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Versions are numbered 1, 2, 3... in a 32-bit INTEGER column.
 MAX_VERSION_NUMBER = 2_147_483_647
+# What /predict runs: the version's own model, or its int8 ONNX export.
+Precision = Literal["float32", "int8"]
 
 
 class ModelRead(BaseModel):
@@ -71,4 +73,20 @@ class ModelVersionRead(BaseModel):
     exports: list[ExportRead] = Field(
         default_factory=list, description="exports asked for so far (besides keras and onnx)"
     )
+    serving_precision: Precision = Field(
+        default="float32",
+        description="what /predict runs by default: float32 (the model) or int8 (its int8 "
+        "ONNX export); PUT .../serving sets it",
+    )
     created_at: datetime
+
+
+class ServingSettings(BaseModel):
+    """PUT /models/{name}/versions/{version}/serving."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    precision: Precision = Field(
+        description="int8: answer /predict from the int8 ONNX export (refused with 409 until "
+        "that export is built and passed its accuracy check); float32: the model itself"
+    )

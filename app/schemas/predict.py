@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.models import MAX_VERSION_NUMBER
+from app.schemas.models import MAX_VERSION_NUMBER, Precision
 from app.schemas.text import Text
 
 MAX_TOP_K = 1000
@@ -22,6 +22,12 @@ class PredictOptions(BaseModel):
         default=None, ge=1, le=MAX_VERSION_NUMBER, description="default: the active version"
     )
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="labels per image")
+    precision: Precision | None = Field(
+        default=None,
+        description="float32: the version's own model; int8: its int8 ONNX export (only once "
+        "that export passed its accuracy check; 409 otherwise); default: the version's "
+        "serving_precision",
+    )
     explain: bool = Field(
         default=False,
         description="also return a Grad-CAM heatmap of each image for its top label (one more "
@@ -116,4 +122,7 @@ class PredictResponse(BaseModel):
         default=None, description="multilabel for a multi-label model; absent otherwise"
     )
     seconds: float = Field(description="time spent in the service: decoding and inference")
-    runtime: str = Field(description="what ran the model: onnxruntime or keras")
+    runtime: str = Field(
+        description="what ran the model: onnxruntime, keras, or onnxruntime_int8 (the int8 "
+        "ONNX export)"
+    )

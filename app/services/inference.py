@@ -43,7 +43,7 @@ from app.ml.images import (
     open_image,
 )
 from app.ml.serving import Answers, LoadedClassifier, ModelUnloadedError, load_classifier
-from app.services import model_versions, review
+from app.services import exports, model_versions, review
 from app.services.auth import Principal
 from app.services.explanations import ExplanationResult, explain_images
 from app.services.model_versions import VersionRef
@@ -56,6 +56,8 @@ PREDICTION_THREADS = 64
 
 # Every prediction response names the runtime that answered in this header.
 RUNTIME_HEADER = "X-Model-Runtime"
+# What a version is served in: its own model, or its int8 ONNX export.
+FLOAT32, INT8 = "float32", "int8"
 
 
 class ModelCache:
@@ -69,12 +71,14 @@ class ModelCache:
     def __init__(self, *, capacity: int, max_batch: int) -> None:
         self.capacity = capacity
         self.max_batch = max_batch
-        self._loaded: OrderedDict[uuid.UUID, LoadedClassifier] = OrderedDict()
+        # (version id, precision) -> the loaded model: a version served both in float32 and
+        # from its int8 export holds two places
+        self._loaded: OrderedDict[tuple[uuid.UUID, str], LoadedClassifier] = OrderedDict()
         # The checksum each loaded version had: a version whose files changed since (an ONNX
         # export added to it) is loaded again by the next refresh.
         self._checksums: dict[uuid.UUID, str] = {}
         self._lock = threading.Lock()
-        self._loading: dict[uuid.UUID, threading.Lock] = {}
+        self._loading: dict[tuple[uuid.UUID, str], threading.Lock] = {}
         self.warmed = False
         self.loads = 0  # versions loaded from disk by this process, ever
         self._thread_limiter: CapacityLimiter | None = None
@@ -82,33 +86,41 @@ class ModelCache:
         self._resolved: dict[tuple[str, bool, str | None, int | None], tuple[VersionRef, float]]
         self._resolved = {}
 
-    def get(self, ref: VersionRef) -> LoadedClassifier:
-        """The loaded version, loading it (once, even if many threads ask) if needed."""
+    def get(self, ref: VersionRef, *, precision: str = FLOAT32) -> LoadedClassifier:
+        """The loaded version (`precision` int8: its int8 ONNX export, ConflictError when
+        that may not answer), loading it (once, even if many threads ask) if needed."""
+        key = (ref.id, precision)
         with self._lock:
-            if (found := self._loaded.get(ref.id)) is not None:
-                self._loaded.move_to_end(ref.id)
+            if (found := self._loaded.get(key)) is not None:
+                self._loaded.move_to_end(key)
                 return found
-            load_lock = self._loading.setdefault(ref.id, threading.Lock())
+            load_lock = self._loading.setdefault(key, threading.Lock())
         with load_lock:
             with self._lock:
-                if (found := self._loaded.get(ref.id)) is not None:
+                if (found := self._loaded.get(key)) is not None:
                     return found
-            classifier = self._load(ref)
+            classifier = self._load(ref, precision=precision)
             with self._lock:
                 self.loads += 1
-                self._loaded[ref.id] = classifier
+                self._loaded[key] = classifier
                 self._checksums[ref.id] = ref.sha256
-                self._loading.pop(ref.id, None)
+                self._loading.pop(key, None)
                 evicted = []
                 while len(self._loaded) > self.capacity:
-                    old_id, old_classifier = self._loaded.popitem(last=False)
-                    self._checksums.pop(old_id, None)
+                    (old_id, _), old_classifier = self._loaded.popitem(last=False)
+                    if not any(version_id == old_id for version_id, _ in self._loaded):
+                        self._checksums.pop(old_id, None)
                     evicted.append(old_classifier)
         for old in evicted:
             old.close()
         return classifier
 
-    def _load(self, ref: VersionRef) -> LoadedClassifier:
+    def _load(self, ref: VersionRef, *, precision: str) -> LoadedClassifier:
+        int8_onnx = None
+        if precision == INT8:
+            # ConflictError (409) when the export may not answer: missing, building, degraded
+            with session_scope() as session:
+                int8_onnx = exports.int8_file(session, ref=ref)
         started = time.perf_counter()
         try:
             folder = model_versions.version_folder(ref)
@@ -116,10 +128,11 @@ class ModelCache:
             classifier = load_classifier(
                 folder,
                 max_batch=self.max_batch,
-                name=f"{ref.name}-v{ref.version}",
+                name=f"{ref.name}-v{ref.version}-{precision}",
                 runtime=settings.serving_runtime,
                 onnx_threads=settings.onnx_threads,
                 on_batch=FORWARD_BATCH.observe,
+                int8_onnx=int8_onnx,
             )
         except Exception as exc:
             # Checksums, missing files, and Keras refusing to deserialize (it raises TypeError
@@ -171,25 +184,30 @@ class ModelCache:
         with self._lock:
             self._resolved.clear()
 
-    def is_loaded(self, version_id: uuid.UUID) -> bool:
+    def is_loaded(self, version_id: uuid.UUID, *, precision: str = FLOAT32) -> bool:
         with self._lock:
-            return version_id in self._loaded
+            return (version_id, precision) in self._loaded
 
-    def get_loaded(self, version_id: uuid.UUID) -> LoadedClassifier | None:
+    def get_loaded(
+        self, version_id: uuid.UUID, *, precision: str = FLOAT32
+    ) -> LoadedClassifier | None:
         """The version if it is loaded; never loads."""
         with self._lock:
-            return self._loaded.get(version_id)
+            return self._loaded.get((version_id, precision))
 
     def loaded_ids(self) -> list[uuid.UUID]:
+        """The versions loaded (in float32, from their int8 export, or both)."""
         with self._lock:
-            return list(self._loaded)
+            return list(dict.fromkeys(version_id for version_id, _ in self._loaded))
 
     def evict(self, version_id: uuid.UUID) -> None:
+        """Unload the version in every precision."""
         with self._lock:
             self._resolved.clear()
-            classifier = self._loaded.pop(version_id, None)
+            keys = [key for key in self._loaded if key[0] == version_id]
+            classifiers = [self._loaded.pop(key) for key in keys]
             self._checksums.pop(version_id, None)
-        if classifier is not None:
+        for classifier in classifiers:
             classifier.close()
 
     def close(self) -> None:
@@ -212,10 +230,12 @@ class ModelCache:
                 changed = self._checksums.get(ref.id, ref.sha256) != ref.sha256
             if changed:
                 self.evict(ref.id)
-            if not self.is_loaded(ref.id):
-                # A broken version is logged; requests for it get the 503 with the reason.
-                with contextlib.suppress(ModelUnavailableError):
-                    self.get(ref)
+            precision = ref.serving_precision
+            if not self.is_loaded(ref.id, precision=precision):
+                # A broken version is logged; requests for it get the 503 with the reason (or
+                # the 409 of an int8 export that may not answer).
+                with contextlib.suppress(ModelUnavailableError, ConflictError):
+                    self.get(ref, precision=precision)
         self.warmed = True
 
 
@@ -358,19 +378,21 @@ def _answer(
     version: int | None,
     principal: Principal,
     explain: bool,
+    precision: str | None,
 ) -> _Answered:
     """Resolve the version, decode the images and wait for the batcher's answer, all in the
     request's one worker thread: a return to the event loop between decoding and the forward
     pass was one more thread switch per prediction."""
     ref = cache.resolve(name=name, version=version, principal=principal)
-    classifier = cache.get(ref)
+    precision = precision or ref.serving_precision
+    classifier = cache.get(ref, precision=precision)
     pixels, overlay_images = _decode_all(images, classifier, budget, keep_for_overlays=explain)
     timeout = get_settings().predict_timeout_seconds
     try:
         answers = _forward(classifier, pixels, timeout=timeout)
     except ModelUnloadedError as exc:  # evicted between lookup and submit: load again once
         logger.info("retrying %s v%s after eviction: %s", ref.name, ref.version, exc)
-        classifier = cache.get(ref)
+        classifier = cache.get(ref, precision=precision)
         answers = _forward(classifier, pixels, timeout=timeout)
     return _Answered(ref, classifier, pixels, overlay_images, answers)
 
@@ -387,12 +409,15 @@ async def predict_images(
     detect_unknown: bool = True,
     outlier_threshold: float | None = None,
     label_threshold: float | None = None,
+    precision: str | None = None,
 ) -> PredictionResult:
     """Class probabilities of each image from the chosen version, whether each is unknown
     (unlike every training image: `detect_unknown`, at the version's threshold or
     `outlier_threshold`), and with `explain` a Grad-CAM of each image for its top label. A
     multi-label version's labels pass at their own thresholds, or all at `label_threshold`.
-    Database, decoding, the forward pass and the explanations all run off the event loop."""
+    `precision` (float32 or int8; default the version's serving_precision) picks the model
+    or its int8 ONNX export. Database, decoding, the forward pass and the explanations all
+    run off the event loop."""
     started = time.perf_counter()
     settings = get_settings()
     if not images:
@@ -413,6 +438,7 @@ async def predict_images(
         version,
         principal,
         explain,
+        precision,
         limiter=cache.thread_limiter(),
     )
     ref, classifier = answered.ref, answered.classifier

@@ -157,10 +157,18 @@ class VersionRef:
     version: int
     path: str
     sha256: str
+    serving_precision: str = "float32"  # what /predict runs by default: float32 or int8
 
     @classmethod
     def of(cls, row: ModelVersion) -> VersionRef:
-        return cls(id=row.id, name=row.name, version=row.version, path=row.path, sha256=row.sha256)
+        return cls(
+            id=row.id,
+            name=row.name,
+            version=row.version,
+            path=row.path,
+            sha256=row.sha256,
+            serving_precision=row.serving_precision or "float32",
+        )
 
 
 @dataclass(frozen=True)

@@ -333,3 +333,20 @@ def test_the_console_shows_each_check_and_downloads_a_bundle(trained, browser) -
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
     assert not watch.errors, watch.errors
     context.close()
+
+
+def test_the_cli_serves_int8_only_once_its_check_passed(trained) -> None:
+    """Every export here is degraded: the int8 one is refused as the default and per request,
+    with the figures; float32 answers and says which runtime did."""
+    from tests.e2e.test_cli import smallvision
+
+    live, _ = trained
+    refused = smallvision(live, "models", "serve", NAME, "1", "--precision", "int8")
+    assert refused.returncode != 0 and "degraded" in refused.stderr, refused.stderr
+    photo = str(sorted((PHOTOS / "test" / "dogs").iterdir())[0])
+    asked = smallvision(live, "predict", photo, "--model", NAME, "--precision", "int8")
+    assert asked.returncode != 0 and "agreement" in asked.stderr, asked.stderr
+    answered = smallvision(live, "predict", photo, "--model", NAME, "--precision", "float32")
+    assert answered.returncode == 0 and "(onnxruntime)" in answered.stdout, answered.stderr
+    shown = smallvision(live, "models", "show", NAME, "1")
+    assert "served in float32" in shown.stdout, shown.stdout

@@ -11,7 +11,7 @@ from app.api.deps import ModelCacheDep, RegistryReader, SessionDep, Trainer, Ver
 from app.core.errors import ModelUnavailableError
 from app.db.models import ExportStatus, ModelExport
 from app.db.session import after_commit
-from app.schemas.models import ExportRead, ModelRead, ModelVersionRead
+from app.schemas.models import ExportRead, ModelRead, ModelVersionRead, ServingSettings
 from app.services import exports, model_versions
 from app.services.exports import DownloadFormat
 from app.services.model_versions import VersionRef
@@ -84,6 +84,36 @@ def activate_version(
     # Forgotten once committed: a prediction from now on reads the new active version.
     after_commit(session, cache.forget_resolutions)
     return ModelVersionRead.model_validate(activated)
+
+
+@router.put(
+    "/{name}/versions/{version}/serving",
+    response_model=ModelVersionRead,
+    responses={
+        **_NOT_FOUND,
+        409: {
+            "description": "int8 asked for while the version's int8 ONNX export is missing, "
+            "still being built, failed or degraded (the message says which)"
+        },
+    },
+)
+def set_serving(
+    name: str,
+    version: VersionNumber,
+    settings: ServingSettings,
+    session: SessionDep,
+    cache: ModelCacheDep,
+    principal: Trainer,
+) -> ModelVersionRead:
+    """What /predict runs for this version when a request does not say: `int8` (its int8
+    ONNX export, once that passed its accuracy check) or `float32` (the model). An active
+    version is loaded in that precision before the switch."""
+    row = model_versions.get_version(session, name=name, version=version, principal=principal)
+    exports.set_serving_precision(session, version=row, precision=settings.precision)
+    if row.is_active:
+        cache.get(VersionRef.of(row), precision=settings.precision)
+    after_commit(session, cache.forget_resolutions)
+    return ModelVersionRead.model_validate(row)
 
 
 _EXPORT_PENDING: dict[int | str, dict[str, Any]] = {

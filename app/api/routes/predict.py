@@ -110,7 +110,9 @@ async def predict(
     """Classify one image (`file`) or a batch (`files`, repeated). Form fields `model`,
     `version` and `top_k` are optional: by default the only active model answers. An image
     unlike every training image is answered `unknown` (its labels still listed), unless
-    `detect_unknown=false`; `outlier_threshold` overrides the version's threshold."""
+    `detect_unknown=false`; `outlier_threshold` overrides the version's threshold.
+    `precision=int8` answers from the version's int8 ONNX export (once its accuracy check
+    passed; the version's serving_precision is the default); `runtime` names what ran."""
     settings = get_settings()
     files, fields = await receive_files(
         request,
@@ -130,6 +132,7 @@ async def predict(
         detect_unknown=options.detect_unknown,
         outlier_threshold=options.outlier_threshold,
         label_threshold=options.label_threshold,
+        precision=options.precision,
     )
     return _response(result, [f.filename for f in files], options.top_k)
 
@@ -159,6 +162,7 @@ async def predict_json(
         detect_unknown=body.detect_unknown,
         outlier_threshold=body.outlier_threshold,
         label_threshold=body.label_threshold,
+        precision=body.precision,
     )
     return _response(result, [image.filename for image in body.images], body.top_k)
 

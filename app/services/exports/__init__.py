@@ -19,6 +19,7 @@ from app.services.exports.formats import (
     media_type,
 )
 from app.services.exports.onnx import add_onnx_export, stored_versions, version_file
+from app.services.exports.serving import int8_file, set_serving_precision
 from app.services.exports.tracking import (
     RETRY_AFTER_SECONDS,
     list_exports,
@@ -39,6 +40,7 @@ __all__ = [
     "bundle",
     "bundle_name",
     "download_name",
+    "int8_file",
     "list_exports",
     "media_type",
     "ready_file",
@@ -47,6 +49,7 @@ __all__ = [
     "request_after_training",
     "request_export",
     "run_export",
+    "set_serving_precision",
     "stored_versions",
     "version_file",
 ]

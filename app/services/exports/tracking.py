@@ -162,16 +162,23 @@ def request_after_training(session: Session, *, version: ModelVersion) -> list[M
     ]
 
 
+def degraded_figures(export: ModelExport) -> str:
+    """What the accuracy check of a degraded export found, in words."""
+    report = export.report or {}
+    return (
+        f"accuracy {report['accuracy']:.4f} against the float model's "
+        f"{report['float_accuracy']:.4f} on {report['images']} {report['evaluated_on']} images "
+        f"({report['accuracy_loss_points']} points lost, more than {report['max_loss_points']}; "
+        f"agreement {report['agreement']:.4f})"
+    )
+
+
 def refuse_degraded(export: ModelExport, *, ref: VersionRef, allow: bool) -> None:
     """DegradedExportError (409) for a ready export whose check found it worse than the float
     model by more than the allowed loss, with the figures, unless the caller allows it."""
-    report = export.report or {}
-    if allow or not report.get("degraded"):
+    if allow or not (export.report or {}).get("degraded"):
         return
     raise DegradedExportError(
-        f"the {export.format} export of {ref.name} v{ref.version} is degraded: accuracy "
-        f"{report['accuracy']:.4f} against the float model's {report['float_accuracy']:.4f} "
-        f"on {report['images']} {report['evaluated_on']} images ({report['accuracy_loss_points']}"
-        f" points lost, more than {report['max_loss_points']}; agreement "
-        f"{report['agreement']:.4f}); allow_degraded=true downloads it anyway"
+        f"the {export.format} export of {ref.name} v{ref.version} is degraded: "
+        f"{degraded_figures(export)}; allow_degraded=true downloads it anyway"
     )
