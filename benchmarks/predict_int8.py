@@ -346,3 +346,17 @@ def run(requests: int) -> str:
     body = report(measured, export["report"], api)
     write_section("predict-int8", body)
     return body
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="float32 against int8 serving (the same as `benchmarks.predict --only int8`)"
+    )
+    parser.add_argument("--requests", type=int, default=300, help="POST /predict per precision")
+    print(run(parser.parse_args().requests))
+
+
+if __name__ == "__main__":
+    main()

@@ -647,8 +647,9 @@ class Commands:
             "tflite_fp16": "_fp16.tflite",
             "tflite_int8": "_int8.tflite",
             "onnx_int8": "_int8.onnx",
+            "docker": "-docker.zip",
         }[args.format]
-        if args.bundle:
+        if args.bundle and args.format != "docker":  # docker is a zip already
             suffix = f"-{args.format}.zip"
         target: Path = args.output or Path(f"{args.name}-v{args.version}{suffix}")
         partial = target.with_name(target.name + ".part")
@@ -987,7 +988,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=typing.get_args(DownloadFormat),
         default="keras",
         help="savedmodel: a TF Serving archive; tflite, tflite_fp16, tflite_int8, onnx_int8: "
-        "for devices, checked on the test split. Those a worker builds are waited for",
+        "for devices, checked on the test split (those a worker builds are waited for); "
+        "docker: a zip with a Dockerfile and a server that answers /predict without TensorFlow",
     )
     download.add_argument(
         "--bundle",

@@ -295,7 +295,7 @@ class Model(TypedDict):
 
 
 DownloadFormat = Literal[
-    "keras", "onnx", "savedmodel", "tflite", "tflite_fp16", "tflite_int8", "onnx_int8"
+    "keras", "onnx", "savedmodel", "tflite", "tflite_fp16", "tflite_int8", "onnx_int8", "docker"
 ]
 
 

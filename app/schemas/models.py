@@ -90,3 +90,16 @@ class ServingSettings(BaseModel):
         description="int8: answer /predict from the int8 ONNX export (refused with 409 until "
         "that export is built and passed its accuracy check); float32: the model itself"
     )
+
+
+class VersionInputs(BaseModel):
+    """GET /models/{name}/versions/{v}/inputs: what running the version's ONNX model outside
+    the service takes (the console's "run in this browser" reads it)."""
+
+    labels: dict[str, Any] = Field(
+        description="classes in output order, task, and each label's threshold (multi-label)"
+    )
+    preprocessing: dict[str, Any] = Field(
+        description="what the ONNX model expects: input name and shape, value range, channel "
+        "order, EXIF orientation, input_size, shrink_side, resize"
+    )

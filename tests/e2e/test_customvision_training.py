@@ -208,10 +208,21 @@ def test_the_quickstart_flow(service: tuple[LiveService, Keys], tmp_path: Path) 
     lite_answer = json.loads(ran.stdout)["probabilities"]
     for prediction in tested.predictions:
         assert abs(lite_answer[prediction.tag_name] - prediction.probability) < 1e-3
-    assert (
-        _sdk_code(lambda: trainer.export_iteration(project.id, iteration.id, "CoreML"))
-        == "BadRequestExportValidationFailed"
-    )
+    # DockerFile: the serve-only package (a Dockerfile and a server without TensorFlow)
+    docker = trainer.export_iteration(project.id, iteration.id, "DockerFile", flavor="Linux")
+    assert (docker.platform, docker.flavor, docker.status) == ("DockerFile", "Linux", "Done")
+    docker_zip = _zip_of(docker.download_uri, tmp_path / "docker")
+    assert {"Dockerfile", "server.py", "model.onnx"} <= {p.name for p in docker_zip.iterdir()}
+    assert len(trainer.get_exports(project.id, iteration.id)) == 3
+    for platform, flavor in (("CoreML", None), ("DockerFile", "Windows")):
+        assert (
+            _sdk_code(
+                lambda p=platform, f=flavor: trainer.export_iteration(
+                    project.id, iteration.id, p, flavor=f
+                )
+            )
+            == "BadRequestExportValidationFailed"
+        )
     assert trainer.publish_iteration(project.id, iteration.id, "pets-model", "resource") is True
     assert trainer.get_iteration(project.id, iteration.id).publish_name == "pets-model"
     answer = predictor.classify_image(project.id, "pets-model", TEST_DOG.read_bytes())

@@ -11,7 +11,13 @@ from app.api.deps import ModelCacheDep, RegistryReader, SessionDep, Trainer, Ver
 from app.core.errors import ModelUnavailableError
 from app.db.models import ExportStatus, ModelExport
 from app.db.session import after_commit
-from app.schemas.models import ExportRead, ModelRead, ModelVersionRead, ServingSettings
+from app.schemas.models import (
+    ExportRead,
+    ModelRead,
+    ModelVersionRead,
+    ServingSettings,
+    VersionInputs,
+)
 from app.services import exports, model_versions
 from app.services.exports import DownloadFormat
 from app.services.model_versions import VersionRef
@@ -57,6 +63,16 @@ def read_version(
     return ModelVersionRead.model_validate(
         model_versions.get_version(session, name=name, version=version, principal=principal)
     )
+
+
+@router.get("/{name}/versions/{version}/inputs", response_model=VersionInputs, responses=_NOT_FOUND)
+def read_version_inputs(
+    name: str, version: VersionNumber, session: SessionDep, principal: RegistryReader
+) -> VersionInputs:
+    """The version's labels and what its ONNX model expects (a bundle's labels.json and
+    preprocessing.json), for clients that run the model themselves."""
+    row = model_versions.get_version(session, name=name, version=version, principal=principal)
+    return VersionInputs.model_validate(exports.version_documents(VersionRef.of(row)))
 
 
 @router.post(
@@ -153,9 +169,17 @@ def download_version(
     tflite_int8). The exports a worker builds answer 202 with Retry-After until ready; a
     device format whose accuracy check found it degraded answers 409 with the figures unless
     `allow_degraded=true`. `bundle=true`: a zip of the model with labels.json,
-    preprocessing.json, predict.py and a README."""
+    preprocessing.json, predict.py and a README. `docker`: a zip to serve the version
+    elsewhere: a Dockerfile, the ONNX model, its labels and server.py, which answers POST
+    /predict as this service does with ONNX Runtime only (no TensorFlow)."""
     row = model_versions.get_version(session, name=name, version=version, principal=principal)
     ref = VersionRef.of(row)
+    if format is DownloadFormat.DOCKER:
+        return FileResponse(
+            exports.serve_package(ref),
+            media_type=exports.media_type(format),
+            filename=exports.download_name(ref, format),
+        )
     check: dict[str, Any] | None = None
     if format not in exports.BUILT_ON_DEMAND:
         path = exports.version_file(ref, format)

@@ -13,7 +13,7 @@ from app.schemas.customvision import Domain
 from app.services.customvision.errors import CustomVisionError, not_found
 
 # What an exportable domain's iterations can be exported to, here.
-EXPORT_PLATFORMS = ["ONNX", "TensorFlow"]
+EXPORT_PLATFORMS = ["ONNX", "TensorFlow", "DockerFile"]
 
 
 @dataclass(frozen=True)

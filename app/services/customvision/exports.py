@@ -1,11 +1,13 @@
 """An iteration's exports, as Custom Vision's export_iteration and get_exports speak of
 them: a platform and a flavor mapped to one of this service's download formats (ONNX, a
-SavedModel for TensorFlow, TensorFlow Lite in float32 or float16). Each is Done once its file
-exists (the ONNX export at once; the others when a worker has built and checked them), and
-downloads without a key from a link of its own, as Azure's signed storage links do: a zip of
-the model (model.onnx, model.tflite or savedmodel.tar.gz), labels.txt, labels.json,
-preprocessing.json and predict.py. The files are this service's models: RGB pixels of any
-size with the resize inside, not Azure's fixed-size BGR input."""
+SavedModel for TensorFlow, TensorFlow Lite in float32 or float16, and for DockerFile the
+serve-only package: a Dockerfile and a server answering /predict without TensorFlow). Each
+is Done once its file exists (ONNX and DockerFile at once; the others when a worker has
+built and checked them), and downloads without a key from a link of its own, as Azure's
+signed storage links do: a zip of the model (model.onnx, model.tflite or savedmodel.tar.gz),
+labels.txt, labels.json, preprocessing.json and predict.py (DockerFile: the serve-only
+package). The files are this service's models: RGB pixels of any size with the resize
+inside, not Azure's fixed-size BGR input."""
 
 from __future__ import annotations
 
@@ -53,6 +55,14 @@ KINDS: dict[str, dict[str | None, ExportKind]] = {
             "TensorFlow", "TensorFlowLiteFloat16", DownloadFormat.TFLITE_FP16, "model.tflite"
         ),
     },
+    # The serve-only package (a Dockerfile and a server without TensorFlow); its image is
+    # python:3.11-slim, built for Linux on x86-64 and ARM alike. No Windows containers.
+    "DOCKERFILE": {
+        (flavor.upper() if flavor else None): ExportKind(
+            "DockerFile", flavor, DownloadFormat.DOCKER, "model.onnx"
+        )
+        for flavor in (None, "Linux", "ARM")
+    },
 }
 _STATUS = {
     ExportStatus.QUEUED.value: "Exporting",
@@ -67,8 +77,9 @@ def kind_of(platform: str | None, flavor: str | None) -> ExportKind:
     if flavors is None:
         raise CustomVisionError(
             "BadRequestExportValidationFailed",
-            f"platform {platform!r} is not exported here: ONNX (flavor ONNX10, ONNX12 or none) "
-            "or TensorFlow (TensorFlowNormal, TensorFlowLite, TensorFlowLiteFloat16)",
+            f"platform {platform!r} is not exported here: ONNX (flavor ONNX10, ONNX12 or none), "
+            "TensorFlow (TensorFlowNormal, TensorFlowLite, TensorFlowLiteFloat16) or "
+            "DockerFile (Linux, ARM)",
         )
     kind = flavors.get(flavor.upper() if flavor else None)
     if kind is None:
@@ -184,6 +195,8 @@ def download(session: Session, *, token: str, slug: str) -> Download:
     if status != "Done":
         raise not_found("NotFound", f"the export is not ready ({status})")
     ref = VersionRef.of(row)
+    if kind.format is DownloadFormat.DOCKER:
+        return Download(path=exports.serve_package(ref), filename=f"{ref.name}-{_slug(kind)}.zip")
     if built is None:
         model_path, check = exports.version_file(ref, kind.format), None
     else:

@@ -10,7 +10,8 @@ any format with its labels, preprocessing and a runnable example.
 """
 
 from app.services.exports.builds import build_now, run_export
-from app.services.exports.bundles import bundle, bundle_name
+from app.services.exports.bundles import bundle, bundle_name, version_documents
+from app.services.exports.docker import serve_package
 from app.services.exports.formats import (
     BUILT_ON_DEMAND,
     EDGE_FORMATS,
@@ -49,7 +50,9 @@ __all__ = [
     "request_after_training",
     "request_export",
     "run_export",
+    "serve_package",
     "set_serving_precision",
     "stored_versions",
+    "version_documents",
     "version_file",
 ]

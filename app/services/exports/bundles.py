@@ -104,13 +104,16 @@ _PACKAGES = {
     "tensorflow": "tensorflow numpy pillow",
 }
 
-_PREAMBLE = '''"""{title}
+_PREDICT_DOC = '''"""{title}
 
     python predict.py photo.jpg [more.jpg ...]
 
 prints one JSON line per photo: its label (multi-label: the labels over their thresholds)
 and every label's probability, as the service's /predict answers them."""
+'''
 
+# The photo as the service decodes it (predict.py and the serve-only package's server.py).
+DECODE = '''
 import json
 import sys
 from pathlib import Path
@@ -140,19 +143,28 @@ def pixels(path):
     return np.asarray(image, dtype=np.float32)
 '''
 
-_ANSWER = """
+# The model's output for one image as the service reads it (predict.py and server.py).
+ANSWER = """
+
+def probability_row(row):
+    # one probability per class, in the order of LABELS["classes"]
+    if len(row) == 1 and len(LABELS["classes"]) == 2:  # one sigmoid unit: the second label's
+        return np.array([1.0 - row[0], row[0]])
+    return row
+
 
 def answer(row):
     classes = LABELS["classes"]
-    if len(row) == 1 and len(classes) == 2:  # one sigmoid unit: the second label's probability
-        row = np.array([1.0 - row[0], row[0]])
+    row = probability_row(row)
     probabilities = {name: float(p) for name, p in zip(classes, row)}
     if LABELS["task"] == "multilabel":
         thresholds = LABELS["thresholds"]
         chosen = [name for name in classes if probabilities[name] >= thresholds[name]]
         return {"labels": chosen, "probabilities": probabilities}
     return {"label": classes[int(np.argmax(row))], "probabilities": probabilities}
+"""
 
+_MAIN = """
 
 if __name__ == "__main__":
     for path in sys.argv[1:]:
@@ -168,8 +180,18 @@ def predict_script(fmt: DownloadFormat, *, model_file: str) -> str:
     """predict.py of a bundle in `fmt` whose model file is `model_file`."""
     runtime = _RUNTIME_OF[fmt]
     title = f"Predict with {model_file} ({fmt.value}, run by {runtime})."
-    preamble = _PREAMBLE.format(title=title, model_file=model_file, keep=KEEP_TIMES_INPUT_SIZE)
-    return preamble + _FORWARD[runtime] + _ANSWER
+    return (
+        _PREDICT_DOC.format(title=title)
+        + decode_code(model_file=model_file)
+        + _FORWARD[runtime]
+        + ANSWER
+        + _MAIN
+    )
+
+
+def decode_code(*, model_file: str) -> str:
+    """The imports, constants and `pixels(path)` of a bundle's script."""
+    return DECODE.format(model_file=model_file, keep=KEEP_TIMES_INPUT_SIZE)
 
 
 def labels_document(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -197,9 +219,10 @@ def preprocessing_document(fmt: DownloadFormat, metadata: dict[str, Any]) -> dic
         "exif_orientation": "applied before anything else (the photo made upright)",
         "transparency": "composited on white",
         "input_size": size,
+        "shrink_side": KEEP_TIMES_INPUT_SIZE * size,
         "shrink": (
-            f"a side longer than {KEEP_TIMES_INPUT_SIZE} x input_size is first divided by a "
-            f"whole factor, side // ({KEEP_TIMES_INPUT_SIZE} x input_size), by box averaging "
+            f"a side longer than shrink_side ({KEEP_TIMES_INPUT_SIZE} x input_size) is first "
+            "divided by a whole factor, side // shrink_side, by box averaging "
             "(the service decodes such JPEGs at that scale)"
         ),
         "resize": {
@@ -253,6 +276,16 @@ def _readme(
         ]
     lines += ["predict.py:", "", "```python", predict_script(fmt, model_file=model_file), "```"]
     return "\n".join(lines) + "\n"
+
+
+def version_documents(ref: VersionRef) -> dict[str, Any]:
+    """What a client running the version's ONNX model itself needs: its labels.json and
+    preprocessing.json, as a bundle has them."""
+    metadata = json.loads((model_versions.served_folder(ref) / META_FILE).read_text())
+    return {
+        "labels": labels_document(metadata),
+        "preprocessing": preprocessing_document(DownloadFormat.ONNX, metadata),
+    }
 
 
 def bundle_file(

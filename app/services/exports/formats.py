@@ -16,6 +16,7 @@ class DownloadFormat(enum.StrEnum):
     TFLITE_FP16 = EdgeFormat.TFLITE_FP16.value  # float16 weights
     TFLITE_INT8 = EdgeFormat.TFLITE_INT8.value  # full integer, uint8 in and out
     ONNX_INT8 = EdgeFormat.ONNX_INT8.value  # static QDQ int8
+    DOCKER = "docker"  # a zip: Dockerfile, model.onnx and a server without TensorFlow
 
 
 # Formats for devices: made by a worker after training, each checked on held-out images.
@@ -38,8 +39,11 @@ def download_name(ref: VersionRef, fmt: DownloadFormat) -> str:
         DownloadFormat.KERAS: f"{stem}.keras",
         DownloadFormat.ONNX: f"{stem}.onnx",
         DownloadFormat.SAVEDMODEL: f"{stem}-savedmodel.tar.gz",
+        DownloadFormat.DOCKER: f"{stem}-docker.zip",
     }[fmt]
 
 
 def media_type(fmt: DownloadFormat) -> str:
+    if fmt is DownloadFormat.DOCKER:
+        return "application/zip"
     return "application/gzip" if fmt is DownloadFormat.SAVEDMODEL else "application/octet-stream"
