@@ -1,6 +1,13 @@
 # One image for the API and the training workers.
 #   docker build -t smallvision .                              # CPU TensorFlow
 #   docker build --build-arg TF_FLAVOUR=gpu -t smallvision:gpu . # NVIDIA workers (CUDA from PyPI)
+# ONNX Runtime Web, for the console's "run in this browser": its npm package at the versions
+# app/console/package-lock.json pins.
+FROM node:20-slim AS console
+WORKDIR /console
+COPY app/console/package.json app/console/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+
 FROM python:3.11-slim AS base
 
 ARG TF_FLAVOUR=cpu
@@ -21,6 +28,11 @@ RUN mkdir -p app worker models_store smallvision \
     && pip uninstall -y smallvision
 
 COPY app ./app
+# the three files of it the API serves at /ui/vendor/
+COPY --from=console /console/node_modules/onnxruntime-web/dist/ort.wasm.min.mjs \
+     /console/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.mjs \
+     /console/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm \
+     ./app/console/node_modules/onnxruntime-web/dist/
 COPY worker ./worker
 COPY models_store ./models_store
 COPY smallvision ./smallvision

@@ -15,7 +15,19 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-install: $(STAMP)
+# ONNX Runtime Web for the console's "run in this browser", from the npm registry at the
+# versions app/console/package-lock.json pins (npm checks each file's integrity). Without npm
+# the console still works; only that switch says the runtime is missing.
+CONSOLE_VENDOR := app/console/node_modules/.package-lock.json
+
+$(CONSOLE_VENDOR): app/console/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix app/console --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: the console cannot run models in the browser (install Node.js)"; \
+	fi
+
+install: $(STAMP) $(CONSOLE_VENDOR)
 
 migrate: install
 	$(BIN)/python -m app.cli migrate
@@ -44,4 +56,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache app/console/node_modules

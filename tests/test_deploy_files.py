@@ -182,8 +182,14 @@ def test_dockerfile_builds_one_non_root_image_with_a_healthcheck() -> None:
     assert users and users[-1] not in {"root", "0"}
     assert "HEALTHCHECK" in text and "/health" in text
     assert 'ENTRYPOINT ["smallvision-entrypoint"]' in text
-    for source in re.findall(r"^COPY\s+(\S+)\s", text, re.MULTILINE):
+    for source in re.findall(r"^COPY\s+(?!--from)(\S+)\s", text, re.MULTILINE):
         assert (PROJECT_ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    # the console's browser runtime comes from its npm stage: every file the API serves
+    from app.api.routes.console import VENDOR_FILES
+
+    assert "FROM node:" in text and "npm ci" in text
+    for name in VENDOR_FILES:
+        assert f"/console/node_modules/onnxruntime-web/dist/{name}" in text, name
     assert re.search(r"\.\[\$\{TF_FLAVOUR\}\]", text)
     # the cache volume compose mounts exists in the image, writable by its user
     assert re.search(r'^VOLUME \[.*"/cache".*\]', text, re.MULTILINE)

@@ -72,8 +72,8 @@ export async function api(path, { method = "GET", json, form } = {}) {
   return response.status === 204 ? null : response.json();
 }
 
-/** Fetch a file the API serves (a PNG, a model) with the key; returns a blob: URL. */
-export async function blobUrl(path) {
+/** A GET of a file the API serves (a PNG, a model) with the key: the response, or an ApiError. */
+async function fetchFile(path) {
   let response;
   try {
     response = await fetch(path, { headers: headers() });
@@ -86,7 +86,17 @@ export async function blobUrl(path) {
     const wait = response.headers.get("Retry-After") || "5";
     throw new ApiError(202, "export_pending", `It is being built by a worker: try again in ${wait} s.`);
   }
-  return URL.createObjectURL(await response.blob());
+  return response;
+}
+
+/** The bytes of a file the API serves (a model), with the key. */
+export async function bytesOf(path) {
+  return new Uint8Array(await (await fetchFile(path)).arrayBuffer());
+}
+
+/** A file the API serves, with the key, as a blob: URL. */
+export async function blobUrl(path) {
+  return URL.createObjectURL(await (await fetchFile(path)).blob());
 }
 
 /** POST multipart with upload progress (fetch cannot report it): onProgress(sent, total). */

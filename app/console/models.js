@@ -55,6 +55,7 @@ function modelCard(model, versions, problem) {
 const OWN_FORMATS = [
   ["keras", "Keras (.keras)"],
   ["onnx", "ONNX"],
+  ["docker", "Serve-only: Dockerfile, ONNX and server.py"],
 ];
 const BUILT_FORMATS = [
   ["savedmodel", "TF Serving SavedModel"],
@@ -82,8 +83,10 @@ function downloads(name, version, problem) {
           "data-bundle": String(bundle),
           onclick: (event) => download(name, version.version, format, event.target, problem, { bundle, degraded }),
         },
-        bundle ? "zip with predict.py" : "file",
+        format === "docker" ? "zip" : bundle ? "zip with predict.py" : "file",
       );
+    const actions = format === "docker" ? [button(false)] : [button(false), button(true)];
+    if (format === "onnx_int8" && exported?.status === "ready" && !degraded) actions.push(servingButton(name, version, problem));
     return [
       title,
       el("span", { class: degraded ? "status failed" : "" }, degraded ? "degraded" : state),
@@ -91,19 +94,41 @@ function downloads(name, version, problem) {
       check ? `${percent(check.accuracy)} (float ${percent(check.float_accuracy)})` : "",
       check ? percent(check.agreement) : "",
       check ? `${check.images} ${check.evaluated_on} images` : "",
-      el("span", { class: "row-actions" }, button(false), button(true)),
+      el("span", { class: "row-actions" }, actions),
     ];
   });
   return el(
     "details",
     { class: "downloads", "data-version": String(version.version) },
-    el("summary", {}, `v${version.version} downloads`),
+    el("summary", {}, `v${version.version} downloads · /predict runs ${version.serving_precision ?? "float32"}`),
     el(
       "p",
       { class: "muted" },
       "Every format takes raw RGB pixels of any size. The formats for devices are checked by their own runtime on the test split beside the float model; a degraded one lost more accuracy than allowed.",
     ),
     el("div", { class: "table-scroll" }, table(["format", "state", "size", "accuracy", "agrees with float", "checked on", ""], rows)),
+  );
+}
+
+/** Make /predict answer from the int8 ONNX export by default, or from the float model again. */
+function servingButton(name, version, problem) {
+  const int8 = version.serving_precision === "int8";
+  return el(
+    "button",
+    {
+      type: "button",
+      class: "secondary",
+      "data-serving": int8 ? "float32" : "int8",
+      onclick: async () => {
+        try {
+          await api(`/models/${encodeURIComponent(name)}/versions/${version.version}/serving`, { method: "PUT", json: { precision: int8 ? "float32" : "int8" } });
+          if (location.hash === "#/models") await modelsView(document.getElementById("view"));
+        } catch (error) {
+          problem(error);
+        }
+      },
+    },
+    int8 ? "serve float32 again" : "serve /predict from it",
   );
 }
 
@@ -124,6 +149,7 @@ const SUFFIX = {
   tflite_fp16: "_fp16.tflite",
   tflite_int8: "_int8.tflite",
   onnx_int8: "_int8.onnx",
+  docker: "-docker.zip",
 };
 
 async function download(name, version, format, button, problem, { bundle = false, degraded = false } = {}) {

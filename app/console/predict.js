@@ -2,6 +2,7 @@
 
 import { api } from "./api.js";
 import { bar, dropZone, el, fill } from "./dom.js";
+import { classifyHere } from "./local.js";
 
 export async function predictView(container, { query }) {
   const models = await api("/models");
@@ -17,6 +18,7 @@ export async function predictView(container, { query }) {
   );
   const versionSelect = el("select", { id: "predict-version" });
   const topK = el("input", { type: "number", id: "predict-top-k", min: "1", max: "20", value: "3" });
+  const here = el("input", { type: "checkbox", id: "predict-here" });
   const results = el("div", { class: "predictions", id: "predictions" });
   const message = el("p", { class: "error", role: "alert", id: "predict-error", hidden: true });
 
@@ -36,7 +38,33 @@ export async function predictView(container, { query }) {
     message.hidden = false;
   }
 
+  /** The model and version the form names (the only active model, its active version). */
+  function chosen() {
+    const name = modelSelect.value || active[0]?.name;
+    const model = models.find((m) => m.name === name);
+    const version = versionSelect.value ? Number(versionSelect.value) : model?.active_version;
+    if (!name || version == null) throw new Error("Choose a model with an active version, or a version.");
+    return { name, version };
+  }
+
+  async function classifyInBrowser(files) {
+    message.hidden = true;
+    fill(results, el("p", { class: "muted" }, `loading the model into this browser and classifying ${files.length} image(s)…`));
+    try {
+      const answer = await classifyHere(files, { ...chosen(), topK: Number(topK.value || "3") });
+      fill(
+        results,
+        el("p", { class: "muted", id: "predict-summary" }, `${answer.model} v${answer.version} · in this browser (ONNX Runtime Web): ${(answer.seconds * 1000).toFixed(0)} ms, model loaded in ${(answer.loadSeconds * 1000).toFixed(0)} ms · no photo was sent · "unknown" is only answered by the service`),
+        answer.predictions.map((prediction, i) => predictionCard(files[i], prediction)),
+      );
+    } catch (error) {
+      fill(results);
+      showProblem(error);
+    }
+  }
+
   async function classify(files) {
+    if (here.checked) return classifyInBrowser(files);
     message.hidden = true;
     const form = new FormData();
     for (const file of files) form.append("files", file, file.name);
@@ -72,7 +100,8 @@ export async function predictView(container, { query }) {
       el("div", { class: "row" },
         el("label", {}, "Model ", modelSelect),
         el("label", {}, "Version ", versionSelect),
-        el("label", {}, "Top ", topK, " labels")),
+        el("label", {}, "Top ", topK, " labels"),
+        el("label", { title: "The model's ONNX file is downloaded and run here; the photos stay on this machine" }, here, " Run in this browser")),
       zone,
     ),
     message,

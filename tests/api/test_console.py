@@ -21,7 +21,9 @@ def test_the_address_leads_to_the_console_page(client: TestClient) -> None:
     assert response.status_code == 200 and response.url.path == "/ui"
     assert response.headers["content-type"].startswith("text/html")
     policy = response.headers["content-security-policy"]
-    assert "script-src 'self';" in policy and "unsafe-inline" not in policy
+    # WebAssembly may be compiled (ONNX Runtime Web's); eval and inline scripts may not
+    assert "script-src 'self' 'wasm-unsafe-eval';" in policy
+    assert "unsafe-inline" not in policy and "'unsafe-eval'" not in policy
     assert response.headers["x-content-type-options"] == "nosniff"
     # Every file the page names is served, and the page itself has no inline script or style.
     names = re.findall(r'(?:src|href)="/ui/assets/([^"]+)"', response.text)
@@ -55,3 +57,21 @@ def test_anything_else_under_ui_is_a_json_404(client: TestClient, path: str) -> 
     response = client.get(path)
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
+
+
+def test_onnx_runtime_web_is_served_from_its_npm_package_and_nothing_else(
+    client: TestClient,
+) -> None:
+    from app.api.routes.console import VENDOR_DIR, VENDOR_FILES
+
+    for name in VENDOR_FILES:
+        assert (VENDOR_DIR / name).is_file(), f"{name}: make install runs npm ci in app/console"
+    wasm = client.get("/ui/vendor/ort-wasm-simd-threaded.wasm")
+    assert wasm.status_code == 200 and wasm.headers["content-type"] == "application/wasm"
+    assert wasm.content[:4] == b"\0asm"
+    script = client.get("/ui/vendor/ort.wasm.min.mjs")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "wasm-unsafe-eval" in script.headers["content-security-policy"]
+    # only the listed files: not the rest of the package, nor anything else on disk
+    for name in ("ort.all.min.mjs", "..%2Fpackage.json", "package.json"):
+        assert client.get(f"/ui/vendor/{name}").status_code == 404

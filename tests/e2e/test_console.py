@@ -339,6 +339,7 @@ def _activate_and_download(walk: Walk) -> None:
     assert formats == [
         "keras",
         "onnx",
+        "docker",
         "savedmodel",
         "tflite",
         "tflite_fp16",

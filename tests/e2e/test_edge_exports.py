@@ -350,3 +350,175 @@ def test_the_cli_serves_int8_only_once_its_check_passed(trained) -> None:
     assert answered.returncode == 0 and "(onnxruntime)" in answered.stdout, answered.stderr
     shown = smallvision(live, "models", "show", NAME, "1")
     assert "served in float32" in shown.stdout, shown.stdout
+
+
+def test_the_docker_package_serves_predict_as_the_service_does(trained, tmp_path) -> None:
+    """?format=docker: a Dockerfile, the ONNX model and server.py; the server, run as a process
+    with TensorFlow made unimportable, answers /predict as the service does (within 1e-4, the
+    unknown answer too) on real photos, an EXIF-rotated one among them, and bounds its input."""
+    from importlib import metadata
+
+    from tests.e2e.test_cli import smallvision
+    from tests.processes import free_port, wait_until
+
+    live, headers = trained
+    fetched = httpx.get(
+        f"{live.url}/models/{NAME}/versions/1/download",
+        params={"format": "docker"},
+        headers=headers,
+        timeout=60,
+    )
+    assert fetched.status_code == 200, fetched.text
+    assert fetched.headers["content-type"] == "application/zip"
+    package = tmp_path / "package"
+    zipfile.ZipFile(io.BytesIO(fetched.content)).extractall(package)
+    dockerfile = (package / "Dockerfile").read_text()
+    assert dockerfile.startswith("FROM python:3.11-slim")
+    assert 'CMD ["python", "server.py", "--host", "0.0.0.0", "--port", "8080"]' in dockerfile
+    pins = (package / "requirements.txt").read_text().split()
+    assert pins == [f"{n}=={metadata.version(n)}" for n in ("onnxruntime", "numpy", "pillow")]
+    assert {"model.onnx", "labels.json", "service.json", "server.py", "README.md"} <= {
+        p.name for p in package.iterdir()
+    }
+    # no TensorFlow: importing it (or Keras) fails in the server's process
+    poison = tmp_path / "poison"
+    for module in ("tensorflow", "keras"):
+        (poison / module).mkdir(parents=True)
+        (poison / module / "__init__.py").write_text(f"raise ImportError('no {module} here')\n")
+    port = free_port()
+    env = {k: v for k, v in live.env.items() if not k.startswith("SMALLVISION_")}
+    env.update(PYTHONPATH=str(poison), MAX_BODY_BYTES="3000000")
+    server = subprocess.Popen(
+        [sys.executable, "server.py", "--port", str(port)],
+        cwd=package,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def answering() -> bool:
+            assert server.poll() is None, server.communicate()[0]
+            try:
+                return httpx.get(f"{url}/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answering, timeout=60, what="the package's server")
+        assert httpx.get(f"{url}/health").json()["model"] == NAME
+        photos = [
+            *sorted((PHOTOS / "test" / "dogs").iterdir())[:2],
+            sorted((PHOTOS / "test" / "cats").iterdir())[0],
+            _sideways(sorted((PHOTOS / "test" / "cats").iterdir())[1], tmp_path / "side.jpg"),
+        ]
+        for photo in photos:
+            sent = {"files": {"file": (photo.name, photo.read_bytes())}, "timeout": 60}
+            expected = httpx.post(
+                f"{live.url}/predict", data={"model": NAME}, headers=headers, **sent
+            ).json()
+            answered = httpx.post(f"{url}/predict", **sent)
+            assert answered.status_code == 200, answered.text
+            got = answered.json()
+            assert (got["model"], got["version"], got["runtime"]) == (NAME, 1, "onnxruntime")
+            assert got["outlier_threshold"] == pytest.approx(expected["outlier_threshold"])
+            (mine,), (theirs,) = got["predictions"], expected["predictions"]
+            assert [x["label"] for x in mine["labels"]] == [x["label"] for x in theirs["labels"]]
+            for a, b in zip(mine["labels"], theirs["labels"], strict=True):
+                assert abs(a["probability"] - b["probability"]) < 1e-4, photo
+            assert mine["unknown"] == theirs["unknown"]
+            if theirs["outlier_score"] is not None:
+                assert abs(mine["outlier_score"] - theirs["outlier_score"]) < 1e-4
+        # a batch, the image as the body, and what is refused
+        batch = httpx.post(
+            f"{url}/predict",
+            files=[("files", (p.name, p.read_bytes())) for p in photos[:2]],
+            data={"top_k": "1"},
+        ).json()
+        assert [len(p["labels"]) for p in batch["predictions"]] == [1, 1]
+        raw = httpx.post(
+            f"{url}/predict",
+            content=photos[0].read_bytes(),
+            headers={"Content-Type": "image/jpeg"},
+        )
+        assert raw.status_code == 200 and raw.json()["predictions"][0]["filename"] is None
+        big = httpx.post(
+            f"{url}/predict",
+            content=b"\xff" * 3_000_001,
+            headers={"Content-Type": "image/jpeg"},
+        )
+        assert big.status_code == 413 and big.json()["error"] == "payload_too_large"
+        wide = io.BytesIO()
+        Image.new("1", (9000, 6000)).save(wide, "PNG")  # 54 M pixels in a few KB
+        bomb = httpx.post(f"{url}/predict", files={"file": ("wide.png", wide.getvalue())})
+        assert bomb.status_code == 413 and "pixels" in bomb.json()["detail"], bomb.text
+        limit = json.loads((package / "service.json").read_text())["max_images"]
+        many = [("files", (f"{i}.jpg", b"x")) for i in range(limit + 1)]
+        assert httpx.post(f"{url}/predict", files=many).status_code == 413
+        junk = httpx.post(f"{url}/predict", files={"file": ("x.jpg", b"not an image")})
+        assert junk.status_code == 400 and "not an image" in junk.json()["detail"]
+        assert httpx.post(f"{url}/other", content=b"").status_code == 404
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert "Traceback" not in output, output
+    # the CLI saves the same zip
+    saved = tmp_path / "cli-docker.zip"
+    ran = smallvision(live, "models", "download", NAME, "1", "--format", "docker", "-o", str(saved))
+    assert ran.returncode == 0, ran.stderr
+    assert zipfile.ZipFile(saved).read("server.py") == (package / "server.py").read_bytes()
+
+
+def test_the_console_runs_the_model_in_the_browser_as_predict_does(
+    trained, browser, tmp_path
+) -> None:
+    """ "Run in this browser": ONNX Runtime Web from this server (no CDN; the page's
+    Content-Security-Policy as served) runs the version's ONNX model on the photos, which are
+    never sent, and gives /predict's top label and probabilities on real photos, an
+    EXIF-rotated one among them."""
+    from tests.e2e.test_console import ARTIFACTS, PageWatch, Walk
+
+    live, headers = trained
+    photos = [
+        *sorted((PHOTOS / "test" / "cats").iterdir())[:2],
+        sorted((PHOTOS / "test" / "dogs").iterdir())[0],
+        _sideways(sorted((PHOTOS / "test" / "dogs").iterdir())[1], tmp_path / "sideways.jpg"),
+    ]
+    served = [_predict(live, headers, photo) for photo in photos]
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch = PageWatch(page)
+    walk = Walk(page, live.url, folder=ARTIFACTS.parent / "in-the-browser")
+    posted: list[str] = []
+    page.on("request", lambda r: posted.append(r.url) if r.method == "POST" else None)
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(live.url)
+    page.fill("#api-key", live.admin_key)
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("a[data-nav=predict]")
+    walk.nav("predict", ".drop-zone")
+    page.select_option("#predict-model", NAME)
+    page.check("#predict-here")
+    page.set_input_files(".drop-zone input[type=file]", [str(p) for p in photos])
+    page.wait_for_selector("#predict-summary", timeout=120_000)
+    assert "in this browser" in walk.text("#predict-summary"), walk.text("#predict-summary")
+    cards = page.locator("figure.prediction").all()
+    assert len(cards) == len(photos)
+    for photo, card, expected in zip(photos, cards, served, strict=True):
+        assert card.locator(".filename").text_content() == photo.name
+        labels = card.locator(".label").all_text_contents()
+        assert labels[0] == max(expected, key=expected.get), photo.name
+        # the browser's JPEG decoder is not Pillow's: probabilities agree closely, not exactly
+        shown = card.locator(".bar-label").all_text_contents()
+        for label, percent in zip(labels, shown, strict=True):
+            assert abs(float(percent.rstrip("%")) / 100 - expected[label]) < 0.02, photo.name
+    walk.shot("predict-in-the-browser")
+    assert not [url for url in posted if "/predict" in url]  # no photo left the page
+    # nothing from elsewhere (blob: and data: are the page's own previews)
+    fetched = [url for url in requested if not url.startswith(("blob:", "data:"))]
+    assert all(url.startswith(live.url) for url in fetched), fetched
+    assert any(url.endswith("/ui/vendor/ort-wasm-simd-threaded.wasm") for url in requested)
+    assert not watch.errors, watch.errors
+    context.close()
