@@ -1,6 +1,6 @@
 // Training: the job form, the jobs list, and a job's live view with its curves and results.
 
-import { api, openapi } from "./api.js";
+import { api, blobUrl, openapi } from "./api.js";
 import { drawCurves } from "./chart.js";
 import { bar, el, fill, number, percent, table, when } from "./dom.js";
 
@@ -176,7 +176,12 @@ function jobResults(job, metrics) {
   }
   if (metrics.chosen) parts.push(el("p", {}, `Kept: ${metrics.chosen.method}. ${metrics.chosen.reason || ""}`));
   if (metrics.warnings.length) parts.push(el("ul", { class: "warnings" }, metrics.warnings.map((w) => el("li", {}, w))));
-  if (metrics.evaluation) parts.push(evaluationView(metrics.evaluation));
+  if (metrics.evaluation && result.model) {
+    const answers = answersView(job.id, metrics.evaluation);
+    parts.push(evaluationView(metrics.evaluation, { onCell: answers.show }), answers.node);
+  } else if (metrics.evaluation) {
+    parts.push(evaluationView(metrics.evaluation));
+  }
   if (metrics.candidates.length) {
     // multi-label candidates are compared by mAP, the others by accuracy
     const multilabel = metrics.evaluation?.task === "multilabel";
@@ -255,8 +260,61 @@ function labelsEvaluationView(evaluation) {
   );
 }
 
-/** Accuracy, the confusion matrix (rows: true class, columns: predicted) and per-class scores. */
-export function evaluationView(evaluation) {
+const ANSWERS_PER_PAGE = 48;
+
+/** The evaluated images as a grid of thumbnails with their labels: the mistakes first, or the
+ * images of one cell of the confusion matrix (`show(trueLabel, predictedLabel)`). */
+function answersView(jobId, evaluation) {
+  const title = el("h3", {}, "Images answered wrong");
+  const summary = el("p", { class: "muted", id: "answers-summary" });
+  const grid = el("div", { class: "answers", id: "answers" });
+  const more = el("button", { type: "button", class: "secondary", hidden: true }, "Show more");
+  const showMistakes = el("button", { type: "button", class: "secondary", hidden: true, onclick: () => show() }, "Back to the mistakes");
+  let filter = {};
+  let offset = 0;
+  let urls = [];
+  async function load() {
+    const query = new URLSearchParams({ limit: ANSWERS_PER_PAGE, offset, ...filter });
+    const page = await api(`/jobs/${jobId}/predictions?${query}`);
+    const wrong = page.evaluated - page.correct;
+    fill(summary, filter.mistakes
+      ? `${wrong} of the ${page.evaluated} ${page.split} images answered wrong${wrong ? " (true label, then the answer):" : "."}`
+      : `${page.matching} ${page.split} images of ${filter.true_label}, answered ${filter.predicted_label}:`);
+    for (const item of page.items) {
+      const image = el("img", { alt: `${item.true_labels.join(", ")} answered ${item.predicted_labels.join(", ")}`, width: 120, height: 120 });
+      const top = Math.max(...Object.values(item.probabilities));
+      grid.append(
+        el("figure", { class: item.correct ? "right" : "wrong" }, image,
+          el("figcaption", {}, el("span", {}, item.true_labels.join(", ") || "(no label)"), " → ",
+            el("strong", {}, item.predicted_labels.join(", ") || "(none)"), ` ${percent(top, 0)}`)),
+      );
+      blobUrl(`${item.image_url}?size=240`).then((url) => { urls.push(url); image.src = url; }, () => image.classList.add("missing"));
+    }
+    offset += page.items.length;
+    more.hidden = offset >= page.matching;
+  }
+  async function show(trueLabel, predictedLabel) {
+    for (const url of urls) URL.revokeObjectURL(url);
+    urls = [];
+    filter = trueLabel === undefined ? { mistakes: "true" } : { true_label: trueLabel, predicted_label: predictedLabel };
+    offset = 0;
+    grid.replaceChildren();
+    fill(title, trueLabel === undefined ? "Images answered wrong" : `True ${trueLabel}, answered ${predictedLabel}`);
+    showMistakes.hidden = trueLabel === undefined;
+    try {
+      await load();
+    } catch (error) {
+      fill(summary, error.message); // e.g. a model trained before answers were kept
+    }
+  }
+  more.addEventListener("click", () => load());
+  show();
+  return { node: el("section", { id: "answers-section" }, title, summary, grid, el("p", {}, more, " ", showMistakes)), show };
+}
+
+/** Accuracy, the confusion matrix (rows: true class, columns: predicted) and per-class scores;
+ * with `onCell`, each cell is a button showing its images. */
+export function evaluationView(evaluation, { onCell } = {}) {
   if (evaluation.task === "multilabel") return labelsEvaluationView(evaluation);
   const classes = evaluation.classes;
   const matrix = evaluation.confusion_matrix;
@@ -264,7 +322,10 @@ export function evaluationView(evaluation) {
   const header = el("tr", {}, el("th", { class: "corner" }, "true ↓ / predicted →"), classes.map((c) => el("th", { scope: "col" }, c)));
   const body = matrix.map((row, i) =>
     el("tr", {}, el("th", { scope: "row" }, classes[i]), row.map((count, j) => {
-      const cell = el("td", { class: i === j ? "diagonal" : count ? "confused" : "" }, String(count));
+      const content = onCell && count
+        ? el("button", { type: "button", class: "cell", title: `show the ${count} images of ${classes[i]} answered ${classes[j]}`, onclick: () => onCell(classes[i], classes[j]) }, String(count))
+        : String(count);
+      const cell = el("td", { class: i === j ? "diagonal" : count ? "confused" : "" }, content);
       cell.style.setProperty("--weight", String(count / largest));
       return cell;
     })),

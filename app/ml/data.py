@@ -53,6 +53,11 @@ def _in_split(item: dict[str, Any], split: str) -> bool:
     return not negative and bool(item["split"] == split)
 
 
+def split_items(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    """The manifest items of `split`, in the order a run's arrays of it hold them."""
+    return [item for item in manifest["images"] if _in_split(item, split)]
+
+
 @dataclass(frozen=True)
 class SplitArrays:
     images: np.ndarray  # float32 (n, size, size, 3), pixel values 0..255
@@ -104,7 +109,7 @@ def load_split(
     """The images of one split, decoded with the shared decoder and resized for the model;
     `on_progress` hears how far it got about once a second."""
     classes: list[str] = manifest["classes"]
-    items = [item for item in manifest["images"] if _in_split(item, split)]
+    items = split_items(manifest, split)
     on_progress({"stage": "loading", "split": split, "images": 0, "of": len(items)})
     dataset_dir = files(items)
     images = np.zeros((len(items), image_size, image_size, 3), dtype=np.float32)
@@ -189,7 +194,7 @@ class ManifestSplits:
 
     def labels(self, split: str) -> np.ndarray:
         """Class indices (-1 for a negative example), or rows of 0/1 per label (encode_labels)."""
-        items = [item for item in self.manifest["images"] if _in_split(item, split)]
+        items = split_items(self.manifest, split)
         return encode_labels(items, self.classes, task=self.task)
 
     def arrays(self, split: str) -> SplitArrays:

@@ -84,3 +84,40 @@ def beats_chance(accuracy: float, labels: np.ndarray, class_count: int) -> bool:
         return True  # nothing to judge by
     margin = max(0.05, 1.65 * (base * (1 - base) / len(labels)) ** 0.5)
     return bool(accuracy >= base + margin)
+
+
+# The file of a version holding its evaluation image by image (GET /jobs/{id}/predictions).
+PREDICTIONS_FILE = "predictions.json"
+
+
+def answers_by_image(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    *,
+    images: list[str],
+    thresholds: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Each evaluated image's truth and answer, in the order of `images` (their sha256): its
+    true labels, the labels answered (the top class; for a multi-label model, those at or over
+    their threshold), every class's probability and whether the answer is right (all labels
+    right, for a multi-label model), the same rule the evaluation's totals count by."""
+    rows = []
+    for index, image in enumerate(images):
+        row = probabilities[index]
+        if thresholds is None:
+            truth = [classes[int(labels[index])]]
+            answered = [classes[int(row.argmax())]]
+        else:
+            truth = [name for j, name in enumerate(classes) if labels[index][j] > 0]
+            answered = [name for j, name in enumerate(classes) if row[j] >= thresholds[j]]
+        rows.append(
+            {
+                "image": image,
+                "true_labels": truth,
+                "predicted_labels": answered,
+                "probabilities": [round(float(p), 6) for p in row],
+                "correct": sorted(truth) == sorted(answered),
+            }
+        )
+    return rows

@@ -104,3 +104,33 @@ class JobMetrics(BaseModel):
     candidates: list[Candidate]
     chosen: Chosen | None
     warnings: list[str]
+
+
+class ImageAnswer(BaseModel):
+    """One evaluated image: its true labels, the model's answer and whether it is right."""
+
+    image_id: str = Field(description="the sha256 of the image's file in the dataset")
+    image_url: str = Field(description="a thumbnail of the image (GET, with your key)")
+    true_labels: list[str]
+    predicted_labels: list[str] = Field(
+        description="the top class; for a multi-label model, the labels at or over their "
+        "threshold (none: nothing answered)"
+    )
+    probabilities: dict[str, float] = Field(description="every class's probability")
+    correct: bool = Field(description="the answer is the truth (every label, multi-label)")
+
+
+class JobPredictions(BaseModel):
+    """A job's evaluation image by image: the registered model's answers on the split it was
+    evaluated on, filtered and paged; counted by the same rule as the evaluation's totals."""
+
+    job_id: uuid.UUID
+    dataset_id: uuid.UUID
+    split: str = Field(description="the split evaluated on: test, else validation")
+    classes: list[str]
+    evaluated: int = Field(description="images in the split")
+    correct: int = Field(description="of them, answered right")
+    matching: int = Field(description="images the filters keep (items is a page of them)")
+    offset: int
+    limit: int
+    items: list[ImageAnswer]

@@ -1,14 +1,17 @@
-"""Pictures for people: a labeled grid of a dataset's images."""
+"""Pictures for people: a labeled grid of a dataset's images, and one image's thumbnail."""
 
 from __future__ import annotations
 
 import io
-from collections import defaultdict
+import threading
+import uuid
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from app.core.config import Settings
+from app.core.errors import NotFoundError
 from app.db.models import Dataset
 from app.ml.data import item_labels
 from app.ml.images import decode_image
@@ -21,6 +24,11 @@ LABEL_WIDTH = 150
 # and 430 MB to draw); beyond this many rows the picture says how many it left out.
 MAX_PREVIEW_CLASSES = 40
 NOTE_HEIGHT = 30
+# Thumbnails are drawn at most this many pixels on a side (a grid never needs more).
+MAX_THUMBNAIL_SIDE = 512
+# Datasets whose image index (sha256 -> manifest entry) this process keeps: a grid of
+# thumbnails asks for many images of one version, which never changes.
+KEPT_INDEXES = 8
 
 
 def dataset_preview_png(dataset: Dataset, *, settings: Settings, per_class: int) -> bytes:
@@ -67,4 +75,41 @@ def dataset_preview_png(dataset: Dataset, *, settings: Settings, per_class: int)
         )
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+_indexes: OrderedDict[uuid.UUID, dict[str, dict[str, Any]]] = OrderedDict()
+_indexes_lock = threading.Lock()
+
+
+def image_entry(dataset: Dataset, image_id: str) -> dict[str, Any]:
+    """The manifest entry of one image of the dataset version (by its sha256), labeled or
+    not; NotFoundError if the version has no such image."""
+    with _indexes_lock:
+        index = _indexes.get(dataset.id)
+        if index is not None:
+            _indexes.move_to_end(dataset.id)
+    if index is None:
+        manifest = load_manifest(dataset.id)
+        index = {
+            item["sha256"]: item for item in [*manifest["images"], *manifest.get("unlabeled", [])]
+        }
+        with _indexes_lock:
+            _indexes[dataset.id] = index
+            while len(_indexes) > KEPT_INDEXES:
+                _indexes.popitem(last=False)
+    item = index.get(image_id)
+    if item is None:
+        raise NotFoundError(f"dataset {dataset.id} has no image {image_id}")
+    return item
+
+
+def thumbnail_jpeg(dataset: Dataset, image_id: str, *, size: int, settings: Settings) -> bytes:
+    """One image of the dataset as a JPEG at most `size` pixels on a side, upright (EXIF
+    orientation applied, as training saw it)."""
+    data = read_image(dataset, image_entry(dataset, image_id))
+    image = decode_image(data, max_pixels=settings.max_image_pixels, target_size=size).image
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()

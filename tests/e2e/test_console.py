@@ -295,6 +295,35 @@ def _results(walk: Walk) -> None:
     assert "pets v1 (not active)" in walk.text("#job-model")
     assert "stayed at chance" in walk.text("#job-results .warnings")
     walk.shot("job-results")
+    _answers(walk, confusion)
+
+
+def _answers(walk: Walk, confusion) -> None:
+    """The images answered wrong as thumbnails; a cell of the confusion matrix shows its own."""
+    page = walk.page
+    cells = [int(c) for c in confusion.locator("tbody td").all_text_contents()]
+    wrong = cells[1] + cells[2]
+    page.wait_for_function(
+        "() => /answered wrong/.test(document.querySelector('#answers-summary').textContent)"
+    )
+    assert walk.text("#answers-summary").startswith(f"{wrong} of the 7 test images answered wrong")
+    figures = page.locator("#answers figure")
+    assert figures.count() == wrong
+    if wrong:  # every thumbnail loads (with the key, as a blob: URL)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#answers img')].every("
+            "i => i.complete && i.naturalWidth > 0)"
+        )
+        assert page.locator("#answers figure.wrong").count() == wrong
+    cell = next(i for i, count in enumerate(cells) if count)
+    confusion.locator("tbody td").nth(cell).locator("button").click()
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#answers figure').length === {cells[cell]}"
+    )
+    assert walk.text("#answers-section h3").startswith("True ")
+    walk.shot("job-answers")
+    page.click("#answers-section button:has-text('Back to the mistakes')")
+    page.wait_for_function(f"() => document.querySelectorAll('#answers figure').length === {wrong}")
 
 
 def _wait_for_predictions(walk: Walk, count: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import time
@@ -149,6 +150,49 @@ def test_each_method_trains_evaluates_and_registers_a_version(
         response = client.get(f"/jobs/{job_id}/{picture}")
         assert response.status_code == 200
         assert response.content.startswith(b"\x89PNG")
+    _answers_match_the_evaluation(client, job_id, evaluation)
+
+
+def _answers_match_the_evaluation(client: TestClient, job_id: str, evaluation: dict) -> None:
+    """GET /jobs/{id}/predictions: the evaluation image by image, counted as its totals are."""
+    page = client.get(f"/jobs/{job_id}/predictions", params={"limit": 500}).json()
+    classes = evaluation["classes"]
+    assert page["split"] == evaluation["split"] and page["classes"] == classes
+    assert page["evaluated"] == page["matching"] == len(page["items"]) == evaluation["samples"]
+    assert page["correct"] == round(evaluation["accuracy"] * evaluation["samples"])
+    cells = [[0] * len(classes) for _ in classes]
+    for item in page["items"]:
+        (truth,), (answer,) = item["true_labels"], item["predicted_labels"]
+        assert answer == max(item["probabilities"], key=item["probabilities"].get)
+        assert item["correct"] is (truth == answer)
+        cells[classes.index(truth)][classes.index(answer)] += 1
+    assert cells == evaluation["confusion_matrix"]
+    # the filters: a confusion cell, the mistakes, paging
+    cell = client.get(
+        f"/jobs/{job_id}/predictions",
+        params={"true_label": classes[0], "predicted_label": classes[1]},
+    ).json()
+    assert cell["matching"] == evaluation["confusion_matrix"][0][1] == len(cell["items"])
+    wrong = client.get(f"/jobs/{job_id}/predictions", params={"mistakes": "true"}).json()
+    assert wrong["matching"] == page["evaluated"] - page["correct"]
+    assert not any(item["correct"] for item in wrong["items"])
+    second = client.get(f"/jobs/{job_id}/predictions", params={"offset": 1, "limit": 2}).json()
+    assert second["items"] == page["items"][1:3]
+    # each image's thumbnail, upright and small
+    thumbnail = client.get(page["items"][0]["image_url"], params={"size": 48})
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+    from PIL import Image
+
+    assert max(Image.open(io.BytesIO(thumbnail.content)).size) <= 48
+    # bad requests say what is wrong
+    bad = client.get(f"/jobs/{job_id}/predictions", params={"true_label": "horses"})
+    assert bad.status_code == 400 and "not a class of the model" in bad.json()["detail"]
+    assert client.get(f"/jobs/{job_id}/predictions", params={"limit": 501}).status_code == 422
+    image_url = page["items"][0]["image_url"]
+    assert client.get(image_url, params={"size": 4096}).status_code == 422
+    missing = image_url.replace(page["items"][0]["image_id"], "0" * 64)
+    assert client.get(missing).status_code == 404
+    assert client.get(image_url.replace(page["items"][0]["image_id"], "x")).status_code == 422
 
 
 def test_saved_model_takes_raw_pixels_of_any_size(stack, dataset_id: str) -> None:
@@ -363,6 +407,15 @@ def test_a_multilabel_dataset_trains_a_model_with_thresholds_that_predict_applie
     assert client.get(f"/jobs/{job_id}/confusion.png").status_code == 409
     version = client.get("/models/pairs/versions/1").json()
     thresholds = version["metrics_summary"]["thresholds"]
+    # image by image: the labels at or over their thresholds, right when all of them are
+    page = client.get(f"/jobs/{job_id}/predictions").json()
+    assert page["evaluated"] == 12
+    assert page["correct"] == round(evaluation["accuracy"] * 12)
+    for item in page["items"]:
+        answered = [x for x, p in item["probabilities"].items() if p >= thresholds[x] - 1e-6]
+        assert item["predicted_labels"] == answered
+        assert item["correct"] is (set(answered) == set(item["true_labels"]))
+    assert any(not item["true_labels"] for item in page["items"])  # the negatives, too
     assert set(thresholds) == set(dataset["class_names"])
     photo = folder / "images" / "test-0000.jpg"
     answer = client.post(

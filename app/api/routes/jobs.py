@@ -11,9 +11,16 @@ from app.api.bodies import json_body_openapi
 from app.api.deps import MAX_OFFSET, Admin, JobRequest, SessionDep, Trainer, ValidJob
 from app.core.config import get_settings
 from app.db.models import WORKER_CHECK, JobStatus
-from app.schemas.jobs import EpochRead, JobAccepted, JobCreate, JobMetrics, JobRead
+from app.schemas.jobs import (
+    EpochRead,
+    JobAccepted,
+    JobCreate,
+    JobMetrics,
+    JobPredictions,
+    JobRead,
+)
 from app.schemas.results import JobResult
-from app.services import jobs, plots
+from app.services import job_predictions, jobs, plots
 
 router = APIRouter(tags=["jobs"])
 
@@ -118,6 +125,39 @@ def job_metrics_png(job: ValidJob, session: SessionDep) -> Response:
 def job_confusion_png(job: ValidJob) -> Response:
     """The confusion matrix of the final evaluation, as a picture."""
     return Response(content=plots.confusion_png(job), media_type="image/png")
+
+
+@router.get(
+    "/jobs/{job_id}/predictions",
+    response_model=JobPredictions,
+    responses={
+        400: {"description": "a label that is not a class of the model"},
+        404: {"description": "no such job, or its model version was deleted"},
+        409: {"description": "the job has not succeeded"},
+    },
+)
+def job_answers(
+    job: ValidJob,
+    session: SessionDep,
+    mistakes: bool = False,
+    true_label: Annotated[str | None, Query(max_length=200)] = None,
+    predicted_label: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> JobPredictions:
+    """The evaluation image by image: each image of the split the job's model was evaluated
+    on with its true labels, the answer, every class's probability and whether it is right.
+    `mistakes=true` keeps the wrong ones; `true_label` and `predicted_label` (both: a cell of
+    the confusion matrix) keep those with that label."""
+    return job_predictions.list_answers(
+        session,
+        job=job,
+        filters=job_predictions.AnswerFilter(
+            mistakes=mistakes, true_label=true_label, predicted_label=predicted_label
+        ),
+        offset=offset,
+        limit=limit,
+    )
 
 
 @router.post(

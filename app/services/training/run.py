@@ -4,6 +4,7 @@ its curves and progress in SQL, the model saved and registered as the next versi
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 import time
@@ -42,7 +43,7 @@ from models_store import file_sha256
 
 if TYPE_CHECKING:
     from app.ml.fitting import EpochRecord, TrainingHooks
-    from app.ml.train import PretrainedSource
+    from app.ml.train import PretrainedSource, TrainingOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,30 @@ def _output_description(method: Method, task: Task, class_count: int) -> str:
     return "softmax over classes"
 
 
+def _write_answers_by_image(
+    folder: Path, *, outcome: TrainingOutcome, manifest: dict[str, Any]
+) -> None:
+    """The evaluation image by image, a file of the version (GET /jobs/{id}/predictions)."""
+    from app.ml.data import encode_labels, manifest_task, split_items
+    from app.ml.evaluate import PREDICTIONS_FILE, answers_by_image
+
+    split = outcome.evaluation["split"] if outcome.evaluation else None
+    answers = outcome.probabilities.get(split) if split else None
+    if split is None or answers is None:
+        return
+    items = split_items(manifest, split)
+    classes: list[str] = manifest["classes"]
+    rows = answers_by_image(
+        answers,
+        encode_labels(items, classes, task=manifest_task(manifest)),
+        classes,
+        images=[item["sha256"] for item in items],
+        thresholds=outcome.thresholds,
+    )
+    document = {"split": split, "classes": classes, "images": rows}
+    (folder / PREDICTIONS_FILE).write_text(json.dumps(document, separators=(",", ":")))
+
+
 def run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
     from app.ml.config import PRETRAINED_METHODS
     from app.ml.data import ManifestSplits, manifest_task
@@ -262,6 +287,7 @@ def run_training(job_id: uuid.UUID, worker_id: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="model-", dir=settings.data_dir) as tmp:
         build = Path(tmp)
         reporter.on_progress({"stage": "saving"})
+        _write_answers_by_image(build, outcome=outcome, manifest=manifest)
         meta["exports"] = write_model_files(
             build,
             model=outcome.model,
