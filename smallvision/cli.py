@@ -272,6 +272,72 @@ class Commands:
         self.out.print(f"deleted dataset {dataset['name']} ({dataset['id']})")
         return ExitCode.OK
 
+    def datasets_suggest(self, args: argparse.Namespace) -> ExitCode:
+        dataset = self.client.find_dataset(args.dataset)
+        found = self.client.suggestions(dataset["id"], count=args.count)
+        self.out.print(
+            f"{len(found['items'])} of {found['unlabeled']} unlabeled images of "
+            f"{dataset['name']} v{found['version']} to label next ({found['strategy']}: "
+            f"{found['why']})"
+        )
+        if not found["items"]:
+            return ExitCode.OK
+        table = Table("image", "likeliest", "why")
+        for item in found["items"]:
+            likeliest = ", ".join(
+                f"{p['label']} {p['probability']:.0%}" for p in item["predicted"][:2]
+            )
+            table.add_row(item["image_id"], likeliest, item["reason"])
+        self.out.print(table)
+        self.out.print(f"label them: smallvision datasets label {dataset['name']} IMAGE=CLASS ...")
+        return ExitCode.OK
+
+    def datasets_label_issues(self, args: argparse.Namespace) -> ExitCode:
+        dataset = self.client.find_dataset(args.dataset)
+        found = self.client.label_issues(dataset["id"], limit=args.limit)
+        self.out.print(
+            f"{found['found']} of {found['checked']} labeled images of {dataset['name']} "
+            f"v{found['version']} look mislabeled ({found['method']}; held-out answers agree "
+            f"with {found['out_of_fold_accuracy']:.1%} of the labels)"
+        )
+        if not found["items"]:
+            return ExitCode.OK
+        table = Table("image", "split", "given", "suggested", "p(given)", "p(suggested)")
+        for item in found["items"]:
+            table.add_row(
+                item["image_id"],
+                item["split"],
+                item["given_label"],
+                item["suggested_label"],
+                f"{item['given_probability']:.3f}",
+                f"{item['suggested_probability']:.3f}",
+            )
+        self.out.print(table)
+        return ExitCode.OK
+
+    def datasets_label(self, args: argparse.Namespace) -> ExitCode:
+        dataset = self.client.find_dataset(args.dataset)
+        labels: dict[str, str | list[str]] = {}
+        for given in args.labels:
+            image, equals, label = given.partition("=")
+            if not equals or not image or not label:
+                raise CommandError(
+                    f"{given!r}: give IMAGE=CLASS (the image's sha256, as suggest lists it)",
+                    ExitCode.USAGE,
+                )
+            labels[image] = label.split("+") if dataset.get("task") == "multilabel" else label
+        if not labels and not args.remove:
+            raise CommandError("nothing to change: give IMAGE=CLASS or --remove", ExitCode.USAGE)
+        version = self.client.label_images(dataset["id"], labels=labels, remove=args.remove)
+        diff = version["diff"] or {}
+        self.out.print(
+            f"dataset {version['name']} v{version['version']} ({version['id']}): "
+            f"{diff.get('labeled', 0)} newly labeled, {diff.get('relabeled', 0)} relabeled, "
+            f"{diff.get('removed', {}).get('count', 0)} removed; "
+            f"{version['stats'].get('unlabeled_count', 0)} still unlabeled"
+        )
+        return ExitCode.OK
+
     def _print_dataset(self, dataset: Dataset) -> None:
         stats = dataset["stats"]
         multilabel = dataset.get("task") == "multilabel"
@@ -496,6 +562,37 @@ class Commands:
     def jobs_cancel(self, args: argparse.Namespace) -> ExitCode:
         job = self.client.cancel_job(args.job)
         self.out.print(f"job {job['id']}: {job['status']}, cancel requested")
+        return ExitCode.OK
+
+    def jobs_predictions(self, args: argparse.Namespace) -> ExitCode:
+        page = self.client.job_predictions(
+            args.job,
+            mistakes=args.mistakes,
+            true_label=args.true_label,
+            predicted_label=args.predicted_label,
+            limit=args.limit,
+            offset=args.offset,
+        )
+        wrong = page["evaluated"] - page["correct"]
+        self.out.print(
+            f"{page['split']} split: {page['correct']} of {page['evaluated']} right, "
+            f"{wrong} wrong; {page['matching']} match, showing {len(page['items'])} "
+            f"from {page['offset'] + 1 if page['items'] else 0}"
+        )
+        if not page["items"]:
+            return ExitCode.OK
+        table = Table("image", "true", "answered", "probability", "right")
+        for item in page["items"]:
+            answered = item["predicted_labels"]
+            top = max(item["probabilities"].values()) if item["probabilities"] else 0.0
+            table.add_row(
+                item["image_id"][:12],
+                ", ".join(item["true_labels"]) or "(none)",
+                ", ".join(answered) or "(none)",
+                f"{top:.3f}",
+                "yes" if item["correct"] else "no",
+            )
+        self.out.print(table)
         return ExitCode.OK
 
     def jobs_curves(self, args: argparse.Namespace) -> ExitCode:
@@ -905,6 +1002,26 @@ def _parser() -> argparse.ArgumentParser:
         on_datasets.add_parser(action, help=text, parents=[after]).add_argument(
             "dataset", help="name or id"
         )
+    suggest = on_datasets.add_parser(
+        "suggest", help="the unlabeled images most worth labeling next", parents=[after]
+    )
+    suggest.add_argument("dataset", help="name or id")
+    suggest.add_argument("--count", type=int, default=20)
+    issues = on_datasets.add_parser(
+        "label-issues", help="labeled images whose label looks wrong", parents=[after]
+    )
+    issues.add_argument("dataset", help="name or id")
+    issues.add_argument("--limit", type=int, default=100)
+    label = on_datasets.add_parser(
+        "label",
+        help="label images (or relabel, or remove them): a new version of the dataset",
+        parents=[after],
+    )
+    label.add_argument("dataset", help="name or id")
+    label.add_argument(
+        "labels", nargs="*", help="IMAGE=CLASS (IMAGE: the sha256; multi-label: CLASS+CLASS)"
+    )
+    label.add_argument("--remove", nargs="+", default=[], help="images to leave out")
 
     train = commands.add_parser("train", help="start a training job on a dataset", parents=[after])
     train.add_argument("dataset", help="name or id")
@@ -929,6 +1046,19 @@ def _parser() -> argparse.ArgumentParser:
         ("cancel", "cancel a job"),
     ):
         on_jobs.add_parser(action, help=text, parents=[after]).add_argument("job", help="job id")
+    answers = on_jobs.add_parser(
+        "predictions",
+        help="the evaluation image by image: true label, answer, right or not",
+        parents=[after],
+    )
+    answers.add_argument("job", help="job id")
+    answers.add_argument("--mistakes", action="store_true", help="only the wrong answers")
+    answers.add_argument("--true", dest="true_label", help="only images of this label")
+    answers.add_argument(
+        "--predicted", dest="predicted_label", help="only images answered this label"
+    )
+    answers.add_argument("--limit", type=int, default=100)
+    answers.add_argument("--offset", type=int, default=0)
     curves = on_jobs.add_parser(
         "curves", help="save the loss and accuracy curves as a PNG", parents=[after]
     )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, NotRequired, Self, TypedDict, cast
@@ -98,6 +98,52 @@ class Dataset(TypedDict):
     split_counts: dict[str, dict[str, int]]
     stats: dict[str, Any]  # image_count, skipped, duplicates, leakage, warnings, ...
     created_at: str
+
+
+class ClassProbability(TypedDict):
+    label: str
+    probability: float
+
+
+class Suggestion(TypedDict):
+    image_id: str
+    image_url: str
+    predicted: list[ClassProbability]
+    score: float
+    reason: str
+
+
+class SuggestionList(TypedDict):
+    dataset_id: str
+    version: int
+    strategy: Literal["typical_diverse", "uncertain_diverse"]
+    why: str
+    labeled: int
+    smallest_class: int
+    unlabeled: int
+    items: list[Suggestion]
+
+
+class LabelIssue(TypedDict):
+    image_id: str
+    image_url: str
+    split: str
+    given_label: str
+    suggested_label: str
+    given_probability: float
+    suggested_probability: float
+
+
+class LabelIssueList(TypedDict):
+    dataset_id: str
+    version: int
+    method: str
+    checked: int
+    found: int
+    out_of_fold_accuracy: float
+    offset: int
+    limit: int
+    items: list[LabelIssue]
 
 
 class JobAccepted(TypedDict):
@@ -284,6 +330,28 @@ class JobMetrics(TypedDict):
     candidates: list[Candidate]
     chosen: Chosen | None
     warnings: list[str]
+
+
+class ImageAnswer(TypedDict):
+    image_id: str
+    image_url: str
+    true_labels: list[str]
+    predicted_labels: list[str]
+    probabilities: dict[str, float]
+    correct: bool
+
+
+class JobPredictions(TypedDict):
+    job_id: str
+    dataset_id: str
+    split: str
+    classes: list[str]
+    evaluated: int
+    correct: int
+    matching: int
+    offset: int
+    limit: int
+    items: list[ImageAnswer]
 
 
 class Model(TypedDict):
@@ -530,6 +598,71 @@ class Client:
 
     # Training jobs
 
+    def _analysed(self, path: str, params: dict[str, Any], *, wait_seconds: float) -> Any:
+        """GET a labeling-help answer, waiting while a worker computes the version's features
+        (202 with Retry-After)."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            response = self._request("GET", path, params=params)
+            if response.status_code != 202:
+                return response.json()
+            pause = float(response.headers.get("retry-after", "5"))
+            if time.monotonic() + pause > deadline:
+                raise ApiError(
+                    504,
+                    "analysis_pending",
+                    f"the dataset's features were not ready within {wait_seconds:g} s; a "
+                    "worker is still computing them: try again later",
+                )
+            time.sleep(pause)
+
+    def suggestions(
+        self, dataset_id: str, *, count: int = 20, seed: int = 0, wait_seconds: float = 600.0
+    ) -> SuggestionList:
+        """The unlabeled images of the dataset version most worth labeling next."""
+        return cast(
+            SuggestionList,
+            self._analysed(
+                f"/datasets/{dataset_id}/suggestions",
+                {"count": count, "seed": seed},
+                wait_seconds=wait_seconds,
+            ),
+        )
+
+    def label_issues(
+        self, dataset_id: str, *, limit: int = 100, offset: int = 0, wait_seconds: float = 600.0
+    ) -> LabelIssueList:
+        """The labeled images of the dataset version whose given label looks wrong."""
+        return cast(
+            LabelIssueList,
+            self._analysed(
+                f"/datasets/{dataset_id}/label-issues",
+                {"limit": limit, "offset": offset},
+                wait_seconds=wait_seconds,
+            ),
+        )
+
+    def label_images(
+        self,
+        dataset_id: str,
+        *,
+        labels: Mapping[str, str | list[str]],
+        remove: Sequence[str] = (),
+    ) -> Dataset:
+        """A new version with these images (sha256 -> class, or a list of labels for a
+        multi-label dataset) labeled and `remove` left out."""
+        body = {
+            "labels": [
+                {
+                    "image_id": image,
+                    **({"labels": given} if isinstance(given, list) else {"label": given}),
+                }
+                for image, given in labels.items()
+            ],
+            "remove": list(remove),
+        }
+        return cast(Dataset, self._json("POST", f"/datasets/{dataset_id}/labels", json=body))
+
     def start_job(
         self,
         dataset_id: str,
@@ -572,6 +705,24 @@ class Client:
 
     def job_metrics(self, job_id: str) -> JobMetrics:
         return cast(JobMetrics, self._json("GET", f"/jobs/{job_id}/metrics"))
+
+    def job_predictions(
+        self,
+        job_id: str,
+        *,
+        mistakes: bool = False,
+        true_label: str | None = None,
+        predicted_label: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> JobPredictions:
+        """The job's evaluation image by image (a page of the images the filters keep)."""
+        params: dict[str, Any] = {"mistakes": mistakes, "limit": limit, "offset": offset}
+        if true_label is not None:
+            params["true_label"] = true_label
+        if predicted_label is not None:
+            params["predicted_label"] = predicted_label
+        return cast(JobPredictions, self._json("GET", f"/jobs/{job_id}/predictions", params=params))
 
     def job_curves_png(self, job_id: str) -> bytes:
         return self._request("GET", f"/jobs/{job_id}/metrics.png").content

@@ -39,6 +39,13 @@ PAIRS = {
     client.ModelVersion: "ModelVersionRead",
     client.Export: "ExportRead",
     client.ExportCheck: "ExportCheck",
+    client.ImageAnswer: "ImageAnswer",
+    client.JobPredictions: "JobPredictions",
+    client.ClassProbability: "ClassProbability",
+    client.Suggestion: "Suggestion",
+    client.SuggestionList: "SuggestionList",
+    client.LabelIssue: "LabelIssue",
+    client.LabelIssueList: "LabelIssueList",
 }
 
 

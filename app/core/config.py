@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     # On GPU workers: float16 compute with float32 weights (no effect on CPU-only workers).
     mixed_precision: bool = True
 
+    # Labeling help (suggestions, label issues) ranks with this base's features, at this size
+    # (None: the base's native size), as the default request trains with.
+    labeling_base_model: str = "mobilenet_v2"
+    labeling_image_size: int | None = Field(default=None, ge=32, le=512)
+
     training_queue: str = "training"
     default_queue: str = "default"
     # Seconds the readiness probe waits for the database or the broker before it reports 503.

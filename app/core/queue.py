@@ -15,6 +15,9 @@ RUN_TRAINING_JOB = "training.run_job"
 # Builds a model version's export (a SavedModel archive) asked for by a download; on the
 # default queue, which every worker started by `app.cli worker` consumes besides training.
 BUILD_EXPORT = "exports.build"
+# Computes a dataset version's analysis for labeling help (features and out-of-fold answers);
+# on the default queue too.
+ANALYSE_DATASET = "labeling.analyse"
 
 # A Redis-delivered task whose worker has not acknowledged it in this many seconds is redelivered.
 # acks_late holds the ack until the job ends, so this must outlast the longest training job;

@@ -267,6 +267,31 @@ class ModelExport(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class DatasetAnalysis(Base):
+    """What labeling help needs of a dataset version: its images' features from the default
+    base, out-of-fold answers for its labeled images and answers for its unlabeled ones,
+    computed once per version by a worker and stored beside the version's images (they go
+    with it; the row cascades)."""
+
+    __tablename__ = "dataset_analyses"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_new_id)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), unique=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default=ExportStatus.QUEUED)
+    # The arrays' key in the datasets area, once ready; what was computed (base, size, the L2
+    # strength the out-of-fold models chose, counts, seconds).
+    key: Mapped[str | None] = mapped_column(String(1024))
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class ReviewStatus(enum.StrEnum):
     PENDING = "pending"  # waiting for a person's label
     LABELED = "labeled"  # labeled, waiting to go into a dataset version

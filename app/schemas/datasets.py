@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.ml.config import Task
 from app.ml.data import NEGATIVE_LABEL
@@ -101,6 +101,58 @@ class DatasetVersionFromReview(_VersionSplitOptions):
     remove: list[str] = Field(
         default_factory=list, max_length=10_000, description="sha256 of images to leave out"
     )
+
+
+# An image's id in a dataset: the sha256 of its file.
+ImageId = Annotated[str, Field(pattern="^[0-9a-f]{64}$", description="the sha256 of the file")]
+# Images one labeling request may name (a dataset's own cap bounds them further).
+MAX_LABELS_PER_REQUEST = 10_000
+
+
+class ImageLabels(BaseModel):
+    """The labels one image of the dataset gets: its class (`label`, multiclass) or its
+    labels (`labels`, multi-label; [] for a negative example)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: ImageId
+    label: Text | None = Field(default=None, min_length=1, max_length=200)
+    labels: list[Annotated[Text, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=1_000
+    )
+
+    @model_validator(mode="after")
+    def _one_of_them(self) -> ImageLabels:
+        if (self.label is None) == (self.labels is None):
+            raise ValueError("give either label (one class) or labels (a list)")
+        return self
+
+    def given(self) -> tuple[str, ...]:
+        return (self.label,) if self.label is not None else tuple(sorted(set(self.labels or [])))
+
+
+class DatasetLabels(_VersionSplitOptions):
+    """`POST /datasets/{id}/labels`: labels for images of the dataset (unlabeled ones, such
+    as the suggestions; or labeled ones whose label was wrong) and images to leave out, in
+    one new version, made whole or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[ImageLabels] = Field(default_factory=list, max_length=MAX_LABELS_PER_REQUEST)
+    remove: list[ImageId] = Field(
+        default_factory=list,
+        max_length=MAX_LABELS_PER_REQUEST,
+        description="images to leave out (labeled or not)",
+    )
+
+    @model_validator(mode="after")
+    def _each_image_once(self) -> DatasetLabels:
+        named = [entry.image_id for entry in self.labels]
+        if len(set(named)) != len(named):
+            raise ValueError("an image is labeled twice in one request")
+        if not self.labels and not self.remove:
+            raise ValueError("nothing to change: give labels and/or remove")
+        return self
 
 
 class DatasetRead(BaseModel):

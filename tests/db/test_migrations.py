@@ -20,6 +20,7 @@ EXPECTED_TABLES = {
     "model_names",
     "review_items",
     "model_exports",
+    "dataset_analyses",
     "cv_projects",
     "cv_tags",
     "cv_images",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
 from app.api.bodies import (
     MultipartUpload,
@@ -20,14 +22,17 @@ from app.api.deps import MAX_OFFSET, SessionDep, Trainer, ValidDataset
 from app.core.config import get_settings
 from app.core.errors import BadRequestError
 from app.schemas.datasets import (
+    DatasetLabels,
     DatasetRead,
     DatasetUploadForm,
     DatasetVersionForm,
     DatasetVersionFromReview,
 )
-from app.services import datasets, previews, review
+from app.schemas.labeling import AnalysisPending, LabelIssueList, SuggestionList
+from app.services import datasets, labeling, previews, review
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+
 
 _UPLOAD_SCHEMA = multipart_body_openapi(
     {
@@ -140,6 +145,87 @@ def preview_dataset(
     return Response(content=png, media_type="image/png")
 
 
+@router.get(
+    "/{dataset_id}/images/{image_id}/thumbnail",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}}},
+        404: {"description": "no such dataset (or not yours), or no such image in it"},
+    },
+)
+def image_thumbnail(
+    dataset: ValidDataset,
+    image_id: Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="the file's sha256")],
+    size: Annotated[int, Query(ge=16, le=previews.MAX_THUMBNAIL_SIDE)] = 160,
+) -> Response:
+    """One image of the dataset version, upright, as a JPEG at most `size` pixels on a side."""
+    jpeg = previews.thumbnail_jpeg(dataset, image_id, size=size, settings=get_settings())
+    return Response(
+        content=jpeg,
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=86400"},  # a version never changes
+    )
+
+
+_ANALYSIS_PENDING: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": AnalysisPending,
+        "description": "a worker is computing the version's features: ask again after "
+        "Retry-After seconds",
+    },
+    404: {"description": "no such dataset (or not yours)"},
+}
+
+
+def _pending(dataset: ValidDataset, pending: labeling.Pending) -> JSONResponse:
+    body = AnalysisPending(
+        dataset_id=dataset.id,
+        version=dataset.version,
+        status=pending.status,
+        retry_after_seconds=pending.retry_after_seconds,
+        detail=pending.detail,
+    )
+    return JSONResponse(
+        body.model_dump(mode="json"),
+        status_code=status.HTTP_202_ACCEPTED,
+        headers={"Retry-After": str(pending.retry_after_seconds)},
+    )
+
+
+@router.get("/{dataset_id}/suggestions", response_model=SuggestionList, responses=_ANALYSIS_PENDING)
+def suggest_images(
+    dataset: ValidDataset,
+    session: SessionDep,
+    count: Annotated[int, Query(ge=1, le=200)] = 20,
+    seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> SuggestionList | JSONResponse:
+    """The unlabeled images of this version most worth labeling next, each with the classes a
+    model on the labeled images gives it and why it was picked: while a class has fewer than
+    10 labeled images, typical images of groups no labeled image is in; then the images that
+    model is least sure of, one per group of similar ones. The first request has a worker
+    compute the version's features (202 with Retry-After until then)."""
+    found = labeling.suggestions(session, dataset=dataset, count=count, seed=seed)
+    return _pending(dataset, found) if isinstance(found, labeling.Pending) else found
+
+
+@router.get(
+    "/{dataset_id}/label-issues",
+    response_model=LabelIssueList,
+    responses={**_ANALYSIS_PENDING, 400: {"description": "a multi-label dataset"}},
+)
+def find_label_issues(
+    dataset: ValidDataset,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> LabelIssueList | JSONResponse:
+    """The labeled images of this version whose given label is likely wrong, most likely
+    first, each with the label a model that never saw it suggests: confident learning on
+    out-of-fold answers. Fix them with POST /datasets/{id}/labels (relabel, or remove)."""
+    found = labeling.label_issues(session, dataset=dataset, offset=offset, limit=limit)
+    return _pending(dataset, found) if isinstance(found, labeling.Pending) else found
+
+
 _VERSION_SCHEMA = multipart_body_openapi(
     {
         "file": {
@@ -191,13 +277,7 @@ async def add_version(
     upload = await _receive_zip(request)
     try:
         form = validate_form(DatasetVersionForm, upload.fields)
-        options = datasets.VersionOptions(
-            validation_fraction=form.validation_fraction,
-            test_fraction=form.test_fraction,
-            seed=form.seed,
-            remove=form.remove_set(),
-            parent_version=form.parent_version,
-        )
+        options = _version_options(form, remove=form.remove_set())
         dataset = await run_in_threadpool(
             lambda: datasets.add_version(
                 session,
@@ -211,6 +291,24 @@ async def add_version(
     finally:
         upload.discard()
     return DatasetRead.model_validate(dataset)
+
+
+def _version_options(
+    body: DatasetVersionForm | DatasetVersionFromReview | DatasetLabels,
+    *,
+    remove: Collection[str],
+    labels: Mapping[str, tuple[str, ...]] | None = None,
+) -> datasets.VersionOptions:
+    """A new version's options from a request: how it splits new images, what it leaves out
+    and relabels, which version it builds on."""
+    return datasets.VersionOptions(
+        validation_fraction=body.validation_fraction,
+        test_fraction=body.test_fraction,
+        seed=body.seed,
+        remove=frozenset(remove),
+        labels=labels or {},
+        parent_version=body.parent_version,
+    )
 
 
 async def _from_review_body(request: Request, _: Trainer) -> DatasetVersionFromReview:
@@ -240,20 +338,48 @@ def add_version_from_review(
     selection = review.labeled_items(
         session, owner=parent.owner, model=body.model, item_ids=body.item_ids
     )
-    options = datasets.VersionOptions(
-        validation_fraction=body.validation_fraction,
-        test_fraction=body.test_fraction,
-        seed=body.seed,
-        remove=frozenset(body.remove),
-        parent_version=body.parent_version,
-    )
     dataset = datasets.add_version(
         session,
         dataset_id=dataset_id,
         principal=principal,
-        options=options,
+        options=_version_options(body, remove=body.remove),
         settings=settings,
         labeled=selection.images,
         before_commit=lambda s: review.consume(s, selection=selection),
+    )
+    return DatasetRead.model_validate(dataset)
+
+
+async def _labels_body(request: Request, _: Trainer) -> DatasetLabels:
+    return await read_json_model(request, DatasetLabels)
+
+
+@router.post(
+    "/{dataset_id}/labels",
+    response_model=DatasetRead,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=json_body_openapi(DatasetLabels),
+    responses=_VERSION_ERRORS,
+)
+def label_images(
+    dataset_id: uuid.UUID,
+    body: Annotated[DatasetLabels, Depends(_labels_body)],
+    session: SessionDep,
+    principal: Trainer,
+) -> DatasetRead:
+    """A new version of the dataset with these images labeled (unlabeled ones, such as the
+    suggestions, are then split like new images; a labeled one keeps its split) and those in
+    `remove` left out. Every label must be a class of the dataset and every image one of the
+    version's; otherwise nothing is made (400)."""
+    dataset = datasets.add_version(
+        session,
+        dataset_id=dataset_id,
+        principal=principal,
+        options=_version_options(
+            body,
+            remove=body.remove,
+            labels={entry.image_id: entry.given() for entry in body.labels},
+        ),
+        settings=get_settings(),
     )
     return DatasetRead.model_validate(dataset)

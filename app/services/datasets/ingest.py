@@ -52,6 +52,9 @@ SPLIT_FOLDER_NAMES = {
     "test": "test",
 }
 MANIFEST_NAME = "manifest.json"
+# A zip's top folder of images without labels: kept to be labeled later (suggestions), never
+# trained or evaluated on until they are.
+UNLABELED_FOLDER = "_unlabeled"
 MIN_CLASSES = 2
 MIN_IMAGES_PER_CLASS = 10
 # A class name is stored in columns this wide (a review item's label and top label).
@@ -131,6 +134,7 @@ class Built:
     """A dataset version's images, classes and report, its manifest written."""
 
     images: list[IngestImage]
+    unlabeled: list[IngestImage]
     classes: list[str]
     task: Task
     split_counts: dict[str, dict[str, int]]
@@ -166,6 +170,7 @@ class Ingest:
         self.task = task
         self.report = Report()
         self.images: list[IngestImage] = []
+        self.unlabeled: list[IngestImage] = []
         # Class folders a zip declared: each must end with training images, even if all of
         # its files were skipped (an upload's classes are its folders).
         self.declared_classes: set[str] = set()
@@ -185,10 +190,15 @@ class Ingest:
         new version's), it may hold one class only, and need not repeat every class in every
         split; without, its classes are the dataset's. Images in a folder named
         `negative_folder`, or listed without a label, are negative examples: of none of the
-        classes (what the model's "unknown" answer learns from)."""
+        classes (what the model's "unknown" answer learns from). Images in the top folder
+        UNLABELED_FOLDER have no label yet."""
         adding = bool(known_classes)
         with open_zip(zip_path, max_entries=self.settings.max_zip_entries) as archive:
-            files = _relative_files(_members(archive, self.settings), known_classes=known_classes)
+            every_file = _relative_files(
+                _members(archive, self.settings), known_classes=known_classes
+            )
+            unlabeled = [(m, p) for m, p in every_file if p[0] == UNLABELED_FOLDER and len(p) > 1]
+            files = [(m, p) for m, p in every_file if not (p[0] == UNLABELED_FOLDER and len(p) > 1)]
             listed = [
                 (m, parts) for m, parts in files if parts[0] in LABEL_LIST_NAMES and len(parts) == 1
             ]
@@ -209,13 +219,17 @@ class Ingest:
             labels = _classes_of(candidates)
             if not adding:
                 self._check_class_count(labels)
-            if len(candidates) > self.settings.max_dataset_images:
+            if len(candidates) + len(unlabeled) > self.settings.max_dataset_images:
                 raise PayloadTooLargeError(
-                    f"the zip holds {len(candidates)} images; a dataset may have at most "
-                    f"{self.settings.max_dataset_images}"
+                    f"the zip holds {len(candidates) + len(unlabeled)} images; a dataset may "
+                    f"have at most {self.settings.max_dataset_images}"
                 )
             for candidate in candidates:
                 self._add_member(archive, candidate)
+            for member, _ in unlabeled:
+                self._add_member(
+                    archive, _Candidate(member=member, split=None, labels=()), into=self.unlabeled
+                )
         if not adding:
             self.declared_classes |= labels
             self.has_split_folders = has_splits
@@ -279,13 +293,23 @@ class Ingest:
     def images_dir(self) -> Path:
         return self.folder / "images"
 
-    def _add_member(self, archive: zipfile.ZipFile, candidate: _Candidate) -> None:
+    def add_existing_unlabeled(self, images: Sequence[IngestImage]) -> None:
+        """Unlabeled images of the version this one is made from (stored in `folder`)."""
+        self.unlabeled.extend(images)
+
+    def _add_member(
+        self,
+        archive: zipfile.ZipFile,
+        candidate: _Candidate,
+        *,
+        into: list[IngestImage] | None = None,
+    ) -> None:
         source = candidate.member.path
         try:
             data = read_member(
                 archive, candidate.member, max_bytes=self.settings.max_image_file_bytes
             )
-            self.images.append(
+            (self.images if into is None else into).append(
                 self._store(data, split=candidate.split, labels=candidate.labels, source=source)
             )
         except EntryTooLargeError as exc:
@@ -321,13 +345,15 @@ class Ingest:
         """Deduplicate, check (two classes, training images in each, the limits), split the
         images that have no split yet, and write the manifest into the folder."""
         images = _deduplicate(self.images, self.report)
+        unlabeled = _unlabeled_once(self.unlabeled, labeled=images, report=self.report)
         classes = sorted(self.declared_classes | _classes_of(images))
         task = self.task or Task.MULTICLASS
         require_two_classes(classes, what=self.what)
         self._check_class_count(classes)
-        if len(images) > self.settings.max_dataset_images:
+        if len(images) + len(unlabeled) > self.settings.max_dataset_images:
             raise PayloadTooLargeError(
-                f"{self.what} would hold {len(images)} images; a dataset may have at most "
+                f"{self.what} would hold {len(images) + len(unlabeled)} images; a dataset may "
+                "have at most "
                 f"{self.settings.max_dataset_images}"
             )
         _require_images_per_class(images, classes)
@@ -352,14 +378,18 @@ class Ingest:
                 seed=split.seed,
                 task=task,
             )
-        _write_manifest(self.folder, images, classes, task=task)
+        _write_manifest(self.folder, images, classes, task=task, unlabeled=unlabeled)
         return Built(
             images=images,
+            unlabeled=unlabeled,
             classes=classes,
             task=task,
             split_counts=_split_counts_of(images, classes),
-            stats=_statistics(images, classes, self.report, task=task),
-            fingerprint=_fingerprint(images),
+            stats={
+                **_statistics(images, classes, self.report, task=task),
+                "unlabeled_count": len(unlabeled),
+            },
+            fingerprint=_fingerprint(images, unlabeled),
             report=self.report,
         )
 
@@ -398,7 +428,8 @@ def _relative_files(
     tops = {p[0] for p in paths}
     if len(tops) == 1 and all(len(p) > 1 for p in paths):
         (top,) = tops
-        if top.lower() not in SPLIT_FOLDER_NAMES and top not in known_classes:
+        kept_folders = (*SPLIT_FOLDER_NAMES, UNLABELED_FOLDER)
+        if top.lower() not in kept_folders and top not in known_classes:
             paths = [p[1:] for p in paths]
     return list(zip(files, paths, strict=True))
 
@@ -682,8 +713,26 @@ def _statistics(
     }
 
 
-def _fingerprint(images: list[IngestImage]) -> str:
+def _unlabeled_once(
+    unlabeled: list[IngestImage], *, labeled: list[IngestImage], report: Report
+) -> list[IngestImage]:
+    """One copy of each unlabeled file, and none of a file the version has labeled (it is
+    reported as a duplicate of it)."""
+    seen = {i.sha256: i.source for i in labeled}
+    kept: list[IngestImage] = []
+    for image in sorted(unlabeled, key=lambda i: (not i.existing, i.source)):
+        if image.sha256 in seen:
+            report.duplicates.append({"file": image.source, "duplicate_of": seen[image.sha256]})
+            continue
+        seen[image.sha256] = image.source
+        kept.append(image)
+    return kept
+
+
+def _fingerprint(images: list[IngestImage], unlabeled: list[IngestImage]) -> str:
     lines = sorted(f"{i.split}\t{i.label}\t{i.sha256}\n" for i in images)
+    if unlabeled:  # (a version with none keeps the fingerprint earlier releases gave it)
+        lines += sorted(f"unlabeled\t\t{i.sha256}\n" for i in unlabeled)
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
@@ -708,7 +757,12 @@ def _require_images_per_class(images: list[IngestImage], classes: list[str]) -> 
 
 
 def _write_manifest(
-    folder: Path, images: list[IngestImage], classes: list[str], *, task: Task
+    folder: Path,
+    images: list[IngestImage],
+    classes: list[str],
+    *,
+    task: Task,
+    unlabeled: list[IngestImage],
 ) -> None:
     """The version's manifest: its task, classes and images. A multiclass item names its
     class ("label"; NEGATIVE_LABEL for a negative example), a multi-label item lists its
@@ -719,18 +773,21 @@ def _write_manifest(
             return {"labels": list(image.labels)}
         return {"label": image.label}
 
-    items = [
-        {
-            "split": i.split,
-            **labels(i),
-            "sha256": i.sha256,
-            "file": f"images/{i.sha256[:2]}/{i.sha256}",
-            "width": i.width,
-            "height": i.height,
-            "format": i.source_format,
-            "source": i.source,
+    def stored(image: IngestImage) -> dict[str, Any]:
+        return {
+            "sha256": image.sha256,
+            "file": f"images/{image.sha256[:2]}/{image.sha256}",
+            "width": image.width,
+            "height": image.height,
+            "format": image.source_format,
+            "source": image.source,
         }
+
+    items = [
+        {"split": i.split, **labels(i), **stored(i)}
         for i in sorted(images, key=lambda i: (SPLITS.index(str(i.split)), i.label, i.sha256))
     ]
-    manifest = {"task": task.value, "classes": classes, "images": items}
+    manifest: dict[str, Any] = {"task": task.value, "classes": classes, "images": items}
+    if unlabeled:  # images waiting for a label: no split, never trained or evaluated on
+        manifest["unlabeled"] = [stored(i) for i in sorted(unlabeled, key=lambda i: i.sha256)]
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))

@@ -8,8 +8,8 @@ import os
 import shutil
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,13 @@ from app.ml.data import NEGATIVE_LABEL, item_labels
 from app.services.auth import Principal, visible
 from app.services.datasets.crud import get_dataset, record_version
 from app.services.datasets.files import load_manifest, local_images, staging
-from app.services.datasets.ingest import Ingest, IngestImage, LabeledImage, SplitOptions
+from app.services.datasets.ingest import (
+    Built,
+    Ingest,
+    IngestImage,
+    LabeledImage,
+    SplitOptions,
+)
 from app.services.datasets.label_lists import LABEL_SEPARATOR
 from models_store import ObjectNotFoundError
 
@@ -35,13 +41,15 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class VersionOptions:
     """How the images of a new version are split (those that come without split folders),
-    which images of the parent it leaves out (by sha256), and which version it is made from
-    (default: the latest)."""
+    which images of the parent it leaves out (by sha256), which of its images get new labels
+    (sha256 -> labels: a labeled image keeps its split, an unlabeled one is split like a new
+    image), and which version it is made from (default: the latest)."""
 
     validation_fraction: float
     test_fraction: float
     seed: int
     remove: frozenset[str] = frozenset()
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     parent_version: int | None = None
 
 
@@ -98,13 +106,13 @@ def add_version(
     with staging() as folder:
         ingest = Ingest(folder, settings=settings, what="the new version", task=Task(parent.task))
         try:
-            existing, removed = _existing_images(
-                parent, remove=options.remove, images_dir=ingest.images_dir
-            )
+            parents = _existing_images(parent, options=options, images_dir=ingest.images_dir)
         except (FileNotFoundError, ObjectNotFoundError):
             # Its files went while they were being linked: deleted at this very moment.
             raise _parent_deleted(parent_number) from None
-        ingest.add_existing(existing)
+        removed = parents.removed
+        ingest.add_existing(parents.labeled)
+        ingest.add_existing_unlabeled(parents.unlabeled)
         if zip_path is not None:
             ingest.add_zip(zip_path, known_classes=frozenset(parent.class_names))
         ingest.add_labeled(labeled)
@@ -115,14 +123,21 @@ def add_version(
                 seed=options.seed,
             )
         )
-        diff = _version_diff(parent, built.images, removed)
-        if not diff["added"]["count"] and not diff["removed"]["count"]:
+        diff = _version_diff(parent, built, removed, parents=parents)
+        changed = (
+            diff["added"]["count"]
+            or diff["removed"]["count"]
+            or diff["relabeled"]
+            or diff["unlabeled_added"]
+            or diff["unlabeled_removed"]
+        )
+        if not changed:
             report = built.report
             raise BadRequestError(
                 "the new version would equal version "
                 f"{parent_number}: no image was added ({len(report.duplicates)} already in "
                 f"it, {len(report.leakage)} in another split, {len(report.conflicts)} under "
-                f"another class, {len(report.skipped)} skipped) and none removed"
+                f"another class, {len(report.skipped)} skipped), labeled or removed"
             )
 
         lock_key(session, dataset_lineage_key(lineage_id))
@@ -172,39 +187,106 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+@dataclass(frozen=True)
+class _ParentImages:
+    """What a new version takes of its parent: labeled images (some relabeled), unlabeled
+    images (those still without a label), and the manifest entries it leaves out."""
+
+    labeled: list[IngestImage]
+    unlabeled: list[IngestImage]
+    removed: list[dict[str, Any]]
+    relabeled: int  # labeled images given other labels
+    newly_labeled: int  # unlabeled images given labels
+    unlabeled_removed: int
+
+
 def _existing_images(
-    parent: Dataset, *, remove: frozenset[str], images_dir: Path
-) -> tuple[list[IngestImage], list[dict[str, Any]]]:
+    parent: Dataset, *, options: VersionOptions, images_dir: Path
+) -> _ParentImages:
     """The parent version's images (linked into the new version's folder) but those in
-    `remove`, and the manifest entries of the removed ones."""
+    `options.remove`, with `options.labels` applied, and the manifest entries of the removed."""
     manifest = load_manifest(parent.id)
-    kept_items = [item for item in manifest["images"] if item["sha256"] not in remove]
-    folder = local_images(parent.id, kept_items)
-    present = {item["sha256"] for item in manifest["images"]}
-    if unknown := sorted(remove - present):
+    waiting = manifest.get("unlabeled", [])
+    every = [*manifest["images"], *waiting]
+    present = {item["sha256"] for item in every}
+    named = options.remove | set(options.labels)
+    if unknown := sorted(named - present):
         raise BadRequestError(
-            f"cannot remove images the dataset does not have: {', '.join(unknown[:20])}"
+            f"the dataset has no image {', '.join(unknown[:20])}"
+            + (f" (and {len(unknown) - 20} more)" if len(unknown) > 20 else "")
         )
-    kept: list[IngestImage] = []
+    if both := sorted(options.remove & set(options.labels)):
+        raise BadRequestError(f"images both removed and labeled: {', '.join(both[:20])}")
+    _check_labels(options.labels, classes=parent.class_names, task=Task(parent.task))
+    kept_items = [item for item in every if item["sha256"] not in options.remove]
+    folder = local_images(parent.id, kept_items)
+    labeled: list[IngestImage] = []
+    unlabeled: list[IngestImage] = []
     removed: list[dict[str, Any]] = []
-    for item in manifest["images"]:
-        if item["sha256"] in remove:
-            removed.append(item)
+    relabeled = newly_labeled = unlabeled_removed = 0
+    is_waiting = {item["sha256"] for item in waiting}
+    for item in every:
+        digest = item["sha256"]
+        if digest in options.remove:
+            if digest in is_waiting:
+                unlabeled_removed += 1
+            else:
+                removed.append(item)
             continue
-        _link_or_copy(folder / item["file"], images_dir / item["sha256"][:2] / item["sha256"])
-        kept.append(
-            IngestImage(
-                sha256=item["sha256"],
-                split=item["split"],
-                labels=tuple(item_labels(item)),
-                source=item.get("source", item["file"]),
-                width=item["width"],
-                height=item["height"],
-                source_format=item.get("format", "unknown"),
-                existing=True,
+        _link_or_copy(folder / item["file"], images_dir / digest[:2] / digest)
+        new_labels = options.labels.get(digest)
+        was_waiting = digest in is_waiting
+        if was_waiting and new_labels is None:
+            unlabeled.append(_ingest_image(item, split=None, labels=(), existing=True))
+            continue
+        labels = tuple(item_labels(item)) if new_labels is None else new_labels
+        if new_labels is not None and not was_waiting and labels != tuple(item_labels(item)):
+            relabeled += 1
+        newly_labeled += was_waiting
+        labeled.append(
+            _ingest_image(
+                item,
+                # a newly labeled image is split like a new one; a relabeled one stays put
+                split=None if was_waiting else item["split"],
+                labels=labels,
+                existing=not was_waiting,
             )
         )
-    return kept, removed
+    return _ParentImages(labeled, unlabeled, removed, relabeled, newly_labeled, unlabeled_removed)
+
+
+def _ingest_image(
+    item: dict[str, Any], *, split: str | None, labels: tuple[str, ...], existing: bool
+) -> IngestImage:
+    return IngestImage(
+        sha256=item["sha256"],
+        split=split,
+        labels=labels,
+        source=item.get("source", item["file"]),
+        width=item["width"],
+        height=item["height"],
+        source_format=item.get("format", "unknown"),
+        existing=existing,
+    )
+
+
+def _check_labels(
+    labels: Mapping[str, tuple[str, ...]], *, classes: Sequence[str], task: Task
+) -> None:
+    """Labels name classes of the dataset: one per image in a multiclass dataset, any number
+    (none: a negative example) in a multi-label one."""
+    known = set(classes)
+    for digest, given in labels.items():
+        if unknown := [label for label in given if label not in known]:
+            raise BadRequestError(
+                f"{unknown[0]!r} (image {digest}) is not a class of the dataset: one of "
+                f"{', '.join(list(classes)[:50])}"
+            )
+        if task is Task.MULTICLASS and len(given) != 1:
+            raise BadRequestError(
+                f"image {digest} is given {len(given)} labels: an image of a multiclass "
+                "dataset has exactly one"
+            )
 
 
 def _count_by_split_and_class(entries: list[tuple[str | None, str]]) -> dict[str, Any]:
@@ -220,12 +302,13 @@ def _count_by_split_and_class(entries: list[tuple[str | None, str]]) -> dict[str
 
 
 def _version_diff(
-    parent: Dataset, images: list[IngestImage], removed: list[dict[str, Any]]
+    parent: Dataset, built: Built, removed: list[dict[str, Any]], *, parents: _ParentImages
 ) -> dict[str, Any]:
-    """What the new version changed: images added and removed, per class and per split."""
+    """What the new version changed: images added (newly labeled ones too) and removed, per
+    class and per split; labeled images relabeled; unlabeled images added and labeled."""
     added = [
         (i.split, LABEL_SEPARATOR.join(i.labels) or NEGATIVE_LABEL)
-        for i in images
+        for i in built.images
         if not i.existing
     ]
     return {
@@ -235,6 +318,11 @@ def _version_diff(
         "removed": _count_by_split_and_class(
             [(r["split"], LABEL_SEPARATOR.join(item_labels(r)) or NEGATIVE_LABEL) for r in removed]
         ),
+        "relabeled": parents.relabeled,
+        "labeled": parents.newly_labeled,
+        "unlabeled_added": sum(1 for i in built.unlabeled if not i.existing),
+        "unlabeled_removed": parents.unlabeled_removed,
+        "unlabeled": len(built.unlabeled),
     }
 
 

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
-
 from app.core.config import get_settings
 from app.core.errors import NotFoundError
-from app.db.base import utcnow
+from app.db.claims import claim_queued, finish_running
 from app.db.locks import lock_key, model_name_key
 from app.db.models import ExportStatus, ModelExport, ModelVersion
 from app.db.session import session_scope
@@ -46,12 +44,7 @@ def _claim(export_id: uuid.UUID, worker_id: str) -> _Claimed | None:
     """Move a queued export to running on this worker; None if it is not queued (built,
     running elsewhere, or gone with its version)."""
     with session_scope() as session:
-        claimed = session.execute(
-            update(ModelExport)
-            .where(ModelExport.id == export_id, ModelExport.status == ExportStatus.QUEUED.value)
-            .values(status=ExportStatus.RUNNING.value, worker_id=worker_id, started_at=utcnow())
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        if not claim_queued(session, ModelExport, export_id, worker_id):
             return None
         export = session.get(ModelExport, export_id)
         assert export is not None
@@ -61,17 +54,7 @@ def _claim(export_id: uuid.UUID, worker_id: str) -> _Claimed | None:
 
 
 def _finish(export_id: uuid.UUID, worker_id: str, **values: Any) -> bool:
-    with session_scope() as session:
-        finished = session.execute(
-            update(ModelExport)
-            .where(
-                ModelExport.id == export_id,
-                ModelExport.status == ExportStatus.RUNNING.value,
-                ModelExport.worker_id == worker_id,
-            )
-            .values(finished_at=utcnow(), **values)
-        )
-        return bool(finished.rowcount == 1)  # type: ignore[attr-defined]
+    return finish_running(ModelExport, export_id, worker_id, **values)
 
 
 def run_export(*, export_id: uuid.UUID, worker_id: str) -> None:

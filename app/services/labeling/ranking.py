@@ -1,0 +1,199 @@
+"""Suggestions and label issues of a dataset version, ranked from its analysis in the API
+(NumPy only); while the analysis is being computed, what to tell the client (Pending)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.core.errors import BadRequestError
+from app.db.models import Dataset
+from app.ml import labeling
+from app.ml.config import Task
+from app.schemas.labeling import (
+    ClassProbability,
+    LabelIssue,
+    LabelIssueList,
+    Suggestion,
+    SuggestionList,
+)
+from app.services.labeling.analyses import (
+    RETRY_AFTER_SECONDS,
+    AnalysisArrays,
+    AnalysisStatus,
+    load_arrays,
+    request_analysis,
+)
+
+# Classes shown with a suggestion.
+SHOWN_CLASSES = 3
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The analysis is not ready: its status, and when to ask again."""
+
+    status: str
+    retry_after_seconds: int
+    detail: str
+
+
+def _ready(session: Session, dataset: Dataset) -> AnalysisArrays | Pending:
+    analysis = request_analysis(session, dataset=dataset)
+    if analysis.status != AnalysisStatus.READY:
+        previous = f" (the last try failed: {analysis.error})" if analysis.error else ""
+        return Pending(
+            status=str(analysis.status),
+            retry_after_seconds=RETRY_AFTER_SECONDS,
+            detail="a worker is computing the features of the version's images"
+            f"{previous}: ask again in {RETRY_AFTER_SECONDS} s",
+        )
+    return load_arrays(analysis)
+
+
+def _thumbnail(dataset: Dataset, image_id: str) -> str:
+    return f"/datasets/{dataset.id}/images/{image_id}/thumbnail"
+
+
+def _likeliest(classes: list[str], row: np.ndarray) -> list[ClassProbability]:
+    order = np.argsort(-row, kind="stable")[:SHOWN_CLASSES]
+    return [ClassProbability(label=classes[i], probability=round(float(row[i]), 4)) for i in order]
+
+
+def suggestions(
+    session: Session, *, dataset: Dataset, count: int, seed: int = 0
+) -> SuggestionList | Pending:
+    """The `count` unlabeled images most worth labeling next (app.ml.labeling.suggest)."""
+    arrays = _ready(session, dataset)
+    if isinstance(arrays, Pending):
+        return arrays
+    classes: list[str] = dataset.class_names
+    task = Task(dataset.task)
+    if task is Task.MULTILABEL:
+        # (no single class per image to be unsure between: typical and diverse images only)
+        per_label = arrays.labels.sum(axis=0) if len(arrays.labels) else np.zeros(len(classes))
+        smallest = int(per_label.min()) if len(classes) else 0
+        strategy = labeling.Strategy.TYPICAL
+        class_indices = np.zeros(len(arrays.labels), dtype=np.int64)
+    else:
+        counts = np.bincount(arrays.labels, minlength=len(classes))
+        smallest = int(counts.min())
+        strategy = (
+            labeling.Strategy.TYPICAL
+            if labeling.cold_start(arrays.labels, len(classes))
+            else labeling.Strategy.UNCERTAIN
+        )
+        class_indices = arrays.labels
+    picks = labeling.suggest(
+        arrays.labeled_features,
+        class_indices,
+        arrays.unlabeled_features,
+        class_count=len(classes),
+        count=count,
+        seed=seed,
+        probabilities=arrays.unlabeled_probabilities,
+        strategy=strategy,
+    )
+    probabilities = arrays.unlabeled_probabilities
+    items = []
+    for pick in picks:
+        row = probabilities[pick.index] if probabilities is not None else None
+        predicted = _likeliest(classes, row) if row is not None else []
+        items.append(
+            Suggestion(
+                image_id=arrays.unlabeled_ids[pick.index],
+                image_url=_thumbnail(dataset, arrays.unlabeled_ids[pick.index]),
+                predicted=predicted,
+                score=round(pick.score, 6),
+                reason=_reason(pick, predicted),
+            )
+        )
+    return SuggestionList(
+        dataset_id=dataset.id,
+        version=dataset.version,
+        strategy=strategy.value,
+        why=_why(strategy, smallest=smallest, task=task),
+        labeled=len(arrays.labeled_ids),
+        smallest_class=smallest,
+        unlabeled=len(arrays.unlabeled_ids),
+        items=items,
+    )
+
+
+def _why(strategy: labeling.Strategy, *, smallest: int, task: Task) -> str:
+    if task is Task.MULTILABEL:
+        return (
+            "a multi-label dataset: typical images of groups of similar images that no labeled "
+            "image is in, one per group"
+        )
+    if strategy is labeling.Strategy.TYPICAL:
+        return (
+            f"the smallest class has {smallest} labeled images (fewer than "
+            f"{labeling.COLD_START_PER_CLASS}): with so few, typical images of groups no labeled "
+            "image is in teach a model more than the ones it is unsure of"
+        )
+    return (
+        f"every class has at least {labeling.COLD_START_PER_CLASS} labeled images: the images "
+        "a model on them is least sure of, one from each group of similar ones"
+    )
+
+
+def _reason(pick: labeling.Suggestion, predicted: list[ClassProbability]) -> str:
+    if pick.strategy is labeling.Strategy.TYPICAL:
+        return "typical of a group of similar images, none of them labeled yet"
+    if len(predicted) >= 2:
+        first, second = predicted[0], predicted[1]
+        return (
+            f"unsure: {first.label} {first.probability:.0%} against {second.label} "
+            f"{second.probability:.0%}"
+        )
+    return "the model is unsure of it"
+
+
+def label_issues(
+    session: Session, *, dataset: Dataset, offset: int, limit: int
+) -> LabelIssueList | Pending:
+    """The labeled images whose given label is likely wrong (app.ml.labeling.label_issues on
+    the analysis' out-of-fold answers), most likely first."""
+    if Task(dataset.task) is Task.MULTILABEL:
+        raise BadRequestError(
+            "label issues are found in multiclass datasets only: a multi-label image's labels "
+            "are not one answer to check"
+        )
+    arrays = _ready(session, dataset)
+    if isinstance(arrays, Pending):
+        return arrays
+    assert arrays.out_of_fold is not None  # (a multiclass analysis has them)
+    classes: list[str] = dataset.class_names
+    found = labeling.label_issues(arrays.out_of_fold, arrays.labels)
+    summary = arrays.summary
+    return LabelIssueList(
+        dataset_id=dataset.id,
+        version=dataset.version,
+        method=(
+            f"confident learning on {summary.get('folds')}-fold out-of-fold probabilities of a "
+            f"softmax regression (L2 {summary.get('l2')}) on {summary.get('base_model')} "
+            f"features at {summary.get('image_size')} px"
+        ),
+        checked=len(arrays.labeled_ids),
+        found=len(found),
+        out_of_fold_accuracy=float(summary.get("out_of_fold_accuracy", 0.0)),
+        offset=offset,
+        limit=limit,
+        items=[
+            LabelIssue(
+                image_id=arrays.labeled_ids[issue.index],
+                image_url=_thumbnail(dataset, arrays.labeled_ids[issue.index]),
+                split=arrays.labeled_splits[issue.index],
+                given_label=classes[issue.given],
+                suggested_label=classes[issue.suggested],
+                given_probability=round(issue.self_confidence, 4),
+                suggested_probability=round(
+                    float(arrays.out_of_fold[issue.index, issue.suggested]), 4
+                ),
+            )
+            for issue in found[offset : offset + limit]
+        ],
+    )
