@@ -151,8 +151,8 @@ def label_issue_run(data: dict[str, Any], *, seed: int) -> dict[str, float]:
     x, y = data["train"]
     class_count = len(data["classes"])
     noisy, flipped = flipped_labels(y, class_count=class_count, seed=seed)
-    probabilities = labeling.out_of_fold_probabilities(x, noisy, class_count=class_count, seed=seed)
-    flagged = {issue.index for issue in labeling.label_issues(probabilities, noisy)}
+    out_of_fold = labeling.out_of_fold_probabilities(x, noisy, class_count=class_count, seed=seed)
+    flagged = {issue.index for issue in labeling.label_issues(out_of_fold.probabilities, noisy)}
     truth = set(flipped.tolist())
     found = len(flagged & truth)
     return {
@@ -160,6 +160,7 @@ def label_issue_run(data: dict[str, Any], *, seed: int) -> dict[str, float]:
         "flagged": len(flagged),
         "precision": found / len(flagged) if flagged else 0.0,
         "recall": found / len(truth),
+        "l2": out_of_fold.l2,
     }
 
 

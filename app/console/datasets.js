@@ -112,6 +112,10 @@ export async function datasetView(container, { id }) {
       "div",
       { class: "actions" },
       el("a", { class: "button", href: `#/train?dataset=${dataset.id}`, id: "train-this" }, "Train a model on it"),
+      stats.unlabeled_count
+        ? el("a", { class: "button secondary", href: `#/datasets/${dataset.id}/suggest`, id: "label-next" }, `Label next (${stats.unlabeled_count} unlabeled)`)
+        : null,
+      dataset.task === "multilabel" ? null : el("a", { class: "button secondary", href: `#/datasets/${dataset.id}/issues`, id: "check-labels" }, "Check the labels"),
       deleteButton(dataset),
     ),
     el("p", { class: "muted", id: "dataset-summary" }, summary(dataset)),
@@ -135,7 +139,8 @@ function summary(dataset) {
     ? `${dataset.class_names.length} labels (multi-label: ${stats.label_cardinality ?? 0} per image on average)`
     : `${dataset.class_names.length} classes`;
   const none = negatives ? ` · ${negatives} negative examples (none of them)` : "";
-  return `${imageCount(dataset)} images, ${labels}${none} · uploaded ${when(dataset.created_at)} · id ${dataset.id}`;
+  const waiting = stats.unlabeled_count ? ` · ${stats.unlabeled_count} unlabeled` : "";
+  return `${imageCount(dataset)} images, ${labels}${none}${waiting} · version ${dataset.version} · uploaded ${when(dataset.created_at)} · id ${dataset.id}`;
 }
 
 function warnings(list) {

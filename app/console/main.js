@@ -3,12 +3,15 @@
 import { api, ApiError, session } from "./api.js";
 import { datasetsView, datasetView } from "./datasets.js";
 import { el, fill } from "./dom.js";
+import { issuesView, suggestionsView } from "./labeling.js";
 import { modelsView } from "./models.js";
 import { predictView } from "./predict.js";
 import { jobsView, jobView, trainView } from "./training.js";
 
 const ROUTES = [
   { pattern: /^#\/datasets\/([0-9a-f-]+)$/, view: datasetView, nav: "datasets" },
+  { pattern: /^#\/datasets\/([0-9a-f-]+)\/suggest$/, view: suggestionsView, nav: "datasets" },
+  { pattern: /^#\/datasets\/([0-9a-f-]+)\/issues$/, view: issuesView, nav: "datasets" },
   { pattern: /^#\/datasets$/, view: datasetsView, nav: "datasets" },
   { pattern: /^#\/train$/, view: trainView, nav: "train" },
   { pattern: /^#\/jobs\/([0-9a-f-]+)$/, view: jobView, nav: "jobs" },

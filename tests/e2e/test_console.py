@@ -469,6 +469,20 @@ def _jobs_list_and_delete(walk: Walk, job_id: str) -> None:
     walk.shot("dataset-deleted")
 
 
+def _signed_in(browser: Any, service: LiveService, folder: str) -> tuple[Any, Any, PageWatch, Walk]:
+    """A new browser context at 1280 px, signed in with the admin key, on the Datasets page."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch = PageWatch(page)
+    walk = Walk(page, service.url, ARTIFACTS / folder)
+    page.set_default_timeout(30_000)
+    page.goto(f"{service.url}/ui")
+    page.fill("#api-key", service.admin_key)
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("#upload-form")
+    return context, page, watch, walk
+
+
 def test_a_multilabel_dataset_in_the_console(
     service: LiveService, browser: Any, tmp_path: Path
 ) -> None:
@@ -487,15 +501,7 @@ def test_a_multilabel_dataset_in_the_console(
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 zipped.write(path, str(path.relative_to(folder)))
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    watch = PageWatch(page)
-    walk = Walk(page, service.url, ARTIFACTS / "multilabel")
-    page.set_default_timeout(30_000)
-    page.goto(f"{service.url}/ui")
-    page.fill("#api-key", service.admin_key)
-    page.click("#sign-in button[type=submit]")
-    page.wait_for_selector("#upload-form")
+    context, page, watch, walk = _signed_in(browser, service, "multilabel")
     page.set_input_files("#upload-form input[type=file]", str(archive))
     page.select_option("#dataset-task", "multilabel")
     page.click("#upload-button")
@@ -533,6 +539,78 @@ def test_a_multilabel_dataset_in_the_console(
     assert answer.startswith("Labels: ") or answer == "None of the labels"
     assert "threshold" in (card.inner_text() or "") or "over" in (card.inner_text() or "")
     walk.shot("multilabel-try-it")
+    assert not watch.errors, watch.errors
+    assert not watch.dialogs, watch.dialogs
+    context.close()
+
+
+def test_labeling_help_in_the_console(service: LiveService, browser: Any, tmp_path: Path) -> None:
+    """A dataset with unlabeled photos and two misfiled ones: label suggested images with a
+    key and a click, then relabel a flagged image; each save is a new version."""
+    train = PHOTOS / "train"
+    archive = tmp_path / "help.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for label, other in (("cats", "dogs"), ("dogs", "cats")):
+            for photo in sorted((train / label).iterdir())[:12]:
+                zipped.write(photo, f"{label}/{photo.name}")
+            misfiled = sorted((train / other).iterdir())[300]
+            zipped.write(misfiled, f"{label}/{misfiled.name}")
+            for photo in sorted((train / label).iterdir())[40:46]:
+                zipped.write(photo, f"_unlabeled/{photo.name}")
+    headers = {"Authorization": f"Bearer {service.admin_key}"}
+    uploaded = httpx.post(
+        f"{service.url}/datasets",
+        files={"file": ("help.zip", archive.read_bytes())},
+        data={"name": "help"},
+        headers=headers,
+        timeout=60,
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    dataset = uploaded.json()
+    context, page, watch, walk = _signed_in(browser, service, "labeling")
+    page.goto(f"{service.url}/ui#/datasets/{dataset['id']}")
+    page.wait_for_selector("#label-next")
+    assert "12 unlabeled" in walk.text("#dataset-summary")
+    page.click("#label-next")
+    page.wait_for_selector("#suggestions figure", timeout=180_000)  # the worker's features
+    cards = page.locator("#suggestions figure")
+    assert cards.count() == 12
+    assert "ranked from 26 labeled ones" in walk.text("#suggest-status")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#suggestions img')].every("
+        "i => i.complete && i.naturalWidth > 0)"
+    )
+    cards.first.focus()
+    page.keyboard.press("1")  # the first class, and on to the next image
+    assert page.evaluate(
+        "document.activeElement === document.querySelectorAll('#suggestions figure')[1]"
+    )
+    cards.nth(1).locator("button.label-choice", has_text="dogs").click()
+    assert "→ cats" in cards.first.inner_text() and "→ dogs" in cards.nth(1).inner_text()
+    walk.shot("suggestions")
+    page.click("#save-labels")
+    page.wait_for_function(
+        "() => location.hash.endsWith('/suggest') && !location.hash.includes('"
+        + dataset["id"]
+        + "')"
+    )
+    versions = httpx.get(f"{service.url}/datasets/{dataset['id']}/versions", headers=headers).json()
+    assert [v["version"] for v in versions] == [1, 2]
+    assert versions[1]["diff"]["labeled"] == 2
+    assert versions[1]["stats"]["unlabeled_count"] == 10
+
+    page.goto(f"{service.url}/ui#/datasets/{versions[1]['id']}/issues")
+    page.wait_for_selector("#label-issues", timeout=180_000)
+    assert "look mislabeled" in walk.text("#issues-status")
+    first = page.locator("#label-issues tbody tr").first
+    given = first.locator("td").nth(1).inner_text()
+    first.locator("select").select_option(index=1)  # relabel it
+    walk.shot("label-issues")
+    page.click("#apply-fixes")
+    page.wait_for_selector("#dataset-title")
+    versions = httpx.get(f"{service.url}/datasets/{dataset['id']}/versions", headers=headers).json()
+    assert len(versions) == 3 and versions[2]["diff"]["relabeled"] == 1, (given, versions[2])
+    assert "version 3" in walk.text("#dataset-summary")
     assert not watch.errors, watch.errors
     assert not watch.dialogs, watch.dialogs
     context.close()
