@@ -32,6 +32,7 @@ FOLDS = 5
 # neighbour counts stay fast and the distances less noisy.
 CLUSTER_DIMENSIONS = 32
 TYPICALITY_NEIGHBOURS = 20
+KMEANS_RESTARTS = 4
 # Margin with diversity: the least certain UNCERTAIN_POOL x count images are clustered into
 # `count` groups and the least certain of each group is picked.
 UNCERTAIN_POOL = 4
@@ -238,10 +239,25 @@ def projected(features: np.ndarray, *, dimensions: int = CLUSTER_DIMENSIONS) -> 
     return np.asarray(reduced / np.maximum(norms, 1e-12))
 
 
-def kmeans(points: np.ndarray, *, clusters: int, seed: int, rounds: int = 25) -> np.ndarray:
-    """Each point's cluster: k-means++ seeding, then Lloyd's rounds."""
-    rng = np.random.default_rng(seed)
+def kmeans(
+    points: np.ndarray, *, clusters: int, seed: int, restarts: int = KMEANS_RESTARTS
+) -> np.ndarray:
+    """Each point's cluster: the tightest (least within-cluster squared distance) of
+    `restarts` runs of k-means++ seeding and Lloyd's rounds (one run can merge two groups
+    and split another)."""
     clusters = max(1, min(clusters, len(points)))
+    best: tuple[float, np.ndarray] | None = None
+    for restart in range(restarts):
+        rng = np.random.default_rng([seed, restart])
+        assignment, inertia = _lloyd(points, _plus_plus(points, clusters, rng))
+        if best is None or inertia < best[0]:
+            best = (inertia, assignment)
+    assert best is not None
+    return best[1]
+
+
+def _plus_plus(points: np.ndarray, clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: each next centre drawn with probability by squared distance."""
     centres = [points[rng.integers(len(points))]]
     nearest = ((points - centres[0]) ** 2).sum(axis=1)
     for _ in range(1, clusters):
@@ -251,19 +267,22 @@ def kmeans(points: np.ndarray, *, clusters: int, seed: int, rounds: int = 25) ->
         )
         centres.append(points[pick])
         nearest = np.minimum(nearest, ((points - points[pick]) ** 2).sum(axis=1))
-    centre_array = np.stack(centres)
-    assignment = np.zeros(len(points), dtype=np.int64)
+    return np.stack(centres)
+
+
+def _lloyd(points: np.ndarray, centres: np.ndarray, rounds: int = 25) -> tuple[np.ndarray, float]:
+    assignment = np.full(len(points), -1, dtype=np.int64)
     for _ in range(rounds):
-        distances = _squared_distances(points, centre_array)
-        new_assignment = distances.argmin(axis=1)
-        if _ and np.array_equal(new_assignment, assignment):
+        new_assignment = _squared_distances(points, centres).argmin(axis=1)
+        if np.array_equal(new_assignment, assignment):
             break
         assignment = new_assignment
-        for cluster in range(clusters):
+        for cluster in range(len(centres)):
             members = points[assignment == cluster]
             if len(members):
-                centre_array[cluster] = members.mean(axis=0)
-    return assignment
+                centres[cluster] = members.mean(axis=0)
+    inertia = float(_squared_distances(points, centres)[np.arange(len(points)), assignment].sum())
+    return assignment, inertia
 
 
 def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
