@@ -282,13 +282,12 @@ class Commands:
         )
         if not found["items"]:
             return ExitCode.OK
-        table = Table("image", "likeliest", "why")
+        # one line each, the id whole (a table would cut it in a narrow or piped terminal)
         for item in found["items"]:
             likeliest = ", ".join(
                 f"{p['label']} {p['probability']:.0%}" for p in item["predicted"][:2]
             )
-            table.add_row(item["image_id"], likeliest, item["reason"])
-        self.out.print(table)
+            self.out.print(f"{item['image_id']}  {likeliest}  ({item['reason']})", soft_wrap=True)
         self.out.print(f"label them: smallvision datasets label {dataset['name']} IMAGE=CLASS ...")
         return ExitCode.OK
 
@@ -302,17 +301,13 @@ class Commands:
         )
         if not found["items"]:
             return ExitCode.OK
-        table = Table("image", "split", "given", "suggested", "p(given)", "p(suggested)")
         for item in found["items"]:
-            table.add_row(
-                item["image_id"],
-                item["split"],
-                item["given_label"],
-                item["suggested_label"],
-                f"{item['given_probability']:.3f}",
-                f"{item['suggested_probability']:.3f}",
+            self.out.print(
+                f"{item['image_id']}  {item['split']}  labeled {item['given_label']} "
+                f"(p {item['given_probability']:.3f}), looks like {item['suggested_label']} "
+                f"(p {item['suggested_probability']:.3f})",
+                soft_wrap=True,
             )
-        self.out.print(table)
         return ExitCode.OK
 
     def datasets_label(self, args: argparse.Namespace) -> ExitCode:
@@ -349,6 +344,8 @@ class Commands:
         if multilabel:
             average = stats.get("label_cardinality", 0)
             summary += f" (multi-label: {average} labels per image on average)"
+        if stats.get("unlabeled_count"):
+            summary += f", {stats['unlabeled_count']} unlabeled (smallvision datasets suggest)"
         self.out.print(summary)
         if negatives := sum((stats.get("negatives") or {}).values()):
             self.out.print(f"{negatives} negative examples (none of the {kinds})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,6 +107,18 @@ def test_upload_train_watch_predict_activate_download(
     assert "saved as model pets version 1" in output
     # 16 training images: too few validation images for the unknown answer, and it says so
     assert "no unknown answer: fewer than 20 validation images" in output
+
+    answers = _ok(smallvision(service, "jobs", "predictions", job_id))
+    assert "test split:" in answers and "right" in answers
+    wrong = client.job_predictions(job_id, mistakes=True)
+    mistakes = _ok(smallvision(service, "jobs", "predictions", job_id, "--mistakes"))
+    assert f"{wrong['matching']} match" in mistakes
+    cell = _ok(
+        smallvision(service, "jobs", "predictions", job_id, "--true", "cats", "--predicted", "dogs")
+    )
+    assert "match" in cell
+    refused = smallvision(service, "jobs", "predictions", job_id, "--true", "horses")
+    assert refused.returncode == ExitCode.REFUSED and "not a class of the model" in refused.stderr
 
     curves = tmp_path / "curves.png"
     _ok(smallvision(service, "jobs", "curves", job_id, "-o", str(curves)))
@@ -377,3 +390,30 @@ def test_a_multilabel_dataset_through_the_command(service: LiveService, tmp_path
         )
     )
     assert "none" in strict and "yes" not in strict
+
+
+def test_labeling_help_through_the_command(service: LiveService, tmp_path: Path) -> None:
+    """Unlabeled photos in the zip: the suggestions, labeling one of them, the label issues."""
+    train = PHOTOS / "train"
+    archive = tmp_path / "help.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for label in ("cats", "dogs"):
+            for photo in sorted((train / label).iterdir())[:12]:
+                zipped.write(photo, f"{label}/{photo.name}")
+            for photo in sorted((train / label).iterdir())[50:53]:
+                zipped.write(photo, f"_unlabeled/{label}-{photo.name}")
+    uploaded = _ok(smallvision(service, "datasets", "upload", str(archive), "--name", "help"))
+    assert "6 unlabeled" in uploaded
+    suggested = _ok(smallvision(service, "datasets", "suggest", "help", "--count", "3"))
+    assert "3 of 6 unlabeled images of help v1 to label next (uncertain_diverse" in suggested
+    lines = [line for line in suggested.splitlines() if re.match(r"^[0-9a-f]{64}  ", line)]
+    assert len(lines) == 3, suggested  # each image's whole id, one line each
+    image = lines[0].split()[0]
+    labeled = _ok(smallvision(service, "datasets", "label", "help", f"{image}=cats"))
+    assert "help v2" in labeled and "1 newly labeled" in labeled and "5 still unlabeled" in labeled
+    issues = _ok(smallvision(service, "datasets", "label-issues", "help"))
+    assert "labeled images of help v2 look mislabeled" in issues
+    wrong = smallvision(service, "datasets", "label", "help", "not-an-assignment")
+    assert wrong.returncode == ExitCode.USAGE and "IMAGE=CLASS" in wrong.stderr
+    unknown = smallvision(service, "datasets", "label", "help", f"{image}=horses")
+    assert unknown.returncode == ExitCode.REFUSED and "not a class of the dataset" in unknown.stderr
