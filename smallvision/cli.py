@@ -274,7 +274,9 @@ class Commands:
 
     def datasets_suggest(self, args: argparse.Namespace) -> ExitCode:
         dataset = self.client.find_dataset(args.dataset)
-        found = self.client.suggestions(dataset["id"], count=args.count)
+        found = self.client.suggestions(
+            dataset["id"], count=args.count, model=args.model, version=args.version
+        )
         self.out.print(
             f"{len(found['items'])} of {found['unlabeled']} unlabeled images of "
             f"{dataset['name']} v{found['version']} to label next ({found['strategy']}: "
@@ -1004,6 +1006,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     suggest.add_argument("dataset", help="name or id")
     suggest.add_argument("--count", type=int, default=20)
+    suggest.add_argument("--model", help="how sure this model is (default: a model on the labels)")
+    suggest.add_argument("--version", type=int, help="of --model (default: its active one)")
     issues = on_datasets.add_parser(
         "label-issues", help="labeled images whose label looks wrong", parents=[after]
     )

@@ -118,6 +118,7 @@ class SuggestionList(TypedDict):
     version: int
     strategy: Literal["typical_diverse", "uncertain_diverse"]
     why: str
+    answers_from: str | None
     labeled: int
     smallest_class: int
     unlabeled: int
@@ -617,15 +618,26 @@ class Client:
             time.sleep(pause)
 
     def suggestions(
-        self, dataset_id: str, *, count: int = 20, seed: int = 0, wait_seconds: float = 600.0
+        self,
+        dataset_id: str,
+        *,
+        count: int = 20,
+        seed: int = 0,
+        model: str | None = None,
+        version: int | None = None,
+        wait_seconds: float = 600.0,
     ) -> SuggestionList:
-        """The unlabeled images of the dataset version most worth labeling next."""
+        """The unlabeled images of the dataset version most worth labeling next (how sure:
+        by `model`, else by a model on the labeled images' features)."""
+        params: dict[str, Any] = {"count": count, "seed": seed}
+        if model is not None:
+            params["model"] = model
+        if version is not None:
+            params["version"] = version
         return cast(
             SuggestionList,
             self._analysed(
-                f"/datasets/{dataset_id}/suggestions",
-                {"count": count, "seed": seed},
-                wait_seconds=wait_seconds,
+                f"/datasets/{dataset_id}/suggestions", params, wait_seconds=wait_seconds
             ),
         )
 

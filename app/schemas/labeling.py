@@ -42,6 +42,10 @@ class SuggestionList(BaseModel):
     version: int
     strategy: str = Field(description="typical_diverse or uncertain_diverse")
     why: str = Field(description="why this strategy, for this dataset now")
+    answers_from: str | None = Field(
+        description="what gave the unlabeled images' class probabilities: the request's "
+        "model (name and version), or a softmax regression on the labeled images' features"
+    )
     labeled: int = Field(description="labeled images the ranking learned from")
     smallest_class: int = Field(description="labeled images of the smallest class")
     unlabeled: int = Field(description="unlabeled images it ranked")

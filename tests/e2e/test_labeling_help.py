@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import worker_stack
+from tests.processes import wait_job_finished
 from tests.zips import PHOTOS
 
 LABELED_PER_CLASS = 16
@@ -153,6 +154,39 @@ def test_suggest_label_and_fix_labels_on_real_photos(stack) -> None:
     # the new version has its own analysis: the labeled suggestions are not suggested again
     again = _ready(client, f"/datasets/{version['id']}/suggestions", log, count=6)
     assert not {s["image_id"] for s in again["items"]} & {s["image_id"] for s in found["items"]}
+    assert again["answers_from"] == "a softmax regression on the labeled images' features"
+
+    # How sure a trained model is, instead: its answers for every unlabeled image (version 1:
+    # a 32 px model of 40 photos may stay at chance, then it is kept but not active).
+    started = client.post(
+        "/jobs",
+        json={
+            "dataset_id": version["id"],
+            "method": "bottleneck",
+            "image_size": 32,
+            "model_name": "pets-help",
+            "epochs": 2,
+        },
+    )
+    assert started.status_code == 202, started.text
+    job = wait_job_finished(client, started.json()["id"], log=log, timeout=240)
+    assert job["status"] == "succeeded", job["error"]
+    by_model = _ready(
+        client, f"/datasets/{version['id']}/suggestions", log, count=4, model="pets-help", version=1
+    )
+    assert by_model["answers_from"] == "pets-help v1"
+    first = by_model["items"][0]
+    answer = client.post(
+        "/predict",
+        files={"file": ("x.jpg", _photo_of(first["image_id"], version["id"]))},
+        data={"model": "pets-help", "version": "1", "detect_unknown": "false"},
+    ).json()["predictions"][0]["labels"]
+    assert first["predicted"][0]["label"] == answer[0]["label"]
+    assert first["predicted"][0]["probability"] == pytest.approx(answer[0]["probability"], abs=1e-3)
+    missing = client.get(
+        f"/datasets/{version['id']}/suggestions", params={"model": "no-such-model"}
+    )
+    assert missing.status_code == 404
 
 
 def test_few_labels_start_with_typical_images(stack) -> None:
@@ -189,3 +223,15 @@ def _sources(client: TestClient, dataset_id: str) -> dict[str, str]:
         item["sha256"]: Path(item["source"]).name
         for item in [*manifest["images"], *manifest.get("unlabeled", [])]
     }
+
+
+def _photo_of(image_id: str, dataset_id: str) -> bytes:
+    from app.db.models import Dataset
+    from app.db.session import session_scope
+    from app.services.datasets import read_image
+    from app.services.previews import image_entry
+
+    with session_scope() as session:
+        dataset = session.get(Dataset, uuid.UUID(dataset_id))
+        assert dataset is not None
+        return read_image(dataset, image_entry(dataset, image_id))

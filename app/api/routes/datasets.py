@@ -18,7 +18,14 @@ from app.api.bodies import (
     receive_multipart,
     validate_form,
 )
-from app.api.deps import MAX_OFFSET, SessionDep, Trainer, ValidDataset
+from app.api.deps import (
+    MAX_OFFSET,
+    DecodeBudgetDep,
+    ModelCacheDep,
+    SessionDep,
+    Trainer,
+    ValidDataset,
+)
 from app.core.config import get_settings
 from app.core.errors import BadRequestError
 from app.schemas.datasets import (
@@ -192,20 +199,53 @@ def _pending(dataset: ValidDataset, pending: labeling.Pending) -> JSONResponse:
     )
 
 
-@router.get("/{dataset_id}/suggestions", response_model=SuggestionList, responses=_ANALYSIS_PENDING)
-def suggest_images(
+@router.get(
+    "/{dataset_id}/suggestions",
+    response_model=SuggestionList,
+    responses={**_ANALYSIS_PENDING, 400: {"description": "a model of other classes"}},
+)
+async def suggest_images(
     dataset: ValidDataset,
     session: SessionDep,
+    cache: ModelCacheDep,
+    budget: DecodeBudgetDep,
+    principal: Trainer,
     count: Annotated[int, Query(ge=1, le=200)] = 20,
     seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    model: Annotated[str | None, Query(max_length=200)] = None,
+    version: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
 ) -> SuggestionList | JSONResponse:
-    """The unlabeled images of this version most worth labeling next, each with the classes a
-    model on the labeled images gives it and why it was picked: while a class has fewer than
-    10 labeled images, typical images of groups no labeled image is in; then the images that
-    model is least sure of, one per group of similar ones. The first request has a worker
-    compute the version's features (202 with Retry-After until then)."""
-    found = labeling.suggestions(session, dataset=dataset, count=count, seed=seed)
-    return _pending(dataset, found) if isinstance(found, labeling.Pending) else found
+    """The unlabeled images of this version most worth labeling next, each with its likeliest
+    classes and why it was picked: while a class has fewer than 10 labeled images, typical
+    images of groups no labeled image is in; then the images least sure of, one per group of
+    similar ones. "Sure" by `model` (one of yours with the dataset's classes; `version`, else
+    its active one) or by a softmax regression on the labeled images' features. The first
+    request has a worker compute the version's features (202 with Retry-After until then)."""
+    arrays = await run_in_threadpool(lambda: labeling.ready(session, dataset=dataset))
+    if isinstance(arrays, labeling.Pending):
+        return _pending(dataset, arrays)
+    probabilities, answered_by = None, None
+    if model is not None and arrays.unlabeled_ids:
+        probabilities, answered_by = await labeling.model_answers(
+            session,
+            dataset=dataset,
+            arrays=arrays,
+            model=model,
+            version=version,
+            cache=cache,
+            budget=budget,
+            principal=principal,
+        )
+    return await run_in_threadpool(
+        lambda: labeling.suggestions(
+            dataset,
+            arrays,
+            count=count,
+            seed=seed,
+            probabilities=probabilities,
+            answered_by=answered_by,
+        )
+    )
 
 
 @router.get(

@@ -7,12 +7,14 @@ wrong (label issues), from a dataset version's analysis.
 """
 
 from app.services.labeling.analyses import AnalysisStatus, request_analysis, run_analysis
-from app.services.labeling.ranking import Pending, label_issues, suggestions
+from app.services.labeling.ranking import Pending, label_issues, model_answers, ready, suggestions
 
 __all__ = [
     "AnalysisStatus",
     "Pending",
     "label_issues",
+    "model_answers",
+    "ready",
     "request_analysis",
     "run_analysis",
     "suggestions",

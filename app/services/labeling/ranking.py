@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import threading
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
+from app.core.config import get_settings
 from app.core.errors import BadRequestError
 from app.db.models import Dataset
 from app.ml import labeling
@@ -19,6 +24,10 @@ from app.schemas.labeling import (
     Suggestion,
     SuggestionList,
 )
+from app.services import inference, model_versions
+from app.services.auth import Principal
+from app.services.datasets import read_image
+from app.services.inference import ImagePayload, MemoryBudget, ModelCache
 from app.services.labeling.analyses import (
     RETRY_AFTER_SECONDS,
     AnalysisArrays,
@@ -26,9 +35,14 @@ from app.services.labeling.analyses import (
     load_arrays,
     request_analysis,
 )
+from app.services.previews import image_entry
 
 # Classes shown with a suggestion.
 SHOWN_CLASSES = 3
+# (model version, dataset version) pairs whose answers on the unlabeled images are kept.
+KEPT_MODEL_ANSWERS = 8
+_answers: OrderedDict[tuple[uuid.UUID, uuid.UUID], np.ndarray] = OrderedDict()
+_answers_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -62,13 +76,81 @@ def _likeliest(classes: list[str], row: np.ndarray) -> list[ClassProbability]:
     return [ClassProbability(label=classes[i], probability=round(float(row[i]), 4)) for i in order]
 
 
+def ready(session: Session, *, dataset: Dataset) -> AnalysisArrays | Pending:
+    """The version's analysis, loaded, or what to tell the client while it is computed."""
+    return _ready(session, dataset)
+
+
+async def model_answers(
+    session: Session,
+    *,
+    dataset: Dataset,
+    arrays: AnalysisArrays,
+    model: str,
+    version: int | None,
+    cache: ModelCache,
+    budget: MemoryBudget,
+    principal: Principal,
+) -> tuple[np.ndarray, str]:
+    """A trained model's class probabilities of the version's unlabeled images (in chunks of
+    at most `max_predict_images`, as a prediction request is bounded), and its name and
+    version; remembered per model version and dataset version (both never change).
+    BadRequestError where the model's classes are not the dataset's."""
+    ref = await run_in_threadpool(
+        lambda: model_versions.resolve_version(
+            session, name=model, version=version, principal=principal
+        )
+    )
+    answered_by = f"{ref.name} v{ref.version}"
+    key = (ref.id, dataset.id)
+    with _answers_lock:
+        if key in _answers:
+            _answers.move_to_end(key)
+            return _answers[key], answered_by
+    images = list(arrays.unlabeled_ids)
+    chunk = get_settings().max_predict_images
+    found: list[np.ndarray] = [np.zeros((0, len(dataset.class_names)))]
+    for start in range(0, len(images), chunk):
+        files = await run_in_threadpool(_unlabeled_files, dataset, images[start : start + chunk])
+        result = await inference.predict_images(
+            cache=cache,
+            budget=budget,
+            principal=principal,
+            images=[ImagePayload(data=data) for data in files],
+            model=ref.name,
+            version=ref.version,
+            detect_unknown=False,
+        )
+        if result.classes != list(dataset.class_names):
+            raise BadRequestError(
+                f"{answered_by}'s classes ({', '.join(result.classes[:20])}) are not the "
+                f"dataset's ({', '.join(dataset.class_names[:20])})"
+            )
+        found.append(result.probabilities)
+    answers = np.concatenate(found)
+    with _answers_lock:
+        _answers[key] = answers
+        while len(_answers) > KEPT_MODEL_ANSWERS:
+            _answers.popitem(last=False)
+    return answers, answered_by
+
+
+def _unlabeled_files(dataset: Dataset, image_ids: list[str]) -> list[bytes]:
+    return [read_image(dataset, image_entry(dataset, image_id)) for image_id in image_ids]
+
+
 def suggestions(
-    session: Session, *, dataset: Dataset, count: int, seed: int = 0
-) -> SuggestionList | Pending:
-    """The `count` unlabeled images most worth labeling next (app.ml.labeling.suggest)."""
-    arrays = _ready(session, dataset)
-    if isinstance(arrays, Pending):
-        return arrays
+    dataset: Dataset,
+    arrays: AnalysisArrays,
+    *,
+    count: int,
+    seed: int = 0,
+    probabilities: np.ndarray | None = None,
+    answered_by: str | None = None,
+) -> SuggestionList:
+    """The `count` unlabeled images most worth labeling next (app.ml.labeling.suggest), with
+    the unlabeled images' answers of a trained model (`probabilities`, by `answered_by`) or
+    of the analysis' softmax regression."""
     classes: list[str] = dataset.class_names
     task = Task(dataset.task)
     if task is Task.MULTILABEL:
@@ -86,6 +168,9 @@ def suggestions(
             else labeling.Strategy.UNCERTAIN
         )
         class_indices = arrays.labels
+    if probabilities is None:
+        probabilities = arrays.unlabeled_probabilities
+        answered_by = "a softmax regression on the labeled images' features"
     picks = labeling.suggest(
         arrays.labeled_features,
         class_indices,
@@ -93,10 +178,9 @@ def suggestions(
         class_count=len(classes),
         count=count,
         seed=seed,
-        probabilities=arrays.unlabeled_probabilities,
+        probabilities=probabilities,
         strategy=strategy,
     )
-    probabilities = arrays.unlabeled_probabilities
     items = []
     for pick in picks:
         row = probabilities[pick.index] if probabilities is not None else None
@@ -115,6 +199,7 @@ def suggestions(
         version=dataset.version,
         strategy=strategy.value,
         why=_why(strategy, smallest=smallest, task=task),
+        answers_from=answered_by if probabilities is not None else None,
         labeled=len(arrays.labeled_ids),
         smallest_class=smallest,
         unlabeled=len(arrays.unlabeled_ids),
