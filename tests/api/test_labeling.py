@@ -78,3 +78,48 @@ def test_another_owners_dataset_is_not_found(configure, sqlite_url: str) -> None
         assert labeled.status_code == 201, labeled.text
         assert labeled.json()["stats"]["unlabeled_count"] == 1
         assert labeled.json()["diff"]["labeled"] == 1
+
+
+def test_a_new_version_can_bring_unlabeled_images_alone(configure, sqlite_url: str) -> None:
+    """A zip of only `_unlabeled/` adds images waiting for labels to a new version, minus a
+    copy of a labeled one; the labeled images and the fingerprint's labeled part stay."""
+    configure(database_url=sqlite_url)
+    migrate(sqlite_url)
+    with TestClient(create_app()) as client:
+        headers = {"Authorization": f"Bearer {api_key('train')}"}
+        first = client.post(
+            "/datasets", files={"file": ("d.zip", _zip(3, 0))}, data={"name": "d"}, headers=headers
+        ).json()
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for index in range(4):
+                archive.writestr(
+                    f"_unlabeled/new-{index}.png", image_bytes("PNG", seed=7000 + index)
+                )
+            archive.writestr("_unlabeled/copy.png", image_bytes("PNG", seed=0))  # cats/0.png
+        added = client.post(
+            f"/datasets/{first['id']}/versions",
+            files={"file": ("u.zip", buffer.getvalue())},
+            headers=headers,
+        )
+        assert added.status_code == 201, added.text
+        version = added.json()
+        assert version["stats"]["unlabeled_count"] == 4
+        assert version["stats"]["image_count"] == first["stats"]["image_count"]
+        assert version["diff"]["unlabeled_added"] == 4 and version["diff"]["added"]["count"] == 0
+        assert version["fingerprint"] != first["fingerprint"]
+        assert any(d["file"] == "_unlabeled/copy.png" for d in version["stats"]["duplicates"])
+        removed = client.post(
+            f"/datasets/{version['id']}/labels",
+            json={"remove": [load_manifest_ids(version["id"])[0]]},
+            headers=headers,
+        )
+        assert removed.status_code == 201, removed.text
+        assert removed.json()["diff"]["unlabeled_removed"] == 1
+        assert removed.json()["stats"]["unlabeled_count"] == 3
+
+
+def load_manifest_ids(dataset_id: str) -> list[str]:
+    from app.services.datasets import load_manifest
+
+    return [item["sha256"] for item in load_manifest(uuid.UUID(dataset_id))["unlabeled"]]

@@ -215,7 +215,7 @@ class Ingest:
                     others, self.report, negative_folder=negative_folder
                 )
             self._check_task(candidates)
-            _check_plan(candidates, has_splits=has_splits, adding=adding)
+            _check_plan(candidates, has_splits=has_splits, adding=adding, unlabeled=len(unlabeled))
             labels = _classes_of(candidates)
             if not adding:
                 self._check_class_count(labels)
@@ -500,9 +500,11 @@ def _plan_listed(
     return candidates, has_splits
 
 
-def _check_plan(candidates: list[_Candidate], *, has_splits: bool, adding: bool) -> None:
+def _check_plan(
+    candidates: list[_Candidate], *, has_splits: bool, adding: bool, unlabeled: int
+) -> None:
     """The rules every plan keeps: classes agree across splits, names fit, and an upload has
-    two classes (a zip adding to a version may hold one)."""
+    two classes (a zip adding to a version may hold one, or only unlabeled images)."""
     if has_splits and not adding:
         _check_split_classes(candidates)
     labels = _classes_of(candidates)
@@ -512,8 +514,10 @@ def _check_plan(candidates: list[_Candidate], *, has_splits: bool, adding: bool)
             f"{len(too_long)} are longer, e.g. {too_long[0][:60]!r}... ({len(too_long[0])})"
         )
     if adding:
-        if not labels:
-            raise BadRequestError("the zip holds no images inside class folders")
+        if not labels and not unlabeled:
+            raise BadRequestError(
+                f"the zip holds no images inside class folders (or {UNLABELED_FOLDER}/)"
+            )
     else:
         require_two_classes(labels, what="the zip")
 
