@@ -202,7 +202,8 @@ def run_all(*, host: str, port: int) -> int:
     migrate()
     settings = get_settings()
     print(
-        f"smallvision: API on http://{host}:{port} (docs at /docs), worker on {settings.broker_url}"
+        f"smallvision: console on http://{host}:{port}/ui, API on http://{host}:{port} (docs "
+        f"at /docs), worker on {settings.broker_url}"
         f"\n  database {settings.database_url}\n  Ctrl-C stops both.",
         flush=True,
     )

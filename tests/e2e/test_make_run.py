@@ -85,6 +85,7 @@ def _walk_then_ctrl_c(service: LiveService, tmp_path: Path, log: Path) -> None:
     base, data_dir, launcher = service.url, service.data_dir, service.launcher
     assert (data_dir / "smallvision.db").exists()
     assert (data_dir / "broker.db").exists()
+    assert f"console on {base}/ui" in log.read_text()  # where a person goes first
 
     # The first start prints an admin key; nothing but health answers without one.
     assert httpx.post(f"{base}/workers/check", timeout=10).status_code == 401
