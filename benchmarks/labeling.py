@@ -41,7 +41,8 @@ FLIPPED = 0.10
 # What a strategy is compared by: the labels it needs to reach random's final accuracy.
 SAVING_TARGET = 0.30
 MOST_BELOW_RANDOM = 0.01
-PLOT = PROJECT_ROOT / "docs" / "labeling-curves.png"
+# Each head's results have their own section and plot.
+SECTIONS = {"default": "labeling", "linear": "labeling-linear"}
 STRATEGIES = ("service", Strategy.TYPICAL.value, Strategy.UNCERTAIN.value, Strategy.RANDOM.value)
 
 
@@ -190,7 +191,9 @@ def labels_to_reach(curve: list[tuple[int, float, float]], target: float) -> flo
     return None
 
 
-def run(*, seeds: list[int], head_kind: str, cache: Path, sets: list[str]) -> dict[str, Any]:
+def run(
+    *, seeds: list[int], head_kind: str, cache: Path, sets: list[str], strategies: list[str]
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in sets:
         data = features_of(name, image_size=224, cache=cache)
@@ -199,7 +202,7 @@ def run(*, seeds: list[int], head_kind: str, cache: Path, sets: list[str]) -> di
             strategy: mean_curve(
                 [simulate(data, strategy=strategy, seed=seed, head=head) for seed in seeds]
             )
-            for strategy in STRATEGIES
+            for strategy in strategies
         }
         issues = [label_issue_run(data, seed=seed) for seed in seeds]
         results[name] = {"curves": curves, "issues": issues, "classes": len(data["classes"])}
@@ -208,7 +211,11 @@ def run(*, seeds: list[int], head_kind: str, cache: Path, sets: list[str]) -> di
     return results
 
 
-def plot(results: dict[str, Any]) -> None:
+def plot_path(head_kind: str) -> Path:
+    return PROJECT_ROOT / "docs" / f"{SECTIONS[head_kind]}-curves.png"
+
+
+def plot(results: dict[str, Any], *, head_kind: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,7 +235,7 @@ def plot(results: dict[str, Any]) -> None:
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(PLOT, dpi=110)
+    figure.savefig(plot_path(head_kind), dpi=110)
 
 
 def report(results: dict[str, Any], *, seeds: list[int], head_kind: str, command: str) -> str:
@@ -237,8 +244,12 @@ def report(results: dict[str, Any], *, seeds: list[int], head_kind: str, command
         "a dense head, chosen on the validation split)",
         "linear": "the softmax regression the service ranks with",
     }[head_kind]
+    title = {
+        "default": "suggestions against random with the default head, and flipped labels found",
+        "linear": "each strategy against random with the ranking's own model",
+    }[head_kind]
     lines = [
-        "## Labeling help: suggestions against random, and flipped labels found",
+        f"## Labeling help: {title}",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}, with `{command}`. "
         f"Seeds {', '.join(map(str, seeds))}; MobileNetV2 features at 224 px.",
@@ -288,7 +299,7 @@ def report(results: dict[str, Any], *, seeds: list[int], head_kind: str, command
             )
     lines += [
         "",
-        "![learning curves of each strategy](labeling-curves.png)",
+        f"![learning curves of each strategy]({plot_path(head_kind).name})",
         "",
         f"Label issues: {FLIPPED:.0%} of each set's training labels flipped to another class "
         f"at random; {labeling.FOLDS}-fold out-of-fold probabilities from the softmax "
@@ -317,6 +328,13 @@ def main() -> None:
     parser.add_argument("--head", choices=("default", "linear"), default="default")
     parser.add_argument("--sets", nargs="+", default=None, help="default: every shared set")
     parser.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=STRATEGIES,
+        default=list(STRATEGIES),
+        help="default: the service's rule, each strategy alone, and random",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=PROJECT_ROOT / "var" / "benchmarks" / "outlier-features",
@@ -326,15 +344,27 @@ def main() -> None:
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     sets = args.sets or set_names()
-    results = run(seeds=args.seeds, head_kind=args.head, cache=args.cache, sets=sets)
+    if "random" not in args.strategies:
+        parser.error("random is what every strategy is measured against: keep it")
+    results = run(
+        seeds=args.seeds,
+        head_kind=args.head,
+        cache=args.cache,
+        sets=sets,
+        strategies=args.strategies,
+    )
     command = "python -m benchmarks.labeling " + " ".join(
-        [f"--seeds {' '.join(map(str, args.seeds))}", f"--head {args.head}"]
+        [
+            f"--seeds {' '.join(map(str, args.seeds))}",
+            f"--head {args.head}",
+            f"--strategies {' '.join(args.strategies)}",
+        ]
     )
     body = report(results, seeds=args.seeds, head_kind=args.head, command=command)
     print(body)
     if not args.no_write:
-        plot(results)
-        write_section("labeling", body)
+        plot(results, head_kind=args.head)
+        write_section(SECTIONS[args.head], body)
 
 
 if __name__ == "__main__":

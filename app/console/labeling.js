@@ -49,7 +49,8 @@ export async function suggestionsView(container, { id, view }) {
   const status = el("p", { class: "muted", id: "suggest-status" }, "Ranking the unlabeled images…");
   fill(container, header(dataset, "Label next"), status);
   if (dataset.task === "multilabel") {
-    fill(status, "Suggestions are labeled here for multiclass datasets; label a multi-label dataset's images with the API (POST /datasets/{id}/labels).");
+    fill(status, "Suggestions are labeled here for multiclass datasets; label a multi-label dataset's images with `smallvision datasets suggest` and `label`, or POST /datasets/{id}/labels.");
+    return;
   }
   if (!(dataset.stats.unlabeled_count > 0)) {
     fill(status, "This version has no unlabeled images. Add some in a zip folder named _unlabeled (a new version: POST /datasets/{id}/versions).");

@@ -273,9 +273,12 @@ function answersView(jobId, evaluation) {
   let filter = {};
   let offset = 0;
   let urls = [];
+  let asked = 0; // the latest request: an answer to an earlier one (another cell) is dropped
   async function load() {
+    const mine = ++asked;
     const query = new URLSearchParams({ limit: ANSWERS_PER_PAGE, offset, ...filter });
     const page = await api(`/jobs/${jobId}/predictions?${query}`);
+    if (mine !== asked) return;
     const wrong = page.evaluated - page.correct;
     fill(summary, filter.mistakes
       ? `${wrong} of the ${page.evaluated} ${page.split} images answered wrong${wrong ? " (true label, then the answer):" : "."}`
@@ -288,7 +291,11 @@ function answersView(jobId, evaluation) {
           el("figcaption", {}, el("span", {}, item.true_labels.join(", ") || "(no label)"), " → ",
             el("strong", {}, item.predicted_labels.join(", ") || "(none)"), ` ${percent(top, 0)}`)),
       );
-      blobUrl(`${item.image_url}?size=240`).then((url) => { urls.push(url); image.src = url; }, () => image.classList.add("missing"));
+      blobUrl(`${item.image_url}?size=240`).then((url) => {
+        if (mine !== asked) return URL.revokeObjectURL(url);
+        urls.push(url);
+        image.src = url;
+      }, () => image.classList.add("missing"));
     }
     offset += page.items.length;
     more.hidden = offset >= page.matching;

@@ -99,6 +99,12 @@ class ServiceUnavailableError(AppError):
     code = "service_unavailable"
 
 
+class AnalysisFailedError(ServiceUnavailableError):
+    """A dataset version's analysis (labeling help) failed in the worker; its error says why."""
+
+    code = "analysis_failed"
+
+
 class ModelUnavailableError(AppError):
     """A registered version whose files cannot be served (checksum mismatch, missing files,
     Keras refusing to load them) or that did not answer in time."""

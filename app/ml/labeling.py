@@ -33,6 +33,12 @@ FOLDS = 5
 CLUSTER_DIMENSIONS = 32
 TYPICALITY_NEIGHBOURS = 20
 KMEANS_RESTARTS = 4
+# Bounds on one ranking's cost (it runs in an API request): images clustered, clusters,
+# neighbours typicality is measured against, rows of distances at once.
+MAX_CLUSTERED_IMAGES = 4000
+MAX_CLUSTERS = 400
+MAX_TYPICALITY_REFERENCES = 1000
+TYPICALITY_CHUNK = 512
 # Margin with diversity: the least certain UNCERTAIN_POOL x count images are clustered into
 # `count` groups and the least certain of each group is picked.
 UNCERTAIN_POOL = 4
@@ -277,10 +283,11 @@ def _lloyd(points: np.ndarray, centres: np.ndarray, rounds: int = 25) -> tuple[n
         if np.array_equal(new_assignment, assignment):
             break
         assignment = new_assignment
-        for cluster in range(len(centres)):
-            members = points[assignment == cluster]
-            if len(members):
-                centres[cluster] = members.mean(axis=0)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, assignment, points)
+        sizes = np.bincount(assignment, minlength=len(centres))
+        filled = sizes > 0
+        centres[filled] = sums[filled] / sizes[filled, None]
     inertia = float(_squared_distances(points, centres)[np.arange(len(points)), assignment].sum())
     return assignment, inertia
 
@@ -290,26 +297,55 @@ def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(np.maximum(squared, 0.0))
 
 
-def typicality(points: np.ndarray, *, neighbours: int = TYPICALITY_NEIGHBOURS) -> np.ndarray:
-    """1 / the mean distance to a point's nearest neighbours (among `points`)."""
+def typicality(
+    points: np.ndarray,
+    *,
+    neighbours: int = TYPICALITY_NEIGHBOURS,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """1 / the mean distance of each point to its nearest neighbours among `points` (among
+    a sample of MAX_TYPICALITY_REFERENCES of them where there are more: the memory stays
+    points x references), computed in chunks of rows."""
     if len(points) < 2:
         return np.ones(len(points))
-    k = min(neighbours, len(points) - 1)
-    distances = np.sqrt(_squared_distances(points, points))
-    np.fill_diagonal(distances, np.inf)
-    nearest = np.partition(distances, k - 1, axis=1)[:, :k]
-    return np.asarray(1.0 / (nearest.mean(axis=1) + 1e-12))
+    if len(points) > MAX_TYPICALITY_REFERENCES:
+        rng = rng or np.random.default_rng(0)
+        references = np.sort(rng.choice(len(points), MAX_TYPICALITY_REFERENCES, replace=False))
+    else:
+        references = np.arange(len(points))
+    k = min(neighbours, len(references) - 1)
+    scores = np.empty(len(points))
+    for start in range(0, len(points), TYPICALITY_CHUNK):
+        rows = np.arange(start, min(start + TYPICALITY_CHUNK, len(points)))
+        distances = np.sqrt(_squared_distances(points[rows], points[references]))
+        distances[rows[:, None] == references[None, :]] = np.inf  # not its own neighbour
+        nearest = np.partition(distances, k - 1, axis=1)[:, :k]
+        scores[rows] = 1.0 / (nearest.mean(axis=1) + 1e-12)
+    return scores
+
+
+def _sample(count: int, most: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of at most `most` of `count` items (all of them, in order, if there are few)."""
+    if count <= most:
+        return np.arange(count)
+    return np.sort(rng.choice(count, most, replace=False))
 
 
 def typical_and_diverse(
     labeled: np.ndarray, unlabeled: np.ndarray, *, count: int, seed: int
 ) -> list[Suggestion]:
-    """TypiClust: cluster every image (labeled and not) into as many clusters as there will
-    be labels after this round; from the largest clusters that hold no labeled image yet,
-    the most typical unlabeled image of each."""
-    points = projected(np.concatenate([labeled, unlabeled]))
-    labeled_count = len(labeled)
-    assignment = kmeans(points, clusters=labeled_count + count, seed=seed)
+    """TypiClust: cluster the images (labeled and not) into as many clusters as there will
+    be labels after this round (at most MAX_CLUSTERS); from the largest clusters that hold no
+    labeled image yet, the most typical unlabeled image of each. A large set is clustered
+    on a seeded sample of MAX_CLUSTERED_IMAGES of its images (a quarter of them labeled at
+    most), which bounds the time and memory of a request."""
+    rng = np.random.default_rng(seed)
+    kept_labeled = _sample(len(labeled), MAX_CLUSTERED_IMAGES // 4, rng)
+    kept = _sample(len(unlabeled), MAX_CLUSTERED_IMAGES - len(kept_labeled), rng)
+    points = projected(np.concatenate([labeled[kept_labeled], unlabeled[kept]]))
+    labeled_count = len(kept_labeled)
+    clusters = min(labeled_count + count, MAX_CLUSTERS)
+    assignment = kmeans(points, clusters=clusters, seed=seed)
     covered = set(assignment[:labeled_count].tolist())
     unlabeled_clusters = assignment[labeled_count:]
     sizes = np.bincount(assignment)
@@ -320,7 +356,7 @@ def typical_and_diverse(
     picked: list[Suggestion] = []
     for cluster in order[:count]:
         members = np.flatnonzero(assignment == cluster)
-        scores = typicality(points[members])
+        scores = typicality(points[members], rng=rng)
         candidates = [
             (score, member - labeled_count)
             for score, member in zip(scores, members, strict=True)
@@ -329,19 +365,22 @@ def typical_and_diverse(
         score, index = max(candidates)
         picked.append(
             Suggestion(
-                index=int(index), strategy=Strategy.TYPICAL, score=float(score), cluster=cluster
+                index=int(kept[index]),
+                strategy=Strategy.TYPICAL,
+                score=float(score),
+                cluster=cluster,
             )
         )
     if len(picked) < count:  # fewer clusters than asked: the next most typical images
         taken = {s.index for s in picked}
-        scores = typicality(points)[labeled_count:]
+        scores = typicality(points, rng=rng)[labeled_count:]
         for index in np.argsort(-scores):
             if len(picked) == count:
                 break
-            if int(index) not in taken:
+            if int(kept[index]) not in taken:
                 cluster = int(unlabeled_clusters[index])
                 picked.append(
-                    Suggestion(int(index), Strategy.TYPICAL, float(scores[index]), cluster)
+                    Suggestion(int(kept[index]), Strategy.TYPICAL, float(scores[index]), cluster)
                 )
     return picked
 

@@ -14,8 +14,9 @@ from app.core.config import Settings
 from app.core.errors import NotFoundError
 from app.db.models import Dataset
 from app.ml.data import item_labels
-from app.ml.images import decode_image
+from app.ml.images import decode_image, decode_opened, open_image
 from app.services.datasets import load_manifest, read_image
+from app.services.inference import MemoryBudget
 
 THUMB = 112
 PAD = 6
@@ -104,12 +105,17 @@ def image_entry(dataset: Dataset, image_id: str) -> dict[str, Any]:
     return item
 
 
-def thumbnail_jpeg(dataset: Dataset, image_id: str, *, size: int, settings: Settings) -> bytes:
+def thumbnail_jpeg(
+    dataset: Dataset, image_id: str, *, size: int, settings: Settings, budget: MemoryBudget
+) -> bytes:
     """One image of the dataset as a JPEG at most `size` pixels on a side, upright (EXIF
-    orientation applied, as training saw it)."""
+    orientation applied, as training saw it), decoded under the process' decode budget (a
+    grid asks for dozens at once)."""
     data = read_image(dataset, image_entry(dataset, image_id))
-    image = decode_image(data, max_pixels=settings.max_image_pixels, target_size=size).image
-    image.thumbnail((size, size))
+    opened = open_image(data, max_pixels=settings.max_image_pixels, target_size=size)
+    with budget.reserve(opened.decode_bytes, timeout=settings.predict_timeout_seconds):
+        image = decode_opened(opened).image
+        image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()

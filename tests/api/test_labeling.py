@@ -123,3 +123,40 @@ def load_manifest_ids(dataset_id: str) -> list[str]:
     from app.services.datasets import load_manifest
 
     return [item["sha256"] for item in load_manifest(uuid.UUID(dataset_id))["unlabeled"]]
+
+
+def test_a_failed_analysis_says_why_then_is_tried_again(configure, sqlite_url: str) -> None:
+    """A worker's failure is a 503 naming it (not a 202 every poll forever); asked again five
+    minutes after it, the analysis is queued again."""
+    from datetime import timedelta
+
+    from app.db.base import utcnow
+    from app.db.models import DatasetAnalysis
+    from app.db.session import session_scope
+    from app.services.labeling import analyses
+
+    configure(database_url=sqlite_url)
+    migrate(sqlite_url)
+    with TestClient(create_app()) as client:
+        headers = {"Authorization": f"Bearer {api_key('train')}"}
+        dataset_id = client.post(
+            "/datasets", files={"file": ("d.zip", _zip(3, 2))}, data={"name": "d"}, headers=headers
+        ).json()["id"]
+        with session_scope() as session:
+            session.add(
+                DatasetAnalysis(
+                    dataset_id=uuid.UUID(dataset_id),
+                    status="failed",
+                    error="WeightsNotFoundError: no mobilenet_v2 weights",
+                    finished_at=utcnow(),
+                )
+            )
+        failed = client.get(f"/datasets/{dataset_id}/suggestions", headers=headers)
+        assert failed.status_code == 503 and failed.json()["error"] == "analysis_failed"
+        assert "no mobilenet_v2 weights" in failed.json()["detail"]
+        with session_scope() as session:
+            row = session.query(DatasetAnalysis).one()
+            row.finished_at = utcnow() - timedelta(seconds=analyses.RETRY_FAILED_AFTER_SECONDS + 1)
+        again = client.get(f"/datasets/{dataset_id}/label-issues", headers=headers)
+        assert again.status_code == 202 and again.json()["status"] == "queued", again.text
+        assert again.headers["retry-after"] == str(analyses.RETRY_AFTER_SECONDS)

@@ -162,11 +162,14 @@ def preview_dataset(
 )
 def image_thumbnail(
     dataset: ValidDataset,
+    budget: DecodeBudgetDep,
     image_id: Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="the file's sha256")],
     size: Annotated[int, Query(ge=16, le=previews.MAX_THUMBNAIL_SIDE)] = 160,
 ) -> Response:
     """One image of the dataset version, upright, as a JPEG at most `size` pixels on a side."""
-    jpeg = previews.thumbnail_jpeg(dataset, image_id, size=size, settings=get_settings())
+    jpeg = previews.thumbnail_jpeg(
+        dataset, image_id, size=size, settings=get_settings(), budget=budget
+    )
     return Response(
         content=jpeg,
         media_type="image/jpeg",
@@ -181,6 +184,7 @@ _ANALYSIS_PENDING: dict[int | str, dict[str, Any]] = {
         "Retry-After seconds",
     },
     404: {"description": "no such dataset (or not yours)"},
+    503: {"description": "the worker could not compute them (the error says why)"},
 }
 
 

@@ -45,11 +45,15 @@ logger = logging.getLogger(__name__)
 AnalysisStatus = ExportStatus
 REQUEUE_AFTER_SECONDS = 60.0
 STALE_SECONDS = 1800.0
+# A failed analysis is tried again when asked for this long after it failed (before, the
+# request answers with its error: a failure that repeats is not sent again every poll).
+RETRY_FAILED_AFTER_SECONDS = 300.0
 RETRY_AFTER_SECONDS = 5
 # Images decoded and run through the base at once (bounds the worker's memory).
 BATCH = 64
-# Analyses whose arrays this API process keeps loaded.
-KEPT = 4
+# Analyses whose arrays this API process keeps loaded (features: float32, images x 1280:
+# 26 MB for 5000 images).
+KEPT = 2
 
 
 def _send(analysis_id: uuid.UUID) -> None:
@@ -65,8 +69,11 @@ def _find(session: Session, dataset: Dataset) -> DatasetAnalysis | None:
 
 
 def _needs_sending(analysis: DatasetAnalysis | None, *, now: Any) -> bool:
-    if analysis is None or analysis.status == AnalysisStatus.FAILED:
-        return True  # (asking again after a failure tries again)
+    if analysis is None:
+        return True
+    if analysis.status == AnalysisStatus.FAILED:
+        failed_at = analysis.finished_at or analysis.requested_at
+        return bool(now - failed_at > timedelta(seconds=RETRY_FAILED_AFTER_SECONDS))
     if analysis.status == AnalysisStatus.QUEUED:
         return bool(now - analysis.requested_at > timedelta(seconds=REQUEUE_AFTER_SECONDS))
     if analysis.status == AnalysisStatus.RUNNING and analysis.started_at is not None:
@@ -77,9 +84,8 @@ def _needs_sending(analysis: DatasetAnalysis | None, *, now: Any) -> bool:
 def request_analysis(session: Session, *, dataset: Dataset) -> DatasetAnalysis:
     """The version's analysis, asked for once: a new one is queued and its task sent after
     the commit (under the lineage's lock: concurrent first requests make one); one that
-    waits too long, or failed, is sent again."""
+    waits too long, or failed over RETRY_FAILED_AFTER_SECONDS ago, is sent again."""
     analysis = _find(session, dataset)
-    previous_error = analysis.error if analysis is not None else None
     if not _needs_sending(analysis, now=utcnow()):
         assert analysis is not None
         return analysis
@@ -100,8 +106,6 @@ def request_analysis(session: Session, *, dataset: Dataset) -> DatasetAnalysis:
         )
     analysis.requested_at = utcnow()
     session.flush()
-    if previous_error:
-        logger.info("analysis %s failed before (%s): trying again", analysis.id, previous_error)
     after_commit(session, functools.partial(_send, analysis.id))
     return analysis
 
@@ -119,7 +123,9 @@ def run_analysis(*, analysis_id: uuid.UUID, worker_id: str) -> None:
     started = time.perf_counter()
     try:
         arrays, summary = _compute(claimed)
-        key = f"{claimed.dataset_id}/analysis/{analysis_id}.npz"
+        # One file per attempt: a run taken for dead that ends late removes its own file, never
+        # the one of the run that replaced it.
+        key = f"{claimed.dataset_id}/analysis/{analysis_id}-{uuid.uuid4().hex}.npz"
         with tempfile.TemporaryDirectory(prefix="analysis-", dir=get_settings().data_dir) as tmp:
             path = Path(tmp) / "analysis.npz"
             np.savez(path, **arrays)  # type: ignore[arg-type]

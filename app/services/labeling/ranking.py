@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
-from app.core.errors import BadRequestError
+from app.core.errors import AnalysisFailedError, BadRequestError
 from app.db.models import Dataset
 from app.ml import labeling
 from app.ml.config import Task
@@ -30,6 +30,7 @@ from app.services.datasets import read_image
 from app.services.inference import ImagePayload, MemoryBudget, ModelCache
 from app.services.labeling.analyses import (
     RETRY_AFTER_SECONDS,
+    RETRY_FAILED_AFTER_SECONDS,
     AnalysisArrays,
     AnalysisStatus,
     load_arrays,
@@ -56,13 +57,17 @@ class Pending:
 
 def _ready(session: Session, dataset: Dataset) -> AnalysisArrays | Pending:
     analysis = request_analysis(session, dataset=dataset)
+    if analysis.status == AnalysisStatus.FAILED:
+        raise AnalysisFailedError(
+            f"the analysis of version {dataset.version} failed: {analysis.error}; asking again "
+            f"from {RETRY_FAILED_AFTER_SECONDS:.0f} s after the failure tries again"
+        )
     if analysis.status != AnalysisStatus.READY:
-        previous = f" (the last try failed: {analysis.error})" if analysis.error else ""
         return Pending(
             status=str(analysis.status),
             retry_after_seconds=RETRY_AFTER_SECONDS,
-            detail="a worker is computing the features of the version's images"
-            f"{previous}: ask again in {RETRY_AFTER_SECONDS} s",
+            detail="a worker is computing the features of the version's images: ask again in "
+            f"{RETRY_AFTER_SECONDS} s",
         )
     return load_arrays(analysis)
 

@@ -165,8 +165,11 @@ def _write_answers_by_image(
     folder: Path, *, outcome: TrainingOutcome, manifest: dict[str, Any]
 ) -> None:
     """The evaluation image by image, a file of the version (GET /jobs/{id}/predictions)."""
+    import numpy as np
+
     from app.ml.data import encode_labels, manifest_task, split_items
     from app.ml.evaluate import PREDICTIONS_FILE, answers_by_image
+    from app.ml.multilabel import DEFAULT_THRESHOLD
 
     split = outcome.evaluation["split"] if outcome.evaluation else None
     answers = outcome.probabilities.get(split) if split else None
@@ -174,12 +177,16 @@ def _write_answers_by_image(
         return
     items = split_items(manifest, split)
     classes: list[str] = manifest["classes"]
+    task = manifest_task(manifest)
+    thresholds = outcome.thresholds
+    if task is Task.MULTILABEL and thresholds is None:  # (no validation split to choose by)
+        thresholds = np.full(len(classes), DEFAULT_THRESHOLD)
     rows = answers_by_image(
         answers,
-        encode_labels(items, classes, task=manifest_task(manifest)),
+        encode_labels(items, classes, task=task),
         classes,
         images=[item["sha256"] for item in items],
-        thresholds=outcome.thresholds,
+        thresholds=thresholds if task is Task.MULTILABEL else None,
     )
     document = {"split": split, "classes": classes, "images": rows}
     (folder / PREDICTIONS_FILE).write_text(json.dumps(document, separators=(",", ":")))
