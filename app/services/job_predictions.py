@@ -4,15 +4,14 @@ it was evaluated on (a file the worker writes beside the model), filtered and pa
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.core.errors import BadRequestError, ConflictError, NotFoundError
+from app.core.kept import Kept
 from app.db.models import WORKER_CHECK, JobStatus, ModelVersion, TrainingJob
 from app.ml.evaluate import PREDICTIONS_FILE
 from app.schemas.jobs import ImageAnswer, JobPredictions
@@ -40,15 +39,12 @@ class AnswerFilter:
         )
 
 
-_kept: OrderedDict[uuid.UUID, dict[str, Any]] = OrderedDict()
-_lock = threading.Lock()
+_kept: Kept[uuid.UUID, dict[str, Any]] = Kept(KEPT_FILES)
 
 
 def _answers(ref: VersionRef) -> dict[str, Any]:
-    with _lock:
-        if ref.id in _kept:
-            _kept.move_to_end(ref.id)
-            return _kept[ref.id]
+    if (found := _kept.get(ref.id)) is not None:
+        return found
     path = model_versions.served_folder(ref) / PREDICTIONS_FILE
     if not path.is_file():
         raise NotFoundError(
@@ -56,10 +52,7 @@ def _answers(ref: VersionRef) -> dict[str, Any]:
             "train again to have them"
         )
     document: dict[str, Any] = json.loads(path.read_text())
-    with _lock:
-        _kept[ref.id] = document
-        while len(_kept) > KEPT_FILES:
-            _kept.popitem(last=False)
+    _kept.put(ref.id, document)
     return document
 
 

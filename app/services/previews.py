@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import io
-import threading
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from app.core.config import Settings
 from app.core.errors import NotFoundError
+from app.core.kept import Kept
 from app.db.models import Dataset
 from app.ml.data import item_labels
 from app.ml.images import decode_image, decode_opened, open_image
@@ -79,26 +79,19 @@ def dataset_preview_png(dataset: Dataset, *, settings: Settings, per_class: int)
     return buffer.getvalue()
 
 
-_indexes: OrderedDict[uuid.UUID, dict[str, dict[str, Any]]] = OrderedDict()
-_indexes_lock = threading.Lock()
+_indexes: Kept[uuid.UUID, dict[str, dict[str, Any]]] = Kept(KEPT_INDEXES)
 
 
 def image_entry(dataset: Dataset, image_id: str) -> dict[str, Any]:
     """The manifest entry of one image of the dataset version (by its sha256), labeled or
     not; NotFoundError if the version has no such image."""
-    with _indexes_lock:
-        index = _indexes.get(dataset.id)
-        if index is not None:
-            _indexes.move_to_end(dataset.id)
+    index = _indexes.get(dataset.id)
     if index is None:
         manifest = load_manifest(dataset.id)
         index = {
             item["sha256"]: item for item in [*manifest["images"], *manifest.get("unlabeled", [])]
         }
-        with _indexes_lock:
-            _indexes[dataset.id] = index
-            while len(_indexes) > KEPT_INDEXES:
-                _indexes.popitem(last=False)
+        _indexes.put(dataset.id, index)
     item = index.get(image_id)
     if item is None:
         raise NotFoundError(f"dataset {dataset.id} has no image {image_id}")

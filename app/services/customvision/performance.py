@@ -7,8 +7,6 @@ per iteration and process."""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
+from app.core.kept import Kept
 from app.db.customvision import CvImage, CvIteration, CvProject
 from app.ml.data import item_labels
 from app.ml.multilabel import average_precision
@@ -53,23 +52,15 @@ class HeldOut:
     truth: np.ndarray
 
 
-_kept: OrderedDict[str, HeldOut] = OrderedDict()
-_lock = threading.Lock()
+_kept: Kept[str, HeldOut] = Kept(KEPT_ITERATIONS)
 
 
 def remembered(iteration: CvIteration) -> HeldOut | None:
-    with _lock:
-        found = _kept.get(str(iteration.id))
-        if found is not None:
-            _kept.move_to_end(str(iteration.id))
-        return found
+    return _kept.get(str(iteration.id))
 
 
 def remember(iteration: CvIteration, held_out: HeldOut) -> None:
-    with _lock:
-        _kept[str(iteration.id)] = held_out
-        while len(_kept) > KEPT_ITERATIONS:
-            _kept.popitem(last=False)
+    _kept.put(str(iteration.id), held_out)
 
 
 def held_out_images(

@@ -14,10 +14,8 @@ import functools
 import io
 import logging
 import tempfile
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
+from app.core.kept import Kept
 from app.core.queue import ANALYSE_DATASET, send_task
 from app.db.base import utcnow
 from app.db.claims import claim_queued, finish_running
@@ -289,16 +288,13 @@ class AnalysisArrays:
     unlabeled_probabilities: np.ndarray | None
 
 
-_kept: OrderedDict[uuid.UUID, AnalysisArrays] = OrderedDict()
-_kept_lock = threading.Lock()
+_kept: Kept[uuid.UUID, AnalysisArrays] = Kept(KEPT)
 
 
 def load_arrays(analysis: DatasetAnalysis) -> AnalysisArrays:
     assert analysis.status == AnalysisStatus.READY and analysis.key is not None
-    with _kept_lock:
-        if analysis.id in _kept:
-            _kept.move_to_end(analysis.id)
-            return _kept[analysis.id]
+    if (found := _kept.get(analysis.id)) is not None:
+        return found
     data = get_storage().datasets.get_bytes(analysis.key)
     with np.load(io.BytesIO(data)) as stored:
         arrays = AnalysisArrays(
@@ -314,8 +310,5 @@ def load_arrays(analysis: DatasetAnalysis) -> AnalysisArrays:
             if "unlabeled_probabilities" in stored.files
             else None,
         )
-    with _kept_lock:
-        _kept[analysis.id] = arrays
-        while len(_kept) > KEPT:
-            _kept.popitem(last=False)
+    _kept.put(analysis.id, arrays)
     return arrays

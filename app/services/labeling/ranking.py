@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
 from app.core.errors import AnalysisFailedError, BadRequestError
+from app.core.kept import Kept
 from app.db.models import Dataset
 from app.ml import labeling
 from app.ml.config import Task
@@ -42,8 +41,7 @@ from app.services.previews import image_entry
 SHOWN_CLASSES = 3
 # (model version, dataset version) pairs whose answers on the unlabeled images are kept.
 KEPT_MODEL_ANSWERS = 8
-_answers: OrderedDict[tuple[uuid.UUID, uuid.UUID], np.ndarray] = OrderedDict()
-_answers_lock = threading.Lock()
+_answers: Kept[tuple[uuid.UUID, uuid.UUID], np.ndarray] = Kept(KEPT_MODEL_ANSWERS)
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,8 @@ class Pending:
     detail: str
 
 
-def _ready(session: Session, dataset: Dataset) -> AnalysisArrays | Pending:
+def ready(session: Session, *, dataset: Dataset) -> AnalysisArrays | Pending:
+    """The version's analysis, loaded, or what to tell the client while it is computed."""
     analysis = request_analysis(session, dataset=dataset)
     if analysis.status == AnalysisStatus.FAILED:
         raise AnalysisFailedError(
@@ -81,11 +80,6 @@ def _likeliest(classes: list[str], row: np.ndarray) -> list[ClassProbability]:
     return [ClassProbability(label=classes[i], probability=round(float(row[i]), 4)) for i in order]
 
 
-def ready(session: Session, *, dataset: Dataset) -> AnalysisArrays | Pending:
-    """The version's analysis, loaded, or what to tell the client while it is computed."""
-    return _ready(session, dataset)
-
-
 async def model_answers(
     session: Session,
     *,
@@ -108,10 +102,8 @@ async def model_answers(
     )
     answered_by = f"{ref.name} v{ref.version}"
     key = (ref.id, dataset.id)
-    with _answers_lock:
-        if key in _answers:
-            _answers.move_to_end(key)
-            return _answers[key], answered_by
+    if (kept := _answers.get(key)) is not None:
+        return kept, answered_by
     images = list(arrays.unlabeled_ids)
     chunk = get_settings().max_predict_images
     found: list[np.ndarray] = [np.zeros((0, len(dataset.class_names)))]
@@ -133,10 +125,7 @@ async def model_answers(
             )
         found.append(result.probabilities)
     answers = np.concatenate(found)
-    with _answers_lock:
-        _answers[key] = answers
-        while len(_answers) > KEPT_MODEL_ANSWERS:
-            _answers.popitem(last=False)
+    _answers.put(key, answers)
     return answers, answered_by
 
 
@@ -252,7 +241,7 @@ def label_issues(
             "label issues are found in multiclass datasets only: a multi-label image's labels "
             "are not one answer to check"
         )
-    arrays = _ready(session, dataset)
+    arrays = ready(session, dataset=dataset)
     if isinstance(arrays, Pending):
         return arrays
     assert arrays.out_of_fold is not None  # (a multiclass analysis has them)
